@@ -1,0 +1,71 @@
+"""Load an ONNX model for rewriting, refusing what the tool cannot read with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import google.protobuf.message
+import onnx
+import onnx.shape_inference
+import onnx.version_converter
+import onnx_ir as ir
+
+from attnrewrite.errors import AttnRewriteError
+
+MIN_OPSET = 11  # oldest opset read; older models are converted to REWRITE_OPSET on load
+REWRITE_OPSET = 13  # Softmax reduces over one axis from here on; bodies read attribute refs
+MAX_OPSET = onnx.defs.onnx_opset_version()
+
+
+def default_opset(model: onnx.ModelProto | ir.Model) -> int:
+    imports = (
+        {o.domain: o.version for o in model.opset_import}
+        if isinstance(model, onnx.ModelProto)
+        else model.opset_imports
+    )
+    version = imports.get("", imports.get("ai.onnx"))
+    if version is None:
+        raise AttnRewriteError("model imports no default ONNX opset")
+    return version
+
+
+def load_proto(path: Path) -> onnx.ModelProto:
+    """Read and prepare the model file, refusing what is not a usable ONNX model."""
+    if not path.exists():
+        raise AttnRewriteError(f"no such file: {path}")
+    if not path.is_file():
+        raise AttnRewriteError(f"not a file: {path}")
+    try:
+        proto = onnx.load(str(path))
+    except (google.protobuf.message.DecodeError, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AttnRewriteError(f"{path} is not a readable ONNX model ({reason})") from err
+    return prepare_proto(proto, str(path))
+
+
+def prepare_proto(proto: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
+    """Check the opset (converting old ones) and infer shapes so the finder knows ranks."""
+    if proto.ir_version == 0 or not proto.graph.node:
+        raise AttnRewriteError(f"{label} is not an ONNX model (no IR version or no graph nodes)")
+    opset = default_opset(proto)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise AttnRewriteError(
+            f"{label} uses ONNX opset {opset}; supported opsets are {MIN_OPSET}-{MAX_OPSET}"
+        )
+    if opset < REWRITE_OPSET:
+        try:
+            proto = onnx.version_converter.convert_version(proto, REWRITE_OPSET)
+        except (RuntimeError, ValueError) as err:
+            raise AttnRewriteError(
+                f"{label} uses opset {opset} and could not be converted to opset "
+                f"{REWRITE_OPSET}: {str(err).splitlines()[0]}"
+            ) from err
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        pass  # the finder copes with missing shapes; inference is a help, not a requirement
+    return proto
+
+
+def load_model(path: Path) -> ir.Model:
+    return ir.serde.deserialize_model(load_proto(path))

@@ -1,0 +1,179 @@
+"""The canonical description of one softmax attention, however the graph spelled it.
+
+Every finder (ONNX Softmax anchors, fused ONNX attention ops, later torch FX) produces
+`AttentionMatch` values; the rewrite, the lowering and the reports read only these.
+A match says what the attention computes:
+
+    out = softmax(scale * q @ k^T + bias [+ causal/window mask]) @ v
+
+with q [..., Hq, Sq, d], k [..., Hkv, Skv, d], v [..., Hkv, Skv, dv] once each operand's
+layout adapter is applied. Anything the finder could not express this way becomes a
+`Refusal` with a reason that reaches the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import onnx_ir as ir
+
+
+class MaskKind(StrEnum):
+    """What the additive mask computes, classified by evaluating it (never by node names)."""
+
+    NONE = "none"
+    CAUSAL = "causal"
+    SLIDING_WINDOW = "sliding_window"
+    PADDING = "padding"
+    CAUSAL_PADDING = "causal_padding"
+    BIAS = "bias"
+    CAUSAL_BIAS = "causal_bias"
+
+    @property
+    def is_causal(self) -> bool:
+        return self in (
+            MaskKind.CAUSAL,
+            MaskKind.SLIDING_WINDOW,
+            MaskKind.CAUSAL_PADDING,
+            MaskKind.CAUSAL_BIAS,
+        )
+
+    @property
+    def needs_tensor(self) -> bool:
+        """Whether the rewritten node must receive the mask as a tensor input."""
+        return self in (
+            MaskKind.PADDING,
+            MaskKind.CAUSAL_PADDING,
+            MaskKind.BIAS,
+            MaskKind.CAUSAL_BIAS,
+        )
+
+
+class Layout(StrEnum):
+    """How an operand value is laid out; the rewrite inserts the adapter to [..., H, S, d]."""
+
+    BHSD = "bhsd"  # [..., heads, seq, dim]: canonical, used as is
+    BHDS = "bhds"  # [..., heads, dim, seq]: K stored transposed
+    BSHD = "bshd"  # [batch, seq, heads, dim]
+    BS_HD = "bs(hd)"  # [batch, seq, heads * dim]: heads merged into the hidden axis
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A tensor feeding the attention, with the layout it arrives in."""
+
+    value: ir.Value
+    layout: Layout = Layout.BHSD
+    heads: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoreStep:
+    """One elementwise node between Q.K^T and Softmax that is not a constant scale.
+
+    `score_input` is the index of the input that carries the scores; replaying the steps
+    on a zero score yields the additive bias the attention adds (see patterns.scores).
+    """
+
+    node: ir.Node
+    score_input: int
+
+
+@dataclass(frozen=True)
+class Bias:
+    """Where the additive bias comes from: a value used as is, or steps to replay on zero."""
+
+    value: ir.Value | None = None
+    steps: tuple[ScoreStep, ...] = ()
+    boolean_keep: bool = False  # value is a boolean mask, True = attend
+
+
+@dataclass(frozen=True)
+class AttentionMatch:
+    """One attention block, in canonical form.
+
+    `nodes` are the nodes the rewrite replaces (those left without consumers are removed);
+    `output` is the value the rewritten node takes over, in `output_layout`.
+    """
+
+    anchor: str
+    graph_name: str
+    variant: tuple[str, ...]
+    q: Operand
+    k: Operand
+    v: Operand
+    output: ir.Value
+    nodes: tuple[ir.Node, ...]
+    scale: float
+    scale_source: str
+    mask: MaskKind
+    bias: Bias | None = None
+    window: int | None = None
+    q_heads: int | None = None
+    kv_heads: int | None = None
+    head_dim: int | None = None
+    q_len: int | str | None = None
+    kv_len: int | str | None = None
+    output_layout: Layout = Layout.BHSD
+    rank: int = 4
+    kv_repeat: bool = False  # the body repeats k, v heads to match q (grouped-query attention)
+    shape_readers: tuple[ir.Node, ...] = ()  # Shape nodes reading the scores: re-routed to q, k
+    runtime_factors: tuple[tuple[ir.Value, bool], ...] = ()  # (value, divide) applied to q
+    nan_guard: bool = False
+    float32_softmax: bool = False
+
+    @property
+    def kv_groups(self) -> int | None:
+        if self.q_heads and self.kv_heads:
+            return self.q_heads // self.kv_heads
+        return None
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready description for rewrite.json and `inspect`."""
+        return {
+            "anchor": self.anchor,
+            "graph": self.graph_name,
+            "variant": list(self.variant),
+            "nodes": [n.name for n in self.nodes],
+            "q": self.q.value.name,
+            "k": self.k.value.name,
+            "v": self.v.value.name,
+            "layout": {"q": self.q.layout.value, "k": self.k.layout.value, "v": self.v.layout.value},
+            "output": self.output.name,
+            "mask": self.mask.value,
+            "window": self.window,
+            "scale": self.scale,
+            "scale_source": self.scale_source,
+            "q_heads": self.q_heads,
+            "kv_heads": self.kv_heads,
+            "kv_groups": self.kv_groups,
+            "head_dim": self.head_dim,
+            "q_len": self.q_len,
+            "kv_len": self.kv_len,
+            "float32_softmax": self.float32_softmax,
+        }
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A Softmax or attention op that was not rewritten, and why."""
+
+    anchor: str
+    op_type: str
+    graph_name: str
+    reason: str
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "anchor": self.anchor,
+            "op_type": self.op_type,
+            "graph": self.graph_name,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class FindResult:
+    matches: tuple[AttentionMatch, ...]
+    refusals: tuple[Refusal, ...]

@@ -1,0 +1,147 @@
+"""Fused attention ops written by exporters or earlier optimisation passes.
+
+    ai.onnx Attention (opset 23+), 4-D [B,H,S,d] or 3-D [B,S,H*d]      -> q, k, v, mask
+    com.microsoft MultiHeadAttention, separate 3-D q, k, v             -> q, k, v
+    com.microsoft Attention / GroupQueryAttention                      -> refused, with why
+
+Each rule reads the op's own attributes; nothing is evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+
+from attnrewrite.match import AttentionMatch, Bias, Layout, MaskKind, Operand, Refusal
+from attnrewrite.patterns.graph_utils import float_attr, int_attr, is_op, rank_of, static_dim
+
+MS = "com.microsoft"
+
+
+def match_fused(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal | None:
+    if is_op(node, "Attention"):
+        return _onnx_attention(node, graph_name)
+    if is_op(node, "MultiHeadAttention", domain=MS):
+        return _ms_multihead(node, graph_name)
+    if is_op(node, "Attention", domain=MS):
+        return _refuse(node, graph_name, "packed-weight com.microsoft Attention is not rewritten yet")
+    if is_op(node, "GroupQueryAttention", domain=MS):
+        return _refuse(
+            node,
+            graph_name,
+            "com.microsoft GroupQueryAttention carries its own KV-cache and rotary semantics "
+            "(seqlens_k, total_sequence_length); it is left as is",
+        )
+    return None
+
+
+def _refuse(node: ir.Node, graph_name: str, reason: str) -> Refusal:
+    return Refusal(node.name or "", f"{node.domain + '::' if node.domain else ''}{node.op_type}",
+                   graph_name, reason)
+
+
+def _input(node: ir.Node, index: int) -> ir.Value | None:
+    return node.inputs[index] if len(node.inputs) > index else None
+
+
+def _used(node: ir.Node, index: int) -> bool:
+    return len(node.outputs) > index and bool(node.outputs[index].uses() or
+                                              node.outputs[index].is_graph_output())
+
+
+def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
+    q, k, v = node.inputs[0], node.inputs[1], node.inputs[2]
+    if _input(node, 4) is not None or _input(node, 5) is not None:
+        return _refuse(node, graph_name, "Attention with past_key/past_value is not rewritten yet")
+    if _input(node, 6) is not None:
+        return _refuse(node, graph_name, "Attention with nonpad_kv_seqlen is not rewritten yet")
+    if float_attr(node, "softcap", 0.0):
+        return _refuse(node, graph_name, "Attention with softcap is not supported")
+    if _used(node, 3):
+        return _refuse(node, graph_name, "Attention's qk_matmul_output is used elsewhere")
+    rank = rank_of(q)
+    if rank == 3:
+        q_heads, kv_heads = int_attr(node, "q_num_heads"), int_attr(node, "kv_num_heads")
+        hidden = static_dim(q, -1)
+        head_dim = hidden // q_heads if isinstance(hidden, int) and q_heads else None
+        layout = Layout.BS_HD
+    elif rank == 4:
+        q_heads, kv_heads = static_dim(q, 1), static_dim(k, 1)
+        head_dim = static_dim(q, -1)
+        layout = Layout.BHSD
+    else:
+        return _refuse(node, graph_name, "Attention inputs of unknown rank")
+    if not isinstance(head_dim, int):
+        return _refuse(node, graph_name, "Attention head size is not static: scale unknown")
+    causal = bool(int_attr(node, "is_causal", 0))
+    mask = _input(node, 3)
+    bias = None
+    kind = MaskKind.CAUSAL if causal else MaskKind.NONE
+    if mask is not None:
+        bias = Bias(value=mask, boolean_keep=mask.dtype == ir.DataType.BOOL)
+        kind = MaskKind.CAUSAL_BIAS if causal else MaskKind.BIAS
+    return AttentionMatch(
+        anchor=node.name or "",
+        graph_name=graph_name,
+        variant=("onnx:Attention", f"rank{rank}"),
+        q=Operand(q, layout, q_heads if isinstance(q_heads, int) else None),
+        k=Operand(k, layout, kv_heads if isinstance(kv_heads, int) else None),
+        v=Operand(v, layout, kv_heads if isinstance(kv_heads, int) else None),
+        output=node.outputs[0],
+        nodes=(node,),
+        scale=float_attr(node, "scale", 1.0 / math.sqrt(head_dim)) or 1.0 / math.sqrt(head_dim),
+        scale_source="attribute" if "scale" in node.attributes else "default",
+        mask=kind,
+        bias=bias,
+        q_heads=q_heads if isinstance(q_heads, int) else None,
+        kv_heads=kv_heads if isinstance(kv_heads, int) else None,
+        head_dim=head_dim,
+        q_len=static_dim(q, -2),
+        kv_len=static_dim(k, -2),
+        output_layout=layout,
+        rank=4,
+        kv_repeat=not (isinstance(q_heads, int) and q_heads == kv_heads),
+        float32_softmax=int_attr(node, "softmax_precision", 0) == ir.DataType.FLOAT,
+    )
+
+
+def _ms_multihead(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
+    q, k, v = node.inputs[0], _input(node, 1), _input(node, 2)
+    unsupported = {3: "bias", 4: "key_padding_mask", 6: "past_key", 7: "past_value"}
+    for index, name in unsupported.items():
+        if _input(node, index) is not None:
+            return _refuse(node, graph_name, f"MultiHeadAttention with {name} is not rewritten yet")
+    if k is None or v is None or rank_of(q) != 3 or rank_of(k) != 3 or rank_of(v) != 3:
+        return _refuse(node, graph_name, "MultiHeadAttention with packed q/k/v is not rewritten yet")
+    heads = int_attr(node, "num_heads")
+    hidden = static_dim(q, -1)
+    if not heads or not isinstance(hidden, int):
+        return _refuse(node, graph_name, "MultiHeadAttention head size is not static")
+    head_dim = hidden // heads
+    causal = bool(int_attr(node, "unidirectional", 0))
+    attention_bias = _input(node, 5)
+    kind = MaskKind.CAUSAL if causal else MaskKind.NONE
+    if attention_bias is not None:
+        kind = MaskKind.CAUSAL_BIAS if causal else MaskKind.BIAS
+    return AttentionMatch(
+        anchor=node.name or "",
+        graph_name=graph_name,
+        variant=("com.microsoft:MultiHeadAttention",),
+        q=Operand(q, Layout.BS_HD, heads),
+        k=Operand(k, Layout.BS_HD, heads),
+        v=Operand(v, Layout.BS_HD, heads),
+        output=node.outputs[0],
+        nodes=(node,),
+        scale=float_attr(node, "scale", 0.0) or 1.0 / math.sqrt(head_dim),
+        scale_source="attribute" if "scale" in node.attributes else "default",
+        mask=kind,
+        bias=Bias(value=attention_bias) if attention_bias is not None else None,
+        q_heads=heads,
+        kv_heads=heads,
+        head_dim=head_dim,
+        q_len=static_dim(q, -2),
+        kv_len=static_dim(k, -2),
+        output_layout=Layout.BS_HD,
+        rank=4,
+    )

@@ -1,0 +1,62 @@
+"""The structural variant of an attention node, which selects its function overload.
+
+Attributes (scale, window, method parameters) are values; whether there is a bias input,
+causality, kv-head repeat and dtype change the body's structure, so each combination gets
+its own overload of the op's function: `ExactAttention` / overload `r4_f32_causal_bias`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from attnrewrite.match import AttentionMatch
+
+
+@dataclass(frozen=True)
+class Signature:
+    rank: int
+    dtype: ir.DataType
+    bias: str  # "none" | "additive" | "keep" (boolean, True = attend)
+    causal: bool
+    window: bool
+    kv_repeat: bool
+    nan_guard: bool
+    float32_softmax: bool
+
+    @classmethod
+    def of(cls, match: AttentionMatch) -> Signature:
+        dtype = match.q.value.dtype or match.v.value.dtype or ir.DataType.FLOAT
+        bias = "none"
+        if match.bias is not None:
+            bias = "keep" if match.bias.boolean_keep else "additive"
+        return cls(
+            rank=match.rank,
+            dtype=dtype,
+            bias=bias,
+            causal=match.mask.is_causal,
+            window=match.window is not None,
+            kv_repeat=match.kv_repeat,
+            nan_guard=match.nan_guard,
+            float32_softmax=match.float32_softmax,
+        )
+
+    @property
+    def compute_dtype(self) -> ir.DataType:
+        return ir.DataType.FLOAT if self.float32_softmax else self.dtype
+
+    @property
+    def overload(self) -> str:
+        parts = [f"r{self.rank}", self.dtype.short_name()]
+        flags = {
+            "bias": self.bias == "additive",
+            "keepmask": self.bias == "keep",
+            "causal": self.causal,
+            "window": self.window,
+            "gqa": self.kv_repeat,
+            "nanguard": self.nan_guard,
+            "softmax32": self.float32_softmax and self.dtype != ir.DataType.FLOAT,
+        }
+        return "_".join(parts + [name for name, on in flags.items() if on])
+
