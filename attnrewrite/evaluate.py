@@ -3,19 +3,20 @@
 Scales computed at run time (Shape -> Cast -> Sqrt -> Div) and masks built from shapes or
 from an attention-mask input are classified by running them, not by reading node names:
 the main graph is run in onnxruntime with the wanted values as outputs, every symbolic
-dimension bound to a small size and every data input filled with ones (a mask of ones
+dimension bound to a small size (see `inputs`) and every data input filled with ones (a mask of ones
 means no padding).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+
+from attnrewrite.inputs import dimension_size
 
 SHAPE_OPS = frozenset({"Shape", "Size"})
 
@@ -59,41 +60,24 @@ def constant_of(value: ir.Value) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
-def bind_dim(dim: object, sizes: Mapping[str, int], default: int) -> int:
-    if isinstance(dim, int):
-        return dim
-    name = str(dim) if dim is not None else ""
-    if name in sizes:
-        return sizes[name]
-    if name and re.fullmatch(r"[\w\s+\-*()]+", name):
-        expr = re.sub(r"[A-Za-z_]\w*", lambda m: str(sizes.get(m.group(0), default)), name)
-        try:
-            return int(eval(expr, {"__builtins__": {}}))  # arithmetic on integers only
-        except (SyntaxError, NameError, ZeroDivisionError):
-            return default
-    return default
-
-
-def ones_feeds(graph: ir.Graph, sizes: Mapping[str, int], default: int) -> dict[str, np.ndarray]:
-    """Inputs of ones at the given sizes: token id 1, mask 'keep', unit floats."""
+def ones_feeds(graph: ir.Graph, seq_len: int) -> dict[str, np.ndarray]:
+    """Inputs of ones: token id 1, mask 'keep', unit floats; sizes as `inputs` chooses them."""
     feeds = {}
     for value in graph.inputs:
         if value.is_initializer():
             continue
-        shape = [] if value.shape is None else [bind_dim(d, sizes, default) for d in value.shape]
+        dims = [] if value.shape is None else list(value.shape)
+        shape = [
+            dimension_size(d if isinstance(d, int) else d.value, axis, seq_len)
+            for axis, d in enumerate(dims)
+        ]
         dtype = value.dtype.numpy() if value.dtype is not None else np.float32
         feeds[value.name or ""] = np.ones(shape, dtype=dtype)
     return feeds
 
 
-def evaluate(
-    model: ir.Model,
-    values: Sequence[ir.Value],
-    sizes: Mapping[str, int],
-    default: int = 5,
-    feeds: Mapping[str, np.ndarray] | None = None,
-) -> list[np.ndarray]:
-    """Run the main graph and return `values` (all of the main graph) at the given sizes."""
+def evaluate(model: ir.Model, values: Sequence[ir.Value], seq_len: int) -> list[np.ndarray]:
+    """Run the main graph on inputs of ones and return `values` (all of the main graph)."""
     if not values:
         return []
     proto = ir.serde.serialize_model(model)
@@ -107,9 +91,9 @@ def evaluate(
     session = ort.InferenceSession(
         proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    run_feeds = dict(feeds) if feeds is not None else ones_feeds(model.graph, sizes, default)
+    feeds = ones_feeds(model.graph, seq_len)
     wanted = {i.name for i in session.get_inputs()}
-    outputs = session.run(names, {k: v for k, v in run_feeds.items() if k in wanted})
+    outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
     by_name = dict(zip(names, outputs, strict=True))
     return [by_name[v.name or ""] for v in values]
 

@@ -82,7 +82,9 @@ def window_binds(skv: int, window: int | None) -> bool:
 def bias_logits(bias: Tensor, dtype: torch.dtype) -> Tensor:
     """Additive logits with every masked entry as -inf, so all methods agree on 'masked'."""
     if bias.dtype == torch.bool:
-        return torch.zeros(bias.shape, dtype=dtype, device=bias.device).masked_fill(~bias, -torch.inf)
+        return torch.zeros(bias.shape, dtype=dtype, device=bias.device).masked_fill(
+            ~bias, -torch.inf
+        )
     masked = bias <= torch.finfo(bias.dtype).min / 2
     return bias.to(dtype).masked_fill(masked, -torch.inf)
 

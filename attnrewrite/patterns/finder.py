@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -35,7 +35,7 @@ from attnrewrite.patterns.probs import walk_probs
 from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 
-SIZES = ({"": 6}, {"": 9})  # every symbolic dimension bound to 6, then to 9
+SIZES = (6, 9)  # sequence lengths at which scales and masks are evaluated
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ class Evaluations:
 
     def run(self) -> None:
         unique = list({id(v): v for v in self.wanted}.values())
-        for sizes in SIZES:
+        for seq_len in SIZES:
             try:
-                arrays = ev.evaluate(self.model, unique, sizes, default=sizes[""])
+                arrays = ev.evaluate(self.model, unique, seq_len)
             except Exception as err:  # onnxruntime raises many types; all mean "not evaluable"
                 self.error = str(err).splitlines()[0]
                 self.results = []
@@ -101,14 +101,17 @@ class Evaluations:
 def find_attention(model: ir.Model) -> FindResult:
     opset = default_opset(model)
     candidates: list[Candidate] = []
+    fused_matches: list[AttentionMatch] = []
     matches: list[AttentionMatch] = []
     refusals: list[Refusal] = []
     for graph_name, graph in all_graphs(model):
         for node in list(graph):
             fused_result = fused.match_fused(node, graph_name)
-            if fused_result is not None:
-                target = matches if isinstance(fused_result, AttentionMatch) else refusals
-                target.append(fused_result)
+            if isinstance(fused_result, Refusal):
+                refusals.append(fused_result)
+                continue
+            if isinstance(fused_result, AttentionMatch):
+                fused_matches.append(fused_result)
                 continue
             anchor = softmax_anchor(node, opset)
             if anchor is None:
@@ -121,7 +124,12 @@ def find_attention(model: ir.Model) -> FindResult:
     evaluations = Evaluations(model)
     for candidate in candidates:
         _request(candidate, evaluations)
+    for match in fused_matches:
+        if match.bias is not None and match.bias.value is not None:
+            for value in (match.bias.value, match.q.value, match.k.value):
+                evaluations.want(value)
     evaluations.run()
+    matches.extend(_classify_fused(match, evaluations) for match in fused_matches)
     for candidate in candidates:
         done = _finalize(candidate, evaluations)
         (matches if isinstance(done, AttentionMatch) else refusals).append(done)
@@ -304,6 +312,28 @@ def _classify(
     if any(ev.data_inputs(v, graph) for v in _side_inputs(steps) if ev.constant_of(v) is None):
         kind = masks.with_padding(kind)
     return kind, window
+
+
+def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> AttentionMatch:
+    """A fused op's mask input, classified like any other; shape-only masks become flags."""
+    if match.bias is None or match.bias.value is None:
+        return match
+    value = match.bias.value
+    masks_at = evaluations.values(value)
+    q_at, k_at = evaluations.values(match.q.value), evaluations.values(match.k.value)
+    if masks_at is None or q_at is None or k_at is None:
+        return replace(match, variant=(*match.variant, "mask:unclassified"))
+    kinds = set()
+    for mask, q, k in zip(masks_at, q_at, k_at, strict=True):
+        additive = np.where(mask, 0.0, -np.inf) if match.bias.boolean_keep else mask
+        kinds.add(masks.classify(additive, q.shape[-2], k.shape[-2]))
+    kind, window = kinds.pop() if len(kinds) == 1 else (MaskKind.BIAS, None)
+    if match.mask.is_causal and kind in (MaskKind.NONE, MaskKind.BIAS):
+        kind = MaskKind.CAUSAL if kind == MaskKind.NONE else MaskKind.CAUSAL_BIAS
+    if ev.constant_of(value) is None and ev.data_inputs(value, evaluations.model.graph):
+        kind = masks.with_padding(kind)
+    bias = match.bias if kind.needs_tensor else None
+    return replace(match, mask=kind, window=window, bias=bias)
 
 
 def _refuse(candidate: Candidate, reason: str) -> Refusal:

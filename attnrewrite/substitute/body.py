@@ -95,6 +95,8 @@ def build_function(
     graph = ir.Graph(
         inputs, [output], nodes=b.tape.nodes, opset_imports={"": opset}, name=op_type
     )
-    return ir.Function(
+    function = ir.Function(
         DOMAIN, op_type, signature.overload, graph=graph, attributes=list(attributes)
     )
+    function.doc_string = signature.overload  # the variant, also when the overload is ""
+    return function

@@ -29,6 +29,7 @@ class Rewritten:
     match: AttentionMatch
     node: str
     overload: str
+    output: str  # the block output's name, the same in the original and the rewritten model
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,12 @@ def _rewrite_one(model: ir.Model, match: AttentionMatch, method: Method, opset: 
     if match.bias is not None:
         inputs.append(_bias_value(late, match.bias))
     signature = Signature.of(match)
-    function_key = (DOMAIN, method.op_type, signature.overload)
+    overload = _overload_for(model, match, method, signature)
+    function_key = (DOMAIN, method.op_type, overload)
     if function_key not in model.functions:
-        model.functions[function_key] = build_function(
-            method.op_type, signature, opset, method.attributes(), method.body
-        )
+        function = build_function(method.op_type, signature, opset, method.attributes(), method.body)
+        function.overload = overload
+        model.functions[function_key] = function
     attributes: dict[str, object] = {
         "scale": float(match.scale),
         "is_causal": int(match.mask.is_causal),
@@ -97,13 +99,13 @@ def _rewrite_one(model: ir.Model, match: AttentionMatch, method: Method, opset: 
         inputs,
         attributes=attributes,
         domain=DOMAIN,
-        overload=signature.overload,
+        overload=overload,
         name=name,
     )
     if match.output_layout == Layout.BS_HD:
         out = late.op("Transpose", [out], attributes={"perm": [0, 2, 1, 3]})
         out = late.op("Reshape", [out, _ints(late, [0, 0, -1])])
-    if isinstance(graph, ir.Function):
+    if graph is not model.graph:  # a function body declares the domains it calls
         graph.opset_imports[DOMAIN] = DOMAIN_VERSION
     for tape, where in ((early, first), (late, anchor)):
         _name_nodes(tape, name)
@@ -115,7 +117,20 @@ def _rewrite_one(model: ir.Model, match: AttentionMatch, method: Method, opset: 
     match.output.replace_all_uses_with(out, replace_graph_outputs=True)
     out.name = old_name
     _remove_dead(graph, (*match.nodes, *(reader for reader, _ in rerouted)))
-    return Rewritten(match, name, signature.overload)
+    return Rewritten(match, name, overload, old_name or "")
+
+
+def _overload_for(model: ir.Model, match: AttentionMatch, method: Method, sig: Signature) -> str:
+    """The signature's overload; "" inside functions, where onnxruntime resolves no overloads."""
+    if not match.graph_name.startswith("function "):
+        return sig.overload
+    existing = model.functions.get((DOMAIN, method.op_type, ""))
+    if existing is not None and existing.doc_string != sig.overload:
+        raise ValueError(
+            f"a second attention variant ({sig.overload}) inside a model-local function: "
+            "onnxruntime resolves no function overloads there"
+        )
+    return ""
 
 
 def _name_nodes(tape: ir.tape.Tape, prefix: str) -> None:

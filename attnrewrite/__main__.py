@@ -1,0 +1,3 @@
+from attnrewrite.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""Command line: `attnrewrite MODEL --method M [-o OUT]` and `attnrewrite inspect MODEL`.
+
+Bad input and bad options end with one line on stderr and exit status 2; a rewrite that
+fails its verification exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from attnrewrite import __version__
+from attnrewrite.errors import AttnRewriteError, VerificationError
+from attnrewrite.export import new_folder_name
+from attnrewrite.pipeline import VERIFY_SEQ_LEN, inspect_model, rewrite_model
+from attnrewrite.substitute.methods import METHOD_NAMES, get_method
+
+EXIT_BAD_INPUT = 2
+EXIT_VERIFICATION = 1
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, as every other error here."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise AttnRewriteError(message)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def rewrite_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="attnrewrite",
+        description="Rewrite every softmax attention of an ONNX model into one attnrewrite "
+        "node computing the chosen method. Subcommands: inspect MODEL.",
+    )
+    parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
+    parser.add_argument("--method", required=True, help=f"one of {', '.join(METHOD_NAMES)}")
+    parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity run")
+    parser.add_argument(
+        "--seq-len", type=_positive_int, default=VERIFY_SEQ_LEN,
+        help=f"sequence length of the generated verification inputs (default {VERIFY_SEQ_LEN})",
+    )
+    parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
+    return parser
+
+
+def inspect_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="attnrewrite inspect", description="List what the finder sees.")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser
+
+
+def run_rewrite(argv: Sequence[str], console: Console) -> int:
+    args = rewrite_parser().parse_args(argv)
+    method = get_method(args.method)
+    out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
+    outcome = rewrite_model(args.model, method, out_dir, not args.no_verify, args.seq_len)
+    console.print(outcome.summary, highlight=False, soft_wrap=True)
+    return 0
+
+
+def run_inspect(argv: Sequence[str], console: Console) -> int:
+    args = inspect_parser().parse_args(argv)
+    found = inspect_model(args.model)
+    if args.json:
+        payload = {
+            "matches": [m.describe() for m in found.matches],
+            "not_rewritten": [r.describe() for r in found.refusals],
+        }
+        console.print_json(json.dumps(payload))
+        return 0
+    table = Table(title=f"{len(found.matches)} attention block(s) in {args.model}")
+    for column in ("anchor", "graph", "mask", "heads/kv", "scale", "q/kv len", "variant"):
+        table.add_column(column)
+    for m in found.matches:
+        table.add_row(
+            m.anchor, m.graph_name, m.mask.value + (f" w={m.window}" if m.window else ""),
+            f"{m.q_heads}/{m.kv_heads}", f"{m.scale:.4g} ({m.scale_source})",
+            f"{m.q_len}/{m.kv_len}", " ".join(m.variant),
+        )
+    console.print(table)
+    if found.refusals:
+        refused = Table(title=f"{len(found.refusals)} Softmax/attention op(s) not rewritten")
+        for column in ("node", "op", "graph", "reason"):
+            refused.add_column(column)
+        for r in found.refusals:
+            refused.add_row(r.anchor, r.op_type, r.graph_name, r.reason)
+        console.print(refused)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    console = Console()
+    try:
+        if args and args[0] == "inspect":
+            return run_inspect(args[1:], console)
+        return run_rewrite(args, console)
+    except VerificationError as err:
+        print(f"attnrewrite: error: {err}", file=sys.stderr)
+        return EXIT_VERIFICATION
+    except AttnRewriteError as err:
+        print(f"attnrewrite: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The mission's stages as one flat sequence:
+
+    load -> find -> substitute -> export -> verify
+
+`inspect` stops after find. Every stage lives in its own module (see README, Architecture).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import onnxruntime
+
+from attnrewrite import __version__
+from attnrewrite.errors import AttnRewriteError, VerificationError
+from attnrewrite.export import save_model, staged_directory
+from attnrewrite.inputs import generate_inputs
+from attnrewrite.loading import load_proto
+from attnrewrite.match import FindResult
+from attnrewrite.patterns import find_attention
+from attnrewrite.substitute.methods import Method
+from attnrewrite.substitute.rewrite import SubstituteResult, substitute
+from attnrewrite.verify import Parity, compare
+
+MODEL_FILE = "model.onnx"
+REPORT_FILE = "rewrite.json"
+VERIFY_SEQ_LEN = 11  # deliberately unlike common export lengths (8, 16, 128)
+
+
+def inspect_model(path: Path) -> FindResult:
+    return find_attention(ir.serde.deserialize_model(load_proto(path)))
+
+
+@dataclass(frozen=True)
+class RewriteOutcome:
+    out_dir: Path
+    report: dict[str, object]
+    summary: str
+
+
+def rewrite_model(
+    path: Path, method: Method, out_dir: Path, verify: bool = True, seq_len: int = VERIFY_SEQ_LEN
+) -> RewriteOutcome:
+    if (out_dir / MODEL_FILE).resolve() == path.resolve():
+        raise AttnRewriteError(f"output folder {out_dir} would overwrite the input model")
+    model = ir.serde.deserialize_model(load_proto(path))
+    found = find_attention(model)
+    if not found.matches:
+        raise AttnRewriteError(f"no softmax attention found in {path}: {_why_none(found)}")
+    result = substitute(model, found.matches, method)
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    report = rewrite_report(path, method, found, result)
+    parity = None
+    with staged_directory(out_dir) as staging:
+        save_model(model, staging / MODEL_FILE)
+        if verify:
+            parity = _verify(path, staging / MODEL_FILE, result, method, seq_len)
+            report["verification"] = {"passed": _passed(parity, method), **parity.describe()}
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    summary = _summary(report, parity, out_dir)
+    if parity is not None and not _passed(parity, method):
+        raise VerificationError(_failure(parity, method, out_dir))
+    return RewriteOutcome(out_dir, report, summary)
+
+
+def _why_none(found: FindResult) -> str:
+    if not found.refusals:
+        return "the model has no Softmax and no attention op"
+    reasons = Counter(r.reason for r in found.refusals)
+    top = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(2))
+    return f"{len(found.refusals)} Softmax/attention op(s) not attention ({top})"
+
+
+def _verify(
+    original: Path, rewritten: Path, result: SubstituteResult, method: Method, seq_len: int
+) -> Parity:
+    feeds = generate_inputs(onnx.load(str(original), load_external_data=False), seq_len)
+    blocks = [r.output for r in result.rewritten if r.match.graph_name == "main"]
+    try:
+        return compare(original, rewritten, feeds, blocks, seq_len)
+    except Exception as err:  # onnxruntime raises several types: all mean "could not run"
+        raise AttnRewriteError(
+            f"verification could not run the models at sequence length {seq_len} "
+            f"({str(err).splitlines()[0]}); try --seq-len or --no-verify"
+        ) from err
+
+
+def _passed(parity: Parity, method: Method) -> bool:
+    if method.name == "exact":
+        return parity.worst <= parity.tolerance
+    return all(d.finite for d in parity.outputs)
+
+
+def _failure(parity: Parity, method: Method, out_dir: Path) -> str:
+    block = parity.first_failing_block()
+    where = f"first at block '{block.name}' (rel {block.relative:.2e})" if block else "at the outputs"
+    if method.name == "exact":
+        return (
+            f"exact rewrite does not reproduce the original: max rel error {parity.worst:.2e} > "
+            f"{parity.tolerance:.0e}, {where}; outputs kept in {out_dir} for inspection"
+        )
+    return f"rewritten model produced non-finite outputs {where}; see {out_dir}"
+
+
+def rewrite_report(
+    path: Path, method: Method, found: FindResult, result: SubstituteResult
+) -> dict[str, object]:
+    """The content of rewrite.json: every match and everything not rewritten, with reasons."""
+    rewritten = [
+        {**r.match.describe(), "node": r.node, "overload": r.overload, "method": method.name,
+         "params": method.params}
+        for r in result.rewritten
+    ]
+    not_rewritten = [r.describe() for r in found.refusals] + [
+        {"anchor": f.match.anchor, "op_type": "attention", "graph": f.match.graph_name,
+         "reason": f.reason}
+        for f in result.failed
+    ]
+    return {
+        "tool": {"name": "attnrewrite", "version": __version__},
+        "environment": {
+            "python": platform.python_version(),
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "input": str(path),
+        "output": MODEL_FILE,
+        "method": {"name": method.name, "params": method.params},
+        "summary": {
+            "attention_blocks": len(found.matches),
+            "rewritten": len(result.rewritten),
+            "failed": len(result.failed),
+            "not_rewritten": len(not_rewritten),
+            "variants": dict(Counter("+".join(m["variant"]) for m in rewritten)),
+            "masks": dict(Counter(m["mask"] for m in rewritten)),
+        },
+        "matches": rewritten,
+        "not_rewritten": not_rewritten,
+    }
+
+
+def _summary(report: dict, parity: Parity | None, out_dir: Path) -> str:
+    counts = report["summary"]
+    line = (
+        f"rewrote {counts['rewritten']}/{counts['attention_blocks']} attention blocks with "
+        f"{report['method']['name']}"
+    )
+    if counts["not_rewritten"]:
+        line += f", {counts['not_rewritten']} softmax/attention op(s) not rewritten (see rewrite.json)"
+    if parity is not None:
+        line += f"; verified at n={parity.seq_len}: max rel error {parity.worst:.1e}"
+    return f"{line} -> {out_dir / MODEL_FILE}"

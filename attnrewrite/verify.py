@@ -1,0 +1,106 @@
+"""Run the original and the rewritten model in onnxruntime and compare, end to end and per block.
+
+Each rewritten block's output keeps its original value name, so both models can expose it
+as an extra graph output and the first block that disagrees is named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+FP32_TOLERANCE = 1e-5  # relative: float rounding of a reordered fp32 computation
+FP16_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class Difference:
+    name: str
+    max_abs: float
+    relative: float
+    finite: bool
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "max_abs": self.max_abs, "relative": self.relative,
+                "finite": self.finite}
+
+
+def difference(name: str, reference: np.ndarray, candidate: np.ndarray) -> Difference:
+    """Max abs error, relative to the reference's largest magnitude; NaN where both are NaN."""
+    ref = np.asarray(reference, dtype=np.float64)
+    got = np.asarray(candidate, dtype=np.float64)
+    both_nan = np.isnan(ref) & np.isnan(got)
+    delta = np.where(both_nan, 0.0, np.abs(ref - got))
+    max_abs = float(np.max(delta)) if delta.size else 0.0
+    scale = float(np.max(np.abs(np.where(np.isnan(ref), 0.0, ref)))) if ref.size else 0.0
+    relative = max_abs / scale if scale > 0 else max_abs
+    finite = bool(np.isfinite(got[~np.isnan(ref)]).all())
+    return Difference(name, max_abs, relative, finite)
+
+
+def tolerance_for(model: onnx.ModelProto) -> float:
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    types = {v.type.tensor_type.elem_type for v in model.graph.output}
+    return FP16_TOLERANCE if types & half else FP32_TOLERANCE
+
+
+def run_with_outputs(
+    model_path: Path, feeds: Mapping[str, np.ndarray], extra: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """All graph outputs plus the named intermediate values."""
+    model = onnx.load(str(model_path))  # external data in memory: models under 2 GB
+    names = [o.name for o in model.graph.output]
+    for name in extra:
+        if name not in names:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+            names.append(name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    wanted = {i.name for i in session.get_inputs()}
+    outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    return dict(zip(names, outputs, strict=True))
+
+
+@dataclass(frozen=True)
+class Parity:
+    outputs: tuple[Difference, ...]
+    blocks: tuple[Difference, ...]
+    tolerance: float
+    seq_len: int
+
+    @property
+    def worst(self) -> float:
+        return max((d.relative for d in self.outputs), default=0.0)
+
+    def first_failing_block(self) -> Difference | None:
+        return next((b for b in self.blocks if b.relative > self.tolerance), None)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "seq_len": self.seq_len,
+            "tolerance": self.tolerance,
+            "max_relative_error": self.worst,
+            "outputs": [d.describe() for d in self.outputs],
+            "blocks": [d.describe() for d in self.blocks],
+        }
+
+
+def compare(
+    original: Path, rewritten: Path, feeds: Mapping[str, np.ndarray], blocks: Sequence[str],
+    seq_len: int,
+) -> Parity:
+    reference = run_with_outputs(original, feeds, blocks)
+    candidate = run_with_outputs(rewritten, feeds, blocks)
+    graph_outputs = [o.name for o in onnx.load(str(original), load_external_data=False).graph.output]
+    outputs = tuple(difference(n, reference[n], candidate[n]) for n in graph_outputs)
+    block_diffs = tuple(difference(n, reference[n], candidate[n]) for n in blocks)
+    tolerance = tolerance_for(onnx.load(str(original), load_external_data=False))
+    return Parity(outputs, block_diffs, tolerance, seq_len)
