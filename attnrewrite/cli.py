@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnxruntime
 from rich.console import Console
 from rich.table import Table
 
@@ -50,7 +51,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity run")
     parser.add_argument(
-        "--seq-len", type=_positive_int, default=VERIFY_SEQ_LEN,
+        "--seq-len",
+        type=_positive_int,
+        default=VERIFY_SEQ_LEN,
         help=f"sequence length of the generated verification inputs (default {VERIFY_SEQ_LEN})",
     )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
@@ -88,9 +91,13 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
         table.add_column(column)
     for m in found.matches:
         table.add_row(
-            m.anchor, m.graph_name, m.mask.value + (f" w={m.window}" if m.window else ""),
-            f"{m.q_heads}/{m.kv_heads}", f"{m.scale:.4g} ({m.scale_source})",
-            f"{m.q_len}/{m.kv_len}", " ".join(m.variant),
+            m.anchor,
+            m.graph_name,
+            m.mask.value + (f" w={m.window}" if m.window else ""),
+            f"{m.q_heads}/{m.kv_heads}",
+            f"{m.scale:.4g} ({m.scale_source})",
+            f"{m.q_len}/{m.kv_len}",
+            " ".join(m.variant),
         )
     console.print(table)
     if found.refusals:
@@ -106,6 +113,7 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     console = Console()
+    onnxruntime.set_default_logger_severity(3)  # errors only: warnings are not for users
     try:
         if args and args[0] == "inspect":
             return run_inspect(args[1:], console)

@@ -37,7 +37,11 @@ def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
             following = []
             for name in frontier:
                 for node in readers.get(name, []):
-                    if node.op_type == "Gather" and node.input[1] == name and node.input[0] in tables:
+                    if (
+                        node.op_type == "Gather"
+                        and node.input[1] == name
+                        and node.input[0] in tables
+                    ):
                         found.append(tables[node.input[0]])
                     elif node.op_type in SHAPE_ONLY_OPS and node.input[0] == name:
                         following.append(node.output[0])
@@ -47,8 +51,12 @@ def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
     return sizes
 
 
-def dimension_size(dim: onnx.TensorShapeProto.Dimension | int | str | None, axis: int,
-                   seq_len: int, batch: int = DEFAULT_BATCH) -> int:
+def dimension_size(
+    dim: onnx.TensorShapeProto.Dimension | int | str | None,
+    axis: int,
+    seq_len: int,
+    batch: int = DEFAULT_BATCH,
+) -> int:
     """A concrete size for one dimension of an input, from its name and position."""
     if isinstance(dim, onnx.TensorShapeProto.Dimension):
         dim = dim.dim_value if dim.HasField("dim_value") else dim.dim_param
@@ -76,7 +84,8 @@ def generate_inputs(
             continue
         tensor_type = value.type.tensor_type
         shape = [
-            dimension_size(dim, axis, seq_len, batch) for axis, dim in enumerate(tensor_type.shape.dim)
+            dimension_size(dim, axis, seq_len, batch)
+            for axis, dim in enumerate(tensor_type.shape.dim)
         ]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         feeds[value.name] = _fill(value.name.lower(), shape, dtype, vocab.get(value.name), rng)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import google.protobuf.message
@@ -60,10 +61,9 @@ def prepare_proto(proto: onnx.ModelProto, label: str = "model") -> onnx.ModelPro
                 f"{label} uses opset {opset} and could not be converted to opset "
                 f"{REWRITE_OPSET}: {str(err).splitlines()[0]}"
             ) from err
-    try:
+    # The finder copes with missing shapes: inference is a help, not a requirement.
+    with contextlib.suppress(onnx.shape_inference.InferenceError, ValueError):
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, ValueError):
-        pass  # the finder copes with missing shapes; inference is a help, not a requirement
     return proto
 
 

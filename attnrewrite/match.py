@@ -139,7 +139,11 @@ class AttentionMatch:
             "q": self.q.value.name,
             "k": self.k.value.name,
             "v": self.v.value.name,
-            "layout": {"q": self.q.layout.value, "k": self.k.layout.value, "v": self.v.layout.value},
+            "layout": {
+                "q": self.q.layout.value,
+                "k": self.k.layout.value,
+                "v": self.v.layout.value,
+            },
             "output": self.output.name.removesuffix("__replaced") if self.output.name else None,
             "mask": self.mask.value,
             "window": self.window,

@@ -99,7 +99,9 @@ def _passed(parity: Parity, method: Method) -> bool:
 
 def _failure(parity: Parity, method: Method, out_dir: Path) -> str:
     block = parity.first_failing_block()
-    where = f"first at block '{block.name}' (rel {block.relative:.2e})" if block else "at the outputs"
+    where = (
+        f"first at block '{block.name}' (rel {block.relative:.2e})" if block else "at the outputs"
+    )
     if method.name == "exact":
         return (
             f"exact rewrite does not reproduce the original: max rel error {parity.worst:.2e} > "
@@ -113,13 +115,22 @@ def rewrite_report(
 ) -> dict[str, object]:
     """The content of rewrite.json: every match and everything not rewritten, with reasons."""
     rewritten = [
-        {**r.match.describe(), "node": r.node, "overload": r.overload, "method": method.name,
-         "params": method.params}
+        {
+            **r.match.describe(),
+            "node": r.node,
+            "overload": r.overload,
+            "method": method.name,
+            "params": method.params,
+        }
         for r in result.rewritten
     ]
     not_rewritten = [r.describe() for r in found.refusals] + [
-        {"anchor": f.match.anchor, "op_type": "attention", "graph": f.match.graph_name,
-         "reason": f.reason}
+        {
+            "anchor": f.match.anchor,
+            "op_type": "attention",
+            "graph": f.match.graph_name,
+            "reason": f.reason,
+        }
         for f in result.failed
     ]
     return {
@@ -152,7 +163,9 @@ def _summary(report: dict, parity: Parity | None, out_dir: Path) -> str:
         f"{report['method']['name']}"
     )
     if counts["not_rewritten"]:
-        line += f", {counts['not_rewritten']} softmax/attention op(s) not rewritten (see rewrite.json)"
+        line += (
+            f", {counts['not_rewritten']} softmax/attention op(s) not rewritten (see rewrite.json)"
+        )
     if parity is not None:
         line += f"; verified at n={parity.seq_len}: max rel error {parity.worst:.1e}"
     return f"{line} -> {out_dir / MODEL_FILE}"

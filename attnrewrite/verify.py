@@ -26,8 +26,12 @@ class Difference:
     finite: bool
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "max_abs": self.max_abs, "relative": self.relative,
-                "finite": self.finite}
+        return {
+            "name": self.name,
+            "max_abs": self.max_abs,
+            "relative": self.relative,
+            "finite": self.finite,
+        }
 
 
 def difference(name: str, reference: np.ndarray, candidate: np.ndarray) -> Difference:
@@ -94,12 +98,17 @@ class Parity:
 
 
 def compare(
-    original: Path, rewritten: Path, feeds: Mapping[str, np.ndarray], blocks: Sequence[str],
+    original: Path,
+    rewritten: Path,
+    feeds: Mapping[str, np.ndarray],
+    blocks: Sequence[str],
     seq_len: int,
 ) -> Parity:
     reference = run_with_outputs(original, feeds, blocks)
     candidate = run_with_outputs(rewritten, feeds, blocks)
-    graph_outputs = [o.name for o in onnx.load(str(original), load_external_data=False).graph.output]
+    graph_outputs = [
+        o.name for o in onnx.load(str(original), load_external_data=False).graph.output
+    ]
     outputs = tuple(difference(n, reference[n], candidate[n]) for n in graph_outputs)
     block_diffs = tuple(difference(n, reference[n], candidate[n]) for n in blocks)
     tolerance = tolerance_for(onnx.load(str(original), load_external_data=False))

@@ -15,7 +15,9 @@ from attnrewrite.substitute.rewrite import SubstituteResult, substitute
 from attnrewrite.verify import difference
 
 
-def find_and_rewrite(proto: onnx.ModelProto) -> tuple[FindResult, SubstituteResult, onnx.ModelProto]:
+def find_and_rewrite(
+    proto: onnx.ModelProto,
+) -> tuple[FindResult, SubstituteResult, onnx.ModelProto]:
     model = ir.serde.deserialize_model(prepare_proto(proto))
     found = find_attention(model)
     result = substitute(model, found.matches, get_method("exact"))
@@ -34,7 +36,10 @@ def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray
 
 def max_relative_error(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
     assert len(reference) == len(candidate)
-    return max(difference(str(i), r, c).relative for i, (r, c) in enumerate(zip(reference, candidate, strict=True)))
+    return max(
+        difference(str(i), r, c).relative
+        for i, (r, c) in enumerate(zip(reference, candidate, strict=True))
+    )
 
 
 def tolerance(proto: onnx.ModelProto) -> float:

@@ -208,6 +208,9 @@ def _side_inputs(steps: Sequence[ScoreStep]) -> list[ir.Value]:
 
 def _request(candidate: Candidate, evaluations: Evaluations) -> None:
     chain_factors, bias_steps = _split_steps(candidate.steps)
+    for operand in (candidate.q, candidate.v):
+        if _dim(operand.value, -3, 4) is None or _dim(operand.value, -1, 4) is None:
+            evaluations.want(operand.value)
     for factor in (*candidate.factors, *chain_factors):
         evaluations.want(factor.value)
     if bias_steps:
@@ -259,9 +262,9 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         mask=kind,
         bias=bias,
         window=window,
-        q_heads=_dim(q_value, -3, rank),
-        kv_heads=_dim(candidate.v.value, -3, rank),
-        head_dim=_dim(q_value, -1, rank),
+        q_heads=_dim(q_value, -3, rank, evaluations),
+        kv_heads=_dim(candidate.v.value, -3, rank, evaluations),
+        head_dim=_dim(q_value, -1, rank, evaluations),
         q_len=static_dim(q_value, -2),
         kv_len=static_dim(candidate.v.value, -2),
         rank=rank,
@@ -273,9 +276,21 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
     )
 
 
-def _dim(value: ir.Value, axis: int, rank: int) -> int | None:
-    dim = static_dim(value, axis) if rank == 4 else None
-    return dim if isinstance(dim, int) else None
+def _dim(
+    value: ir.Value, axis: int, rank: int, evaluations: Evaluations | None = None
+) -> int | None:
+    """A static head count or head size: from shape inference, else the same at every
+    evaluated size (so not a batch or sequence axis)."""
+    if rank != 4:
+        return None
+    dim = static_dim(value, axis)
+    if isinstance(dim, int):
+        return dim
+    evaluated = evaluations.values(value) if evaluations is not None else None
+    if evaluated is None or evaluated[0].ndim != 4:
+        return None
+    sizes = {int(a.shape[axis]) for a in evaluated}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _bias_source(steps: Sequence[ScoreStep]) -> Bias:

@@ -25,7 +25,9 @@ def match_fused(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal | No
     if is_op(node, "MultiHeadAttention", domain=MS):
         return _ms_multihead(node, graph_name)
     if is_op(node, "Attention", domain=MS):
-        return _refuse(node, graph_name, "packed-weight com.microsoft Attention is not rewritten yet")
+        return _refuse(
+            node, graph_name, "packed-weight com.microsoft Attention is not rewritten yet"
+        )
     if is_op(node, "GroupQueryAttention", domain=MS):
         return _refuse(
             node,
@@ -37,8 +39,12 @@ def match_fused(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal | No
 
 
 def _refuse(node: ir.Node, graph_name: str, reason: str) -> Refusal:
-    return Refusal(node.name or "", f"{node.domain + '::' if node.domain else ''}{node.op_type}",
-                   graph_name, reason)
+    return Refusal(
+        node.name or "",
+        f"{node.domain + '::' if node.domain else ''}{node.op_type}",
+        graph_name,
+        reason,
+    )
 
 
 def _input(node: ir.Node, index: int) -> ir.Value | None:
@@ -46,8 +52,9 @@ def _input(node: ir.Node, index: int) -> ir.Value | None:
 
 
 def _used(node: ir.Node, index: int) -> bool:
-    return len(node.outputs) > index and bool(node.outputs[index].uses() or
-                                              node.outputs[index].is_graph_output())
+    return len(node.outputs) > index and bool(
+        node.outputs[index].uses() or node.outputs[index].is_graph_output()
+    )
 
 
 def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
@@ -113,7 +120,9 @@ def _ms_multihead(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
         if _input(node, index) is not None:
             return _refuse(node, graph_name, f"MultiHeadAttention with {name} is not rewritten yet")
     if k is None or v is None or rank_of(q) != 3 or rank_of(k) != 3 or rank_of(v) != 3:
-        return _refuse(node, graph_name, "MultiHeadAttention with packed q/k/v is not rewritten yet")
+        return _refuse(
+            node, graph_name, "MultiHeadAttention with packed q/k/v is not rewritten yet"
+        )
     heads = int_attr(node, "num_heads")
     hidden = static_dim(q, -1)
     if not heads or not isinstance(hidden, int):

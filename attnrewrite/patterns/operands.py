@@ -1,13 +1,13 @@
 """Rules that recover canonical q, k, v from the operands of the two attention MatMuls.
 
-    q side:  Mul(q, c) | Div(q, c)                         -> q, factor c | 1/c
-    k side:  Transpose(k, perm=[..,-1,-2])                 -> k            (bhsd)
-             Transpose(x, perm=[0,2,3,1])                  -> x            (bshd)
-             Transpose(Transpose(x)) composing to the above -> x
-             Reshape(Transpose(Reshape(k, 3-D)), 4-D)      -> k            (shapes agree)
-             anything else (K stored transposed)           -> k^T          (bhds)
-             scalar Mul/Div on k or on k^T                  -> factor
-    k, v:    Reshape(Expand(Unsqueeze(x, 2)))  (repeat_kv)   -> x, kv heads of x
+q side:  Mul(q, c) | Div(q, c)                         -> q, factor c | 1/c
+k side:  Transpose(k, perm=[..,-1,-2])                 -> k            (bhsd)
+         Transpose(x, perm=[0,2,3,1])                  -> x            (bshd)
+         Transpose(Transpose(x)) composing to the above -> x
+         Reshape(Transpose(Reshape(k, 3-D)), 4-D)      -> k            (shapes agree)
+         anything else (K stored transposed)           -> k^T          (bhds)
+         scalar Mul/Div on k or on k^T                  -> factor
+k, v:    Reshape(Expand(Unsqueeze(x, 2)))  (repeat_kv)   -> x, kv heads of x
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ def _find_path(value: ir.Value, depth: int) -> tuple[ir.Node, list[tuple[ir.Node
     else:
         return f"scores pass through {node.op_type} '{node.name}', which is not a scale or mask"
     # Prefer the input read only by this node: a mask or bias is usually shared.
-    ordered = sorted(candidates, key=lambda i: len(consumers(node.inputs[i])) if node.inputs[i] else 9)
+    ordered = sorted(
+        candidates, key=lambda i: len(consumers(node.inputs[i])) if node.inputs[i] else 9
+    )
     reason = ""
     for index in ordered:
         source = node.inputs[index]

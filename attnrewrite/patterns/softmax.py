@@ -1,8 +1,8 @@
 """Softmax anchors: a Softmax over the key axis, or the decomposed form some exporters inline.
 
-    Softmax(x, axis=-1)                                          -> x, p
-    Div(Exp(Sub(x, ReduceMax(x, -1))), ReduceSum(Exp(...), -1))   -> x, p
-    Div(Exp(x), ReduceSum(Exp(x), -1))                            -> x, p
+Softmax(x, axis=-1)                                          -> x, p
+Div(Exp(Sub(x, ReduceMax(x, -1))), ReduceSum(Exp(...), -1))   -> x, p
+Div(Exp(x), ReduceSum(Exp(x), -1))                            -> x, p
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ class Body:
 
     def float_attr(self, name: str) -> ir.Value:
         """A float32 scalar read from the calling node's attribute `name`."""
-        return self.op("Constant", value_float=ir.RefAttr("value_float", name, ir.AttributeType.FLOAT))
+        return self.op(
+            "Constant", value_float=ir.RefAttr("value_float", name, ir.AttributeType.FLOAT)
+        )
 
     def int_attr(self, name: str) -> ir.Value:
         return self.op("Constant", value_int=ir.RefAttr("value_int", name, ir.AttributeType.INT))
@@ -92,9 +94,7 @@ def build_function(
         for out in node.outputs:
             if out.name is None:
                 out.name = f"{node.op_type.lower()}_{index}"
-    graph = ir.Graph(
-        inputs, [output], nodes=b.tape.nodes, opset_imports={"": opset}, name=op_type
-    )
+    graph = ir.Graph(inputs, [output], nodes=b.tape.nodes, opset_imports={"": opset}, name=op_type)
     function = ir.Function(
         DOMAIN, op_type, signature.overload, graph=graph, attributes=list(attributes)
     )

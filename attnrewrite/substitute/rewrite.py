@@ -84,7 +84,9 @@ def _rewrite_one(model: ir.Model, match: AttentionMatch, method: Method, opset: 
     overload = _overload_for(model, match, method, signature)
     function_key = (DOMAIN, method.op_type, overload)
     if function_key not in model.functions:
-        function = build_function(method.op_type, signature, opset, method.attributes(), method.body)
+        function = build_function(
+            method.op_type, signature, opset, method.attributes(), method.body
+        )
         function.overload = overload
         model.functions[function_key] = function
     attributes: dict[str, object] = {
@@ -152,7 +154,9 @@ def _to_canonical(tape: ir.tape.Tape, operand: Operand) -> ir.Value:
         return value
     if operand.layout == Layout.BHDS:
         rank = len(value.shape) if value.shape is not None else 4
-        return tape.op("Transpose", [value], attributes={"perm": [*range(rank - 2), rank - 1, rank - 2]})
+        return tape.op(
+            "Transpose", [value], attributes={"perm": [*range(rank - 2), rank - 1, rank - 2]}
+        )
     if operand.layout == Layout.BS_HD:
         if operand.heads is None:
             raise ValueError(f"'{value.name}' merges heads into hidden, head count unknown")
@@ -160,9 +164,7 @@ def _to_canonical(tape: ir.tape.Tape, operand: Operand) -> ir.Value:
     return tape.op("Transpose", [value], attributes={"perm": [0, 2, 1, 3]})
 
 
-def _scores_shape(
-    tape: ir.tape.Tape, reader: ir.Node, query: ir.Value, key: ir.Value
-) -> ir.Value:
+def _scores_shape(tape: ir.tape.Tape, reader: ir.Node, query: ir.Value, key: ir.Value) -> ir.Value:
     """What `reader` (a Shape of the scores) computes, from q and k: [..., Sq] + [Skv]."""
     lead = tape.op("Slice", [tape.op("Shape", [query]), _ints(tape, [0]), _ints(tape, [-1])])
     kv_len = tape.op("Slice", [tape.op("Shape", [key]), _ints(tape, [-2]), _ints(tape, [-1])])
@@ -171,8 +173,10 @@ def _scores_shape(
     end = reader.attributes.get("end")
     if start is None and end is None:
         return shape
-    bounds = [_ints(tape, [start.value if start else 0]),
-              _ints(tape, [end.value if end else 2**62])]
+    bounds = [
+        _ints(tape, [start.value if start else 0]),
+        _ints(tape, [end.value if end else 2**62]),
+    ]
     return tape.op("Slice", [shape, *bounds])
 
 

@@ -59,4 +59,3 @@ class Signature:
             "softmax32": self.float32_softmax and self.dtype != ir.DataType.FLOAT,
         }
         return "_".join(parts + [name for name, on in flags.items() if on])
-
