@@ -60,7 +60,7 @@ def constant_of(value: ir.Value) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
-def ones_feeds(graph: ir.Graph, seq_len: int) -> dict[str, np.ndarray]:
+def ones_feeds(graph: ir.Graph, seq_len: int, batch: int) -> dict[str, np.ndarray]:
     """Inputs of ones: token id 1, mask 'keep', unit floats; sizes as `inputs` chooses them."""
     feeds = {}
     for value in graph.inputs:
@@ -68,7 +68,7 @@ def ones_feeds(graph: ir.Graph, seq_len: int) -> dict[str, np.ndarray]:
             continue
         dims = [] if value.shape is None else list(value.shape)
         shape = [
-            dimension_size(d if isinstance(d, int) else d.value, axis, seq_len)
+            dimension_size(d if isinstance(d, int) else d.value, axis, seq_len, batch)
             for axis, d in enumerate(dims)
         ]
         dtype = value.dtype.numpy() if value.dtype is not None else np.float32
@@ -76,7 +76,9 @@ def ones_feeds(graph: ir.Graph, seq_len: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def evaluate(model: ir.Model, values: Sequence[ir.Value], seq_len: int) -> list[np.ndarray]:
+def evaluate(
+    model: ir.Model, values: Sequence[ir.Value], seq_len: int, batch: int
+) -> list[np.ndarray]:
     """Run the main graph on inputs of ones and return `values` (all of the main graph)."""
     if not values:
         return []
@@ -91,7 +93,7 @@ def evaluate(model: ir.Model, values: Sequence[ir.Value], seq_len: int) -> list[
     session = ort.InferenceSession(
         proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    feeds = ones_feeds(model.graph, seq_len)
+    feeds = ones_feeds(model.graph, seq_len, batch)
     wanted = {i.name for i in session.get_inputs()}
     outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
     by_name = dict(zip(names, outputs, strict=True))

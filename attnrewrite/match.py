@@ -108,6 +108,7 @@ class AttentionMatch:
     scale: float
     scale_source: str
     mask: MaskKind
+    upstream_scale: float = 1.0  # a scalar already applied to q before its reshape (OPT)
     bias: Bias | None = None
     window: int | None = None
     q_heads: int | None = None
@@ -122,6 +123,11 @@ class AttentionMatch:
     runtime_factors: tuple[tuple[ir.Value, bool], ...] = ()  # (value, divide) applied to q
     nan_guard: bool = False
     float32_softmax: bool = False
+
+    @property
+    def effective_scale(self) -> float:
+        """What multiplies q.k in the model: the node's scale times any already in q."""
+        return self.scale * self.upstream_scale
 
     @property
     def kv_groups(self) -> int | None:
@@ -149,6 +155,8 @@ class AttentionMatch:
             "window": self.window,
             "scale": self.scale,
             "scale_source": self.scale_source,
+            "upstream_scale": self.upstream_scale,
+            "effective_scale": self.effective_scale,
             "q_heads": self.q_heads,
             "kv_heads": self.kv_heads,
             "kv_groups": self.kv_groups,

@@ -31,6 +31,7 @@ from attnrewrite.verify import Parity, compare
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "rewrite.json"
 VERIFY_SEQ_LEN = 11  # deliberately unlike common export lengths (8, 16, 128)
+VERIFY_BATCHES = (2, 1)
 
 
 def inspect_model(path: Path) -> FindResult:
@@ -80,15 +81,19 @@ def _why_none(found: FindResult) -> str:
 def _verify(
     original: Path, rewritten: Path, result: SubstituteResult, method: Method, seq_len: int
 ) -> Parity:
-    feeds = generate_inputs(onnx.load(str(original), load_external_data=False), seq_len)
+    signature = onnx.load(str(original), load_external_data=False)
     blocks = [r.output for r in result.rewritten if r.match.graph_name == "main"]
-    try:
-        return compare(original, rewritten, feeds, blocks, seq_len)
-    except Exception as err:  # onnxruntime raises several types: all mean "could not run"
-        raise AttnRewriteError(
-            f"verification could not run the models at sequence length {seq_len} "
-            f"({str(err).splitlines()[0]}); try --seq-len or --no-verify"
-        ) from err
+    error = ""
+    for batch in VERIFY_BATCHES:  # some exported graphs only run at batch 1
+        feeds = generate_inputs(signature, seq_len, batch=batch)
+        try:
+            return compare(original, rewritten, feeds, blocks, seq_len)
+        except Exception as err:  # onnxruntime raises several types: all mean "could not run"
+            error = str(err).splitlines()[0]
+    raise AttnRewriteError(
+        f"verification could not run the models at sequence length {seq_len} ({error}); "
+        "try --seq-len or --no-verify"
+    )
 
 
 def _passed(parity: Parity, method: Method) -> bool:

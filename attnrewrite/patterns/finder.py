@@ -30,12 +30,20 @@ from attnrewrite.match import (
 )
 from attnrewrite.patterns import fused, masks
 from attnrewrite.patterns.graph_utils import all_graphs, numpy_dtype, rank_of, static_dim
-from attnrewrite.patterns.operands import Factor, is_scalar, key_operand, strip_scale, ungroup_kv
+from attnrewrite.patterns.operands import (
+    Factor,
+    is_scalar,
+    key_operand,
+    strip_scale,
+    ungroup_kv,
+    upstream_scale,
+)
 from attnrewrite.patterns.probs import walk_probs
 from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 
 SIZES = (6, 9)  # sequence lengths at which scales and masks are evaluated
+BATCHES = (2, 1)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Candidate:
     qk: ir.Node
     pv: ir.Node
     factors: tuple[Factor, ...]
+    upstream: tuple[Factor, ...]
     steps: tuple[ScoreStep, ...]
     nodes: tuple[ir.Node, ...]
     variant: tuple[str, ...]
@@ -79,14 +88,16 @@ class Evaluations:
 
     def run(self) -> None:
         unique = list({id(v): v for v in self.wanted}.values())
-        for seq_len in SIZES:
+        if not unique:
+            return
+        for batch in BATCHES:  # some exported graphs only run at batch 1
             try:
-                arrays = ev.evaluate(self.model, unique, seq_len)
+                runs = [ev.evaluate(self.model, unique, seq_len, batch) for seq_len in SIZES]
             except Exception as err:  # onnxruntime raises many types; all mean "not evaluable"
                 self.error = str(err).splitlines()[0]
-                self.results = []
-                return
-            self.results.append({id(v): a for v, a in zip(unique, arrays, strict=True)})
+                continue
+            self.results = [dict(zip(map(id, unique), r, strict=True)) for r in runs]
+            return
 
     def values(self, value: ir.Value) -> list[np.ndarray] | None:
         """The value at each size, or None."""
@@ -152,8 +163,11 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         k_operand = Operand(k_grouped[0], Layout.BHSD)
         v_value = v_grouped[0]
         variant.append("kv:repeat")
+    upstream = [] if q_factors else upstream_scale(q_value)
     if q_factors:
         variant.append("scale:on-q")
+    if upstream:
+        variant.append("scale:upstream-q")
     if k_factors:
         variant.append("scale:on-k")
     if chain.float32_upcast:
@@ -174,6 +188,7 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         qk=chain.qk,
         pv=probs.pv,
         factors=tuple(q_factors + k_factors),
+        upstream=tuple(upstream),
         steps=chain.steps,
         nodes=nodes,
         variant=tuple(variant),
@@ -211,7 +226,7 @@ def _request(candidate: Candidate, evaluations: Evaluations) -> None:
     for operand in (candidate.q, candidate.v):
         if _dim(operand.value, -3, 4) is None or _dim(operand.value, -1, 4) is None:
             evaluations.want(operand.value)
-    for factor in (*candidate.factors, *chain_factors):
+    for factor in (*candidate.factors, *candidate.upstream, *chain_factors):
         evaluations.want(factor.value)
     if bias_steps:
         for value in _side_inputs(bias_steps):
@@ -234,6 +249,7 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         scale = scale / number if factor.divide else scale * number
         sources.add("constant" if ev.constant_of(factor.value) is not None else "computed")
     scale_source = "+".join(sorted(sources)) if sources else "none"
+    upstream = _constant_product(candidate.upstream, evaluations)
 
     kind, window, bias = MaskKind.NONE, None, None
     if bias_steps:
@@ -259,6 +275,7 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         nodes=candidate.nodes,
         scale=scale,
         scale_source=scale_source,
+        upstream_scale=upstream,
         mask=kind,
         bias=bias,
         window=window,
@@ -274,6 +291,17 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         nan_guard=candidate.nan_guard,
         float32_softmax=candidate.float32_softmax,
     )
+
+
+def _constant_product(factors: Sequence[Factor], evaluations: Evaluations) -> float:
+    product = 1.0
+    for factor in factors:
+        values = evaluations.values(factor.value)
+        if values is None:
+            return 1.0  # not a constant: nothing reliable to report
+        number = float(np.ravel(values[0])[0])
+        product = product / number if factor.divide else product * number
+    return product
 
 
 def _dim(

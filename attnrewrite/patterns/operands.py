@@ -65,6 +65,21 @@ def strip_scale(value: ir.Value) -> tuple[ir.Value, list[Factor]]:
             return value, factors
 
 
+def upstream_scale(value: ir.Value) -> list[Factor]:
+    """Scalars applied before layout-only ops, q = Transpose(Reshape(x * c)) (OPT): already in
+    q, so reported, not moved."""
+    current = value
+    for _ in range(3):
+        node = producer_op(current, "Reshape", "Transpose")
+        if node is None:
+            return []
+        current = node.inputs[0]
+        _, factors = strip_scale(current)
+        if factors:
+            return factors
+    return []
+
+
 def key_operand(kt: ir.Value) -> tuple[Operand, list[Factor], str]:
     """Canonical K from the right operand of Q.K^T, with scale factors and a variant tag."""
     kt, factors = strip_scale(kt)

@@ -1,0 +1,68 @@
+"""Models from real exporters (tests/corpus/exported, built by build_exported.py from tiny
+random-weight transformers models and hand-written torch modules, both torch.onnx
+exporters): every attention block found, described as the model's config says, and the
+exact rewrite reproduces onnxruntime's outputs at the export length and another one."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from attnrewrite.inputs import generate_inputs
+from tests.conftest import find_and_rewrite, max_relative_error, run, tolerance
+
+CORPUS = Path(__file__).parent / "corpus" / "exported"
+MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
+MODELS = {entry["name"]: entry for entry in MANIFEST["models"]}
+
+
+def _expected_counts(entry: dict, key: str) -> Counter:
+    return Counter({group[key]: 0 for group in entry["expected"]["groups"]}) + Counter(
+        {group[key]: group["count"] for group in entry["expected"]["groups"]}
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_exported_model(name: str) -> None:
+    entry = MODELS[name]
+    proto = onnx.load(str(CORPUS / entry["file"]))
+    found, result, rewritten = find_and_rewrite(proto)
+    expected = entry["expected"]
+    assert len(found.matches) == expected["blocks"], [r.reason for r in found.refusals]
+    assert not result.failed
+    assert Counter(m.mask.value for m in found.matches) == _expected_counts(entry, "mask")
+    scales = Counter(round(m.effective_scale, 5) for m in found.matches)
+    assert scales == Counter(
+        {round(g["scale"], 5): g["count"] for g in expected["groups"]}
+    ) or _same_multiset_with_fp16(found, expected)
+    for match in found.matches:
+        if match.q_heads is not None:
+            assert match.q_heads in {g["q_heads"] for g in expected["groups"]}
+            assert match.kv_heads in {g["kv_heads"] for g in expected["groups"]}
+    for seq_len in entry.get("verified_seq_lens", [entry["export_seq_len"]]):
+        feeds, reference = _inputs_the_original_accepts(proto, seq_len)
+        error = max_relative_error(reference, run(rewritten, feeds))
+        assert error <= tolerance(proto), f"seq_len={seq_len}: relative error {error:.2e}"
+
+
+def _inputs_the_original_accepts(proto, seq_len: int):
+    """Batch 2, or batch 1 where the exporter wrote a graph that only runs there (the opset-23
+    RotaryEmbedding of torch's dynamo exporter)."""
+    try:
+        feeds = generate_inputs(proto, seq_len, batch=2)
+        return feeds, run(proto, feeds)
+    except InvalidArgument:
+        feeds = generate_inputs(proto, seq_len, batch=1)
+        return feeds, run(proto, feeds)
+
+
+def _same_multiset_with_fp16(found, expected) -> bool:
+    """fp16 graphs store the scale in fp16: compare at fp16 precision."""
+    got = sorted(m.effective_scale for m in found.matches)
+    want = sorted(g["scale"] for g in expected["groups"] for _ in range(g["count"]))
+    return all(abs(a - b) <= 1e-3 * abs(b) for a, b in zip(got, want, strict=True))
