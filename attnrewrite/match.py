@@ -29,6 +29,7 @@ class MaskKind(StrEnum):
     CAUSAL_PADDING = "causal_padding"
     BIAS = "bias"
     CAUSAL_BIAS = "causal_bias"
+    FULLY_MASKED = "fully_masked"  # classification only: every key hidden at the probe input
 
     @property
     def is_causal(self) -> bool:

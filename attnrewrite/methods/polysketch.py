@@ -127,7 +127,7 @@ def fit_shift(
     y = torch.exp((x - torch.where(torch.isfinite(xmax), xmax, 0.0)) / degree).masked_fill(~hit, 0)
     tot = om.sum(-1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
     xm, ym = (om * x).sum(-1, keepdim=True) / tot, (om * y).sum(-1, keepdim=True) / tot
-    var = (om * (x - xm) ** 2).sum(-1) / tot[..., 0]
+    var = (om * (x - xm) ** 2).sum(-1)
     slope = (om * (x - xm) * (y - ym)).sum(-1) / var.clamp(min=torch.finfo(x.dtype).tiny)
     xm, ym = xm[..., 0], ym[..., 0]
     taylor = degree - xm  # exp(x) ~ (1 + (x - xm) / p)^p when the sample has no spread

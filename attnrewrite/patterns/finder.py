@@ -163,7 +163,7 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         k_operand = Operand(k_grouped[0], Layout.BHSD)
         v_value = v_grouped[0]
         variant.append("kv:repeat")
-    upstream = [] if q_factors else upstream_scale(q_value)
+    upstream = upstream_scale(q_value)
     if q_factors:
         variant.append("scale:on-q")
     if upstream:
@@ -352,9 +352,15 @@ def _classify(
         kinds.add(masks.classify(bias, q_len, kv_len))
     kind, window = kinds.pop() if len(kinds) == 1 else (MaskKind.BIAS, None)
     graph = evaluations.model.graph
-    if any(ev.data_inputs(v, graph) for v in _side_inputs(steps) if ev.constant_of(v) is None):
-        kind = masks.with_padding(kind)
-    return kind, window
+    data = any(ev.data_inputs(v, graph) for v in _side_inputs(steps) if ev.constant_of(v) is None)
+    return _with_data_part(kind, data), window
+
+
+def _with_data_part(kind: MaskKind, data_dependent: bool) -> MaskKind:
+    """The final kind once we know whether the mask reads a data input (an attention mask)."""
+    if kind == MaskKind.FULLY_MASKED:  # ones hide every key: the input means True = pad
+        return MaskKind.PADDING if data_dependent else MaskKind.BIAS
+    return masks.with_padding(kind) if data_dependent else kind
 
 
 def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> AttentionMatch:
@@ -373,8 +379,8 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     kind, window = kinds.pop() if len(kinds) == 1 else (MaskKind.BIAS, None)
     if match.mask.is_causal and kind in (MaskKind.NONE, MaskKind.BIAS):
         kind = MaskKind.CAUSAL if kind == MaskKind.NONE else MaskKind.CAUSAL_BIAS
-    if ev.constant_of(value) is None and ev.data_inputs(value, evaluations.model.graph):
-        kind = masks.with_padding(kind)
+    data = ev.constant_of(value) is None and bool(ev.data_inputs(value, evaluations.model.graph))
+    kind = _with_data_part(kind, data)
     bias = match.bias if kind.needs_tensor else None
     return replace(match, mask=kind, window=window, bias=bias)
 

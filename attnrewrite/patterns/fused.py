@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from attnrewrite.match import AttentionMatch, Bias, Layout, MaskKind, Operand, Refusal
 from attnrewrite.patterns.graph_utils import float_attr, int_attr, is_op, rank_of, static_dim
+from attnrewrite.patterns.operands import ungroup_kv
 
 MS = "com.microsoft"
 
@@ -81,6 +82,12 @@ def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
         return _refuse(node, graph_name, "Attention inputs of unknown rank")
     if not isinstance(head_dim, int):
         return _refuse(node, graph_name, "Attention head size is not static: scale unknown")
+    variant: tuple[str, ...] = ("onnx:Attention", f"rank{rank}")
+    k_grouped, v_grouped = ungroup_kv(k), ungroup_kv(v)
+    if rank == 4 and k_grouped and v_grouped:  # K, V repeated before the op: take the sources
+        k, v = k_grouped[0], v_grouped[0]
+        kv_heads = static_dim(k, 1)
+        variant = (*variant, "kv:repeat")
     causal = bool(int_attr(node, "is_causal", 0))
     mask = _input(node, 3)
     bias = None
@@ -91,7 +98,7 @@ def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
     return AttentionMatch(
         anchor=node.name or "",
         graph_name=graph_name,
-        variant=("onnx:Attention", f"rank{rank}"),
+        variant=variant,
         q=Operand(q, layout, q_heads if isinstance(q_heads, int) else None),
         k=Operand(k, layout, kv_heads if isinstance(kv_heads, int) else None),
         v=Operand(v, layout, kv_heads if isinstance(kv_heads, int) else None),

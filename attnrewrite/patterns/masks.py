@@ -58,6 +58,8 @@ def classify(bias: np.ndarray, q_len: int, kv_len: int) -> tuple[MaskKind, int |
     has_values = bool(np.any(np.abs(finite) > 1e-6))
     if not masked.any():
         return (MaskKind.BIAS, None) if has_values else (MaskKind.NONE, None)
+    if masked.all():
+        return MaskKind.FULLY_MASKED, None
     rows = np.arange(q_len)[:, None]
     cols = np.arange(kv_len)[None, :]
     offset = kv_len - q_len
