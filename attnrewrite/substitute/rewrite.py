@@ -109,8 +109,8 @@ def _rewrite_one(model: ir.Model, match: AttentionMatch, method: Method, opset: 
         out = late.op("Reshape", [out, _ints(late, [0, 0, -1])])
     if graph is not model.graph:  # a function body declares the domains it calls
         graph.opset_imports[DOMAIN] = DOMAIN_VERSION
-    for tape, where in ((early, first), (late, anchor)):
-        _name_nodes(tape, name)
+    for tape, where, part in ((early, first, "in"), (late, anchor, "out")):
+        _name_nodes(tape, f"{name}/{part}")
         graph.insert_before(where, tape.nodes)
     for reader, shape in rerouted:
         reader.outputs[0].replace_all_uses_with(shape, replace_graph_outputs=True)
@@ -136,9 +136,9 @@ def _overload_for(model: ir.Model, match: AttentionMatch, method: Method, sig: S
 
 
 def _name_nodes(tape: ir.tape.Tape, prefix: str) -> None:
-    for node in tape.nodes:
+    for index, node in enumerate(tape.nodes):
         if node.name is None:
-            node.name = f"{prefix}/{node.op_type}_{id(node) % 100000}"
+            node.name = f"{prefix}/{node.op_type}_{index}"
         for value in node.outputs:
             value.name = value.name or f"{node.name}_out"
 
