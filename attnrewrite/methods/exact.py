@@ -1,0 +1,172 @@
+"""Exact softmax attention: the ground truth every approximate method is measured against.
+
+It also holds the conventions all methods share, so that "what a mask means" is decided once:
+
+- shapes: q [B, Hq, Sq, d], k [B, Hkv, Skv, d], v [B, Hkv, Skv, dv]; query head h reads kv
+  head h // (Hq // Hkv) (grouped-query attention);
+- positions: query i sits at key position i + (Skv - Sq) (bottom-right alignment, the KV-cache
+  convention); ``is_causal`` keeps keys j <= that position and ``window`` (causal only) further
+  keeps j > position - window;
+- bias: additive, broadcastable to [B, Hq, Sq, Skv]; entries at or below half the dtype's most
+  negative value (finfo.min masks) count as -inf, a bool bias follows SDPA (True = attend);
+- a row with no visible key returns zeros, never NaN;
+- arithmetic runs in float64 for float64 inputs and float32 otherwise, the output has q's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 references would hide the approximation error under their own rounding."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_inputs(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool, window: int | None
+) -> None:
+    """Reject malformed calls up front, so a wrong match fails loudly instead of broadcasting."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D [B, H, S, d]; got {q.dim()}, {k.dim()}, {v.dim()}")
+    (b, hq, sq, d), (bk, hkv, skv, dk) = q.shape, k.shape
+    if bk != b or v.shape[0] != b:
+        raise ValueError(f"batch sizes differ: q {b}, k {bk}, v {v.shape[0]}")
+    if dk != d:
+        raise ValueError(f"q and k head dims differ: {d} vs {dk}")
+    if v.shape[1] != hkv or v.shape[2] != skv:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} disagree on heads/length")
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"query heads {hq} must be a multiple of kv heads {hkv}")
+    if bias is not None:
+        try:
+            shape = torch.broadcast_shapes(bias.shape, (b, hq, sq, skv))
+        except RuntimeError as err:
+            raise ValueError(f"bias {tuple(bias.shape)} does not broadcast to q k^T") from err
+        if shape != (b, hq, sq, skv):
+            raise ValueError(f"bias {tuple(bias.shape)} would enlarge the score tensor")
+    if window is not None:
+        if not is_causal:
+            raise ValueError("window is defined for causal attention only (is_causal=True)")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int, got {window!r}")
+
+
+def expand_kv(k: Tensor, v: Tensor, hq: int) -> tuple[Tensor, Tensor]:
+    """GQA by repetition: query head h reads kv head h // group, as repeat_interleave lays out."""
+    group = hq // k.shape[1]
+    if group == 1:
+        return k, v
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+
+
+def positions_mask(
+    sq: int, skv: int, is_causal: bool, window: int | None, device: torch.device
+) -> Tensor | None:
+    """Bool [Sq, Skv] of visible pairs (None: all visible), bottom-right aligned."""
+    if not is_causal:
+        return None
+    rel = torch.arange(sq, device=device)[:, None] + (skv - sq) - torch.arange(skv, device=device)
+    allowed = rel >= 0
+    if window is not None:
+        allowed &= rel < window
+    return allowed
+
+
+def window_binds(skv: int, window: int | None) -> bool:
+    """A causal window hides some key iff the last query (position Skv - 1) reaches past it."""
+    return window is not None and window < skv
+
+
+def bias_logits(bias: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive logits with every masked entry as -inf, so all methods agree on 'masked'."""
+    if bias.dtype == torch.bool:
+        return torch.zeros(bias.shape, dtype=dtype, device=bias.device).masked_fill(
+            ~bias, -torch.inf
+        )
+    masked = bias <= torch.finfo(bias.dtype).min / 2
+    return bias.to(dtype).masked_fill(masked, -torch.inf)
+
+
+def as_4d(bias: Tensor) -> Tensor:
+    """Prepend singleton axes so the query axis is always dim -2."""
+    return bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
+
+
+def split_bias(
+    bias: Tensor | None, shape: tuple[int, int, int, int], dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """(key_bias [B,H,1,Skv], full_bias [B,H,Sq,Skv]) as -inf-masked logits, at most one set.
+
+    A bias that does not vary along the query axis is a per-key weight, which every method
+    honours exactly; a [B,1,Sq,Skv] padding mask that was merely expanded counts as one.
+    """
+    if bias is None:
+        return None, None
+    b, h, _, skv = shape
+    logits = bias_logits(as_4d(bias), dtype)
+    if logits.shape[-2] == 1 or bool((logits == logits[..., :1, :]).all()):
+        return logits[..., :1, :].expand(b, h, 1, skv), None
+    return None, logits.expand(shape)
+
+
+def key_weights(key_bias: Tensor | None, b: int, h: int, skv: int, like: Tensor) -> Tensor:
+    """exp(key bias) per key, [B, H, Skv]: exp(s + b_j) = exp(s) w_j keeps masks exact."""
+    if key_bias is None:
+        return torch.ones(b, h, skv, dtype=like.dtype, device=like.device)
+    kb = key_bias[..., 0, :]
+    top = kb.amax(dim=-1, keepdim=True)
+    return torch.exp(kb - torch.where(torch.isfinite(top), top, 0.0))
+
+
+def masked_softmax_av(logits: Tensor, v: Tensor) -> Tensor:
+    """softmax(logits) @ v with -inf masks; rows with nothing visible give zeros, not NaN."""
+    top = logits.amax(dim=-1, keepdim=True)
+    p = torch.exp(logits - torch.where(torch.isfinite(top), top, 0.0))
+    den = p.sum(dim=-1, keepdim=True)
+    return (p @ v) / torch.where(den > 0, den, 1.0)
+
+
+def dense_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float,
+    is_causal: bool,
+    bias: Tensor | None,
+    window: int | None,
+    allowed: Tensor | None = None,
+) -> Tensor:
+    """Masked softmax attention on the full score matrix; ``allowed`` adds a sparsity pattern."""
+    check_inputs(q, k, v, bias, is_causal, window)
+    k, v = expand_kv(k, v, q.shape[1])
+    ct = compute_dtype(q.dtype)
+    logits = scale * (q.to(ct) @ k.to(ct).transpose(-1, -2))
+    if bias is not None:
+        logits = logits + bias_logits(bias, ct)
+    pattern = positions_mask(q.shape[2], k.shape[2], is_causal, window, q.device)
+    if allowed is not None:
+        pattern = allowed if pattern is None else pattern & allowed
+    if pattern is not None:
+        logits = logits.masked_fill(~pattern, -torch.inf)
+    return masked_softmax_av(logits, v.to(ct)).to(q.dtype)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float,
+    is_causal: bool,
+    bias: Tensor | None = None,
+    window: int | None = None,
+) -> Tensor:
+    """softmax(scale q k^T + bias + causal/window mask) v, exactly."""
+    return dense_attention(q, k, v, scale=scale, is_causal=is_causal, bias=bias, window=window)
+
+
+def validate() -> None:
+    """Exact attention has no parameters; kept so every method validates the same way."""

@@ -1,0 +1,56 @@
+"""Sliding window with attention sinks: the cheap baseline the other methods must beat.
+
+Exact softmax restricted to a sparse pattern: a query at key position p sees the ``width`` keys
+ending at p (causal: p - width < j <= p; bidirectional: |j - p| < width) plus the first ``sinks``
+keys, which StreamingLLM showed carry much of the mass of trained heads. The model's own mask
+is intersected with that pattern, so every bias (padding, ALiBi, full tensors), GQA,
+cross-attention and a model ``window`` are honoured exactly. With width >= max(Sq, Skv) it is
+exact attention. This reference evaluates the dense masked score matrix (O(Sq Skv d)); a fused
+kernel would touch O(Sq (width + sinks) d).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnrewrite.methods.exact import dense_attention
+
+
+def validate(*, width: int, sinks: int) -> None:
+    """Clear errors for nonsensical patterns rather than silently attending to nothing."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"window width must be an int >= 1, got {width!r}")
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+        raise ValueError(f"sinks must be an int >= 0, got {sinks!r}")
+
+
+def pattern(
+    sq: int, skv: int, *, is_causal: bool, width: int, sinks: int, device: torch.device
+) -> Tensor:
+    """Bool [Sq, Skv]: local band around each query's key position, plus the sink keys."""
+    rel = torch.arange(sq, device=device)[:, None] + (skv - sq) - torch.arange(skv, device=device)
+    band = (rel < width) if is_causal else (rel.abs() < width)
+    return band | (torch.arange(skv, device=device) < sinks)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float,
+    is_causal: bool,
+    bias: Tensor | None = None,
+    window: int | None = None,
+    width: int = 64,
+    sinks: int = 4,
+) -> Tensor:
+    """Exact softmax over the sink + local pattern (causal keys j > p are still excluded)."""
+    validate(width=width, sinks=sinks)
+    allowed = pattern(
+        q.shape[2], k.shape[2], is_causal=is_causal, width=width, sinks=sinks, device=q.device
+    )
+    return dense_attention(
+        q, k, v, scale=scale, is_causal=is_causal, bias=bias, window=window, allowed=allowed
+    )
