@@ -21,11 +21,6 @@ from attnrewrite.inputs import dimension_size
 SHAPE_OPS = frozenset({"Shape", "Size"})
 
 
-def is_shape_only(value: ir.Value, graph: ir.Graph) -> bool:
-    """True when `value` depends on graph inputs only through their shapes."""
-    return not data_inputs(value, graph)
-
-
 def data_inputs(value: ir.Value, graph: ir.Graph) -> set[str]:
     """Names of the graph inputs whose contents (not just shapes) `value` depends on."""
     found: set[str] = set()

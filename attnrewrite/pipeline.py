@@ -21,7 +21,7 @@ from attnrewrite import __version__
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import save_model, staged_directory
 from attnrewrite.inputs import generate_inputs
-from attnrewrite.loading import load_proto
+from attnrewrite.loading import load_model
 from attnrewrite.match import FindResult
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import Method
@@ -35,7 +35,7 @@ VERIFY_BATCHES = (2, 1)
 
 
 def inspect_model(path: Path) -> FindResult:
-    return find_attention(ir.serde.deserialize_model(load_proto(path)))
+    return find_attention(load_model(path))
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def rewrite_model(
 ) -> RewriteOutcome:
     if (out_dir / MODEL_FILE).resolve() == path.resolve():
         raise AttnRewriteError(f"output folder {out_dir} would overwrite the input model")
-    model = ir.serde.deserialize_model(load_proto(path))
+    model = load_model(path)
     found = find_attention(model)
     if not found.matches:
         raise AttnRewriteError(f"no softmax attention found in {path}: {_why_none(found)}")

@@ -106,10 +106,9 @@ def compare(
 ) -> Parity:
     reference = run_with_outputs(original, feeds, blocks)
     candidate = run_with_outputs(rewritten, feeds, blocks)
-    graph_outputs = [
-        o.name for o in onnx.load(str(original), load_external_data=False).graph.output
-    ]
+    signature = onnx.load(str(original), load_external_data=False)
+    graph_outputs = [o.name for o in signature.graph.output]
     outputs = tuple(difference(n, reference[n], candidate[n]) for n in graph_outputs)
     block_diffs = tuple(difference(n, reference[n], candidate[n]) for n in blocks)
-    tolerance = tolerance_for(onnx.load(str(original), load_external_data=False))
+    tolerance = tolerance_for(signature)
     return Parity(outputs, block_diffs, tolerance, seq_len)

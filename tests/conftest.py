@@ -40,9 +40,3 @@ def max_relative_error(reference: list[np.ndarray], candidate: list[np.ndarray])
         difference(str(i), r, c).relative
         for i, (r, c) in enumerate(zip(reference, candidate, strict=True))
     )
-
-
-def tolerance(proto: onnx.ModelProto) -> float:
-    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-    outputs = {o.type.tensor_type.elem_type for o in proto.graph.output}
-    return 1e-2 if outputs & half else 1e-5

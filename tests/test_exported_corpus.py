@@ -14,7 +14,8 @@ import pytest
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from attnrewrite.inputs import generate_inputs
-from tests.conftest import find_and_rewrite, max_relative_error, run, tolerance
+from attnrewrite.verify import tolerance_for as tolerance
+from tests.conftest import find_and_rewrite, max_relative_error, run
 
 CORPUS = Path(__file__).parent / "corpus" / "exported"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())

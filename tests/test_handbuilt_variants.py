@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import find_and_rewrite, max_relative_error, run, tolerance
+from attnrewrite.verify import tolerance_for as tolerance
+from tests.conftest import find_and_rewrite, max_relative_error, run
 from tests.corpus.handbuilt import Case, all_cases
 
 CASES = {case.name: case for case in all_cases()}

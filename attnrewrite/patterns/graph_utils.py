@@ -28,14 +28,6 @@ def consumers(value: ir.Value) -> list[ir.Node]:
     return list(dict.fromkeys(use.node for use in value.uses()))
 
 
-def only_consumer(value: ir.Value) -> ir.Node | None:
-    """The single node reading `value`, or None if it has several readers or is an output."""
-    if value.is_graph_output():
-        return None
-    readers = consumers(value)
-    return readers[0] if len(readers) == 1 else None
-
-
 def int_attr(node: ir.Node, name: str, default: int | None = None) -> int | None:
     attr = node.attributes.get(name)
     return default if attr is None else int(attr.value)
@@ -94,10 +86,6 @@ def _subgraphs(graph: ir.Graph | ir.Function, path: str) -> Iterator[tuple[str, 
                 sub_path = f"{path}/{node.op_type}:{node.name}.{label}"
                 yield sub_path, body
                 yield from _subgraphs(body, sub_path)
-
-
-def dtype_of(value: ir.Value) -> ir.DataType | None:
-    return value.dtype
 
 
 def numpy_dtype(value: ir.Value) -> np.dtype:
