@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attnrewrite import __version__
+from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import new_folder_name
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, inspect_model, rewrite_model
@@ -48,6 +49,7 @@ def rewrite_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
     parser.add_argument("--method", required=True, help=f"one of {', '.join(METHOD_NAMES)}")
+    _add_method_params(parser)
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity run")
     parser.add_argument(
@@ -60,6 +62,38 @@ def rewrite_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ALIASES = {"bases": ["--k"]}  # the conv-basis paper's name for the number of bases
+
+
+def _method_params() -> dict[str, dict[str, str]]:
+    """{param: {method: help}} over the methods the tool offers."""
+    table: dict[str, dict[str, str]] = {}
+    for name in METHOD_NAMES:
+        for param in references.get(name).params:
+            table.setdefault(param.name, {})[name] = f"{param.help} (default {param.default})"
+    return table
+
+
+def _add_method_params(parser: argparse.ArgumentParser) -> None:
+    """One --flag per method parameter; values are converted and checked by the method."""
+    group = parser.add_argument_group("method parameters (defaults in brackets)")
+    for name, helps in _method_params().items():
+        text = "; ".join(f"{method}: {h}" for method, h in helps.items())
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, *ALIASES.get(name, []), dest=name, metavar="V", help=text)
+
+
+def _given_params(args: argparse.Namespace, method: str) -> dict[str, str]:
+    """The parameter flags the user set, refusing those the chosen method does not have."""
+    given = {n: getattr(args, n) for n in _method_params() if getattr(args, n) is not None}
+    own = {p.name for p in references.get(method).params} if method in METHOD_NAMES else set()
+    stray = sorted(set(given) - own)
+    if stray:
+        flags = ", ".join("--" + n.replace("_", "-") for n in stray)
+        raise AttnRewriteError(f"{flags} does not apply to --method {method}")
+    return given
+
+
 def inspect_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="attnrewrite inspect", description="List what the finder sees.")
     parser.add_argument("model", type=Path)
@@ -69,7 +103,7 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
-    method = get_method(args.method)
+    method = get_method(args.method, _given_params(args, args.method))
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
     outcome = rewrite_model(args.model, method, out_dir, not args.no_verify, args.seq_len)
     console.print(outcome.summary, highlight=False, soft_wrap=True)

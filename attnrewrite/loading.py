@@ -30,7 +30,7 @@ def default_opset(model: onnx.ModelProto | ir.Model) -> int:
     return version
 
 
-def load_proto(path: Path) -> onnx.ModelProto:
+def load_proto(path: Path, min_opset: int = REWRITE_OPSET) -> onnx.ModelProto:
     """Read and prepare the model file, refusing what is not a usable ONNX model."""
     if not path.exists():
         raise AttnRewriteError(f"no such file: {path}")
@@ -41,11 +41,14 @@ def load_proto(path: Path) -> onnx.ModelProto:
     except (google.protobuf.message.DecodeError, ValueError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AttnRewriteError(f"{path} is not a readable ONNX model ({reason})") from err
-    return prepare_proto(proto, str(path))
+    return prepare_proto(proto, str(path), min_opset)
 
 
-def prepare_proto(proto: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
-    """Check the opset (converting old ones) and infer shapes so the finder knows ranks."""
+def prepare_proto(
+    proto: onnx.ModelProto, label: str = "model", min_opset: int = REWRITE_OPSET
+) -> onnx.ModelProto:
+    """Check the opset (converting older ones to `min_opset`: a method body may need newer
+    ops, e.g. DFT) and infer shapes so the finder knows ranks."""
     if proto.ir_version == 0 or not proto.graph.node:
         raise AttnRewriteError(f"{label} is not an ONNX model (no IR version or no graph nodes)")
     opset = default_opset(proto)
@@ -53,13 +56,14 @@ def prepare_proto(proto: onnx.ModelProto, label: str = "model") -> onnx.ModelPro
         raise AttnRewriteError(
             f"{label} uses ONNX opset {opset}; supported opsets are {MIN_OPSET}-{MAX_OPSET}"
         )
-    if opset < REWRITE_OPSET:
+    target = max(min_opset, REWRITE_OPSET)
+    if opset < target:
         try:
-            proto = onnx.version_converter.convert_version(proto, REWRITE_OPSET)
+            proto = onnx.version_converter.convert_version(proto, target)
         except (RuntimeError, ValueError) as err:
             raise AttnRewriteError(
                 f"{label} uses opset {opset} and could not be converted to opset "
-                f"{REWRITE_OPSET}: {str(err).splitlines()[0]}"
+                f"{target}: {str(err).splitlines()[0]}"
             ) from err
     # The finder copes with missing shapes: inference is a help, not a requirement.
     with contextlib.suppress(onnx.shape_inference.InferenceError, ValueError):
@@ -67,5 +71,5 @@ def prepare_proto(proto: onnx.ModelProto, label: str = "model") -> onnx.ModelPro
     return proto
 
 
-def load_model(path: Path) -> ir.Model:
-    return ir.serde.deserialize_model(load_proto(path))
+def load_model(path: Path, min_opset: int = REWRITE_OPSET) -> ir.Model:
+    return ir.serde.deserialize_model(load_proto(path, min_opset))

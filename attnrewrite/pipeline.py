@@ -50,7 +50,7 @@ def rewrite_model(
 ) -> RewriteOutcome:
     if (out_dir / MODEL_FILE).resolve() == path.resolve():
         raise AttnRewriteError(f"output folder {out_dir} would overwrite the input model")
-    model = load_model(path)
+    model = load_model(path, min_opset=method.body.min_opset)
     found = find_attention(model)
     if not found.matches:
         raise AttnRewriteError(f"no softmax attention found in {path}: {_why_none(found)}")
@@ -124,8 +124,9 @@ def rewrite_report(
             **r.match.describe(),
             "node": r.node,
             "overload": r.overload,
-            "method": method.name,
-            "params": method.params,
+            "method": r.method.name,
+            "params": r.method.params,
+            **({"fallback": r.fallback} if r.fallback else {}),
         }
         for r in result.rewritten
     ]
@@ -151,6 +152,7 @@ def rewrite_report(
         "summary": {
             "attention_blocks": len(found.matches),
             "rewritten": len(result.rewritten),
+            "kept_exact": sum(r.fallback is not None for r in result.rewritten),
             "failed": len(result.failed),
             "not_rewritten": len(not_rewritten),
             "variants": dict(Counter("+".join(m["variant"]) for m in rewritten)),
@@ -167,6 +169,8 @@ def _summary(report: dict, parity: Parity | None, out_dir: Path) -> str:
         f"rewrote {counts['rewritten']}/{counts['attention_blocks']} attention blocks with "
         f"{report['method']['name']}"
     )
+    if counts["kept_exact"]:
+        line += f" ({counts['kept_exact']} kept exact: the method cannot honour their mask)"
     if counts["not_rewritten"]:
         line += (
             f", {counts['not_rewritten']} softmax/attention op(s) not rewritten (see rewrite.json)"

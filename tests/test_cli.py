@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from attnrewrite.cli import main
 from attnrewrite.substitute.exact import exact_body
-from attnrewrite.substitute.methods import Method
+from attnrewrite.substitute.methods import Method, MethodBody
 from tests.corpus.handbuilt import all_cases
 
 CASES = {case.name: case for case in all_cases()}
@@ -69,11 +69,11 @@ def test_inspect_reports_why_a_softmax_was_not_rewritten(tmp_path, capsys) -> No
 
 
 def test_verification_failure_names_the_block_and_exits_1(tmp_path, monkeypatch, capsys) -> None:
-    def off_by_one_percent(b, sig, inputs):
-        return b.op("Mul", exact_body(b, sig, inputs), b.const(1.01, "float32"))
+    def off_by_one_percent(b, sig, inputs, params):
+        return b.op("Mul", exact_body(b, sig, inputs, params), b.const(1.01, "float32"))
 
-    broken = Method("exact", "ExactAttention", off_by_one_percent)
-    monkeypatch.setattr("attnrewrite.cli.get_method", lambda name: broken)
+    broken = Method("exact", MethodBody("ExactAttention", off_by_one_percent))
+    monkeypatch.setattr("attnrewrite.cli.get_method", lambda name, params=None: broken)
     source = _save(CASES["rotary_qknorm"].model, tmp_path / "rope.onnx")
     assert main([str(source), "--method", "exact", "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
@@ -135,10 +135,30 @@ BAD_INPUTS = {
         ["--method", "magic"],
         "unknown method 'magic'",
     ),
-    "method not available yet": (
+    "odd polysketch degree": (
         lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
-        ["--method", "convbasis"],
-        "not available yet",
+        ["--method", "polysketch", "--degree", "3"],
+        "degree must be even",
+    ),
+    "block not a power of two": (
+        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        ["--method", "polysketch", "--block", "100"],
+        "block must be a power of two",
+    ),
+    "k below one": (
+        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        ["--method", "convbasis", "--k", "0"],
+        "bases must be an int >= 1",
+    ),
+    "not an int": (
+        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        ["--method", "multipole", "--block", "big"],
+        "block='big' is not a valid int",
+    ),
+    "parameter of another method": (
+        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        ["--method", "multipole", "--degree", "4"],
+        "--degree does not apply to --method multipole",
     ),
     "unknown option": (
         lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),

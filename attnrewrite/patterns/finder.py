@@ -352,8 +352,45 @@ def _classify(
         kinds.add(masks.classify(bias, q_len, kv_len))
     kind, window = kinds.pop() if len(kinds) == 1 else (MaskKind.BIAS, None)
     graph = evaluations.model.graph
-    data = any(ev.data_inputs(v, graph) for v in _side_inputs(steps) if ev.constant_of(v) is None)
-    return _with_data_part(kind, data), window
+    data = {
+        key
+        for key, values in side_values.items()
+        if ev.constant_of(value := steps[key[0]].node.inputs[key[1]]) is None
+        and ev.data_inputs(value, graph)
+    }
+    if data and kind in (MaskKind.BIAS, MaskKind.CAUSAL_BIAS):
+        keywise = _keywise_data_part(steps, side_values, data, scores, zero_dtype)
+        if keywise is not None:
+            return masks.with_padding(keywise[0]), keywise[1]
+    return _with_data_part(kind, bool(data)), window
+
+
+def _keywise_data_part(
+    steps: Sequence[ScoreStep],
+    side_values: dict[tuple[int, int], list[np.ndarray]],
+    data: set[tuple[int, int]],
+    scores: list[np.ndarray],
+    dtype: np.dtype,
+) -> tuple[MaskKind, int | None] | None:
+    """The structural kind when every data input of the mask has one query row ([B, 1, 1,
+    Skv]: it can only weigh keys, whatever it holds) and the rest is causal/window/none."""
+    for key in data:
+        if any(v.ndim >= 2 and v.shape[-2] != 1 for v in side_values[key]):
+            return None
+    kinds = set()
+    for size in range(len(SIZES)):
+
+        def side(i: int, j: int, s: int = size) -> np.ndarray:
+            values = side_values[(i, j)][s]
+            return np.zeros_like(values) if (i, j) in data else values
+
+        bias = masks.replay_on_zero(steps, side, dtype)
+        kinds.add(masks.classify(bias, *scores[size].shape[-2:]))
+    if len(kinds) != 1:
+        return None
+    kind, window = kinds.pop()
+    structural = (MaskKind.NONE, MaskKind.CAUSAL, MaskKind.SLIDING_WINDOW)
+    return (kind, window) if kind in structural else None
 
 
 def _with_data_part(kind: MaskKind, data_dependent: bool) -> MaskKind:

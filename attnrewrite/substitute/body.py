@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -16,8 +16,9 @@ DOMAIN_VERSION = 1
 class Body:
     """Records nodes of a function body (onnx-ir's Tape), with constants and attribute refs."""
 
-    def __init__(self) -> None:
+    def __init__(self, opset: int = 18) -> None:
         self.tape = ir.tape.Tape()
+        self.opset = opset  # the model's default-domain opset: the body must speak it
 
     def op(self, op_type: str, *inputs: ir.Value | None, **attributes: object) -> ir.Value:
         return self.tape.op(op_type, list(inputs), attributes=attributes or None)
@@ -33,6 +34,13 @@ class Body:
 
     def int_attr(self, name: str) -> ir.Value:
         return self.op("Constant", value_int=ir.RefAttr("value_int", name, ir.AttributeType.INT))
+
+    def reduce(self, op_type: str, x: ir.Value, axes: Sequence[int], keepdims: int = 1) -> ir.Value:
+        """ReduceMax/Sum/... over `axes`: an attribute before opset 18 (13 for ReduceSum)."""
+        takes_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
+        if takes_input:
+            return self.op(op_type, x, self.const(list(axes)), keepdims=keepdims)
+        return self.op(op_type, x, axes=list(axes), keepdims=keepdims)
 
     def lowest(self, dtype: ir.DataType) -> ir.Value:
         """The most negative finite value: masked scores, without inf - inf = NaN."""
@@ -73,7 +81,42 @@ def causal_allowed(b: Body, query: ir.Value, key: ir.Value, window: bool) -> ir.
     return allowed
 
 
-BodyBuilder = Callable[[Body, Signature, Sequence[ir.Value]], ir.Value]
+def to_rank4(b: Body, x: ir.Value, rank: int) -> ir.Value:
+    """Rank-3 operands ([B*H, S, d]) gain a unit batch axis; bodies compute on [B, H, S, d]."""
+    if rank == 4:
+        return x
+    if rank == 3:
+        return b.op("Unsqueeze", x, b.const([0]))
+    raise ValueError(f"rank-{rank} attention operands are not supported by this method")
+
+
+def from_rank4(b: Body, x: ir.Value, rank: int) -> ir.Value:
+    return x if rank == 4 else b.op("Squeeze", x, b.const([0]))
+
+
+def key_weights(b: Body, sig: Signature, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """exp(key bias) per key, broadcastable to [B, H, 1, Skv], in `dtype` (masked keys: 0).
+
+    Only for key-wise masks (sig.keywise): the mask's last query row sees every key a causal
+    mask allows, so it holds the padding for all of them. Matches the torch references'
+    ``key_weights`` (shifted by the row's largest unmasked logit).
+    """
+    last = b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
+    if sig.bias == "keep":
+        weights = b.op("Cast", last, to=dtype)
+    else:
+        floor = np.finfo(sig.dtype.numpy()).min / 2
+        hidden = b.op("LessOrEqual", last, b.const(floor, sig.dtype.numpy()))
+        logits = b.op("Cast", last, to=dtype)
+        zero = b.const(0.0, dtype.numpy())
+        top = b.reduce("ReduceMax", b.op("Where", hidden, b.lowest(dtype), logits), [-1])
+        top = b.op("Where", b.op("LessOrEqual", top, b.lowest(dtype)), zero, top)
+        weights = b.op("Where", hidden, zero, b.op("Exp", b.op("Sub", logits, top)))
+    return to_rank4(b, weights, sig.rank)  # broadcasts right-aligned, as the mask did
+
+
+Params = Mapping[str, int | float | str]
+BodyBuilder = Callable[[Body, Signature, Sequence[ir.Value], Params], ir.Value]
 
 
 def build_function(
@@ -82,12 +125,14 @@ def build_function(
     opset: int,
     attributes: Sequence[ir.Attr],
     build: BodyBuilder,
+    params: Params,
+    overload: str,
 ) -> ir.Function:
     """A model-local function `attnrewrite::op_type` for one signature (its overload)."""
     names = ["query", "key", "value"] + (["mask"] if signature.bias != "none" else [])
     inputs = [ir.Value(name=name) for name in names]
-    b = Body()
-    output = build(b, signature, inputs)
+    b = Body(opset)
+    output = build(b, signature, inputs, params)
     output.name = "output"
     for index, node in enumerate(b.tape.nodes):
         node.name = f"{node.op_type}_{index}"
@@ -95,8 +140,6 @@ def build_function(
             if out.name is None:
                 out.name = f"{node.op_type.lower()}_{index}"
     graph = ir.Graph(inputs, [output], nodes=b.tape.nodes, opset_imports={"": opset}, name=op_type)
-    function = ir.Function(
-        DOMAIN, op_type, signature.overload, graph=graph, attributes=list(attributes)
-    )
-    function.doc_string = signature.overload  # the variant, also when the overload is ""
+    function = ir.Function(DOMAIN, op_type, overload, graph=graph, attributes=list(attributes))
+    function.doc_string = overload  # the variant, also when the overload is ""
     return function

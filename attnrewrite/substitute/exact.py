@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from attnrewrite.substitute.body import Body, causal_allowed, repeat_kv, swap_last_two
+from attnrewrite.substitute.body import Body, Params, causal_allowed, repeat_kv, swap_last_two
 from attnrewrite.substitute.signature import Signature
 
 
-def exact_body(b: Body, sig: Signature, inputs: Sequence[ir.Value]) -> ir.Value:
+def exact_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     """softmax(scale * q k^T + mask) v, with the original's softmax precision."""
     query, key, value = inputs[:3]
     scale = b.float_attr("scale")

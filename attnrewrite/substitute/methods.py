@@ -1,24 +1,93 @@
-"""The methods a user can ask for, their ONNX op types, parameters and function bodies."""
+"""The methods a user can ask for: parameters, ONNX op type and function body of each.
+
+Parameters (names, defaults, validation) come from the torch reference registry,
+`attnrewrite.methods`, so the rewritten node computes what the reference defines. Each method's
+ONNX body lives in its own module here (`attnrewrite.substitute.<name>`) as a `MethodBody`.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
+from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.substitute.body import BodyBuilder
-from attnrewrite.substitute.exact import exact_body
+from attnrewrite.substitute.body import BodyBuilder, Params
+from attnrewrite.substitute.signature import Signature
 
-METHOD_NAMES = ("exact", "convbasis", "polysketch", "multipole")
+
+def no_limits(sig: Signature, params: Params) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class MethodBody:
+    """How a method becomes an ONNX function.
+
+    ``structural``: parameters the body bakes in (shapes, loop counts, constant matrices); they
+    join the overload name so that nodes with other values get their own function. The other
+    parameters are read from the node's attributes. ``head_dim``: the body holds constants
+    sized by the head dim (which then joins the overload name too). ``limits``: why a block
+    with this signature cannot use the method (it then stays exact, and the report says why).
+    ``unsupported``: why a parameter setting has no ONNX body at all (an error for the user).
+    """
+
+    op_type: str
+    build: BodyBuilder
+    structural: tuple[str, ...] = ()
+    head_dim: bool = False
+    min_opset: int = 13
+    limits: Callable[[Signature, Params], str | None] = no_limits
+    unsupported: Callable[[Params], str | None] = lambda params: None
+
+
+def _exact() -> MethodBody:
+    from attnrewrite.substitute.exact import exact_body
+
+    return MethodBody("ExactAttention", exact_body)
+
+
+def _convbasis() -> MethodBody:
+    from attnrewrite.substitute.convbasis import BODY
+
+    return BODY
+
+
+def _polysketch() -> MethodBody:
+    from attnrewrite.substitute.polysketch import BODY
+
+    return BODY
+
+
+def _multipole() -> MethodBody:
+    from attnrewrite.substitute.multipole import BODY
+
+    return BODY
+
+
+BODIES: dict[str, Callable[[], MethodBody]] = {
+    "exact": _exact,
+    "convbasis": _convbasis,
+    "polysketch": _polysketch,
+    "multipole": _multipole,
+}
+METHOD_NAMES = tuple(BODIES)
 
 
 @dataclass(frozen=True)
 class Method:
+    """A method with resolved parameters, ready to substitute blocks."""
+
     name: str
-    op_type: str
-    body: BodyBuilder
+    body: MethodBody
     params: dict[str, int | float | str] = field(default_factory=dict)
+
+    @property
+    def op_type(self) -> str:
+        return self.body.op_type
 
     def attributes(self) -> list[ir.Attr]:
         """The attributes every node of this method declares (values come from the node)."""
@@ -29,12 +98,42 @@ class Method:
         ]
         return common + [ir.convenience.convert_attribute(k, v) for k, v in self.params.items()]
 
+    def overload(self, sig: Signature) -> str:
+        """The function overload for blocks of this signature (structural params included)."""
+        parts = [sig.overload]
+        if self.name != "exact" and sig.keywise:
+            parts.append("keywise")
+        if self.body.head_dim:
+            if sig.head_dim is None:
+                raise ValueError(f"{self.name} needs a static head dim; this block's is unknown")
+            parts.append(f"d{sig.head_dim}")
+        parts += [_token(k, self.params[k]) for k in self.body.structural]
+        return "_".join(parts)
 
-def get_method(name: str, params: dict[str, int | float | str] | None = None) -> Method:
-    if name == "exact":
-        return Method("exact", "ExactAttention", exact_body, dict(params or {}))
-    if name in METHOD_NAMES:
+    def limit(self, sig: Signature) -> str | None:
+        return self.body.limits(sig, self.params)
+
+
+def _token(name: str, value: object) -> str:
+    text = f"{value:g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+    return f"{name}{text}".replace(".", "p").replace("-", "m")
+
+
+def get_method(name: str, params: Mapping[str, object] | None = None) -> Method:
+    """The method `name` with its parameters defaulted, converted and validated."""
+    if name not in BODIES:
+        raise AttnRewriteError(f"unknown method '{name}'; choose one of {', '.join(BODIES)}")
+    try:
+        resolved = references.get(name).resolve(params)
+    except ValueError as err:
+        raise AttnRewriteError(str(err)) from None
+    try:
+        body = BODIES[name]()
+    except ImportError:
         raise AttnRewriteError(
-            f"method '{name}' is not available yet in this version; use --method exact"
-        )
-    raise AttnRewriteError(f"unknown method '{name}'; choose one of {', '.join(METHOD_NAMES)}")
+            f"method '{name}' has no ONNX body in this version; use --method exact"
+        ) from None
+    reason = body.unsupported(resolved)
+    if reason:
+        raise AttnRewriteError(f"{name}: {reason}")
+    return Method(name, body, resolved)

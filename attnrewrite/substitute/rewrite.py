@@ -18,7 +18,7 @@ import onnx_ir as ir
 from attnrewrite.loading import default_opset
 from attnrewrite.match import AttentionMatch, Bias, Layout, Operand
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
-from attnrewrite.substitute.methods import Method
+from attnrewrite.substitute.methods import Method, get_method
 from attnrewrite.substitute.signature import Signature
 
 MIN_IR_VERSION = 10  # function overloads
@@ -30,6 +30,8 @@ class Rewritten:
     node: str
     overload: str
     output: str  # the block output's name, the same in the original and the rewritten model
+    method: Method
+    fallback: str | None = None  # why this block kept exact attention instead of the method
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,23 @@ class SubstituteResult:
 def substitute(
     model: ir.Model, matches: Sequence[AttentionMatch], method: Method
 ) -> SubstituteResult:
-    """Rewrite `model` in place."""
+    """Rewrite `model` in place. A block the method cannot honour (a mask it cannot carry,
+    an opset without the ops it needs, a body that fails to build) gets exact attention, with
+    the reason; a block that cannot be rewritten at all is left as it was and reported."""
     opset = default_opset(model)
+    exact = get_method("exact")
     done: list[Rewritten] = []
     failed: list[Failed] = []
     for match in matches:
+        reason = _limit(method, Signature.of(match), opset)
+        if reason is None:
+            try:
+                done.append(_rewrite_one(model, match, method, opset))
+                continue
+            except (ValueError, TypeError, KeyError) as err:
+                reason = f"{method.name} body failed: {err}"
         try:
-            done.append(_rewrite_one(model, match, method, opset))
+            done.append(_rewrite_one(model, match, exact, opset, fallback=reason))
         except (ValueError, TypeError, KeyError) as err:
             failed.append(Failed(match, f"rewrite failed: {err}"))
     if done:
@@ -62,7 +74,21 @@ def substitute(
     return SubstituteResult(tuple(done), tuple(failed))
 
 
-def _rewrite_one(model: ir.Model, match: AttentionMatch, method: Method, opset: int) -> Rewritten:
+def _limit(method: Method, sig: Signature, opset: int) -> str | None:
+    if method.name == "exact":
+        return None
+    if opset < method.body.min_opset:
+        return f"{method.name} needs opset >= {method.body.min_opset}, the model has {opset}"
+    return method.limit(sig)
+
+
+def _rewrite_one(
+    model: ir.Model,
+    match: AttentionMatch,
+    method: Method,
+    opset: int,
+    fallback: str | None = None,
+) -> Rewritten:
     anchor = match.output.producer()
     first = match.nodes[0]
     if anchor is None or anchor.graph is None:
@@ -84,11 +110,15 @@ def _rewrite_one(model: ir.Model, match: AttentionMatch, method: Method, opset: 
     overload = _overload_for(model, match, method, signature)
     function_key = (DOMAIN, method.op_type, overload)
     if function_key not in model.functions:
-        function = build_function(
-            method.op_type, signature, opset, method.attributes(), method.body
+        model.functions[function_key] = build_function(
+            method.op_type,
+            signature,
+            opset,
+            method.attributes(),
+            method.body.build,
+            method.params,
+            overload,
         )
-        function.overload = overload
-        model.functions[function_key] = function
     attributes: dict[str, object] = {
         "scale": float(match.scale),
         "is_causal": int(match.mask.is_causal),
@@ -118,18 +148,20 @@ def _rewrite_one(model: ir.Model, match: AttentionMatch, method: Method, opset: 
     match.output.name = f"{old_name}__replaced"
     match.output.replace_all_uses_with(out, replace_graph_outputs=True)
     out.name = old_name
+    out.type, out.shape = match.output.type, match.output.shape  # graph outputs need a type
     _remove_dead(graph, (*match.nodes, *(reader for reader, _ in rerouted)))
-    return Rewritten(match, name, overload, old_name or "")
+    return Rewritten(match, name, overload, old_name or "", method, fallback)
 
 
 def _overload_for(model: ir.Model, match: AttentionMatch, method: Method, sig: Signature) -> str:
-    """The signature's overload; "" inside functions, where onnxruntime resolves no overloads."""
+    """The method's overload; "" inside functions, where onnxruntime resolves no overloads."""
+    overload = method.overload(sig)
     if not match.graph_name.startswith("function "):
-        return sig.overload
+        return overload
     existing = model.functions.get((DOMAIN, method.op_type, ""))
-    if existing is not None and existing.doc_string != sig.overload:
+    if existing is not None and existing.doc_string != overload:
         raise ValueError(
-            f"a second attention variant ({sig.overload}) inside a model-local function: "
+            f"a second attention variant ({overload}) inside a model-local function: "
             "onnxruntime resolves no function overloads there"
         )
     return ""

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from attnrewrite.match import AttentionMatch
+from attnrewrite.match import AttentionMatch, MaskKind
+
+KEYWISE_MASKS = (MaskKind.PADDING, MaskKind.CAUSAL_PADDING)
 
 
 @dataclass(frozen=True)
@@ -19,11 +21,13 @@ class Signature:
     rank: int
     dtype: ir.DataType
     bias: str  # "none" | "additive" | "keep" (boolean, True = attend)
+    keywise: bool  # the bias only hides keys (padding): its last query row holds all of it
     causal: bool
     window: bool
     kv_repeat: bool
     nan_guard: bool
     float32_softmax: bool
+    head_dim: int | None = None  # static q/k head dim where known (sketch matrices need it)
 
     @classmethod
     def of(cls, match: AttentionMatch) -> Signature:
@@ -35,11 +39,13 @@ class Signature:
             rank=match.rank,
             dtype=dtype,
             bias=bias,
+            keywise=bias != "none" and (match.mask in KEYWISE_MASKS or _one_query_row(match)),
             causal=match.mask.is_causal,
             window=match.window is not None,
             kv_repeat=match.kv_repeat,
             nan_guard=match.nan_guard,
             float32_softmax=match.float32_softmax,
+            head_dim=match.head_dim,
         )
 
     @property
@@ -59,3 +65,10 @@ class Signature:
             "softmax32": self.float32_softmax and self.dtype != ir.DataType.FLOAT,
         }
         return "_".join(parts + [name for name, on in flags.items() if on])
+
+
+def _one_query_row(match: AttentionMatch) -> bool:
+    """A bias tensor whose query axis is statically 1 ([B, 1, 1, Skv]) only weighs keys."""
+    value = match.bias.value if match.bias is not None else None
+    shape = value.shape if value is not None else None
+    return shape is not None and len(shape) >= 2 and shape[-2] == 1

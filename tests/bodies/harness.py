@@ -1,0 +1,86 @@
+"""Parity of a method's ONNX body with its torch reference, on one exported attention layer.
+
+The layer (attnrewrite.layers) is rewritten by the tool, run in onnxruntime, and compared with
+the method's torch reference in float64 on the same inputs: the node must compute what the
+reference defines, at sequence lengths unlike the export length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import torch
+
+from attnrewrite import methods as references
+from attnrewrite.layers import LayerSpec, attention_layer
+from attnrewrite.loading import prepare_proto
+from attnrewrite.patterns import find_attention
+from attnrewrite.substitute.methods import get_method
+from attnrewrite.substitute.rewrite import SubstituteResult, substitute
+
+
+def rewrite_layer(
+    spec: LayerSpec, method: str, params: dict | None = None, opset: int = 17
+) -> tuple[onnx.ModelProto, SubstituteResult]:
+    """The layer rewritten with `method`; checked by onnx.checker."""
+    chosen = get_method(method, params)
+    model = ir.serde.deserialize_model(
+        prepare_proto(attention_layer(spec, opset), min_opset=chosen.body.min_opset)
+    )
+    found = find_attention(model)
+    assert len(found.matches) == 1, found
+    result = substitute(model, found.matches, chosen)
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto, result
+
+
+def run_onnx(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options)
+    return session.run(None, feeds)[0]
+
+
+def reference(
+    spec: LayerSpec, method: str, params: dict | None, feeds: dict[str, np.ndarray]
+) -> np.ndarray:
+    """The torch reference in float64 on the layer's inputs (window and mask as the layer)."""
+    q, k, v = (torch.from_numpy(feeds[n]).double() for n in ("query", "key", "value"))
+    bias = torch.from_numpy(feeds["mask"]).double() if "mask" in feeds else None
+    out = references.get(method)(
+        q,
+        k,
+        v,
+        scale=spec.scale,
+        is_causal=spec.causal,
+        bias=bias,
+        window=spec.window,
+        **(params or {}),
+    )
+    return out.numpy()
+
+
+def relative_error(reference_out: np.ndarray, candidate: np.ndarray) -> float:
+    """Relative Frobenius error (the measure the method tests use)."""
+    ref = reference_out.astype(np.float64)
+    return float(np.linalg.norm(candidate.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+def body_error(
+    spec: LayerSpec,
+    method: str,
+    params: dict | None,
+    q_len: int,
+    kv_len: int | None = None,
+    batch: int = 2,
+    seed: int = 0,
+) -> float:
+    """Relative error of the rewritten layer in onnxruntime against the float64 reference."""
+    proto, result = rewrite_layer(spec, method, params)
+    (block,) = result.rewritten
+    assert block.fallback is None, block.fallback
+    feeds = spec.inputs(batch, q_len, kv_len, seed=seed)
+    return relative_error(reference(spec, method, params, feeds), run_onnx(proto, feeds))
