@@ -1,4 +1,5 @@
-"""Command line: `attnrewrite MODEL --method M [-o OUT]` and `attnrewrite inspect MODEL`.
+"""Command line: `attnrewrite MODEL --method M [-o OUT] [--report]`, `attnrewrite inspect MODEL`
+and `attnrewrite report ORIGINAL REWRITTEN`.
 
 Bad input and bad options end with one line on stderr and exit status 2; a rewrite that
 fails its verification exits 1.
@@ -20,7 +21,8 @@ from attnrewrite import __version__
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import new_folder_name
-from attnrewrite.pipeline import VERIFY_SEQ_LEN, inspect_model, rewrite_model
+from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
+from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
 from attnrewrite.substitute.methods import METHOD_NAMES, get_method
 
 EXIT_BAD_INPUT = 2
@@ -45,7 +47,7 @@ def rewrite_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="attnrewrite",
         description="Rewrite every softmax attention of an ONNX model into one attnrewrite "
-        "node computing the chosen method. Subcommands: inspect MODEL.",
+        "node computing the chosen method. Subcommands: inspect MODEL; report ORIGINAL REWRITTEN.",
     )
     parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
     parser.add_argument("--method", required=True, help=f"one of {', '.join(METHOD_NAMES)}")
@@ -59,7 +61,74 @@ def rewrite_parser() -> argparse.ArgumentParser:
         help=f"sequence length of the generated verification inputs (default {VERIFY_SEQ_LEN})",
     )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
+    reporting = parser.add_argument_group("accuracy report (report.json, report.md, report.html)")
+    reporting.add_argument("--report", action="store_true", help="write the accuracy report")
+    reporting.add_argument(
+        "--sweep", metavar="NAME=V1,V2", help="also rewrite at each value of one method parameter"
+    )
+    _add_input_options(reporting)
     return parser
+
+
+def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    group.add_argument("--inputs", type=Path, help="report inputs from a .npz (name -> array)")
+    group.add_argument("--text", type=Path, help="report inputs: token ids of this text file")
+    group.add_argument("--tokenizer", help="with --text: a tokenizer.json, or 'bytes' (UTF-8)")
+    group.add_argument(
+        "--report-seq-len",
+        type=_positive_int,
+        default=REPORT_SEQ_LEN,
+        help=f"sequence length of generated/text report inputs (default {REPORT_SEQ_LEN})",
+    )
+    group.add_argument(
+        "--batch", type=_positive_int, default=REPORT_BATCH, help="report batch size"
+    )
+    group.add_argument(
+        "--repeats", type=_positive_int, default=5, help="timed runs per model (median)"
+    )
+
+
+def _input_choice(args: argparse.Namespace) -> InputChoice:
+    if args.inputs is not None and args.text is not None:
+        raise AttnRewriteError("choose one of --inputs and --text")
+    return InputChoice(args.inputs, args.text, args.tokenizer, args.report_seq_len, args.batch)
+
+
+def report_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="attnrewrite report",
+        description="Compare a rewritten model with its original: end to end, per block, speed.",
+    )
+    parser.add_argument("original", type=Path)
+    parser.add_argument("rewritten", type=Path)
+    parser.add_argument("-o", "--out", type=Path, help="report folder (default: the rewritten's)")
+    _add_input_options(parser)
+    return parser
+
+
+def run_report(argv: Sequence[str], console: Console) -> int:
+    args = report_parser().parse_args(argv)
+    for path in (args.original, args.rewritten):
+        if not path.is_file():
+            raise AttnRewriteError(f"no such file: {path}")
+    out_dir = args.out or args.rewritten.parent
+    result, files = report(
+        args.original, args.rewritten, out_dir, _input_choice(args), repeats=args.repeats
+    )
+    console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+    return 0
+
+
+def _report_line(result: dict, files: Sequence[Path]) -> str:
+    summary, latency = result["summary"], result["latency"]
+    text = f"report: worst output rel L2 {summary['worst_output_relative_l2']:.2e}"
+    if summary["worst_block"] is not None:
+        text += f", worst block {summary['worst_block']} ({summary['worst_block_relative_l2']:.2e})"
+    logits = [o["logits"] for o in result["outputs"] if o["logits"]]
+    if logits:
+        text += f", top-1 agreement {logits[0]['top1_agreement']:.1%}"
+    text += f"; {latency['original_ms']:.1f} -> {latency['rewritten_ms']:.1f} ms"
+    return f"{text} -> {', '.join(str(f) for f in files)}"
 
 
 ALIASES = {"bases": ["--k"]}  # the conv-basis paper's name for the number of bases
@@ -105,8 +174,25 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
     method = get_method(args.method, _given_params(args, args.method))
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
+    choice = _input_choice(args)
+    sweep = Sweep.parse(args.sweep, {"k": "bases"}) if args.sweep else None
+    if sweep is not None and sweep.param not in method.params:
+        raise AttnRewriteError(f"--sweep {sweep.param}: not a parameter of {method.name}")
+    if sweep is not None and not args.report:
+        raise AttnRewriteError("--sweep needs --report")
     outcome = rewrite_model(args.model, method, out_dir, not args.no_verify, args.seq_len)
     console.print(outcome.summary, highlight=False, soft_wrap=True)
+    if args.report:
+        result, files = report(
+            args.model,
+            out_dir / MODEL_FILE,
+            out_dir,
+            choice,
+            method={"name": method.name, "params": method.params},
+            sweep=sweep,
+            repeats=args.repeats,
+        )
+        console.print(_report_line(result, files), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -151,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "inspect":
             return run_inspect(args[1:], console)
+        if args and args[0] == "report":
+            return run_report(args[1:], console)
         return run_rewrite(args, console)
     except VerificationError as err:
         print(f"attnrewrite: error: {err}", file=sys.stderr)

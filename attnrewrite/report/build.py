@@ -1,0 +1,252 @@
+"""Build the report dict (docs/report-schema.md) from an original and a rewritten model.
+
+Both models run in onnxruntime on the same inputs with every rewritten block's output exposed
+as an extra graph output (the rewrite keeps each block output's name), so per-block errors
+come from the models themselves, not from a re-implementation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from attnrewrite import __version__
+from attnrewrite.errors import AttnRewriteError
+from attnrewrite.report import metrics
+from attnrewrite.report.inputs import ReportInputs, graph_inputs
+from attnrewrite.substitute.body import DOMAIN
+from attnrewrite.verify import run_with_outputs
+
+SCHEMA_VERSION = 1
+LAYOUT_OPS = ("Transpose", "Reshape")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One rewritten attention node and the value that carries its output in both models."""
+
+    name: str
+    node_output: str  # the node's own output [B, H, S, d] in the rewritten model
+    output: str  # the block output's name, present in both models
+    method: str
+    params: dict
+
+
+def method_name(op_type: str) -> str:
+    return op_type.removesuffix("Attention").lower()
+
+
+def rewritten_blocks(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[Block]:
+    """attnrewrite nodes of the main graph, in graph order, each with its output's name."""
+    known = {out for node in original.graph.node for out in node.output}
+    known |= {o.name for o in original.graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in rewritten.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    blocks = []
+    for node in rewritten.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        value = node.output[0]
+        for _ in range(len(LAYOUT_OPS)):  # [B, S, H*d] outputs pass through the adapter
+            if value in known:
+                break
+            following = readers.get(value, [])
+            if len(following) != 1 or following[0].op_type not in LAYOUT_OPS:
+                break
+            value = following[0].output[0]
+        if value not in known:
+            continue
+        params = {
+            a.name: onnx.helper.get_attribute_value(a)
+            for a in node.attribute
+            if a.name not in ("scale", "is_causal", "window")
+        }
+        params = {k: v.decode() if isinstance(v, bytes) else v for k, v in params.items()}
+        blocks.append(Block(node.name, node.output[0], value, method_name(node.op_type), params))
+    return blocks
+
+
+def check_same_signature(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> None:
+    """The rewritten model must take the original's inputs and give its outputs."""
+    ins = [(v.name, v.type.tensor_type.elem_type) for v in graph_inputs(original)]
+    got = [(v.name, v.type.tensor_type.elem_type) for v in graph_inputs(rewritten)]
+    outs = [o.name for o in original.graph.output]
+    if sorted(ins) != sorted(got) or outs != [o.name for o in rewritten.graph.output]:
+        raise AttnRewriteError(
+            "the rewritten model does not belong to the original: inputs "
+            f"{sorted(n for n, _ in got)} / outputs {[o.name for o in rewritten.graph.output]}"
+            f" differ from {sorted(n for n, _ in ins)} / {outs}"
+        )
+    if not any(node.domain == DOMAIN for node in rewritten.graph.node):
+        raise AttnRewriteError("the rewritten model has no attnrewrite node in its main graph")
+
+
+def latency_ms(path: Path, feeds: Mapping[str, np.ndarray], repeats: int, threads: int) -> float:
+    """Median wall time of one run in onnxruntime, after a warm-up run."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in wanted}
+    session.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def _is_logits(array: np.ndarray, inputs: ReportInputs) -> bool:
+    """[B, S, V] beside [B, S] token ids: next-token logits."""
+    ids = inputs.token_ids
+    return ids is not None and array.ndim == 3 and array.shape[:2] == ids.shape
+
+
+def compare_models(
+    original: Path, rewritten: Path, inputs: ReportInputs
+) -> tuple[list[dict], list[dict], list[Block]]:
+    """(outputs, blocks) metrics of the rewritten model against the original."""
+    original_proto = onnx.load(str(original), load_external_data=False)
+    rewritten_proto = onnx.load(str(rewritten), load_external_data=False)
+    check_same_signature(original_proto, rewritten_proto)
+    blocks = rewritten_blocks(original_proto, rewritten_proto)
+    extra = [b.output for b in blocks]
+    try:
+        reference = run_with_outputs(original, inputs.feeds, extra)
+        candidate = run_with_outputs(
+            rewritten, inputs.feeds, [*extra, *(b.node_output for b in blocks)]
+        )
+    except Exception as err:  # onnxruntime raises several types, all meaning "cannot run"
+        raise AttnRewriteError(
+            f"the models do not run on these inputs: {str(err).splitlines()[0]}"
+        ) from None
+    outputs = []
+    for out in original_proto.graph.output:
+        x, y = reference[out.name], candidate[out.name]
+        row = metrics.tensor_metrics(out.name, x, y)
+        row["logits"] = (
+            metrics.logits_metrics(x, y, inputs.token_ids, inputs.keep)
+            if _is_logits(x, inputs)
+            else None
+        )
+        outputs.append(row)
+    block_rows = []
+    for index, block in enumerate(blocks):
+        x, y = reference[block.output], candidate[block.output]
+        heads = (
+            candidate[block.node_output].shape[-3]
+            if candidate[block.node_output].ndim == 4
+            else None
+        )
+        block_rows.append(
+            {
+                "index": index,
+                "name": block.name,
+                "output": block.output,
+                "method": block.method,
+                "params": block.params,
+                "fallback": None,
+                "relative_l2": metrics.relative_l2(x, y),
+                "max_abs": float(np.max(np.abs(np.asarray(y, np.float64) - x))) if x.size else 0.0,
+                "heads": metrics.per_head(x, y, heads),
+            }
+        )
+    return outputs, block_rows, blocks
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count() or 1,
+    }
+
+
+def build_report(
+    original: Path,
+    rewritten: Path,
+    inputs: ReportInputs,
+    method: Mapping | None = None,
+    fallbacks: Mapping[str, str] | None = None,
+    repeats: int = 5,
+    threads: int = 0,
+    sweep: Mapping | None = None,
+) -> dict:
+    """The whole report; `fallbacks` maps block output names to why they kept exact."""
+    outputs, blocks, _ = compare_models(original, rewritten, inputs)
+    for row in blocks:
+        row["fallback"] = (fallbacks or {}).get(row["output"])
+    original_ms = latency_ms(original, inputs.feeds, repeats, threads)
+    rewritten_ms = latency_ms(rewritten, inputs.feeds, repeats, threads)
+    worst = max(blocks, key=lambda b: b["relative_l2"], default=None)
+    return _strict_json(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "attnrewrite", "version": __version__},
+            "environment": environment(),
+            "models": {"original": str(original), "rewritten": str(rewritten)},
+            "inputs": inputs.describe(),
+            "method": dict(method) if method is not None else _method_of(blocks),
+            "outputs": outputs,
+            "blocks": blocks,
+            "latency": {
+                "original_ms": original_ms,
+                "rewritten_ms": rewritten_ms,
+                "speedup": original_ms / rewritten_ms if rewritten_ms > 0 else None,
+                "repeats": repeats,
+                "threads": threads or (os.cpu_count() or 1),
+            },
+            "sweep": dict(sweep) if sweep is not None else None,
+            "summary": {
+                "worst_output_relative_l2": max((o["relative_l2"] for o in outputs), default=0.0),
+                "worst_block": worst["name"] if worst else None,
+                "worst_block_relative_l2": worst["relative_l2"] if worst else None,
+            },
+        }
+    )
+
+
+def _strict_json(value: object) -> object:
+    """NaN and inf become null: report.json stays strict JSON (the schema says so)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _method_of(blocks: Sequence[dict]) -> dict | None:
+    """The method of a model rewritten with one method (approximate blocks win over exact)."""
+    chosen = [b for b in blocks if b["method"] != "exact"] or list(blocks)
+    return {"name": chosen[0]["method"], "params": chosen[0]["params"]} if chosen else None
+
+
+def sweep_point(
+    original: Path, rewritten: Path, inputs: ReportInputs, value: object, repeats: int, threads: int
+) -> dict:
+    outputs, blocks, _ = compare_models(original, rewritten, inputs)
+    logits = [o["logits"] for o in outputs if o["logits"] is not None]
+    return {
+        "value": value,
+        "outputs_relative_l2": max((o["relative_l2"] for o in outputs), default=0.0),
+        "top1_agreement": logits[0]["top1_agreement"] if logits else None,
+        "blocks_relative_l2": [b["relative_l2"] for b in blocks],
+        "rewritten_ms": latency_ms(rewritten, inputs.feeds, repeats, threads),
+    }

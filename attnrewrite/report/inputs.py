@@ -1,0 +1,139 @@
+"""Where report inputs come from: generated from the signature, a user's .npz, or text.
+
+Every source is checked against the model's signature, so a mismatch is one clear error
+instead of an onnxruntime traceback.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from attnrewrite.errors import AttnRewriteError
+from attnrewrite.inputs import generate_inputs, vocabulary_sizes
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    feeds: dict[str, np.ndarray]
+    source: str  # "generated" | "npz" | "text"
+    path: str | None = None
+
+    @property
+    def token_ids(self) -> np.ndarray | None:
+        """[B, S] integer ids, the first integer input of rank 2 (next-token labels)."""
+        for name, value in self.feeds.items():
+            if value.ndim == 2 and np.issubdtype(value.dtype, np.integer) and "mask" not in name:
+                return value
+        return None
+
+    @property
+    def keep(self) -> np.ndarray | None:
+        """[B, S] attention mask (1 = real token), if the model takes one."""
+        for name, value in self.feeds.items():
+            if "attention_mask" in name and value.ndim == 2:
+                return value
+        return None
+
+    def describe(self) -> dict:
+        ids = self.token_ids
+        first = next(iter(self.feeds.values()))
+        return {
+            "source": self.source,
+            "path": self.path,
+            "batch": int(first.shape[0]) if first.ndim else 1,
+            "seq_len": int(ids.shape[1]) if ids is not None else int(first.shape[-1]),
+            "names": list(self.feeds),
+        }
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {init.name for init in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def check_fits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str) -> None:
+    """Every model input present with its rank, element type and fixed sizes."""
+    for value in graph_inputs(model):
+        if value.name not in feeds:
+            raise AttnRewriteError(f"{label} has no input '{value.name}' that the model needs")
+        array = feeds[value.name]
+        tensor = value.type.tensor_type
+        want = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        if array.dtype != want:
+            raise AttnRewriteError(
+                f"{label}: input '{value.name}' is {array.dtype}, the model expects {want}"
+            )
+        dims = tensor.shape.dim
+        if array.ndim != len(dims):
+            raise AttnRewriteError(
+                f"{label}: input '{value.name}' has rank {array.ndim}, the model expects "
+                f"{len(dims)}"
+            )
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value") and dim.dim_value != array.shape[axis]:
+                raise AttnRewriteError(
+                    f"{label}: input '{value.name}' axis {axis} is {array.shape[axis]}, the "
+                    f"model expects {dim.dim_value}"
+                )
+    vocab = vocabulary_sizes(model.graph)
+    for name, size in vocab.items():
+        ids = feeds.get(name)
+        if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= size):
+            raise AttnRewriteError(
+                f"{label}: token ids in '{name}' fall outside the vocabulary [0, {size})"
+            )
+
+
+def from_npz(model: onnx.ModelProto, path: Path) -> ReportInputs:
+    try:
+        with np.load(path) as data:
+            feeds = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise AttnRewriteError(f"{path} is not a readable .npz file ({err})") from None
+    check_fits(model, feeds, str(path))
+    wanted = {v.name for v in graph_inputs(model)}
+    return ReportInputs({k: v for k, v in feeds.items() if k in wanted}, "npz", str(path))
+
+
+def from_text(
+    model: onnx.ModelProto, path: Path, tokenizer: str, seq_len: int, batch: int
+) -> ReportInputs:
+    """Token ids from a text file: `tokenizer` is a tokenizer.json, or "bytes" (UTF-8)."""
+    if not path.is_file():
+        raise AttnRewriteError(f"no such text file: {path}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if tokenizer == "bytes":
+        ids = list(text.encode("utf-8"))
+    else:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise AttnRewriteError("--tokenizer needs the 'tokenizers' package") from None
+        try:
+            ids = Tokenizer.from_file(tokenizer).encode(text).ids
+        except Exception as err:  # tokenizers raises its own exception type
+            raise AttnRewriteError(f"cannot read tokenizer {tokenizer}: {err}") from None
+    if len(ids) < batch * seq_len:
+        raise AttnRewriteError(
+            f"{path} gives {len(ids)} tokens; {batch} x {seq_len} are needed (lower --seq-len)"
+        )
+    rows = np.asarray(ids[: batch * seq_len], dtype=np.int64).reshape(batch, seq_len)
+    feeds = generate_inputs(model, seq_len, batch)
+    (ids_name,) = [n for n, v in feeds.items() if v.ndim == 2 and "mask" not in n][:1] or [None]
+    if ids_name is None:
+        raise AttnRewriteError("--text needs a model with a token-id input [batch, seq]")
+    feeds[ids_name] = rows.astype(feeds[ids_name].dtype)
+    for name in feeds:
+        if "attention_mask" in name:
+            feeds[name] = np.ones_like(feeds[name])
+    check_fits(model, feeds, str(path))
+    return ReportInputs(feeds, "text", str(path))
+
+
+def generated(model: onnx.ModelProto, seq_len: int, batch: int) -> ReportInputs:
+    return ReportInputs(generate_inputs(model, seq_len, batch), "generated")

@@ -1,0 +1,114 @@
+"""The report stage: choose inputs, compare the two models, sweep a parameter, write files."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from attnrewrite.errors import AttnRewriteError
+from attnrewrite.pipeline import rewrite_model
+from attnrewrite.report.build import build_report, sweep_point
+from attnrewrite.report.inputs import ReportInputs, from_npz, from_text, generated
+from attnrewrite.report.render import write_report
+from attnrewrite.substitute.methods import get_method
+
+REPORT_SEQ_LEN = 64  # small models often have 64 positions: pass the target length
+REPORT_BATCH = 2
+
+
+@dataclass(frozen=True)
+class InputChoice:
+    """What the user asked the report to run on."""
+
+    npz: Path | None = None
+    text: Path | None = None
+    tokenizer: str | None = None
+    seq_len: int = REPORT_SEQ_LEN
+    batch: int = REPORT_BATCH
+
+    def load(self, model_path: Path) -> ReportInputs:
+        model = onnx.load(str(model_path), load_external_data=False)
+        if self.npz is not None:
+            return from_npz(model, self.npz)
+        if self.text is not None:
+            if self.tokenizer is None:
+                raise AttnRewriteError("--text needs --tokenizer (tokenizer.json, or 'bytes')")
+            return from_text(model, self.text, self.tokenizer, self.seq_len, self.batch)
+        return generated(model, self.seq_len, self.batch)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """`--sweep k=4,16,64`: one parameter of the method, several values."""
+
+    param: str
+    values: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str, aliases: dict[str, str]) -> Sweep:
+        name, sep, values = text.partition("=")
+        items = tuple(v.strip() for v in values.split(",") if v.strip())
+        if not sep or not name.strip() or not items:
+            raise AttnRewriteError(f"--sweep expects NAME=V1,V2,...; got '{text}'")
+        name = name.strip().lstrip("-").replace("-", "_")
+        return cls(aliases.get(name, name), items)
+
+
+def fallbacks_of(rewrite_json: Path) -> dict[str, str]:
+    """Block output -> why it kept exact, from the rewrite's rewrite.json when there is one."""
+    if not rewrite_json.is_file():
+        return {}
+    matches = json.loads(rewrite_json.read_text()).get("matches", [])
+    return {m["output"]: m["fallback"] for m in matches if m.get("fallback")}
+
+
+def report(
+    original: Path,
+    rewritten: Path,
+    out_dir: Path,
+    choice: InputChoice,
+    method: dict | None = None,
+    sweep: Sweep | None = None,
+    repeats: int = 5,
+) -> tuple[dict, list[Path]]:
+    """Compare, optionally sweep, and write report.json/.md/.html into `out_dir`."""
+    inputs = choice.load(original)
+    sweep_part = None
+    if sweep is not None:
+        if method is None:
+            raise AttnRewriteError("--sweep needs the method the model was rewritten with")
+        sweep_part = {
+            "param": sweep.param,
+            "points": list(_sweep_points(original, inputs, method, sweep, repeats)),
+        }
+    result = build_report(
+        original,
+        rewritten,
+        inputs,
+        method=method,
+        fallbacks=fallbacks_of(rewritten.parent / "rewrite.json"),
+        repeats=repeats,
+        sweep=sweep_part,
+    )
+    return result, write_report(result, out_dir)
+
+
+def _sweep_points(
+    original: Path, inputs: ReportInputs, method: dict, sweep: Sweep, repeats: int
+) -> Sequence[dict]:
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, value in enumerate(sweep.values):
+            params = {**method.get("params", {}), sweep.param: value}
+            chosen = get_method(method["name"], params)
+            folder = Path(tmp) / str(index)
+            rewrite_model(original, chosen, folder, verify=False)
+            point = sweep_point(original, folder / "model.onnx", inputs, value, repeats, 0)
+            point["value"] = chosen.params[sweep.param]
+            points.append(point)
+    return points
