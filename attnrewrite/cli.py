@@ -22,6 +22,7 @@ from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import new_folder_name
 from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
+from attnrewrite.plan.auto import auto_rewrite
 from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
 from attnrewrite.substitute.methods import METHOD_NAMES, get_method
 
@@ -50,15 +51,22 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "node computing the chosen method. Subcommands: inspect MODEL; report ORIGINAL REWRITTEN.",
     )
     parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
-    parser.add_argument("--method", required=True, help=f"one of {', '.join(METHOD_NAMES)}")
+    parser.add_argument(
+        "--method", required=True, help=f"one of {', '.join(METHOD_NAMES)}, or auto (per head)"
+    )
     _add_method_params(parser)
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity run")
     parser.add_argument(
-        "--seq-len",
+        "--verify-seq-len",
         type=_positive_int,
         default=VERIFY_SEQ_LEN,
-        help=f"sequence length of the generated verification inputs (default {VERIFY_SEQ_LEN})",
+        help=f"sequence length of the parity run (default {VERIFY_SEQ_LEN}: unlike export lengths)",
+    )
+    parser.add_argument(
+        "--max-error",
+        type=float,
+        help="--method auto: error budget (relative L2 per head, then end to end on held-out)",
     )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
     reporting = parser.add_argument_group("accuracy report (report.json, report.md, report.html)")
@@ -71,14 +79,17 @@ def rewrite_parser() -> argparse.ArgumentParser:
 
 
 def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
-    group.add_argument("--inputs", type=Path, help="report inputs from a .npz (name -> array)")
+    group.add_argument(
+        "--inputs", "--calib", type=Path, help="report/calibration inputs from a .npz"
+    )
     group.add_argument("--text", type=Path, help="report inputs: token ids of this text file")
     group.add_argument("--tokenizer", help="with --text: a tokenizer.json, or 'bytes' (UTF-8)")
     group.add_argument(
-        "--report-seq-len",
+        "--seq-len",
         type=_positive_int,
         default=REPORT_SEQ_LEN,
-        help=f"sequence length of generated/text report inputs (default {REPORT_SEQ_LEN})",
+        help="target sequence length: of generated/text report and calibration inputs, and of "
+        f"auto's cost model (default {REPORT_SEQ_LEN}; a --calib file sets its own)",
     )
     group.add_argument(
         "--batch", type=_positive_int, default=REPORT_BATCH, help="report batch size"
@@ -91,7 +102,7 @@ def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser)
 def _input_choice(args: argparse.Namespace) -> InputChoice:
     if args.inputs is not None and args.text is not None:
         raise AttnRewriteError("choose one of --inputs and --text")
-    return InputChoice(args.inputs, args.text, args.tokenizer, args.report_seq_len, args.batch)
+    return InputChoice(args.inputs, args.text, args.tokenizer, args.seq_len, args.batch)
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -172,6 +183,10 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
+    if args.method == "auto":
+        return _run_auto(args, console)
+    if args.max_error is not None:
+        raise AttnRewriteError("--max-error applies to --method auto")
     method = get_method(args.method, _given_params(args, args.method))
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
     choice = _input_choice(args)
@@ -180,7 +195,7 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
         raise AttnRewriteError(f"--sweep {sweep.param}: not a parameter of {method.name}")
     if sweep is not None and not args.report:
         raise AttnRewriteError("--sweep needs --report")
-    outcome = rewrite_model(args.model, method, out_dir, not args.no_verify, args.seq_len)
+    outcome = rewrite_model(args.model, method, out_dir, not args.no_verify, args.verify_seq_len)
     console.print(outcome.summary, highlight=False, soft_wrap=True)
     if args.report:
         result, files = report(
@@ -191,6 +206,34 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
             method={"name": method.name, "params": method.params},
             sweep=sweep,
             repeats=args.repeats,
+        )
+        console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+    return 0
+
+
+def _run_auto(args: argparse.Namespace, console: Console) -> int:
+    if args.max_error is None:
+        raise AttnRewriteError("--method auto needs --max-error (e.g. 1e-2)")
+    _given_params(args, "auto")
+    if args.sweep:
+        raise AttnRewriteError("--sweep does not apply to --method auto")
+    if not args.model.is_file():
+        raise AttnRewriteError(f"no such file: {args.model}")
+    out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-auto")
+    choice = _input_choice(args)
+    calibration = choice.load(args.model)
+    outcome = auto_rewrite(
+        args.model,
+        out_dir,
+        args.max_error,
+        calibration,
+        verify=not args.no_verify,
+        verify_seq_len=args.verify_seq_len,
+    )
+    console.print(outcome.summary, highlight=False, soft_wrap=True)
+    if args.report:
+        result, files = report(
+            args.model, out_dir / MODEL_FILE, out_dir, choice, repeats=args.repeats
         )
         console.print(_report_line(result, files), highlight=False, soft_wrap=True)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from attnrewrite.loading import load_model
 from attnrewrite.match import FindResult
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import Method
-from attnrewrite.substitute.rewrite import SubstituteResult, substitute
+from attnrewrite.substitute.rewrite import HeadGroup, SubstituteResult, substitute
 from attnrewrite.verify import Parity, compare
 
 MODEL_FILE = "model.onnx"
@@ -46,27 +47,41 @@ class RewriteOutcome:
 
 
 def rewrite_model(
-    path: Path, method: Method, out_dir: Path, verify: bool = True, seq_len: int = VERIFY_SEQ_LEN
+    path: Path,
+    method: Method,
+    out_dir: Path,
+    verify: bool = True,
+    seq_len: int = VERIFY_SEQ_LEN,
+    plans: Mapping[int, Sequence[HeadGroup]] | None = None,
+    extra: Mapping[str, object] | None = None,
+    min_opset: int | None = None,
 ) -> RewriteOutcome:
+    """`plans` (match index -> head groups) and `extra` (added to rewrite.json) come from
+    `--method auto`, which needs `min_opset` for every candidate's body."""
     if (out_dir / MODEL_FILE).resolve() == path.resolve():
         raise AttnRewriteError(f"output folder {out_dir} would overwrite the input model")
-    model = load_model(path, min_opset=method.body.min_opset)
+    model = load_model(path, min_opset=min_opset or method.body.min_opset)
     found = find_attention(model)
     if not found.matches:
         raise AttnRewriteError(f"no softmax attention found in {path}: {_why_none(found)}")
-    result = substitute(model, found.matches, method)
+    result = substitute(model, found.matches, method, plans)
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
-    report = rewrite_report(path, method, found, result)
+    report = {**rewrite_report(path, method, found, result), **(extra or {})}
+    # exact everywhere must reproduce the original; approximations must stay finite
+    strict = all(
+        r.method.name == "exact" and all(g.method.name == "exact" for g in r.groups)
+        for r in result.rewritten
+    )
     parity = None
     with staged_directory(out_dir) as staging:
         save_model(model, staging / MODEL_FILE)
         if verify:
-            parity = _verify(path, staging / MODEL_FILE, result, method, seq_len)
-            report["verification"] = {"passed": _passed(parity, method), **parity.describe()}
+            parity = _verify(path, staging / MODEL_FILE, result, seq_len)
+            report["verification"] = {"passed": _passed(parity, strict), **parity.describe()}
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    summary = _summary(report, parity, out_dir)
-    if parity is not None and not _passed(parity, method):
-        raise VerificationError(_failure(parity, method, out_dir))
+    summary = _summary(report, parity, out_dir, strict)
+    if parity is not None and not _passed(parity, strict):
+        raise VerificationError(_failure(parity, strict, out_dir))
     return RewriteOutcome(out_dir, report, summary)
 
 
@@ -78,9 +93,7 @@ def _why_none(found: FindResult) -> str:
     return f"{len(found.refusals)} Softmax/attention op(s) not attention ({top})"
 
 
-def _verify(
-    original: Path, rewritten: Path, result: SubstituteResult, method: Method, seq_len: int
-) -> Parity:
+def _verify(original: Path, rewritten: Path, result: SubstituteResult, seq_len: int) -> Parity:
     signature = onnx.load(str(original), load_external_data=False)
     blocks = [r.output for r in result.rewritten if r.match.graph_name == "main"]
     error = ""
@@ -96,18 +109,18 @@ def _verify(
     )
 
 
-def _passed(parity: Parity, method: Method) -> bool:
-    if method.name == "exact":
+def _passed(parity: Parity, strict: bool) -> bool:
+    if strict:
         return parity.worst <= parity.tolerance
     return all(d.finite for d in parity.outputs)
 
 
-def _failure(parity: Parity, method: Method, out_dir: Path) -> str:
+def _failure(parity: Parity, strict: bool, out_dir: Path) -> str:
     block = parity.first_failing_block()
     where = (
         f"first at block '{block.name}' (rel {block.relative:.2e})" if block else "at the outputs"
     )
-    if method.name == "exact":
+    if strict:
         return (
             f"exact rewrite does not reproduce the original: max rel error {parity.worst:.2e} > "
             f"{parity.tolerance:.0e}, {where}; outputs kept in {out_dir} for inspection"
@@ -124,9 +137,10 @@ def rewrite_report(
             **r.match.describe(),
             "node": r.node,
             "overload": r.overload,
-            "method": r.method.name,
+            "method": r.method.name if not r.groups else "per-head plan",
             "params": r.method.params,
             **({"fallback": r.fallback} if r.fallback else {}),
+            **({"heads": _groups(r.groups)} if r.groups else {}),
         }
         for r in result.rewritten
     ]
@@ -163,7 +177,13 @@ def rewrite_report(
     }
 
 
-def _summary(report: dict, parity: Parity | None, out_dir: Path) -> str:
+def _groups(groups: Sequence[HeadGroup]) -> list[dict[str, object]]:
+    return [
+        {"heads": list(g.heads), "method": g.method.name, "params": g.method.params} for g in groups
+    ]
+
+
+def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool) -> str:
     counts = report["summary"]
     line = (
         f"rewrote {counts['rewritten']}/{counts['attention_blocks']} attention blocks with "
@@ -175,7 +195,7 @@ def _summary(report: dict, parity: Parity | None, out_dir: Path) -> str:
         line += (
             f", {counts['not_rewritten']} softmax/attention op(s) not rewritten (see rewrite.json)"
         )
-    if parity is not None and report["method"]["name"] == "exact":
+    if parity is not None and strict:
         line += f"; verified at n={parity.seq_len}: max rel error {parity.worst:.1e}"
     elif parity is not None:
         line += (

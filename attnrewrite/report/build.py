@@ -27,15 +27,18 @@ from attnrewrite.substitute.body import DOMAIN
 from attnrewrite.verify import run_with_outputs
 
 SCHEMA_VERSION = 1
-LAYOUT_OPS = ("Transpose", "Reshape")
+ADAPTERS = ("Transpose", "Reshape", "Concat", "Gather")  # between a node and its block output
 
 
 @dataclass(frozen=True)
 class Block:
-    """One rewritten attention node and the value that carries its output in both models."""
+    """One rewritten attention block and the value that carries its output in both models.
+
+    A per-head plan writes several nodes (one per head group) for one block.
+    """
 
     name: str
-    node_output: str  # the node's own output [B, H, S, d] in the rewritten model
+    node_outputs: tuple[str, ...]  # the nodes' own outputs [B, h, S, d] (rewritten model)
     output: str  # the block output's name, present in both models
     method: str
     params: dict
@@ -45,35 +48,50 @@ def method_name(op_type: str) -> str:
     return op_type.removesuffix("Attention").lower()
 
 
+def _params(node: onnx.NodeProto) -> dict:
+    params = {
+        a.name: onnx.helper.get_attribute_value(a)
+        for a in node.attribute
+        if a.name not in ("scale", "is_causal", "window")
+    }
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in params.items()}
+
+
 def rewritten_blocks(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[Block]:
-    """attnrewrite nodes of the main graph, in graph order, each with its output's name."""
+    """Blocks of the main graph in graph order: attnrewrite nodes grouped by the value that
+    carries their output under the original's name (through layout adapters and the concat
+    of a per-head plan)."""
     known = {out for node in original.graph.node for out in node.output}
     known |= {o.name for o in original.graph.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in rewritten.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    blocks = []
+    grouped: dict[str, list[onnx.NodeProto]] = {}
     for node in rewritten.graph.node:
         if node.domain != DOMAIN:
             continue
         value = node.output[0]
-        for _ in range(len(LAYOUT_OPS)):  # [B, S, H*d] outputs pass through the adapter
-            if value in known:
-                break
+        for _ in range(4):
             following = readers.get(value, [])
-            if len(following) != 1 or following[0].op_type not in LAYOUT_OPS:
+            if value in known or len(following) != 1 or following[0].op_type not in ADAPTERS:
                 break
             value = following[0].output[0]
-        if value not in known:
-            continue
-        params = {
-            a.name: onnx.helper.get_attribute_value(a)
-            for a in node.attribute
-            if a.name not in ("scale", "is_causal", "window")
-        }
-        params = {k: v.decode() if isinstance(v, bytes) else v for k, v in params.items()}
-        blocks.append(Block(node.name, node.output[0], value, method_name(node.op_type), params))
+        if value in known:
+            grouped.setdefault(value, []).append(node)
+    blocks = []
+    for output, nodes in grouped.items():
+        methods = {method_name(n.op_type) for n in nodes}
+        single = len(nodes) == 1
+        blocks.append(
+            Block(
+                name=nodes[0].name if single else nodes[0].name.rsplit("/", 1)[0],
+                node_outputs=tuple(n.output[0] for n in nodes),
+                output=output,
+                method=methods.pop() if len(methods) == 1 and single else "per-head plan",
+                params=_params(nodes[0]) if single else {},
+            )
+        )
     return blocks
 
 
@@ -127,7 +145,7 @@ def compare_models(
     try:
         reference = run_with_outputs(original, inputs.feeds, extra)
         candidate = run_with_outputs(
-            rewritten, inputs.feeds, [*extra, *(b.node_output for b in blocks)]
+            rewritten, inputs.feeds, [*extra, *(o for b in blocks for o in b.node_outputs)]
         )
     except Exception as err:  # onnxruntime raises several types, all meaning "cannot run"
         raise AttnRewriteError(
@@ -146,10 +164,8 @@ def compare_models(
     block_rows = []
     for index, block in enumerate(blocks):
         x, y = reference[block.output], candidate[block.output]
-        heads = (
-            candidate[block.node_output].shape[-3]
-            if candidate[block.node_output].ndim == 4
-            else None
+        heads = sum(
+            candidate[o].shape[-3] if candidate[o].ndim == 4 else 0 for o in block.node_outputs
         )
         block_rows.append(
             {
@@ -161,7 +177,7 @@ def compare_models(
                 "fallback": None,
                 "relative_l2": metrics.relative_l2(x, y),
                 "max_abs": float(np.max(np.abs(np.asarray(y, np.float64) - x))) if x.size else 0.0,
-                "heads": metrics.per_head(x, y, heads),
+                "heads": metrics.per_head(x, y, heads or None),
             }
         )
     return outputs, block_rows, blocks

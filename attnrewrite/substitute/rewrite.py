@@ -9,7 +9,8 @@ untouched (still exact) and reported; the others are still rewritten.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,14 @@ MIN_IR_VERSION = 10  # function overloads
 
 
 @dataclass(frozen=True)
+class HeadGroup:
+    """Heads of one block that share a method (a per-head plan splits a block into groups)."""
+
+    method: Method
+    heads: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Rewritten:
     match: AttentionMatch
     node: str
@@ -32,6 +41,7 @@ class Rewritten:
     output: str  # the block output's name, the same in the original and the rewritten model
     method: Method
     fallback: str | None = None  # why this block kept exact attention instead of the method
+    groups: tuple[HeadGroup, ...] = ()  # per-head plan: one node per group
 
 
 @dataclass(frozen=True)
@@ -47,31 +57,55 @@ class SubstituteResult:
 
 
 def substitute(
-    model: ir.Model, matches: Sequence[AttentionMatch], method: Method
+    model: ir.Model,
+    matches: Sequence[AttentionMatch],
+    method: Method,
+    plans: Mapping[int, Sequence[HeadGroup]] | None = None,
 ) -> SubstituteResult:
     """Rewrite `model` in place. A block the method cannot honour (a mask it cannot carry,
     an opset without the ops it needs, a body that fails to build) gets exact attention, with
-    the reason; a block that cannot be rewritten at all is left as it was and reported."""
+    the reason; a block that cannot be rewritten at all is left as it was and reported.
+    `plans` (match index -> head groups) gives blocks a method per group of heads instead."""
     opset = default_opset(model)
     exact = get_method("exact")
     done: list[Rewritten] = []
     failed: list[Failed] = []
-    for match in matches:
-        reason = _limit(method, Signature.of(match), opset)
-        if reason is None:
-            try:
-                done.append(_rewrite_one(model, match, method, opset))
-                continue
-            except (ValueError, TypeError, KeyError) as err:
-                reason = f"{method.name} body failed: {err}"
-        try:
-            done.append(_rewrite_one(model, match, exact, opset, fallback=reason))
-        except (ValueError, TypeError, KeyError) as err:
-            failed.append(Failed(match, f"rewrite failed: {err}"))
+    for position, match in enumerate(matches):
+        groups = (plans or {}).get(position)
+        outcome = _rewrite_block(model, match, method, groups, exact, opset)
+        (done if isinstance(outcome, Rewritten) else failed).append(outcome)
     if done:
         model.opset_imports[DOMAIN] = DOMAIN_VERSION
         model.ir_version = max(model.ir_version, MIN_IR_VERSION)
     return SubstituteResult(tuple(done), tuple(failed))
+
+
+def _rewrite_block(
+    model: ir.Model,
+    match: AttentionMatch,
+    method: Method,
+    groups: Sequence[HeadGroup] | None,
+    exact: Method,
+    opset: int,
+) -> Rewritten | Failed:
+    """The method (or the per-head plan) where it can, exact with the reason where not."""
+    sig = Signature.of(match)
+    try:
+        if groups:
+            safe = [
+                g if _limit(g.method, sig, opset) is None else HeadGroup(exact, g.heads)
+                for g in groups
+            ]
+            return _rewrite_one(model, match, exact, opset, groups=safe)
+        reason = _limit(method, sig, opset)
+        if reason is None:
+            return _rewrite_one(model, match, method, opset)
+    except (ValueError, TypeError, KeyError) as err:
+        reason = f"{'per-head plan' if groups else method.name} failed: {err}"
+    try:
+        return _rewrite_one(model, match, exact, opset, fallback=reason)
+    except (ValueError, TypeError, KeyError) as err:
+        return Failed(match, f"rewrite failed: {err}")
 
 
 def _limit(method: Method, sig: Signature, opset: int) -> str | None:
@@ -88,13 +122,14 @@ def _rewrite_one(
     method: Method,
     opset: int,
     fallback: str | None = None,
+    groups: Sequence[HeadGroup] | None = None,
 ) -> Rewritten:
     anchor = match.output.producer()
     first = match.nodes[0]
     if anchor is None or anchor.graph is None:
         raise ValueError(f"output '{match.output.name}' has no producer in a graph")
     graph = anchor.graph
-    name = f"{match.anchor or match.output.name}/{method.op_type}"
+    name = f"{match.anchor or match.output.name}/{'HeadPlan' if groups else method.op_type}"
     # q and k exist before Q.K^T: their adapters, and the shapes masks read, go there;
     # v and the bias may be computed later, so the rest goes just before the .V MatMul.
     early, late = ir.tape.Tape(), ir.tape.Tape()
@@ -107,6 +142,41 @@ def _rewrite_one(
     if match.bias is not None:
         inputs.append(_bias_value(late, match.bias))
     signature = Signature.of(match)
+    if groups is None:
+        out = _attention_node(late, model, match, method, signature, inputs, opset, name)
+    else:
+        out = _grouped(late, model, match, signature, inputs, groups, opset, name)
+    if match.output_layout == Layout.BS_HD:
+        out = late.op("Transpose", [out], attributes={"perm": [0, 2, 1, 3]})
+        out = late.op("Reshape", [out, _ints(late, [0, 0, -1])])
+    if graph is not model.graph:  # a function body declares the domains it calls
+        graph.opset_imports[DOMAIN] = DOMAIN_VERSION
+    for tape, where, part in ((early, first, "in"), (late, anchor, "out")):
+        _name_nodes(tape, f"{name}/{part}")
+        graph.insert_before(where, tape.nodes)
+    for reader, shape in rerouted:
+        reader.outputs[0].replace_all_uses_with(shape, replace_graph_outputs=True)
+    old_name = match.output.name
+    match.output.name = f"{old_name}__replaced"
+    match.output.replace_all_uses_with(out, replace_graph_outputs=True)
+    out.name = old_name
+    out.type, out.shape = match.output.type, match.output.shape  # graph outputs need a type
+    _remove_dead(graph, (*match.nodes, *(reader for reader, _ in rerouted)))
+    overload = "+".join(sorted({n.overload for n in late.nodes if n.domain == DOMAIN}))
+    return Rewritten(match, name, overload, old_name or "", method, fallback, tuple(groups or ()))
+
+
+def _attention_node(
+    tape: ir.tape.Tape,
+    model: ir.Model,
+    match: AttentionMatch,
+    method: Method,
+    signature: Signature,
+    inputs: Sequence[ir.Value],
+    opset: int,
+    name: str,
+) -> ir.Value:
+    """One attnrewrite node computing `method` on canonical inputs (its function added once)."""
     overload = _overload_for(model, match, method, signature)
     function_key = (DOMAIN, method.op_type, overload)
     if function_key not in model.functions:
@@ -126,31 +196,80 @@ def _rewrite_one(
     }
     if match.window is not None:
         attributes["window"] = int(match.window)
-    out = late.op(
+    return tape.op(
         method.op_type,
-        inputs,
+        list(inputs),
         attributes=attributes,
         domain=DOMAIN,
         overload=overload,
         name=name,
     )
-    if match.output_layout == Layout.BS_HD:
-        out = late.op("Transpose", [out], attributes={"perm": [0, 2, 1, 3]})
-        out = late.op("Reshape", [out, _ints(late, [0, 0, -1])])
-    if graph is not model.graph:  # a function body declares the domains it calls
-        graph.opset_imports[DOMAIN] = DOMAIN_VERSION
-    for tape, where, part in ((early, first, "in"), (late, anchor, "out")):
-        _name_nodes(tape, f"{name}/{part}")
-        graph.insert_before(where, tape.nodes)
-    for reader, shape in rerouted:
-        reader.outputs[0].replace_all_uses_with(shape, replace_graph_outputs=True)
-    old_name = match.output.name
-    match.output.name = f"{old_name}__replaced"
-    match.output.replace_all_uses_with(out, replace_graph_outputs=True)
-    out.name = old_name
-    out.type, out.shape = match.output.type, match.output.shape  # graph outputs need a type
-    _remove_dead(graph, (*match.nodes, *(reader for reader, _ in rerouted)))
-    return Rewritten(match, name, overload, old_name or "", method, fallback)
+
+
+def _grouped(
+    tape: ir.tape.Tape,
+    model: ir.Model,
+    match: AttentionMatch,
+    signature: Signature,
+    inputs: Sequence[ir.Value],
+    groups: Sequence[HeadGroup],
+    opset: int,
+    name: str,
+) -> ir.Value:
+    """Heads split into groups, one node per group, outputs put back in head order.
+
+    k and v are repeated to the query heads first (GQA), so every group reads its own heads;
+    the mask gets a head axis (broadcast) and is split the same way.
+    """
+    if match.rank != 4 or not match.q_heads:
+        raise ValueError("per-head plans need rank-4 attention with a known head count")
+    query, key, value, *mask = inputs
+    if match.kv_repeat:
+        key = _repeat_heads(tape, key, match.q_heads)
+        value = _repeat_heads(tape, value, match.q_heads)
+        signature = dataclasses.replace(signature, kv_repeat=False)
+    if mask:
+        mask = [_per_head_mask(tape, mask[0], signature, match.q_heads)]
+    outputs, order = [], []
+    for index, group in enumerate(groups):
+        heads = _ints(tape, list(group.heads))
+        picked = [
+            tape.op("Gather", [x, heads], attributes={"axis": 1}) for x in (query, key, value)
+        ]
+        if mask:
+            picked.append(tape.op("Gather", [mask[0], heads], attributes={"axis": 1}))
+        group_name = f"{name}/heads{index}"
+        outputs.append(
+            _attention_node(tape, model, match, group.method, signature, picked, opset, group_name)
+        )
+        order.extend(group.heads)
+    joined = tape.op("Concat", outputs, attributes={"axis": 1})
+    inverse = [order.index(h) for h in range(len(order))]
+    if inverse == list(range(len(order))):
+        return joined
+    return tape.op("Gather", [joined, _ints(tape, inverse)], attributes={"axis": 1})
+
+
+def _repeat_heads(tape: ir.tape.Tape, x: ir.Value, q_heads: int) -> ir.Value:
+    """[B, Hkv, S, d] -> [B, Hq, S, d] with query head h reading kv head h // (Hq / Hkv)."""
+    kv_heads = x.shape[1] if x.shape is not None else None
+    if not isinstance(kv_heads, int):
+        raise ValueError("GQA head split needs a static kv head count")
+    index = [h // (q_heads // kv_heads) for h in range(q_heads)]
+    return tape.op("Gather", [x, _ints(tape, index)], attributes={"axis": 1})
+
+
+def _per_head_mask(
+    tape: ir.tape.Tape, mask: ir.Value, signature: Signature, q_heads: int
+) -> ir.Value:
+    """The mask with an explicit head axis of q_heads (its last query row only when it is
+    key-wise: that row is all the bodies read, and it keeps the split cheap)."""
+    if signature.keywise:
+        mask = tape.op("Slice", [mask, _ints(tape, [-1]), _ints(tape, [2**62]), _ints(tape, [-2])])
+    shape = mask.shape
+    if shape is not None and len(shape) == 4 and shape[1] == q_heads:
+        return mask
+    return tape.op("Expand", [mask, _ints(tape, [1, q_heads, 1, 1])])
 
 
 def _overload_for(model: ir.Model, match: AttentionMatch, method: Method, sig: Signature) -> str:

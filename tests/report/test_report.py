@@ -86,7 +86,7 @@ def test_approximate_method_reports_nonzero_block_errors_and_a_sweep(tmp_path) -
         "block=2,4,32",
         "--repeats",
         "1",
-        "--report-seq-len",
+        "--seq-len",
         "24",
     )
     assert code == 0

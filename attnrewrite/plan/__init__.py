@@ -1,0 +1,1 @@
+"""`--method auto`: a calibrated per-block, per-head plan that meets an error budget."""
