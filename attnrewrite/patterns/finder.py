@@ -308,14 +308,15 @@ def _dim(
     value: ir.Value, axis: int, rank: int, evaluations: Evaluations | None = None
 ) -> int | None:
     """A static head count or head size: from shape inference, else the same at every
-    evaluated size (so not a batch or sequence axis)."""
-    if rank != 4:
+    evaluated size (so not a batch or sequence axis). Rank-3 operands ([B*H, S, d]) only
+    show their head size."""
+    if rank != 4 and not (rank == 3 and axis == -1):
         return None
     dim = static_dim(value, axis)
     if isinstance(dim, int):
         return dim
     evaluated = evaluations.values(value) if evaluations is not None else None
-    if evaluated is None or evaluated[0].ndim != 4:
+    if evaluated is None or evaluated[0].ndim != rank:
         return None
     sizes = {int(a.shape[axis]) for a in evaluated}
     return sizes.pop() if len(sizes) == 1 else None
