@@ -1,0 +1,81 @@
+"""Per-head plans: heads of one block split into groups, each with its own method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from attnrewrite.inputs import generate_inputs
+from attnrewrite.layers import LayerSpec, attention_layer
+from attnrewrite.loading import load_model, prepare_proto
+from attnrewrite.patterns import find_attention
+from attnrewrite.report import metrics
+from attnrewrite.substitute.methods import get_method
+from attnrewrite.substitute.rewrite import HeadGroup, substitute
+from attnrewrite.verify import run_with_outputs
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "tiny-gpt2.onnx"
+
+
+def _planned(tmp_path: Path, plans: dict) -> tuple[Path, list[str]]:
+    model = load_model(EXAMPLE)
+    found = find_attention(model)
+    result = substitute(model, found.matches, get_method("exact"), plans)
+    assert not result.failed and all(r.fallback is None for r in result.rewritten)
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)
+    path = tmp_path / "planned.onnx"
+    onnx.save(proto, path)
+    return path, [r.output for r in result.rewritten]
+
+
+def _per_head(tmp_path: Path, plans: dict, seq_len: int) -> list[list[float]]:
+    path, blocks = _planned(tmp_path, plans)
+    feeds = generate_inputs(onnx.load(str(EXAMPLE)), seq_len, batch=2)
+    x = run_with_outputs(EXAMPLE, feeds, blocks)
+    y = run_with_outputs(path, feeds, blocks)
+    return [metrics.per_head(x[b], y[b], 4) for b in blocks]
+
+
+def test_groups_route_every_head_back_to_its_place(tmp_path) -> None:
+    """Multipole with block >= n is exact: any head routing mistake would show as an error."""
+    exact, whole = get_method("exact"), get_method("multipole", {"block": 64})
+    plans = {
+        0: [HeadGroup(exact, (2, 0)), HeadGroup(whole, (3, 1))],
+        1: [HeadGroup(whole, (3, 1, 2, 0))],
+    }
+    for errors in _per_head(tmp_path, plans, seq_len=40):
+        assert max(errors) < 1e-6
+
+
+def test_only_the_approximated_heads_change(tmp_path) -> None:
+    exact, coarse = get_method("exact"), get_method("multipole", {"block": 4})
+    plans = {0: [HeadGroup(exact, (0, 2)), HeadGroup(coarse, (1, 3))]}
+    first, second = _per_head(tmp_path, plans, seq_len=48)
+    assert first[0] < 1e-6 and first[2] < 1e-6
+    assert first[1] > 1e-4 and first[3] > 1e-4
+    assert max(second) > 0  # the next block sees the changed input
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_gqa_blocks_split_by_query_head(tmp_path, kv_heads) -> None:
+    spec = LayerSpec(heads=4, kv_heads=kv_heads, head_dim=16, mask="padding")
+    proto = attention_layer(spec)
+    model = ir.serde.deserialize_model(prepare_proto(proto))
+    found = find_attention(model)
+    exact, whole = get_method("exact"), get_method("multipole", {"block": 64})
+    plans = {0: [HeadGroup(whole, (3, 0)), HeadGroup(exact, (1, 2))]}
+    result = substitute(model, found.matches, exact, plans)
+    assert result.rewritten[0].groups
+    feeds = spec.inputs(2, 23)
+    got = _run(ir.serde.serialize_model(model), feeds)
+    assert np.abs(got - _run(proto, feeds)).max() < 1e-5
+
+
+def _run(proto: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    return ort.InferenceSession(proto.SerializeToString()).run(None, feeds)[0]
