@@ -136,9 +136,10 @@ def build_function(
     output.name = "output"
     for index, node in enumerate(b.tape.nodes):
         node.name = f"{node.op_type}_{index}"
-        for out in node.outputs:
+        for position, out in enumerate(node.outputs):
             if out.name is None:
-                out.name = f"{node.op_type.lower()}_{index}"
+                suffix = f"_{position}" if position else ""
+                out.name = f"{node.op_type.lower()}_{index}{suffix}"
     graph = ir.Graph(inputs, [output], nodes=b.tape.nodes, opset_imports={"": opset}, name=op_type)
     function = ir.Function(DOMAIN, op_type, overload, graph=graph, attributes=list(attributes))
     function.doc_string = overload  # the variant, also when the overload is ""

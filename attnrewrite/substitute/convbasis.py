@@ -1,0 +1,725 @@
+"""Conv-basis attention as an ONNX function: what `attnrewrite.methods.convbasis` computes with
+recovery="topk", in standard ops (DFT from opset 17; its axis is an input from opset 20).
+
+Per triangle (the causal lower part; bidirectional adds the strictly-upper part, reversed):
+
+1. jumps: column c's first ``probe`` entries against the nearest weighted column to its left at
+   the same distances, rows gathered with Gather/GatherND (O(n T d)); the ``bases`` - 1 largest
+   jumps plus the first weighted column are the change points (TopK, sorted);
+2. profiles: the change-point columns' scores down their diagonals, one MatMul of those keys
+   with every query and a GatherElements (rows above the first query, KV cache: the first
+   query's row along the same diagonal), masked to -inf outside the window / the rows;
+3. one shift per head (the largest recovered score of both triangles), kernels exp(S_i - c),
+   and Y = sum_i conv(kernel_i, [V w, w] on columns [p_i, p_{i+1})) by DFT at a power-of-two
+   length >= the linear length (onnxruntime's DFT is radix-2 only there, O(n^2) otherwise).
+   The kernels are real, so channels go in pairs as one complex signal (half the transforms of
+   real-input ones, which onnxruntime computes no faster, and no spectrum unpacking); products
+   are summed in the frequency domain by a Loop over the bases (one segment's spectrum in
+   memory at a time) and inverted once;
+4. O = Y[:, :dv] / Y[:, dv], zeros for rows that see no weighted key.
+
+The transforms run in float64 (FFT_DTYPE): in float32 their absolute error (~1e-7 of the
+largest row sum) is 3e-5 relative on a causal layer at n = 200, the first rows' sums being
+small (the reference's documented limit); the rest computes in float32 (fp16 inputs too).
+TRANSFORM = "matmul" computes the transforms as MatMuls instead (four-step Cooley-Tukey,
+O(n^1.5)): slower than the DFT op in float64 on CPU, about twice as fast in float32.
+
+``bases`` and ``probe`` are read from the node at run time: nothing is baked in. Key-wise masks
+(padding) are key weights; a causal window zeroes kernel entries t >= window (read at run time).
+Per-query biases stay exact (the reference folds them into the profiles; not done here), and
+recovery="binary" (a sequential search) has no body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from attnrewrite.substitute.body import (
+    Body,
+    Params,
+    from_rank4,
+    key_weights,
+    repeat_kv,
+    to_rank4,
+)
+from attnrewrite.substitute.methods import MethodBody
+from attnrewrite.substitute.signature import Signature
+
+FLOOR = -1e30  # the reference's clamp: a shift below FLOOR / 2 means "nothing recovered"
+BIG = 2**62
+TRANSFORM = "dft"  # "dft": the DFT op; "matmul": four-step FFT as MatMuls (see above)
+FFT_DTYPE = ir.DataType.DOUBLE  # float32 transforms: ~3e-5 off on the first causal rows at n = 200
+
+
+def _limits(sig: Signature, params: Params) -> str | None:
+    if sig.bias != "none" and not sig.keywise:
+        return "convbasis body: per-query biases (ALiBi, 4-D masks) are not supported; kept exact"
+    if sig.rank not in (3, 4):
+        return f"convbasis body: rank-{sig.rank} operands are not supported; kept exact"
+    return None
+
+
+def _unsupported(params: Params) -> str | None:
+    if params.get("recovery", "topk") != "topk":
+        return (
+            "recovery='binary' is a sequential search with no ONNX body; use recovery=topk "
+            "(the default)"
+        )
+    return None
+
+
+class _Ops:
+    """Small helpers over a Body, in the compute dtype."""
+
+    def __init__(self, b: Body, dtype: ir.DataType) -> None:
+        self.b, self.dtype = b, dtype
+        self.np = dtype.numpy()
+
+    def i(self, *values: int) -> ir.Value:
+        return self.b.const(list(values))
+
+    def s(self, value: int) -> ir.Value:
+        return self.b.const(value)
+
+    def f(self, value: float) -> ir.Value:
+        return self.b.const(value, self.np)
+
+    def dim(self, x: ir.Value, axis: int) -> ir.Value:
+        """A scalar int64 dimension."""
+        return self.b.op("Gather", self.b.op("Shape", x), self.s(axis))
+
+    def slice(self, x, start, end, axis: int) -> ir.Value:
+        as1 = [v if isinstance(v, ir.Value) else self.s(v) for v in (start, end)]
+        as1 = [self.b.op("Reshape", v, self.i(1)) for v in as1]
+        return self.b.op("Slice", x, as1[0], as1[1], self.i(axis))
+
+    def flip(self, x: ir.Value, axis: int) -> ir.Value:
+        return self.b.op("Slice", x, self.i(-1), self.i(-BIG), self.i(axis), self.i(-1))
+
+    def clip(self, x: ir.Value, lo: ir.Value | None, hi: ir.Value | None) -> ir.Value:
+        if lo is not None:
+            x = self.b.op("Max", x, lo)
+        if hi is not None:
+            x = self.b.op("Min", x, hi)
+        return x
+
+    def where(self, cond, a, c) -> ir.Value:
+        return self.b.op("Where", cond, a, c)
+
+    def topk(self, x: ir.Value, k: ir.Value, largest: int, values: bool = False) -> ir.Value:
+        """TopK along the last axis, sorted; its outputs named here (the builder would give
+        both outputs of a node the same name)."""
+        outs = self.b.tape.op_multi_out(
+            "TopK",
+            [x, self.b.op("Reshape", k, self.i(1))],
+            attributes={"axis": -1, "largest": largest, "sorted": 1},
+            num_outputs=2,
+        )
+        tag = f"topk{len(self.b.tape.nodes)}"
+        outs[0].name, outs[1].name = f"{tag}_values", f"{tag}_indices"
+        return outs[0] if values else outs[1]
+
+    def dft(
+        self, x: ir.Value, length: ir.Value, axis: int, inverse: int = 0, onesided: int = 0
+    ) -> ir.Value:
+        """DFT along `axis` (an input from opset 20, an attribute before)."""
+        if self.b.opset >= 20:
+            return self.b.op("DFT", x, length, self.s(axis), inverse=inverse, onesided=onesided)
+        return self.b.op("DFT", x, length, axis=axis, inverse=inverse, onesided=onesided)
+
+
+class _Triangle:
+    """One lower-triangular problem: entries G[r, c] = q_r . k_c (scaled) with distance
+    t = r + r0 - c >= t_min. q [B, H, R, d], k [B, H, C, d], x [B, H, D1, C] (channels first,
+    the last channel the key weight), real [B, H, C] (None: every key weighted)."""
+
+    def __init__(self, o: _Ops, q, k, x, real, *, r0, t_min: int, window, live) -> None:
+        self.o, self.q, self.k, self.x, self.real = o, q, k, x, real
+        self.r0, self.t_min, self.window, self.live = r0, t_min, window, live
+        self.rows = o.dim(q, 2)
+        self.cols = o.dim(k, 2)
+        self.length = o.b.op("Add", r0, self.rows)
+        self.lead = o.b.op("Slice", o.b.op("Shape", q), o.i(0), o.i(2))  # [B, H]
+
+    def in_range(self, t: ir.Value) -> ir.Value | None:
+        o = self.o
+        keep = None if self.t_min == 0 else o.b.op("GreaterOrEqual", t, o.s(self.t_min))
+        if self.window is not None:
+            inside = o.b.op("Less", t, self.window)
+            keep = inside if keep is None else o.b.op("And", keep, inside)
+        return keep
+
+    def _gather_rows(self, x: ir.Value, rows: ir.Value) -> ir.Value:
+        """x [B, H, S, d] at per-(b, h) rows [B|1, H|1, ...] -> [B, H, ..., d]."""
+        o = self.o
+        shape = o.b.op(
+            "Concat", self.lead, o.b.op("Slice", o.b.op("Shape", rows), o.i(2), o.i(BIG)), axis=0
+        )
+        index = o.b.op("Unsqueeze", o.b.op("Expand", rows, shape), o.i(-1))
+        return o.b.op("GatherND", x, index, batch_dims=2)
+
+    def change_points(self, bases: ir.Value, probe: ir.Value) -> ir.Value:
+        """[B, H, k] sorted: the first weighted column and the bases - 1 largest jumps."""
+        o, b = self.o, self.o.b
+        cols = b.op("Range", o.s(1), self.cols, o.s(1))  # [C-1]
+        top_row = b.op("Sub", self.rows, o.s(1))
+        if self.real is None:
+            left = b.op("Sub", cols, o.s(1))  # [C-1]
+            k_left = o.slice(self.k, 0, -1, 2)
+            first = b.op("Expand", o.i(0), b.op("Concat", self.lead, o.i(1), axis=0))
+        else:
+            idx = b.op("Range", o.s(0), self.cols, o.s(1))
+            real64 = b.op("Cast", self.real, to=ir.DataType.INT64)
+            count = b.op("CumSum", real64, o.s(-1))  # inclusive
+            rank = o.where(self.real, b.op("Sub", count, o.s(1)), self.cols)
+            zeros = b.op(
+                "ConstantOfShape",
+                b.op(
+                    "Concat",
+                    self.lead,
+                    b.op("Reshape", b.op("Add", self.cols, o.s(1)), o.i(1)),
+                    axis=0,
+                ),
+                value=ir.tensor(np.zeros(1, np.int64)),
+            )
+            pos = b.op(
+                "ScatterElements",
+                zeros,
+                rank,
+                o.where(self.real, b.op("Expand", idx, b.op("Shape", rank)), o.s(0)),
+                axis=2,
+                reduction="add",
+            )  # pos[j] = column of the j-th weighted key
+            prior = o.clip(b.op("Sub", count, o.s(1)), o.s(0), None)
+            last = o.where(
+                b.op("Greater", count, o.s(0)),
+                b.op("GatherElements", pos, prior, axis=2),
+                o.s(-1),
+            )  # last weighted column <= c
+            left = o.slice(last, 0, -1, 2)  # [B, H, C-1]
+            has_left = b.op("GreaterOrEqual", left, o.s(0))
+            left = o.clip(left, o.s(0), None)
+            k_left = self._gather_rows(self.k, left)
+            total = o.slice(count, -1, BIG, 2)
+            first = o.where(
+                b.op("Greater", total, o.s(0)),
+                o.slice(pos, 0, 1, 2),
+                b.op("Sub", self.cols, o.s(1)),
+            )  # [B, H, 1]
+        # probed distances t = max(r0 - left, t_min) + p, p < probe: [.., C-1, T]
+        t0 = o.clip(b.op("Sub", self.r0, left), o.s(self.t_min), None)
+        t = b.op(
+            "Add",
+            b.op("Unsqueeze", t0, o.i(-1)),
+            b.op("Range", o.s(0), probe, o.s(1)),
+        )
+        shift = b.op("Sub", t, self.r0)
+        cur_rows = b.op("Add", b.op("Unsqueeze", cols, o.i(-1)), shift)
+        left_rows = b.op("Add", b.op("Unsqueeze", left, o.i(-1)), shift)
+        ok = b.op("Less", cur_rows, self.rows)
+        extra = self.in_range(t)
+        if extra is not None:
+            ok = b.op("And", ok, extra)
+        if self.real is None:  # row indices shared by every head: [C-1, T]
+            q_cur = b.op("Gather", self.q, o.clip(cur_rows, o.s(0), top_row), axis=2)
+            q_left = b.op("Gather", self.q, o.clip(left_rows, o.s(0), top_row), axis=2)
+        else:
+            q_cur = self._gather_rows(self.q, o.clip(cur_rows, o.s(0), top_row))
+            q_left = self._gather_rows(self.q, o.clip(left_rows, o.s(0), top_row))
+        k_cur = o.slice(self.k, 1, BIG, 2)
+        cur = b.op("MatMul", q_cur, b.op("Unsqueeze", k_cur, o.i(-1)))  # [B, H, C-1, T, 1]
+        prev = b.op("MatMul", q_left, b.op("Unsqueeze", k_left, o.i(-1)))
+        diff = b.op("Abs", b.op("Sub", cur, prev))
+        diff = o.where(b.op("Unsqueeze", ok, o.i(-1)), diff, o.f(0.0))
+        score = b.reduce("ReduceMax", diff, [-2, -1], keepdims=0)  # [B, H, C-1]
+        hidden = b.op("GreaterOrEqual", cols, self.live)
+        if self.real is not None:
+            no_left = b.op("Not", has_left)
+            hidden = b.op(
+                "Or", hidden, b.op("Or", b.op("Not", o.slice(self.real, 1, BIG, 2)), no_left)
+            )
+        score = o.where(hidden, o.f(-np.inf), score)
+        picks_n = b.op("Min", b.op("Sub", bases, o.s(1)), b.op("Sub", self.cols, o.s(1)))
+        picks = o.topk(score, picks_n, largest=1)
+        points = b.op("Concat", first, b.op("Add", picks, o.s(1)), axis=-1)
+        count = b.op("Add", picks_n, o.s(1))
+        return o.topk(points, count, largest=0, values=True)
+
+    def profiles(self, points: ir.Value) -> ir.Value:
+        """[B, H, k, L] log-kernels S_i[t] (-inf: outside the rows / window, padded point)."""
+        o, b = self.o, self.o.b
+        k_points = self._gather_rows(self.k, points)  # [B, H, k, d]
+        scores = b.op("MatMul", k_points, b.op("Transpose", self.q, perm=[0, 1, 3, 2]))  # [B,H,k,R]
+        t = b.op("Range", o.s(0), self.length, o.s(1))  # [L]
+        rows = b.op("Add", b.op("Unsqueeze", points, o.i(-1)), b.op("Sub", t, self.r0))  # [B,H,k,L]
+        top_row = b.op("Sub", self.rows, o.s(1))
+        vals = b.op("GatherElements", scores, o.clip(rows, o.s(0), top_row), axis=3)
+        if self.t_min == 0:  # lower triangle: rows above the first query (r0 > 0, KV cache)
+            diag = o.clip(b.op("Sub", self.r0, t), o.s(0), None)  # [L]
+            first_row = b.op(
+                "MatMul", o.slice(self.q, 0, 1, 2), b.op("Transpose", self.k, perm=[0, 1, 3, 2])
+            )
+            head = b.op("Gather", first_row, diag, axis=3)  # [B, H, 1, L]
+            if self.real is not None:
+                seen = b.op("Unsqueeze", b.op("Gather", self.real, diag, axis=2), o.i(2))
+                head = o.where(seen, head, o.f(-np.inf))
+            vals = o.where(b.op("Less", rows, o.s(0)), head, vals)
+        keep = b.op("Less", rows, self.rows)
+        extra = self.in_range(t)
+        if extra is not None:
+            keep = b.op("And", keep, extra)
+        if self.real is not None:
+            real_points = b.op(
+                "GatherElements", b.op("Cast", self.real, to=ir.DataType.INT64), points, axis=2
+            )
+            keep = b.op(
+                "And",
+                keep,
+                b.op("Unsqueeze", b.op("Cast", real_points, to=ir.DataType.BOOL), o.i(-1)),
+            )
+        return o.where(keep, vals, o.f(-np.inf))
+
+    def apply(self, logs: ir.Value, points: ir.Value, shift: ir.Value) -> ir.Value:
+        """sum_i conv(exp(S_i - shift), x on segment i) by DFT: rows [r0, r0 + R): [B,H,D1,R].
+
+        The kernels are real, so conv(kern, x_a + i x_b) = conv(kern, x_a) + i conv(kern, x_b):
+        channels go in pairs as complex signals, half as many (full, two-sided) transforms as
+        real-input ones, and no unpacking of the spectrum. The transforms run in FFT_DTYPE.
+        """
+        o, b = self.o, self.o.b
+        fft = FFT_DTYPE
+        kern = b.op("Exp", b.op("Sub", logs, shift))  # [B, H, k, L]
+        # power-of-two length >= L + C - 1 (no wrap-around into rows < L)
+        need = b.op("Sub", b.op("Add", self.length, self.cols), o.s(1))
+        need_f = b.op("Cast", o.clip(need, o.s(1), None), to=ir.DataType.DOUBLE)
+        log2 = b.op("Div", b.op("Log", need_f), b.const(np.log(2.0), np.float64))
+        expo = b.op("Ceil", b.op("Sub", log2, b.const(1e-6, np.float64)))
+        n_fft = b.op("Cast", b.op("Pow", b.const(2.0, np.float64), expo), to=ir.DataType.INT64)
+        n_fft = o.where(b.op("Less", n_fft, need), b.op("Mul", n_fft, o.s(2)), n_fft)
+        kern = b.op("Cast", b.op("Unsqueeze", kern, o.i(-1)), to=fft)
+        spec_k = o.dft(kern, n_fft, axis=3, onesided=0)  # [B, H, k, N, 2]
+        k_re = o.slice(spec_k, 0, 1, 4)
+        k_im = o.slice(spec_k, 1, 2, 4)
+        # (a + ib)(c + id) = [a, b] [c, c] + swap([a, b] [d, -d]): the swap after the sum
+        k_a = b.op("Concat", k_re, k_re, axis=4)
+        k_b = b.op("Concat", k_im, b.op("Neg", k_im), axis=4)
+        cols_row = b.op("Concat", self.lead, o.i(1), axis=0)
+        ends = b.op(
+            "Concat",
+            o.slice(points, 1, BIG, 2),
+            b.op("Expand", b.op("Reshape", self.cols, o.i(1, 1, 1)), cols_row),
+            axis=2,
+        )
+        idx = b.op("Range", o.s(0), self.cols, o.s(1))  # [C]
+        # channels in pairs: [B, H, D1, C] -> [B, H, P, C, 2], P = ceil(D1 / 2)
+        channels = o.dim(self.x, 2)
+        odd = b.op("Mod", channels, o.s(2))
+        pads = b.op("Concat", o.i(0, 0, 0, 0, 0, 0), b.op("Reshape", odd, o.i(1)), o.i(0), axis=0)
+        z = b.op("Pad", self.x, pads)
+        pairs = b.op("Div", b.op("Add", channels, odd), o.s(2))
+        z = b.op(
+            "Reshape",
+            z,
+            b.op("Concat", self.lead, b.op("Reshape", pairs, o.i(1)), o.i(2, -1), axis=0),
+        )
+        z = b.op("Cast", b.op("Transpose", z, perm=[0, 1, 2, 4, 3]), to=fft)
+        zero = b.const(0.0, fft.numpy())
+
+        loop = Body(b.opset)
+        tag = f"cb{len(b.tape.nodes)}"
+        scalar = ir.Shape([])
+        it = ir.Value(name=f"{tag}_iter", type=ir.TensorType(ir.DataType.INT64), shape=scalar)
+        cond_in = ir.Value(name=f"{tag}_cond", type=ir.TensorType(ir.DataType.BOOL), shape=scalar)
+        acc_in = ir.Value(name=f"{tag}_acc", type=ir.TensorType(fft))
+        cross_in = ir.Value(name=f"{tag}_cross", type=ir.TensorType(fft))
+        lo = loop.op("Unsqueeze", loop.op("Gather", points, it, axis=2), loop.const([-1]))
+        hi = loop.op("Unsqueeze", loop.op("Gather", ends, it, axis=2), loop.const([-1]))
+        seg = loop.op("And", loop.op("GreaterOrEqual", idx, lo), loop.op("Less", idx, hi))
+        seg = loop.op("Cast", loop.op("Unsqueeze", seg, loop.const([2, 4])), to=fft)
+        zi = loop.op("Mul", z, seg)  # [B, H, P, C, 2] on segment i
+        if b.opset >= 20:
+            spec = loop.op("DFT", zi, n_fft, loop.const(3), onesided=0)
+        else:
+            spec = loop.op("DFT", zi, n_fft, axis=3, onesided=0)  # [B, H, P, N, 2]
+        ka = loop.op("Unsqueeze", loop.op("Gather", k_a, it, axis=2), loop.const([2]))
+        kb = loop.op("Unsqueeze", loop.op("Gather", k_b, it, axis=2), loop.const([2]))
+        acc_out = loop.op("Add", acc_in, loop.op("Mul", spec, ka))
+        cross_out = loop.op("Add", cross_in, loop.op("Mul", spec, kb))
+        cond_out = loop.op("Identity", cond_in)
+        for index, node in enumerate(loop.tape.nodes):
+            node.name = f"{tag}_{node.op_type}_{index}"
+            for out in node.outputs:
+                out.name = f"{tag}_{node.op_type.lower()}_{index}"
+        body = ir.Graph(
+            [it, cond_in, acc_in, cross_in],
+            [cond_out, acc_out, cross_out],
+            nodes=loop.tape.nodes,
+            name=f"{tag}_loop",
+        )
+
+        acc_shape = b.op(
+            "Concat",
+            self.lead,
+            b.op("Reshape", pairs, o.i(1)),
+            b.op("Reshape", n_fft, o.i(1)),
+            o.i(2),
+            axis=0,
+        )
+        start = b.op("Expand", zero, acc_shape)
+        acc, cross = b.tape.op_multi_out(
+            "Loop",
+            [o.dim(points, 2), b.const(True, np.bool_), start, start],
+            attributes={"body": body},
+            num_outputs=2,
+        )
+        acc.name, cross.name = f"{tag}_acc_out", f"{tag}_cross_out"
+        swap = b.op("Slice", cross, o.i(-1), o.i(-BIG), o.i(-1), o.i(-1))
+        acc = b.op("Add", acc, swap)
+        y = o.dft(acc, n_fft, axis=3, inverse=1, onesided=0)  # [B, H, P, N, 2]
+        y = o.slice(y, self.r0, self.length, 3)  # [B, H, P, R, 2]
+        y = b.op("Transpose", y, perm=[0, 1, 2, 4, 3])
+        y = b.op(
+            "Reshape",
+            y,
+            b.op("Concat", self.lead, o.i(-1), b.op("Reshape", self.rows, o.i(1)), axis=0),
+        )
+        return b.op("Cast", o.slice(y, 0, channels, 2), to=o.dtype)
+
+
+def _apply_matmul(tri: _Triangle, logs: ir.Value, points: ir.Value, shift: ir.Value) -> ir.Value:
+    """_Triangle.apply with the transforms as MatMuls (_MatmulFFT): [B, H, D1, R]."""
+    o, b = tri.o, tri.o.b
+    fft_t = FFT_DTYPE
+    need = b.op("Sub", b.op("Add", tri.length, tri.cols), o.s(1))
+    fft = _MatmulFFT(o, need, b.op("Max", tri.length, tri.cols))
+    width = b.op("Mul", fft.h, fft.n2)
+    kern = b.op("Cast", b.op("Exp", b.op("Sub", logs, shift)), to=fft_t)  # [B, H, k, L]
+    kern = b.op("Unsqueeze", kern, o.i(3))
+    kern = fft.pad(b.op("Concat", kern, b.op("Mul", kern, b.const(0.0, fft.dt)), axis=3))
+    spec_k = fft.forward(b, kern, b.op("Slice", b.op("Shape", kern), o.i(0), o.i(3)))
+    k_re = o.slice(spec_k, 0, 1, 4)  # [B, H, k, N1, 1, N2]
+    k_im = o.slice(spec_k, 1, 2, 4)
+    k_a = b.op("Concat", k_re, k_re, axis=4)
+    k_b = b.op("Concat", k_im, b.op("Neg", k_im), axis=4)
+    ends = b.op(
+        "Concat",
+        o.slice(points, 1, BIG, 2),
+        b.op(
+            "Expand",
+            b.op("Reshape", tri.cols, o.i(1, 1, 1)),
+            b.op("Concat", tri.lead, o.i(1), axis=0),
+        ),
+        axis=2,
+    )
+    idx = b.op("Range", o.s(0), width, o.s(1))
+    channels = o.dim(tri.x, 2)
+    odd = b.op("Mod", channels, o.s(2))
+    pads = b.op("Concat", o.i(0, 0, 0, 0, 0, 0), b.op("Reshape", odd, o.i(1)), o.i(0), axis=0)
+    pairs = b.op("Div", b.op("Add", channels, odd), o.s(2))
+    z = b.op(
+        "Reshape",
+        b.op("Pad", tri.x, pads),
+        b.op("Concat", tri.lead, _vec(b, pairs), o.i(2, -1), axis=0),
+    )
+    z = fft.pad(b.op("Cast", z, to=fft_t))  # [B, H, P, 2, h N2]
+    lead = b.op("Slice", b.op("Shape", z), o.i(0), o.i(3))
+
+    loop = Body(b.opset)
+    tag = f"cb{len(b.tape.nodes)}"
+    scalar = ir.Shape([])
+    it = ir.Value(name=f"{tag}_iter", type=ir.TensorType(ir.DataType.INT64), shape=scalar)
+    cond_in = ir.Value(name=f"{tag}_cond", type=ir.TensorType(ir.DataType.BOOL), shape=scalar)
+    acc_in = ir.Value(name=f"{tag}_acc", type=ir.TensorType(fft_t))
+    cross_in = ir.Value(name=f"{tag}_cross", type=ir.TensorType(fft_t))
+    lo = loop.op("Unsqueeze", loop.op("Gather", points, it, axis=2), loop.const([-1]))
+    hi = loop.op("Unsqueeze", loop.op("Gather", ends, it, axis=2), loop.const([-1]))
+    seg = loop.op("And", loop.op("GreaterOrEqual", idx, lo), loop.op("Less", idx, hi))
+    seg = loop.op("Cast", loop.op("Unsqueeze", seg, loop.const([2, 3])), to=fft_t)
+    spec = fft.forward(loop, loop.op("Mul", z, seg), lead)  # [B, H, P, N1, 2, N2]
+    ka = loop.op("Unsqueeze", loop.op("Gather", k_a, it, axis=2), loop.const([2]))
+    kb = loop.op("Unsqueeze", loop.op("Gather", k_b, it, axis=2), loop.const([2]))
+    acc_out = loop.op("Add", acc_in, loop.op("Mul", spec, ka))
+    cross_out = loop.op("Add", cross_in, loop.op("Mul", spec, kb))
+    cond_out = loop.op("Identity", cond_in)
+    for index, node in enumerate(loop.tape.nodes):
+        node.name = f"{tag}_{node.op_type}_{index}"
+        for out in node.outputs:
+            out.name = f"{tag}_{node.op_type.lower()}_{index}"
+    body = ir.Graph(
+        [it, cond_in, acc_in, cross_in],
+        [cond_out, acc_out, cross_out],
+        nodes=loop.tape.nodes,
+        name=f"{tag}_loop",
+    )
+    shape = b.op("Concat", lead, _vec(b, fft.n1), o.i(2), _vec(b, fft.n2), axis=0)
+    start = b.op("Expand", b.const(0.0, fft.dt), shape)
+    acc, cross = b.tape.op_multi_out(
+        "Loop",
+        [o.dim(points, 2), b.const(True, np.bool_), start, start],
+        attributes={"body": body},
+        num_outputs=2,
+    )
+    acc.name, cross.name = f"{tag}_acc_out", f"{tag}_cross_out"
+    acc = b.op("Add", acc, fft.swap(cross, -2))
+    y = fft.inverse(acc, lead, tri.length)  # [B, H, P, 2, L]
+    y = o.slice(y, tri.r0, tri.length, 4)
+    y = b.op("Div", y, b.op("Cast", fft.n, to=fft_t))
+    y = b.op("Reshape", y, b.op("Concat", tri.lead, o.i(-1), _vec(b, tri.rows), axis=0))
+    return b.op("Cast", o.slice(y, 0, channels, 2), to=o.dtype)
+
+
+class _MatmulFFT:
+    """Length-N DFTs (N = N1 N2 = 2^e, known at run time) as two MatMuls (four-step
+    Cooley-Tukey), complex values as planes. Forward: x [.., 2, S] (S <= N samples, the
+    rest zero) -> X [.., N1, 2, N2] with X[f1, :, f2] at frequency f1 + N1 f2 (permuted: the
+    products are elementwise, and the inverse reads the same order). Inverse: -> [.., 2, J]."""
+
+    def __init__(self, o: _Ops, need: ir.Value, samples: ir.Value) -> None:
+        b = o.b
+        self.o = o
+        dt = FFT_DTYPE.numpy()
+        need_f = b.op("Cast", o.clip(need, o.s(2), None), to=ir.DataType.DOUBLE)
+        log2 = b.op("Div", b.op("Log", need_f), b.const(np.log(2.0), np.float64))
+        e = b.op(
+            "Cast", b.op("Ceil", b.op("Sub", log2, b.const(1e-6, np.float64))), to=ir.DataType.INT64
+        )
+        e = o.where(
+            b.op("Less", _pow2(b, e), need),
+            b.op("Add", e, o.s(1)),
+            e,
+        )
+        e2 = b.op("Div", e, o.s(2))
+        self.n = _pow2(b, e)
+        self.n2 = _pow2(b, e2)
+        self.n1 = b.op("Div", self.n, self.n2)
+        # rows of the [h, N2] input block that hold samples
+        self.h = b.op("Div", b.op("Sub", b.op("Add", samples, self.n2), o.s(1)), self.n2)
+
+        def angles(rows, cols, period) -> tuple[ir.Value, ir.Value]:
+            a = b.op("Unsqueeze", b.op("Range", o.s(0), rows, o.s(1)), o.i(-1))
+            c = b.op("Range", o.s(0), cols, o.s(1))
+            k = b.op("Mod", b.op("Mul", a, c), period)
+            step = b.op(
+                "Div", b.const(2 * np.pi, np.float64), b.op("Cast", period, to=ir.DataType.DOUBLE)
+            )
+            ang = b.op("Mul", b.op("Cast", k, to=ir.DataType.DOUBLE), step)
+            cos = b.op("Cast", b.op("Cos", ang), to=FFT_DTYPE)
+            sin = b.op("Cast", b.op("Sin", ang), to=FFT_DTYPE)
+            return cos, sin  # exp(-i ang) = cos - i sin
+
+        def block(a, bb, c, d):
+            return b.op(
+                "Concat", b.op("Concat", a, bb, axis=1), b.op("Concat", c, d, axis=1), axis=0
+            )
+
+        self.dt = dt
+        w1c, w1s = angles(self.n1, self.n1, self.n1)
+        w2c, w2s = angles(self.n2, self.n2, self.n2)
+        tc, ts = angles(self.n1, self.n2, self.n)
+        neg = lambda x: b.op("Neg", x)  # noqa: E731
+        # forward step 1 (left, columns < h): W1 = c - i s -> [[c, s], [-s, c]] on [re; im]
+        c1h, s1h = o.slice(w1c, 0, self.h, 1), o.slice(w1s, 0, self.h, 1)
+        self.f1 = block(c1h, s1h, neg(s1h), c1h)  # [2 N1, 2 h]
+        # forward step 2 (right): [re | im] @ [[c, -s], [s, c]]
+        self.f2 = block(w2c, neg(w2s), w2s, w2c)  # [2 N2, 2 N2]
+        # inverse step 2 (right, conjugate): [re | im] @ [[c, s], [-s, c]]
+        self.g2 = block(w2c, w2s, neg(w2s), w2c)
+        self.w1c, self.w1s = w1c, w1s
+        # twiddles exp(-i 2 pi f1 j2 / N) as planes [2, N1, N2]: z t = z [c; c] + swap(z) [s; -s]
+        self.t_a = b.op(
+            "Concat", b.op("Unsqueeze", tc, o.i(0)), b.op("Unsqueeze", tc, o.i(0)), axis=0
+        )
+        self.t_b = b.op(
+            "Concat", b.op("Unsqueeze", ts, o.i(0)), b.op("Unsqueeze", neg(ts), o.i(0)), axis=0
+        )
+
+    def pad(self, x: ir.Value) -> ir.Value:
+        """[.., 2, S] -> [.., 2, h N2] (zeros after the samples)."""
+        o, b = self.o, self.o.b
+        extra = b.op("Sub", b.op("Mul", self.h, self.n2), o.dim(x, -1))
+        pads = b.op("Concat", o.i(*([0] * 9)), b.op("Reshape", extra, o.i(1)), axis=0)
+        return b.op("Pad", x, pads)  # x: [B, H, ., 2, S]
+
+    def swap(self, x: ir.Value, axis: int) -> ir.Value:
+        o = self.o
+        return o.b.op("Slice", x, o.i(-1), o.i(-BIG), o.i(axis), o.i(-1))
+
+    def forward(self, b: Body, x: ir.Value, lead: ir.Value) -> ir.Value:
+        """x [lead.., 2, h N2] (padded) -> [lead.., N1, 2, N2]. `b`: the body to record in."""
+        o = self.o
+        rows = b.op("Concat", lead, _vec(b, b.op("Mul", self.h, o.s(2)), self.n2), axis=0)
+        a = b.op("MatMul", self.f1, b.op("Reshape", x, rows))  # [.., 2 N1, N2]
+        a = b.op("Reshape", a, b.op("Concat", lead, o.i(2), _vec(b, self.n1, self.n2), axis=0))
+        swap = b.op("Slice", a, o.i(-1), o.i(-BIG), o.i(-3), o.i(-1))
+        a = b.op("Add", b.op("Mul", a, self.t_a), b.op("Mul", swap, self.t_b))
+        # twiddle applied: z t with t = c - i s: [re c + im s; im c - re s]
+        a = b.op("Transpose", a, perm=[0, 1, 2, 4, 3, 5])
+        flat = b.op("Concat", lead, _vec(b, self.n1, b.op("Mul", self.n2, o.s(2))), axis=0)
+        spec = b.op("MatMul", b.op("Reshape", a, flat), self.f2)
+        return b.op(
+            "Reshape",
+            spec,
+            b.op("Concat", lead, _vec(b, self.n1), o.i(2), _vec(b, self.n2), axis=0),
+        )
+
+    def inverse(self, y: ir.Value, lead: ir.Value, length: ir.Value) -> ir.Value:
+        """[lead.., N1, 2, N2] -> [lead.., 2, length] (times N: the caller scales)."""
+        o, b = self.o, self.o.b
+        flat = b.op("Concat", lead, _vec(b, self.n1, b.op("Mul", self.n2, o.s(2))), axis=0)
+        c = b.op("MatMul", b.op("Reshape", y, flat), self.g2)
+        c = b.op(
+            "Reshape", c, b.op("Concat", lead, _vec(b, self.n1), o.i(2), _vec(b, self.n2), axis=0)
+        )
+        swap = b.op("Slice", c, o.i(-1), o.i(-BIG), o.i(-2), o.i(-1))
+        t_a = b.op("Transpose", self.t_a, perm=[1, 0, 2])  # [N1, 2, N2]
+        t_b = b.op("Neg", b.op("Transpose", self.t_b, perm=[1, 0, 2]))  # conjugate twiddle
+        d = b.op("Add", b.op("Mul", c, t_a), b.op("Mul", swap, t_b))
+        d = b.op("Transpose", d, perm=[0, 1, 2, 4, 3, 5])  # [.., 2, N1, N2]
+        d = b.op(
+            "Reshape",
+            d,
+            b.op("Concat", lead, _vec(b, b.op("Mul", self.n1, o.s(2)), self.n2), axis=0),
+        )
+        j1 = b.op("Div", b.op("Sub", b.op("Add", length, self.n2), o.s(1)), self.n2)
+        cj, sj = o.slice(self.w1c, 0, j1, 0), o.slice(self.w1s, 0, j1, 0)
+        g1 = b.op(
+            "Concat",
+            b.op("Concat", cj, b.op("Neg", sj), axis=1),
+            b.op("Concat", sj, cj, axis=1),
+            axis=0,
+        )
+        out = b.op("MatMul", g1, d)  # [.., 2 J1, N2]
+        out = b.op("Reshape", out, b.op("Concat", lead, o.i(2, -1), axis=0))
+        return o.slice(out, 0, length, -1)
+
+
+def _pow2(b: Body, e: ir.Value) -> ir.Value:
+    power = b.op("Pow", b.const(2.0, np.float64), b.op("Cast", e, to=ir.DataType.DOUBLE))
+    return b.op("Cast", b.op("Round", power), to=ir.DataType.INT64)
+
+
+def _vec(b: Body, *scalars: ir.Value) -> ir.Value:
+    return b.op("Concat", *(b.op("Reshape", s, b.const([1])) for s in scalars), axis=0)
+
+
+def convbasis_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
+    compute = ir.DataType.DOUBLE if sig.dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
+    o = _Ops(b, compute)
+    query, key, value = (to_rank4(b, x, sig.rank) for x in inputs[:3])
+    if sig.dtype != compute:
+        query, key, value = (b.op("Cast", x, to=compute) for x in (query, key, value))
+    if sig.kv_repeat:
+        key, value = repeat_kv(b, key, query), repeat_kv(b, value, query)
+    scale = b.float_attr("scale")
+    if compute != ir.DataType.FLOAT:
+        scale = b.op("Cast", scale, to=compute)
+    query = b.op("Mul", query, scale)
+    bases = b.int_attr("bases")
+    probe = b.int_attr("probe")
+    sq, skv = o.dim(query, 2), o.dim(key, 2)
+    lead = b.op("Slice", b.op("Shape", query), o.i(0), o.i(2))
+
+    # x = [V w, w], channels first: [B, H, D1, C]
+    v_t = b.op("Transpose", value, perm=[0, 1, 3, 2])
+    real = None
+    if sig.keywise:
+        weights = key_weights(b, sig, inputs[3], compute)  # [B|1, H|1, 1, Skv]
+        weights = b.op(
+            "Expand", weights, b.op("Concat", lead, o.i(1), b.op("Reshape", skv, o.i(1)), axis=0)
+        )
+        x = b.op("Concat", b.op("Mul", v_t, weights), weights, axis=2)
+        real = b.op("Greater", b.op("Squeeze", weights, o.i(2)), o.f(0.0))  # [B, H, C]
+    else:
+        ones = b.op(
+            "Expand", o.f(1.0), b.op("Concat", lead, o.i(1), b.op("Reshape", skv, o.i(1)), axis=0)
+        )
+        x = b.op("Concat", v_t, ones, axis=2)
+
+    off = b.op("Sub", skv, sq)
+    start = o.clip(b.op("Neg", off), o.s(0), None)
+    r0 = o.clip(off, o.s(0), None)
+    window = b.int_attr("window") if sig.window else None
+    lower = _Triangle(
+        o, o.slice(query, start, BIG, 2), key, x, real, r0=r0, t_min=0, window=window, live=skv
+    )
+    parts = [lower]
+    if not sig.causal:
+        live = o.clip(b.op("Min", skv, b.op("Sub", sq, o.s(1))), o.s(0), None)
+        upper = _Triangle(
+            o,
+            o.flip(query, 2),
+            o.flip(key, 2),
+            o.flip(x, 3),
+            None if real is None else o.flip(real, 2),
+            r0=o.s(0),
+            t_min=1,
+            window=None,
+            live=live,
+        )
+        parts.append(upper)
+    found = []
+    for tri in parts:
+        points = tri.change_points(bases, probe)
+        found.append((tri, points, tri.profiles(points)))
+    tops = [b.reduce("ReduceMax", logs, [2, 3]) for *_, logs in found]
+    top = tops[0] if len(tops) == 1 else b.op("Max", *tops)  # [B, H, 1, 1]
+    shift = o.where(b.op("Greater", top, o.f(FLOOR / 2)), top, o.f(0.0))
+
+    y = None
+    for tri, points, logs in found:
+        if TRANSFORM == "matmul":
+            part = _apply_matmul(tri, logs, points, shift)  # [B, H, D1, R]
+        else:
+            part = tri.apply(logs, points, shift)
+        if tri.t_min == 1:
+            part = o.flip(part, 3)
+        else:
+            zeros = b.op(
+                "Concat", o.i(0, 0, 0), b.op("Reshape", start, o.i(1)), o.i(0, 0, 0, 0), axis=0
+            )
+            part = b.op("Pad", part, zeros)
+        y = part if y is None else b.op("Add", y, part)
+    channels = o.dim(y, 2)
+    dv = b.op("Sub", channels, o.s(1))
+    num = o.slice(y, 0, dv, 2)
+    den = o.slice(y, dv, BIG, 2)  # [B, H, 1, Sq]
+    ok = b.op("Greater", den, o.f(0.0))
+    sees = _sees_a_key(b, o, sig, real, sq, skv, window)
+    if sees is not None:
+        ok = b.op("And", ok, sees)
+    out = o.where(ok, b.op("Div", num, o.where(ok, den, o.f(1.0))), o.f(0.0))
+    out = b.op("Transpose", out, perm=[0, 1, 3, 2])
+    if sig.dtype != compute:
+        out = b.op("Cast", out, to=sig.dtype)
+    return from_rank4(b, out, sig.rank)
+
+
+def _sees_a_key(b: Body, o: _Ops, sig: Signature, real, sq, skv, window) -> ir.Value | None:
+    """Rows with a visible weighted key, broadcastable to [B, H, 1, Sq] (None: all of them)."""
+    if not sig.causal:
+        if real is None:
+            return None
+        anyone = b.reduce("ReduceMax", b.op("Cast", real, to=o.dtype), [-1])  # [B, H, 1]
+        return b.op("Unsqueeze", b.op("Greater", anyone, o.f(0.0)), o.i(-1))
+    rows = b.op("Range", o.s(0), sq, o.s(1))
+    end = o.clip(b.op("Add", rows, b.op("Add", b.op("Sub", skv, sq), o.s(1))), o.s(0), skv)
+    zero = b.op("Mul", end, o.s(0))
+    begin = zero if window is None else o.clip(b.op("Sub", end, window), o.s(0), None)
+    if real is None:
+        return b.op("Greater", end, begin)  # [Sq]
+    count = b.op("CumSum", b.op("Cast", real, to=ir.DataType.INT64), o.s(-1))
+    count = b.op("Pad", count, o.i(0, 0, 1, 0, 0, 0))  # count[p] = weighted keys before p
+    seen = b.op("Greater", b.op("Gather", count, end, axis=2), b.op("Gather", count, begin, axis=2))
+    return b.op("Unsqueeze", seen, o.i(2))
+
+
+BODY = MethodBody(
+    "ConvBasisAttention",
+    convbasis_body,
+    min_opset=17,
+    limits=_limits,
+    unsupported=_unsupported,
+)
