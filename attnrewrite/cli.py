@@ -24,7 +24,7 @@ from attnrewrite.export import new_folder_name
 from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
 from attnrewrite.plan.auto import auto_rewrite
 from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
-from attnrewrite.substitute.methods import METHOD_NAMES, get_method
+from attnrewrite.substitute.methods import METHOD_NAMES, Method, get_method
 
 EXIT_BAD_INPUT = 2
 EXIT_VERIFICATION = 1
@@ -189,6 +189,8 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
         raise AttnRewriteError("--max-error applies to --method auto")
     method = get_method(args.method, _given_params(args, args.method))
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
+    if args.model.suffix == ".pt2":
+        return _run_pt2(args, method, out_dir, console)
     choice = _input_choice(args)
     sweep = Sweep.parse(args.sweep, {"k": "bases"}) if args.sweep else None
     if sweep is not None and sweep.param not in method.params:
@@ -208,6 +210,19 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
             repeats=args.repeats,
         )
         console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+    return 0
+
+
+def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: Console) -> int:
+    """A saved torch.export program: rewritten in FX, saved as .pt2 and ONNX."""
+    if args.report or args.sweep:
+        raise AttnRewriteError(
+            "--report/--sweep read ONNX: run `attnrewrite report` on OUTDIR/model.onnx"
+        )
+    from attnrewrite.torch.pt2 import rewrite_pt2  # FX code only for .pt2 inputs
+
+    _, summary = rewrite_pt2(args.model, method.name, method.params, out_dir)
+    console.print(summary, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -241,6 +256,11 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
 
 def run_inspect(argv: Sequence[str], console: Console) -> int:
     args = inspect_parser().parse_args(argv)
+    if args.model.suffix == ".pt2":
+        from attnrewrite.torch.pt2 import inspect_pt2  # FX code only for .pt2 inputs
+
+        console.print_json(json.dumps(inspect_pt2(args.model)))
+        return 0
     found = inspect_model(args.model)
     if args.json:
         payload = {

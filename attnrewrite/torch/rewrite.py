@@ -1,0 +1,407 @@
+"""Rewrite every softmax attention of a torch module into an attnrewrite method, trainably.
+
+    trace (torch.export) -> find (FX rules) -> substitute (AttentionBlock submodules)
+    -> probe (one run on the example inputs) -> classify masks -> try the method per block
+
+The result is an nn.Module over the exported graph; its parameters are the original model's
+(shared, not copied), so training it trains the model's weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from attnrewrite import methods as references
+from attnrewrite.errors import AttnRewriteError
+from attnrewrite.match import MaskKind, Refusal
+from attnrewrite.methods.exact import as_4d, bias_logits, positions_mask
+from attnrewrite.torch.block import AttentionBlock, fold_causal
+from attnrewrite.torch.find import IGNORED_USERS, Candidate, find, shape
+from attnrewrite.torch.trace import ExampleInputs, split_inputs, trace
+
+GRAPH = "main"
+
+
+@dataclass(frozen=True)
+class FxAttention:
+    """One rewritten attention, described with the ONNX finder's vocabulary (match.py)."""
+
+    anchor: str
+    block: str
+    variant: tuple[str, ...]
+    q: str
+    k: str
+    v: str
+    output: str
+    nodes: tuple[str, ...]
+    scale: float
+    scale_source: str
+    mask: MaskKind
+    is_causal: bool
+    window: int | None
+    q_heads: int | None
+    kv_heads: int | None
+    head_dim: int | None
+    q_len: int | None
+    kv_len: int | None
+    float32_softmax: bool
+    method: str
+    params: dict[str, object] = field(default_factory=dict)
+    fallback: str | None = None
+
+    @property
+    def kv_groups(self) -> int | None:
+        return self.q_heads // self.kv_heads if self.q_heads and self.kv_heads else None
+
+    def describe(self) -> dict[str, object]:
+        """The keys of AttentionMatch.describe(), plus the block and the method it runs."""
+        return {
+            "anchor": self.anchor,
+            "graph": GRAPH,
+            "variant": list(self.variant),
+            "nodes": list(self.nodes),
+            "q": self.q,
+            "k": self.k,
+            "v": self.v,
+            "layout": {"q": "bhsd", "k": "bhsd", "v": "bhsd"},
+            "output": self.output,
+            "mask": self.mask.value,
+            "window": self.window,
+            "scale": self.scale,
+            "scale_source": self.scale_source,
+            "upstream_scale": 1.0,
+            "effective_scale": self.scale,
+            "q_heads": self.q_heads,
+            "kv_heads": self.kv_heads,
+            "kv_groups": self.kv_groups,
+            "head_dim": self.head_dim,
+            "q_len": self.q_len,
+            "kv_len": self.kv_len,
+            "float32_softmax": self.float32_softmax,
+            "is_causal": self.is_causal,
+            "block": self.block,
+            "method": self.method,
+            "params": dict(self.params),
+            **({"fallback": self.fallback} if self.fallback else {}),
+        }
+
+
+class TorchRewrite(nn.Module):
+    """The rewritten model: call it like the original (same arguments, same output structure).
+
+    ``matches`` / ``refusals`` say what was rewritten and why other softmaxes were not. The
+    train/eval flag does not reach the graph: dropout behaves as in the mode the model was
+    traced in (trace in eval mode, as usual for fine-tuning with attention dropout off).
+    """
+
+    def __init__(
+        self,
+        graph_module: fx.GraphModule,
+        matches: tuple[FxAttention, ...],
+        refusals: tuple[Refusal, ...],
+        method: str,
+        params: dict[str, object],
+        signature: inspect.Signature | None = None,
+    ) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self.signature = signature  # the original forward's: names the inputs of an export
+        self.matches = matches
+        self.refusals = refusals
+        self.method = method
+        self.params = params
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.graph_module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> TorchRewrite:
+        self.training = mode  # exported graphs refuse train(); their dropout mode is fixed
+        return self
+
+    def blocks(self) -> dict[str, AttentionBlock]:
+        return {
+            name: m
+            for name, m in self.graph_module.named_children()
+            if isinstance(m, AttentionBlock)
+        }
+
+    def report(self) -> dict[str, object]:
+        """rewrite.json's shape: summary, every match, everything not rewritten."""
+        matches = [m.describe() for m in self.matches]
+        return {
+            "method": {"name": self.method, "params": dict(self.params)},
+            "summary": {
+                "attention_blocks": len(self.matches),
+                "rewritten": len(self.matches),
+                "kept_exact": sum(m.fallback is not None for m in self.matches),
+                "not_rewritten": len(self.refusals),
+                "variants": dict(Counter("+".join(m.variant) for m in self.matches)),
+                "masks": dict(Counter(m.mask.value for m in self.matches)),
+            },
+            "matches": matches,
+            "not_rewritten": [r.describe() for r in self.refusals],
+        }
+
+
+def rewrite(
+    model: nn.Module,
+    example_inputs: Any = None,
+    method: str = "exact",
+    *,
+    strict: bool | None = None,
+    dynamic_shapes: Any = None,
+    **params: object,
+) -> TorchRewrite:
+    """Trace `model` on `example_inputs` (a dict of keyword arguments, a tuple of positional
+    ones, or one tensor) and replace each softmax attention by `method` (parameters as in
+    ``attnrewrite.methods``). A block whose mask the method cannot honour runs exact attention
+    and says why (``matches[i].fallback``).
+
+    Masks stay exact at any input: one computed from the inputs (padding) is always passed on
+    as a tensor (folded to its key-wise part when causal); one computed from shapes alone is
+    replaced by is_causal / window only for static shapes (with ``dynamic_shapes``, torch.export's,
+    it is kept as a tensor too). Whether the method can run a block is decided on the example:
+    a mask that is key-wise there but varies per query at another input makes a method without
+    full-bias support raise ValueError at that call (loudly, never a silent approximation)."""
+    try:
+        resolved = references.get(method).resolve(params)
+    except ValueError as err:
+        raise AttnRewriteError(str(err)) from None
+    if isinstance(model, torch.export.ExportedProgram):
+        program = model
+        if example_inputs is None and model.example_inputs is not None:
+            example_inputs = ExampleInputs(*model.example_inputs)
+        if example_inputs is None:
+            raise AttnRewriteError("the ExportedProgram holds no example inputs: pass some")
+    else:
+        program = trace(model, example_inputs, strict, dynamic_shapes)
+    gm = program.module()
+    candidates, refusals = find(gm.graph)
+    if not candidates:
+        why = "; ".join(sorted({r.reason for r in refusals})[:2]) or "the graph has no softmax"
+        raise AttnRewriteError(f"no softmax attention found in {type(model).__name__}: {why}")
+    blocks = [_substitute(gm, i, c) for i, c in enumerate(candidates)]
+    gm.graph.lint()
+    gm.recompile()
+    records = _probe(gm, blocks, example_inputs)
+    matches = tuple(
+        _settle(block, cand, rec, method, resolved, dynamic_shapes is not None)
+        for block, cand, rec in zip(blocks, candidates, records, strict=True)
+    )
+    signature = None if isinstance(model, torch.export.ExportedProgram) else _signature(model)
+    return TorchRewrite(gm, matches, tuple(refusals), method, resolved, signature)
+
+
+def _signature(model: nn.Module) -> inspect.Signature | None:
+    try:
+        return inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+
+
+def _substitute(gm: fx.GraphModule, index: int, c: Candidate) -> tuple[str, AttentionBlock]:
+    """output = block(q, k, v, *side); the matched nodes go when nothing else reads them."""
+    block = AttentionBlock(
+        scale=c.scale,
+        is_causal=c.is_causal,
+        steps=c.steps,
+        k_transposed=c.k_transposed,
+        rank=len(shape(c.q)),
+    )
+    name = f"attnrewrite_{index}"
+    gm.add_submodule(name, block)
+    c.meta = {
+        "names": (c.anchor.name, c.q.name, c.k.name, c.v.name, c.output.name),
+        "nodes": tuple(n.name for n in c.nodes),
+        "shapes": (shape(c.q), shape(c.k), shape(c.v)),
+        "data_dependent": any(_reads_inputs(s) for s in c.side),
+    }
+    with gm.graph.inserting_before(c.output):
+        call = gm.graph.call_module(name, (c.q, c.k, c.v, *c.side))
+    call.meta["val"] = c.output.meta.get("val")
+    c.output.replace_all_uses_with(call)
+    for node in c.nodes:  # consumers first
+        for user in list(node.users):
+            if user.target in IGNORED_USERS:
+                gm.graph.erase_node(user)
+        if not node.users:
+            gm.graph.erase_node(node)
+    return name, block
+
+
+def _reads_inputs(node: fx.Node) -> bool:
+    """Whether a value depends on the model's inputs (not only on shapes and weights)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            return True
+        if n.op == "call_function" and not isinstance(n.meta.get("val"), torch.Tensor):
+            continue  # a size (sym_size of an input): shape, not content
+        todo.extend(n.all_input_nodes)
+    return False
+
+
+def _probe(
+    gm: fx.GraphModule, blocks: list[tuple[str, AttentionBlock]], example_inputs: Any
+) -> list[tuple[Tensor, ...]]:
+    """Run once on the example inputs (exact attention, raw masks), recording block inputs."""
+    for _, block in blocks:
+        block.probe = []
+    args, kwargs = split_inputs(example_inputs)
+    try:
+        with torch.no_grad():
+            gm(*args, **kwargs)
+        records = []
+        for name, block in blocks:
+            if len(block.probe or []) != 1:
+                raise AttnRewriteError(f"{name} ran {len(block.probe or [])} times on one call")
+            records.append(block.probe[0])
+    finally:
+        for _, block in blocks:
+            block.probe = None
+    return records
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    kind: MaskKind
+    mode: str  # AttentionBlock.mask_mode
+    is_causal: bool
+    window: int | None = None
+
+
+def classify(bias: Tensor | None, sq: int, skv: int, causal_flag: bool, data_dep: bool) -> MaskPlan:
+    """What the mask computes at the example, and how the block passes it to the method.
+
+    A causal pattern becomes is_causal (+ a window when the visible band is narrower than the
+    keys); the rest of the mask is kept as a tensor: folded to its key-wise part when causal
+    (exact: the causal flag hides the entries that fold changes), as is otherwise.
+    """
+    if bias is None:
+        return MaskPlan(MaskKind.CAUSAL if causal_flag else MaskKind.NONE, "none", causal_flag)
+    logits = bias_logits(as_4d(bias), torch.float64)
+    logits = logits.expand(*logits.shape[:-2], sq, skv)
+    visible = torch.isfinite(logits)
+    values = torch.where(visible, logits, 0.0)
+    has_values = bool((values != 0).any())
+    causal = positions_mask(sq, skv, True, None, logits.device)
+    hides_future = bool((~causal).any()) and not bool((visible & ~causal).any())
+    if causal_flag or hides_future:
+        if not has_values and not data_dep:
+            rel = (torch.arange(sq)[:, None] + (skv - sq) - torch.arange(skv)).to(logits.device)
+            seen = torch.where(visible, rel, -1)
+            width = int(seen.max()) + 1
+            if bool((visible == positions_mask(sq, skv, True, width, logits.device)).all()):
+                if width < skv:
+                    return MaskPlan(MaskKind.SLIDING_WINDOW, "none", True, width)
+                return MaskPlan(MaskKind.CAUSAL, "none", True)
+        folded = fold_causal(logits, sq, skv)
+        keywise = bool((folded == folded[..., :1, :]).all())
+        kind = MaskKind.CAUSAL_PADDING if keywise and data_dep and not has_values else None
+        return MaskPlan(kind or MaskKind.CAUSAL_BIAS, "fold", True)
+    if not has_values and bool(visible.all()) and not data_dep:
+        return MaskPlan(MaskKind.NONE, "none", False)
+    keywise = bool((logits == logits[..., :1, :]).all())
+    padding = keywise and data_dep and not has_values
+    return MaskPlan(MaskKind.PADDING if padding else MaskKind.BIAS, "full", False)
+
+
+def _settle(
+    named: tuple[str, AttentionBlock],
+    cand: Candidate,
+    record: tuple[Tensor, ...],
+    method: str,
+    params: dict[str, object],
+    dynamic: bool = False,
+) -> FxAttention:
+    """Fix the block's mask handling from its example inputs, then try the method on them."""
+    name, block = named
+    q, k, v, raw = record
+    sq, skv = q.shape[-2], k.shape[-2]
+    meta = cand.meta
+    plan = classify(raw, sq, skv, cand.is_causal, meta["data_dependent"])
+    if dynamic and raw is not None and plan.mode == "none":  # read at one length only: keep it
+        plan = MaskPlan(
+            plan.kind, "fold" if plan.is_causal else "full", plan.is_causal, plan.window
+        )
+    block.is_causal, block.window, block.mask_mode = plan.is_causal, plan.window, plan.mode
+    reference = references.get("exact")(
+        q, k, v, scale=block.scale, is_causal=cand.is_causal, bias=raw
+    )
+    planned = _block_bias(block, raw, sq, skv)
+    if not torch.allclose(_run(block, "exact", {}, q, k, v, planned), reference, atol=1e-5):
+        plan = MaskPlan(
+            MaskKind.CAUSAL_BIAS if cand.is_causal else MaskKind.BIAS, "full", cand.is_causal
+        )
+        block.is_causal, block.window, block.mask_mode = plan.is_causal, None, "full"
+        planned = raw
+    fallback = None
+    try:
+        _run(block, method, params, q, k, v, planned)
+        block.method, block.params = method, dict(params)
+    except ValueError as err:
+        fallback = f"{method} cannot run this block: {err}"
+    anchor, qn, kn, vn, out = meta["names"]
+    (_, hq, _, d), (_, hkv, _, _) = q.shape, k.shape
+    return FxAttention(
+        anchor=anchor,
+        block=name,
+        variant=cand.variant,
+        q=qn,
+        k=kn,
+        v=vn,
+        output=out,
+        nodes=meta["nodes"],
+        scale=block.scale,
+        scale_source=cand.scale_source,
+        mask=plan.kind,
+        is_causal=plan.is_causal,
+        window=plan.window,
+        q_heads=hq,
+        kv_heads=hkv,
+        head_dim=d,
+        q_len=sq,
+        kv_len=skv,
+        float32_softmax=cand.float32_softmax,
+        method=block.method,
+        params=dict(block.params),
+        fallback=fallback,
+    )
+
+
+def _block_bias(block: AttentionBlock, raw: Tensor | None, sq: int, skv: int) -> Tensor | None:
+    if block.mask_mode == "none" or raw is None:
+        return None
+    return fold_causal(raw, sq, skv) if block.mask_mode == "fold" else raw
+
+
+def _run(
+    block: AttentionBlock,
+    method: str,
+    params: dict[str, object],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None,
+) -> Tensor:
+    with torch.no_grad():
+        return references.get(method)(
+            q,
+            k,
+            v,
+            scale=block.scale,
+            is_causal=block.is_causal,
+            bias=bias,
+            window=block.window,
+            **params,
+        )
