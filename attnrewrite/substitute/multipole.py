@@ -1,0 +1,291 @@
+"""The ONNX body of fast multipole attention (reference: `attnrewrite.methods.multipole`).
+
+The reference evaluates every query against every summary of every level and masks; this body
+gathers only each query block's interaction list, so its cost is O(n (block + coarse L) d)
+(with ``levels`` > 0, the dense coarsest level adds the reference's coarse Skv / group size):
+
+- queries are grouped into blocks of ``block`` by their key position (bottom-right aligned,
+  bidirectional queries left of every key at block 0), padded at both ends;
+- near field: the 2 (causal) or 3 (bidirectional) key blocks around the query block, gathered
+  token by token; padded, out-of-range, causally hidden or masked keys get -inf;
+- far field: per level 2 (causal) or 3 (bidirectional) groups of ``coarse`` summaries, chosen by
+  the parity of the query's level block; with ``levels`` > 0 the coarsest level (``levels``)
+  takes every group its rule allows, as the reference;
+- each query block's keys (values) are its near tokens and its summaries, gathered by one Gather
+  from [tokens; every block's summaries]: one MatMul, one softmax, one MatMul. Rows with no
+  visible key give zeros (the reference's convention).
+
+Summaries: keys and values (times the key weights, `key_weights`, under a key-wise mask) are
+summed per chunk of block / coarse tokens (Pad, Reshape, ReduceSum), then prefix-summed over
+the chunks in float64 (CumSum), so a summary [start, end) is the difference of two prefix rows
+divided by its summed weight (its token count without a mask), exactly at any length.
+
+Levels: their number depends on the run-time length (N = block * 2^J >= Skv). Rather than a Loop
+over levels (a subgraph, per-iteration overhead, loop-carried pooled tensors changing shape) or
+a fixed unrolled maximum (every absent level would still cost its gathers and logit columns, and
+the maximum would cap the length), the levels are a run-time axis, Range(1, J), of small int64
+index tensors; prefix sums give any level's summaries without pooling level by level. Groups
+past the keys are empty (count 0, logit -inf), so every length works. A sliding window or a
+bias that varies per query cannot follow a pooled summary: those blocks stay exact (`limits`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from attnrewrite.substitute.body import Body, Params, from_rank4, key_weights, repeat_kv, to_rank4
+from attnrewrite.substitute.methods import MethodBody
+from attnrewrite.substitute.signature import Signature
+
+F32 = ir.DataType.FLOAT
+F64 = ir.DataType.DOUBLE
+I64 = ir.DataType.INT64
+POWERS = [1 << t for t in range(62)]
+
+
+def limits(sig: Signature, params: Params) -> str | None:
+    if sig.window:
+        return (
+            "multipole cannot honour a sliding window: pooled groups straddle its edge"
+            " (use the window method)"
+        )
+    if sig.bias != "none" and not sig.keywise:
+        return "multipole honours only key-wise masks (padding); this bias varies per query"
+    if sig.rank not in (3, 4):
+        return f"multipole supports rank 3 and 4 operands, not rank {sig.rank}"
+    return None
+
+
+def _scalar(b: Body, shape: ir.Value, axis: int) -> ir.Value:
+    return b.op("Gather", shape, b.const(axis))
+
+
+def _vec(b: Body, x: ir.Value) -> ir.Value:
+    return b.op("Reshape", x, b.const([1]))
+
+
+def _floor_div(b: Body, x: ir.Value, d: ir.Value) -> ir.Value:
+    """floor(x / d) for int64 (Div truncates; Mod with fmod=0 takes the divisor's sign)."""
+    return b.op("Div", b.op("Sub", x, b.op("Mod", x, d)), d)
+
+
+def _unsq(b: Body, x: ir.Value, *axes: int) -> ir.Value:
+    return b.op("Unsqueeze", x, b.const(list(axes)))
+
+
+def _clamp(b: Body, x: ir.Value, low: ir.Value, high: ir.Value) -> ir.Value:
+    return b.op("Min", b.op("Max", x, low), high)
+
+
+def _chunks(
+    b: Body, groups: ir.Value, size: ir.Value, sub: ir.Value, coarse: int
+) -> tuple[ir.Value, ir.Value]:
+    """[start, end) of the `coarse` summaries of each group: [nq, ...] -> [nq, ... * coarse]."""
+    start = b.op(
+        "Add", _unsq(b, b.op("Mul", groups, size), -1), b.op("Mul", sub, b.const(np.arange(coarse)))
+    )
+    end = b.op("Add", start, sub)
+    flat = b.const([0, -1])
+    return b.op("Reshape", start, flat), b.op("Reshape", end, flat)
+
+
+def _dims(b: Body, x: ir.Value, first: int, last: int) -> ir.Value:
+    return b.op("Slice", b.op("Shape", x), b.const([first]), b.const([last]))
+
+
+def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
+    m, coarse, levels = int(params["block"]), int(params["coarse"]), int(params["levels"])
+    operands = inputs[:3] if sig.dtype == F32 else [b.op("Cast", x, to=F32) for x in inputs[:3]]
+    query, key, value = (to_rank4(b, x, sig.rank) for x in operands)
+    if sig.kv_repeat:
+        key, value = repeat_kv(b, key, query), repeat_kv(b, value, query)
+    zero, one, none, block = b.const(0), b.const(1), b.const(-1), b.const(m)
+    q_len = _scalar(b, b.op("Shape", query), 2)
+    kv_len = _scalar(b, b.op("Shape", key), 2)
+
+    # Query blocks by key position: `lead` rows pad the first block, nq blocks in all; kblk is
+    # each query block's key block (bidirectional queries left of every key: block 0).
+    offset = b.op("Sub", kv_len, q_len)
+    lead = b.op("Mod", offset, block)
+    filled = b.op("Add", lead, q_len)
+    nq = b.op("Div", b.op("Add", filled, b.const(m - 1)), block)
+    tail = b.op("Sub", b.op("Mul", nq, block), filled)
+    kblk = b.op("Add", b.op("Range", zero, nq, one), b.op("Div", b.op("Sub", offset, lead), block))
+    if not sig.causal:
+        kblk = b.op("Max", kblk, zero)
+    two = b.const([0, 0])
+    pads = b.op(
+        "Concat", two, _vec(b, lead), b.const([0]), two, _vec(b, tail), b.const([0]), axis=0
+    )
+    blocks_shape = b.op(
+        "Concat", _dims(b, query, 0, 2), b.const([-1, m]), _dims(b, query, 3, 4), axis=0
+    )
+    qb = b.op("Reshape", b.op("Pad", query, pads), blocks_shape)  # [B, H, nq, m, d]
+
+    # Near field: key blocks kblk-1, kblk (and kblk+1), token indices [nq, S*m].
+    steps = [-1, 0] if sig.causal else [-1, 0, 1]
+    near = b.op("Mul", b.op("Add", _unsq(b, kblk, 1), b.const(steps)), block)
+    idx = b.op(
+        "Reshape",
+        b.op("Add", _unsq(b, near, 2), b.const(np.arange(m))),
+        b.const([-1, len(steps) * m]),
+    )
+    valid = b.op("And", b.op("GreaterOrEqual", idx, zero), b.op("Less", idx, kv_len))
+    near_idx = _clamp(b, idx, zero, b.op("Sub", kv_len, one))
+    if sig.causal:
+        qpos = b.op("Add", _unsq(b, b.op("Mul", kblk, block), 1), b.const(np.arange(m)))
+        seen = b.op("LessOrEqual", _unsq(b, idx, 1), _unsq(b, qpos, 2))
+        allowed = b.op("And", _unsq(b, valid, 1), seen)  # [nq, m, S*m]
+    else:
+        allowed = _unsq(b, valid, 1)  # [nq, 1, S*m]
+    weights = None
+    if sig.bias != "none":
+        w4 = key_weights(b, sig, inputs[3], F32)
+        w4 = b.op("Add", w4, b.const(np.zeros((1, 1, 1, 1)), np.float32))  # rank 4
+        weights = b.op("Squeeze", w4, b.const([2]))  # [Bw, Hw, Skv]
+        gathered = _unsq(b, b.op("Gather", weights, near_idx, axis=2), 3)
+        near_bias = b.op("Log", b.op("Mul", gathered, b.op("Cast", allowed, to=F32)))
+    else:
+        minus_inf = b.const(-np.inf, np.float32)
+        near_bias = b.op("Where", allowed, b.const(0.0, np.float32), minus_inf)
+
+    # Far field: [start, end) of every summary each query block attends, [nq, K].
+    powers = b.const(POWERS)
+    needed = b.op("Div", b.op("Add", kv_len, b.const(m - 1)), block)  # ceil(Skv / m)
+    depth = b.reduce(
+        "ReduceSum", b.op("Cast", b.op("Less", b.const(POWERS[:48]), needed), to=I64), [0], 0
+    )  # J = ceil(log2(ceil(Skv / m)))
+    end_level = depth if levels == 0 else b.op("Min", depth, b.const(levels))
+    level = b.op("Range", one, end_level, one)  # regular levels: 1 .. top (.. top - 1: dense)
+    factor = b.op("Gather", powers, b.op("Sub", level, one))  # [L] = 2^(l-1)
+    size = b.op("Mul", factor, block)
+    il = _floor_div(b, _unsq(b, kblk, 1), factor)  # [nq, L]
+    odd = b.op("Equal", b.op("Mod", il, b.const(2)), one)
+
+    def shifted(delta: int) -> ir.Value:
+        return b.op("Add", il, b.const(delta))
+
+    if sig.causal:
+        slots = [shifted(-2), b.op("Where", odd, shifted(-3), none)]
+    else:
+        slots = [shifted(-2), shifted(2), b.op("Where", odd, shifted(-3), shifted(3))]
+    groups = b.op("Concat", *(_unsq(b, slot, 2) for slot in slots), axis=2)  # [nq, L, S]
+    size3 = b.op("Reshape", size, b.const([1, -1, 1]))
+    sub4 = b.op("Reshape", b.op("Div", size, b.const(coarse)), b.const([1, -1, 1, 1]))
+    starts, ends = _chunks(b, groups, size3, sub4, coarse)
+    if levels > 0:  # the coarsest level takes every group its rule allows
+        dense = m << (levels - 1)
+        count = b.op("Div", b.op("Add", kv_len, b.const(dense - 1)), b.const(dense))
+        gr = b.op("Range", zero, count, one)  # [G]
+        il_d = _floor_div(b, _unsq(b, kblk, 1), b.const(1 << (levels - 1)))  # [nq, 1]
+        gap = b.op("Sub", gr, il_d)
+        if sig.causal:
+            allow = b.op("LessOrEqual", gap, b.const(-2))
+        else:
+            allow = b.op("GreaterOrEqual", b.op("Abs", gap), b.const(2))
+        chosen = b.op("Where", allow, gr, none)  # [nq, G]
+        s_d, e_d = _chunks(b, chosen, b.const(dense), b.const(dense // coarse), coarse)
+        starts = b.op("Concat", starts, s_d, axis=1)
+        ends = b.op("Concat", ends, e_d, axis=1)
+    starts, ends = _clamp(b, starts, zero, kv_len), _clamp(b, ends, zero, kv_len)
+
+    # Summaries: keys and values summed per chunk of s = block / coarse tokens (zero-padded to
+    # whole chunks), then float64 prefix sums over chunks: a summary [start, end) (multiples of
+    # s, or Skv) is the difference of two, divided by the summed key weights.
+    s = m // coarse
+    step = b.const(s)
+    n_chunks = b.op("Div", b.op("Add", kv_len, b.const(s - 1)), step)
+    chunk_pad = b.op("Sub", b.op("Mul", n_chunks, step), kv_len)
+    axis2 = b.const(2)
+
+    def chunk_sums(x: ir.Value) -> ir.Value:  # [N, C, Skv, d] -> [N, C, chunks, d]
+        if s == 1:
+            return x
+        zeros = b.const([0] * 6)
+        padded = b.op("Pad", x, b.op("Concat", zeros, _vec(b, chunk_pad), b.const([0]), axis=0))
+        shape = b.op("Concat", _dims(b, x, 0, 2), b.const([-1, s]), _dims(b, x, 3, 4), axis=0)
+        return b.reduce("ReduceSum", b.op("Reshape", padded, shape), [3], 0)
+
+    def prefix(x: ir.Value, rank: int) -> ir.Value:  # float64, a leading zero row on axis 2
+        pads = [0] * (2 * rank)
+        pads[2] = 1
+        return b.op("Pad", b.op("CumSum", b.op("Cast", x, to=F64), axis2), b.const(pads))
+
+    def ceil_chunk(x: ir.Value) -> ir.Value:
+        return b.op("Div", b.op("Add", x, b.const(s - 1)), step)
+
+    first, after = ceil_chunk(starts), ceil_chunk(ends)
+
+    def between(prefixed: ir.Value) -> ir.Value:
+        return b.op(
+            "Sub",
+            b.op("Gather", prefixed, after, axis=2),
+            b.op("Gather", prefixed, first, axis=2),
+        )
+
+    key_w, value_w = key, value
+    if weights is not None:
+        col = _unsq(b, weights, 3)  # [Bw, Hw, Skv, 1]
+        key_w, value_w = b.op("Mul", key, col), b.op("Mul", value, col)
+        w_sums = b.op("Squeeze", chunk_sums(col), b.const([3]))
+        counts = between(prefix(w_sums, 3))  # [Bw, Hw, nq, K]
+    else:
+        counts = b.op("Cast", b.op("Sub", ends, starts), to=F64)  # [nq, K]
+    positive = b.op("Greater", counts, b.const(0.0, np.float64))
+    safe = _unsq(b, b.op("Where", positive, counts, b.const(1.0, np.float64)), -1)
+    far_bias = _unsq(b, b.op("Log", b.op("Cast", counts, to=F32)), -2)  # [.., nq, 1, K]
+    if sig.causal:
+        far_bias = b.op("Expand", far_bias, b.const([1, m, 1]))
+    bias = b.op("Concat", near_bias, far_bias, axis=-1)
+
+    # Each query block's keys: its near tokens and its summaries, gathered in one go from the
+    # tokens followed by every block's summaries ([B, H, Skv + nq*K, d]).
+    n_far = _dims(b, starts, 1, 2)
+    far_idx = b.op(
+        "Add",
+        b.op("Mul", _unsq(b, b.op("Range", zero, nq, one), 1), n_far),
+        b.op("Add", b.op("Range", zero, b.op("Squeeze", n_far, b.const([0])), one), kv_len),
+    )
+    every = b.op("Concat", near_idx, far_idx, axis=1)  # [nq, S*m + K]
+
+    def interactions(tokens: ir.Value, weighted: ir.Value) -> ir.Value:
+        mean = b.op("Div", between(prefix(chunk_sums(weighted), 4)), safe)
+        mean = b.op("Cast", mean, to=F32)  # [B, H, nq, K, d]
+        flat = b.op("Concat", b.const([0, 0, -1]), _dims(b, mean, 4, 5), axis=0)
+        bank = b.op("Concat", tokens, b.op("Reshape", mean, flat), axis=2)
+        return b.op("Gather", bank, every, axis=2)  # [B, H, nq, S*m + K, d]
+
+    keys = interactions(key, key_w)
+    values = interactions(value, value_w)
+
+    # One softmax over near keys and summaries, one MatMul with their values.
+    scaled = b.op("Mul", qb, b.float_attr("scale"))
+    scores = b.op("MatMul", scaled, b.op("Transpose", keys, perm=[0, 1, 2, 4, 3]))
+    probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1)
+    out = b.op("MatMul", probs, values)  # [B, H, nq, m, dv]
+    flat = b.op("Concat", _dims(b, out, 0, 2), b.const([-1]), _dims(b, out, 4, 5), axis=0)
+    out = b.op("Reshape", out, flat)
+    if sig.bias != "none":  # rows whose keys are all masked: zeros, not NaN
+        out = b.op("Slice", out, _vec(b, lead), _vec(b, filled), b.const([2]))
+        out = b.op("Where", b.op("IsNaN", out), b.const(0.0, np.float32), out)
+    elif sig.causal:  # queries left of every key see nothing: zeros
+        hidden = b.op("Max", b.op("Neg", offset), zero)
+        out = b.op("Slice", out, _vec(b, b.op("Add", lead, hidden)), _vec(b, filled), b.const([2]))
+        front = b.op("Concat", two, _vec(b, hidden), b.const([0] * 5), axis=0)
+        out = b.op("Pad", out, front)
+    else:
+        out = b.op("Slice", out, _vec(b, lead), _vec(b, filled), b.const([2]))
+    if sig.dtype != F32:
+        out = b.op("Cast", out, to=sig.dtype)
+    return from_rank4(b, out, sig.rank)
+
+
+BODY = MethodBody(
+    "MultipoleAttention",
+    multipole_body,
+    structural=("block", "coarse", "levels"),
+    limits=limits,
+)
