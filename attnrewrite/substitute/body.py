@@ -97,22 +97,53 @@ def from_rank4(b: Body, x: ir.Value, rank: int) -> ir.Value:
 def key_weights(b: Body, sig: Signature, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
     """exp(key bias) per key, broadcastable to [B, H, 1, Skv], in `dtype` (masked keys: 0).
 
-    Only for key-wise masks (sig.keywise): the mask's last query row sees every key a causal
-    mask allows, so it holds the padding for all of them. Matches the torch references'
-    ``key_weights`` (shifted by the row's largest unmasked logit).
+    Only for key-wise masks (sig.keywise). Their last query row sees every key a causal mask
+    allows, so it holds the padding of all of them (also where exporters unmask the rows of
+    padded queries); with a sliding window the last row hides old keys, so each key is read
+    on its own diagonal row instead (the query at the key's position sees it). Matches the
+    torch references' ``key_weights`` (shifted by the largest unmasked logit).
     """
-    last = b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
+    row = _own_rows(b, mask) if sig.window else _last_row(b, mask)
     if sig.bias == "keep":
-        weights = b.op("Cast", last, to=dtype)
+        weights = b.op("Cast", row, to=dtype)
     else:
         floor = np.finfo(sig.dtype.numpy()).min / 2
-        hidden = b.op("LessOrEqual", last, b.const(floor, sig.dtype.numpy()))
-        logits = b.op("Cast", last, to=dtype)
+        hidden = b.op("LessOrEqual", row, b.const(floor, sig.dtype.numpy()))
+        logits = b.op("Cast", row, to=dtype)
         zero = b.const(0.0, dtype.numpy())
         top = b.reduce("ReduceMax", b.op("Where", hidden, b.lowest(dtype), logits), [-1])
         top = b.op("Where", b.op("LessOrEqual", top, b.lowest(dtype)), zero, top)
         weights = b.op("Where", hidden, zero, b.op("Exp", b.op("Sub", logits, top)))
     return to_rank4(b, weights, sig.rank)  # broadcasts right-aligned, as the mask did
+
+
+def _last_row(b: Body, mask: ir.Value) -> ir.Value:
+    return b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
+
+
+def _own_rows(b: Body, mask: ir.Value) -> ir.Value:
+    """[..., 1, Skv]: mask[..., r(j), j] with r(j) the row of the query at key position j
+    (bottom-right aligned, clamped to the mask's rows: a [.., 1, Skv] mask is its own row)."""
+    shape = b.op("Shape", mask)
+    rows = b.op("Slice", shape, b.const([-2]), b.const([-1]))
+    keys = b.op("Slice", shape, b.const([-1]), b.const([2**62]))
+    flat = b.op("Reshape", mask, b.op("Concat", b.const([-1]), rows, keys, axis=0))
+    cols = b.op("Range", b.const(0), b.op("Squeeze", keys, b.const([0])), b.const(1))
+    first = b.op("Sub", keys, rows)  # the key position of the mask's first row
+    own = b.op(
+        "Min", b.op("Max", b.op("Sub", cols, first), b.const(0)), b.op("Sub", rows, b.const(1))
+    )
+    lead = b.op("Slice", b.op("Shape", flat), b.const([0]), b.const([1]))
+    index = b.op(
+        "Expand",
+        b.op("Reshape", own, b.const([1, 1, -1])),
+        b.op("Concat", lead, b.const([1]), keys, axis=0),
+    )
+    picked = b.op("GatherElements", flat, index, axis=1)  # [L, 1, Skv]
+    back = b.op(
+        "Concat", b.op("Slice", shape, b.const([0]), b.const([-2])), b.const([1]), keys, axis=0
+    )
+    return b.op("Reshape", picked, back)
 
 
 Params = Mapping[str, int | float | str]

@@ -68,11 +68,18 @@ def _multipole() -> MethodBody:
     return BODY
 
 
+def _window() -> MethodBody:
+    from attnrewrite.substitute.window import BODY
+
+    return BODY
+
+
 BODIES: dict[str, Callable[[], MethodBody]] = {
     "exact": _exact,
     "convbasis": _convbasis,
     "polysketch": _polysketch,
     "multipole": _multipole,
+    "window": _window,
 }
 METHOD_NAMES = tuple(BODIES)
 

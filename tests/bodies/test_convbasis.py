@@ -23,7 +23,7 @@ from attnrewrite.substitute import convbasis as convbasis_body
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
-from tests.bodies.harness import reference, relative_error, rewrite_layer, run_onnx
+from tests.bodies.harness import body_error, reference, relative_error, rewrite_layer, run_onnx
 
 TOL = 1e-5
 SMALL = {"heads": 4, "kv_heads": 4, "head_dim": 16}
@@ -268,3 +268,11 @@ def test_every_key_padded_gives_zeros() -> None:
     sig = _sig(keywise=True, bias="additive", causal=False)
     ref, out = direct_outputs(sig, {"bases": 3}, sq=4, skv=6, pad=6)
     assert not ref.any() and not out.any()
+
+
+@pytest.mark.parametrize(("q_len", "kv_len"), [(40, None), (203, None), (5, 9)])
+def test_exported_window_with_padding_reads_each_keys_own_row(q_len, kv_len) -> None:
+    """The exported mask also holds the window, so its last row hides old keys: the padding
+    of key j must be read where query j sees it."""
+    spec = LayerSpec(mask="padding", window=5)
+    assert body_error(spec, "convbasis", {"bases": 8}, q_len, kv_len) <= 1e-5

@@ -1,0 +1,249 @@
+"""The sliding-window-with-sinks body equals its torch reference (float64) in onnxruntime on every
+layer variant (causal, bidirectional, padding, full bias, GQA, a model window, cross lengths), at
+lengths unlike the export length, is exact attention when the band covers every key, and stays
+blocked (lengths far beyond what a dense score matrix would fit run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+
+from attnrewrite import methods as references
+from attnrewrite.layers import LayerSpec
+from attnrewrite.substitute import methods as bodies
+from attnrewrite.substitute.body import build_function
+from attnrewrite.substitute.methods import Method, get_method
+from attnrewrite.substitute.signature import Signature
+from attnrewrite.substitute.window import BODY
+from tests.bodies.harness import relative_error, rewrite_layer, run_onnx
+
+TOL = 1e-5
+SMALL = {"heads": 2, "kv_heads": 2, "head_dim": 8}
+SPECS = {
+    "causal": LayerSpec(**SMALL),
+    "bidirectional": LayerSpec(causal=False, **SMALL),
+    "causal_padding": LayerSpec(mask="padding", **SMALL),
+    "bidirectional_padding_gqa": LayerSpec(
+        causal=False, mask="padding", heads=4, kv_heads=2, head_dim=8
+    ),
+    "causal_gqa": LayerSpec(heads=4, kv_heads=1, head_dim=8),
+    "causal_window_padding": LayerSpec(mask="padding", window=5, **SMALL),
+    "causal_bias": LayerSpec(mask="bias", **SMALL),
+    "bidirectional_bias_gqa": LayerSpec(causal=False, mask="bias", heads=4, kv_heads=2, head_dim=8),
+}
+PARAMS = {
+    "w8_s0": {"width": 8, "sinks": 0},
+    "w8_s4": {"width": 8, "sinks": 4},
+    "w3_s5": {"width": 3, "sinks": 5},  # more sinks than the band is wide
+}
+# (q_len, kv_len): one token, small odd, a few hundred, KV cache, queries before keys
+LENGTHS = [(1, None), (7, None), (203, None), (5, 9), (3, 100), (9, 5), (40, 3)]
+
+
+@pytest.fixture(autouse=True)
+def _window_body(monkeypatch):
+    """The body under test, whether or not methods.BODIES lists it yet."""
+    monkeypatch.setitem(bodies.BODIES, "window", lambda: BODY)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small float64 references run faster on one torch thread than contending for many."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def _session(spec: LayerSpec, params: tuple) -> ort.InferenceSession:
+    """The layer rewritten with window (one session per variant: runs at many lengths)."""
+    proto, result = rewrite_layer(spec, "window", dict(params))
+    (block,) = result.rewritten
+    assert block.fallback is None, block.fallback
+    assert block.method.name == "window"
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), options)
+
+
+def _run(spec: LayerSpec, params: dict, feeds: dict) -> np.ndarray:
+    return _session(spec, tuple(sorted(params.items()))).run(None, feeds)[0]
+
+
+def _reference(spec: LayerSpec, method: str, params: dict | None, feeds: dict) -> np.ndarray:
+    """The torch reference in float64; the mask keeps its own dtype, so that its finfo.min
+    entries count as masked (-inf) as in the model's dtype, not as large finite logits (rows
+    whose every band key is padding give zeros)."""
+    q, k, v = (torch.from_numpy(feeds[n]).double() for n in ("query", "key", "value"))
+    bias = torch.from_numpy(feeds["mask"]) if "mask" in feeds else None
+    attention = references.get(method)
+    kwargs = {"scale": spec.scale, "is_causal": spec.causal, "bias": bias, "window": spec.window}
+    return attention(q, k, v, **kwargs, **(params or {})).numpy()
+
+
+def _error(spec: LayerSpec, params: dict, q_len: int, kv_len: int | None, batch: int = 2):
+    feeds = spec.inputs(batch, q_len, kv_len, seed=q_len)
+    return relative_error(_reference(spec, "window", params, feeds), _run(spec, params, feeds))
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("params", PARAMS)
+def test_body_matches_reference(name, params) -> None:
+    for q_len, kv_len in LENGTHS:
+        err = _error(SPECS[name], PARAMS[params], q_len, kv_len)
+        assert err <= TOL, (q_len, kv_len, err)
+
+
+@pytest.mark.parametrize("name", ["causal", "bidirectional", "causal_padding", "causal_bias"])
+def test_wider_band_and_more_sinks(name) -> None:
+    params = {"width": 32, "sinks": 4}
+    for q_len, kv_len in [(1, None), (31, None), (97, None), (300, None), (17, 70)]:
+        err = _error(SPECS[name], params, q_len, kv_len, batch=1)
+        assert err <= TOL, (q_len, kv_len, err)
+
+
+@pytest.mark.parametrize("opset", [13, 18, 21])
+@pytest.mark.parametrize("name", ["causal", "causal_padding", "bidirectional_bias_gqa"])
+def test_other_opsets(name, opset) -> None:
+    spec, params = SPECS[name], PARAMS["w8_s4"]
+    proto, result = rewrite_layer(spec, "window", params, opset)
+    assert result.rewritten[0].fallback is None
+    for q_len, kv_len in [(1, None), (77, None), (4, 61)]:
+        feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
+        err = relative_error(_reference(spec, "window", params, feeds), run_onnx(proto, feeds))
+        assert err <= TOL, (q_len, kv_len, err)
+
+
+@pytest.mark.parametrize("name", ["causal", "bidirectional"])
+def test_every_length(name) -> None:
+    """Lengths across block boundaries, self- and cross-attention, one session."""
+    spec, params = SPECS[name], {"width": 4, "sinks": 2}
+    for n in [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 17]:
+        for kv in (None, n + 5):
+            err = _error(spec, params, n, kv, batch=1)
+            assert err <= TOL, (n, kv, err)
+
+
+@pytest.mark.parametrize("name", ["causal", "bidirectional", "causal_padding", "causal_gqa"])
+def test_band_covering_every_key_is_exact_attention(name) -> None:
+    spec = SPECS[name]
+    for q_len, kv_len in [(1, None), (33, None), (64, None), (5, 40)]:
+        feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
+        exact = _reference(spec, "exact", None, feeds)
+        assert relative_error(exact, _run(spec, {"width": 64, "sinks": 0}, feeds)) <= TOL
+        assert relative_error(exact, _run(spec, {"width": 64, "sinks": 3}, feeds)) <= TOL
+
+
+def test_fully_padded_rows_give_zeros() -> None:
+    """Band keys all padding, no sinks: the row sees nothing, the output is 0 (not NaN)."""
+    spec, params = SPECS["causal_padding"], {"width": 4, "sinks": 0}
+    feeds = spec.inputs(2, 40, seed=1)  # the last sequence: its last 10 keys are padding
+    out = _run(spec, params, feeds)
+    assert np.isfinite(out).all()
+    assert not out[-1, :, -6:].any()
+    assert relative_error(_reference(spec, "window", params, feeds), out) <= TOL
+
+
+def test_float16_computes_in_float32() -> None:
+    spec = LayerSpec(mask="padding", dtype=torch.float16, **SMALL)
+    params = PARAMS["w8_s4"]
+    feeds = spec.inputs(2, 77)
+    out = _run(spec, params, feeds)
+    assert out.dtype == np.float16
+    # the reference computes in float32 from the same fp16 inputs; only the output is rounded
+    assert relative_error(_reference(spec, "window", params, feeds), out) <= 1e-3
+
+
+def test_cost_is_linear_in_length() -> None:
+    """A length whose dense score matrix (2 heads, 40000^2 float32: 12.8 GB) would not fit.
+    Causal rows depend only on earlier keys: the first rows equal the reference on a prefix."""
+    spec, params = SPECS["causal"], {"width": 16, "sinks": 4}
+    feeds = spec.inputs(1, 40_000, seed=3)
+    out = _run(spec, params, feeds)
+    prefix = {name: x[:, :, :300] for name, x in feeds.items()}
+    ref = _reference(spec, "window", params, prefix)
+    assert relative_error(ref, out[:, :, :300]) <= TOL
+    tail = {name: x[:, :, -300:] for name, x in feeds.items()}
+    # the last rows see only their band and the sinks: the reference on sinks + the tail keys
+    keys = {n: np.concatenate([feeds[n][:, :, :4], tail[n]], axis=2) for n in ("key", "value")}
+    ref = _reference(spec, "window", params, {"query": tail["query"], **keys})
+    assert relative_error(ref[:, :, 16:], out[:, :, -284:]) <= TOL  # full bands in the tail
+
+
+def _function_model(method: Method, sig: Signature, causal: bool, opset: int = 18):
+    """One node of the method over graph inputs query/key/value[/mask], through its function."""
+    overload = method.overload(sig)
+    function = build_function(
+        method.op_type, sig, opset, method.attributes(), method.body.build, method.params, overload
+    )
+    names = ["query", "key", "value"] + (["mask"] if sig.bias != "none" else [])
+    node = onnx.helper.make_node(
+        method.op_type,
+        names,
+        ["output"],
+        domain="attnrewrite",
+        scale=0.3,
+        is_causal=int(causal),
+        **method.params,
+    )
+    node.overload = overload
+    tensor = onnx.TensorProto.FLOAT
+    types = {"mask": onnx.TensorProto.BOOL if sig.bias == "keep" else tensor}
+    graph = onnx.helper.make_graph(
+        [node],
+        "direct",
+        [onnx.helper.make_tensor_value_info(n, types.get(n, tensor), None) for n in names],
+        [onnx.helper.make_tensor_value_info("output", tensor, None)],
+    )
+    return onnx.helper.make_model(
+        graph,
+        opset_imports=[
+            onnx.helper.make_opsetid("", opset),
+            onnx.helper.make_opsetid("attnrewrite", 1),
+        ],
+        functions=[ir.serde.serialize_function(function)],
+        ir_version=10,
+    )
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("mask", ["none", "keep", "keep_keys"])
+def test_rank3_operands_and_boolean_masks(causal, mask) -> None:
+    """[B*H, S, d] operands, as some exporters write them, with or without a boolean mask
+    (True = attend) per query or per key, through the function directly."""
+    params = {"width": 5, "sinks": 2}
+    method = get_method("window", params)
+    bias, keywise = ("none", False) if mask == "none" else ("keep", mask == "keep_keys")
+    sig = Signature(3, ir.DataType.FLOAT, bias, keywise, causal, False, False, False, False)
+    model = _function_model(method, sig, causal)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
+    feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}
+    keep = None
+    if mask != "none":
+        keep = torch.rand(3, 1 if keywise else 21, 50, generator=gen) > 0.3
+        feeds["mask"] = keep.numpy()
+    ref = references.get("window")(
+        *(x[None].double() for x in (q, k, v)),
+        scale=0.3,
+        is_causal=causal,
+        bias=None if keep is None else keep[None],
+        **params,
+    )[0]
+    assert relative_error(ref.numpy(), run_onnx(model, feeds)) <= TOL
+
+
+def test_structural_params_select_the_overload() -> None:
+    sig = Signature(4, ir.DataType.FLOAT, "none", False, True, False, False, False, False)
+    method = get_method("window", {"width": 16, "sinks": 2})
+    assert method.overload(sig) == "r4_f32_causal_width16_sinks2"
+    assert method.limit(sig) is None
+    assert "rank 5" in method.limit(dataclasses.replace(sig, rank=5))
