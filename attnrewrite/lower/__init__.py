@@ -1,0 +1,21 @@
+"""Lowering rewritten models and attention kernels through Apache TVM (issue 5).
+
+Needs the optional TVM stack: ``pip install apache-tvm==0.27.0.post1
+apache-tvm-ffi==0.1.14.post1 psutil xgboost cloudpickle tornado`` (the ffi pin matters:
+0.1.15 segfaults in ``tvm.ir.save_json``, which tuning uses).
+
+- ``relax_import``: a rewritten ONNX model -> Relax module -> compiled artifact folder
+  (``build``), and ``load(folder).run(inputs)``.
+- ``fft``: a batched real FFT / inverse FFT in TE whose stages are small dense DFT matmuls
+  (four-step / Monarch), and an FFT causal convolution (the conv-basis kernel).
+- ``targets``: target names and the per-target tuning records in ``attnrewrite/targets/``.
+- ``tune``: meta_schedule over the FFT kernels, writing those records.
+
+Nothing here is imported by the rest of the package: ``import attnrewrite`` never needs TVM.
+"""
+
+from __future__ import annotations
+
+from attnrewrite.lower.relax_import import Artifact, build, load
+
+__all__ = ["Artifact", "build", "load"]

@@ -1,0 +1,252 @@
+"""A rewritten ONNX model -> Relax -> a compiled artifact folder, and back.
+
+TVM's ONNX frontend cannot take our ``attnrewrite`` nodes (a custom domain), and it trips on
+dynamic shape arithmetic (``Shape -> Slice/ConstantOfShape/Expand`` chains). ``prepare``
+therefore (1) inlines the model-local functions (``ExactAttention``'s body is standard ops),
+(2) fixes every symbolic input dim to a value (``dims``), and (3) constant-folds the graph with
+onnxruntime's basic level, which turns the shape arithmetic into constants and leaves only ONNX
+domain ops. The result imports with ``relax.frontend.onnx.from_onnx``, and one artifact is
+built per set of input shapes. Bodies holding ``DFT`` (conv-basis) do not import yet: TVM has
+no DFT converter (see ``attnrewrite.lower.fft`` for the TIR kernels meant to replace it).
+
+The artifact folder holds ``model.so`` (``export_library``: code and weights) and
+``lower.json`` (inputs in call order with shapes and dtypes, outputs, target, versions).
+Loading needs only the TVM runtime::
+
+    import json, numpy as np, tvm, tvm.runtime.vm
+    lib = tvm.runtime.load_module("art/model.so")
+    vm = tvm.runtime.vm.VirtualMachine(lib, tvm.cpu())
+    meta = json.load(open("art/lower.json"))
+    args = [tvm.runtime.tensor(inputs[i["name"]]) for i in meta["inputs"]]
+    out = vm["main"](*args)   # a Tensor, or an array of them for several outputs
+
+or ``attnrewrite.lower.load("art").run({"input_ids": ..., ...})``. With TVM's runtime library
+only (``TVM_USE_RUNTIME_LIB=1``, no ``libtvm_compiler.so``) the same lines work: a CPU
+artifact was loaded and run that way here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.inliner
+
+LIBRARY = "model.so"
+META = "lower.json"
+
+
+class LowerError(RuntimeError):
+    """A model that cannot be lowered, with the reason."""
+
+
+def _fix_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> dict[str, list[int]]:
+    init = {i.name for i in model.graph.initializer}
+    shapes: dict[str, list[int]] = {}
+    missing: list[str] = []
+    for value in model.graph.input:
+        if value.name in init:
+            continue
+        shape = []
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                shape.append(dim.dim_value)
+                continue
+            key = dim.dim_param if dim.HasField("dim_param") else f"{value.name}[{axis}]"
+            if key not in dims:
+                missing.append(key)
+                shape.append(-1)
+                continue
+            dim.Clear()
+            dim.dim_value = int(dims[key])
+            shape.append(int(dims[key]))
+        shapes[value.name] = shape
+    if missing:
+        raise LowerError(
+            "TVM builds need static shapes: give a value for "
+            + ", ".join(sorted(set(missing)))
+            + " (dims={'name': value}, --dim name=value)"
+        )
+    return shapes
+
+
+def prepare(model: onnx.ModelProto | str | os.PathLike, dims: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` that ``from_onnx`` imports: inlined, static, shape-folded."""
+    import onnxruntime as ort
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model))
+    model = onnx.inliner.inline_local_functions(model)
+    _fix_dims(model, dims)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "folded.onnx")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = path
+        try:
+            ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise LowerError(f"onnxruntime could not fold the model: {err}") from err
+        folded = onnx.load(path)
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in folded.graph.node if n.domain})
+    if foreign:
+        raise LowerError(f"ops outside the ONNX domain remain after inlining: {foreign}")
+    return folded
+
+
+def to_relax(model: onnx.ModelProto):
+    """Import a prepared model (``prepare``) into a Relax IRModule, weights as constants."""
+    from tvm.relax.frontend import onnx as relax_onnx
+
+    try:
+        return relax_onnx.from_onnx(model, keep_params_in_input=False)
+    except Exception as err:  # the frontend raises assorted TVM errors
+        kinds = sorted({n.op_type for n in model.graph.node})
+        raise LowerError(f"TVM's ONNX frontend failed ({err}); ops in the graph: {kinds}") from err
+
+
+def _inputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    init = {i.name for i in model.graph.initializer}
+    out = []
+    for value in model.graph.input:
+        if value.name in init:
+            continue
+        tensor = value.type.tensor_type
+        out.append(
+            {
+                "name": value.name,
+                "shape": [d.dim_value for d in tensor.shape.dim],
+                "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)),
+            }
+        )
+    return out
+
+
+def compile_relax(mod, target):
+    """``tvm.compile`` with the tuning records for ``target`` applied when there are any."""
+    import tvm
+    from tvm import relax
+
+    from attnrewrite.lower.targets import database_for, make_target
+
+    target = make_target(target)
+    db = database_for(target)
+    with target:
+        mod = relax.transform.LegalizeOps()(mod)
+    if db is not None:
+        with target, db, tvm.transform.PassContext(opt_level=3):
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    if str(target.kind.name) == "cuda":
+        # dlight skips the functions the database scheduled (they are marked scheduled)
+        from attnrewrite.lower.fft import schedule_gpu
+
+        mod = schedule_gpu(mod, target)
+    return tvm.compile(mod, target=target)
+
+
+def build(
+    model_path: str | os.PathLike,
+    target: Any = "llvm",
+    out_dir: str | os.PathLike | None = None,
+    dims: Mapping[str, int] | None = None,
+) -> Path:
+    """Compile a (rewritten) ONNX model for ``target`` into an artifact folder; return it.
+
+    ``dims`` fixes every symbolic input dim (``{"batch": 1, "seq": 11}``). ``out_dir``
+    defaults to ``<model folder>/tvm-<target name>``.
+    """
+    import tvm
+
+    from attnrewrite.lower.targets import make_target, target_name
+
+    target = make_target(target)
+    model_path = Path(model_path)
+    folded = prepare(model_path, dims or {})
+    mod = to_relax(folded)
+    executable = compile_relax(mod, target)
+    out = Path(out_dir) if out_dir else model_path.parent / f"tvm-{target_name(target)}"
+    out.mkdir(parents=True, exist_ok=True)
+    executable.export_library(str(out / LIBRARY))
+    meta = {
+        "model": str(model_path),
+        "target": target_name(target),
+        "target_str": str(target),
+        "dims": dict(dims or {}),
+        "inputs": _inputs(folded),
+        "outputs": [o.name for o in folded.graph.output],
+        "tvm": tvm.__version__,
+    }
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact folder: ``run(inputs)`` -> outputs in graph order."""
+
+    folder: Path
+    meta: dict[str, Any]
+    vm: Any
+    device: Any
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.meta["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.meta["outputs"])
+
+    def run(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
+        import tvm
+
+        specs = self.meta["inputs"]
+        if isinstance(inputs, Mapping):
+            missing = [s["name"] for s in specs if s["name"] not in inputs]
+            if missing:
+                raise KeyError(f"missing inputs: {missing}")
+            arrays = [inputs[s["name"]] for s in specs]
+        else:
+            arrays = list(inputs)
+        args = []
+        for spec, array in zip(specs, arrays, strict=True):
+            array = np.ascontiguousarray(array, dtype=spec["dtype"])
+            if list(array.shape) != spec["shape"]:
+                raise ValueError(
+                    f"{spec['name']}: built for shape {spec['shape']}, got {list(array.shape)}"
+                )
+            args.append(tvm.runtime.tensor(array, device=self.device))
+        out = self.vm["main"](*args)
+        return [t.numpy() for t in _flatten(out)]
+
+
+def _flatten(value) -> list:
+    if hasattr(value, "numpy"):
+        return [value]
+    out = []
+    for item in value:
+        out.extend(_flatten(item))
+    return out
+
+
+def load(folder: str | os.PathLike, device: Any = None) -> Artifact:
+    """Load an artifact folder written by ``build`` (needs only the TVM runtime)."""
+    import tvm
+    import tvm.runtime.vm
+
+    folder = Path(folder)
+    meta = json.loads((folder / META).read_text())
+    lib = tvm.runtime.load_module(str(folder / LIBRARY))
+    if device is None:
+        device = tvm.cuda() if meta["target"].startswith("cuda") else tvm.cpu()
+    vm = tvm.runtime.vm.VirtualMachine(lib, device)
+    return Artifact(folder, meta, vm, device)
