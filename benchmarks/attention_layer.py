@@ -50,9 +50,7 @@ def build(spec: LayerSpec, method: str, folder: Path) -> Path:
     proto = attention_layer(spec)
     if method != ORIGINAL:
         chosen = get_method(method)
-        model = ir.serde.deserialize_model(
-            prepare_proto(proto, min_opset=chosen.body.min_opset)
-        )
+        model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.body.min_opset))
         result = substitute(model, find_attention(model).matches, chosen)
         (block,) = result.rewritten
         if block.fallback:
@@ -140,7 +138,11 @@ def main() -> None:
     parser.add_argument("--bidirectional", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.n, args.repeats, args.threads, not args.bidirectional)))
+        print(
+            json.dumps(
+                child(args.child, args.n, args.repeats, args.threads, not args.bidirectional)
+            )
+        )
         return
 
     console = Console()

@@ -2,7 +2,8 @@
 
 Parameters (names, defaults, validation) come from the torch reference registry,
 `attnrewrite.methods`, so the rewritten node computes what the reference defines. Each method's
-ONNX body lives in its own module here (`attnrewrite.substitute.<name>`) as a `MethodBody`.
+ONNX body lives in its own module here (`attnrewrite.substitute.<name>`) as a `MethodBody`,
+loaded on first use (those modules import `MethodBody` from here).
 """
 
 from __future__ import annotations
@@ -134,12 +135,7 @@ def get_method(name: str, params: Mapping[str, object] | None = None) -> Method:
         resolved = references.get(name).resolve(params)
     except ValueError as err:
         raise AttnRewriteError(str(err)) from None
-    try:
-        body = BODIES[name]()
-    except ImportError:
-        raise AttnRewriteError(
-            f"method '{name}' has no ONNX body in this version; use --method exact"
-        ) from None
+    body = BODIES[name]()
     reason = body.unsupported(resolved)
     if reason:
         raise AttnRewriteError(f"{name}: {reason}")
