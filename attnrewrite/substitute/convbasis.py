@@ -21,8 +21,10 @@ Per triangle (the causal lower part; bidirectional adds the strictly-upper part,
 The transforms run in float64 (FFT_DTYPE): in float32 their absolute error (~1e-7 of the
 largest row sum) is 3e-5 relative on a causal layer at n = 200, the first rows' sums being
 small (the reference's documented limit); the rest computes in float32 (fp16 inputs too).
-TRANSFORM = "matmul" computes the transforms as MatMuls instead (four-step Cooley-Tukey,
-O(n^1.5)): slower than the DFT op in float64 on CPU, about twice as fast in float32.
+Measured alternative, not kept: the transforms as MatMuls (four-step Cooley-Tukey, O(n^1.5))
+were slower than the DFT op in float64 on CPU (1.6 s against 1.1 s at n = 1024) and about twice
+as fast in float32, which fails 1e-5 for the reason above; the TVM lowering uses that
+formulation on GPUs (attnrewrite/lower/fft.py).
 
 ``bases`` and ``probe`` are read from the node at run time: nothing is baked in. Key-wise masks
 (padding) are key weights; a causal window zeroes kernel entries t >= window (read at run time).
@@ -50,7 +52,6 @@ from attnrewrite.substitute.signature import Signature
 
 FLOOR = -1e30  # the reference's clamp: a shift below FLOOR / 2 means "nothing recovered"
 BIG = 2**62
-TRANSFORM = "dft"  # "dft": the DFT op; "matmul": four-step FFT as MatMuls (see above)
 FFT_DTYPE = ir.DataType.DOUBLE  # float32 transforms: ~3e-5 off on the first causal rows at n = 200
 
 
@@ -389,213 +390,6 @@ class _Triangle:
         return b.op("Cast", o.slice(y, 0, channels, 2), to=o.dtype)
 
 
-def _apply_matmul(tri: _Triangle, logs: ir.Value, points: ir.Value, shift: ir.Value) -> ir.Value:
-    """_Triangle.apply with the transforms as MatMuls (_MatmulFFT): [B, H, D1, R]."""
-    o, b = tri.o, tri.o.b
-    fft_t = FFT_DTYPE
-    need = b.op("Sub", b.op("Add", tri.length, tri.cols), o.s(1))
-    fft = _MatmulFFT(o, need, b.op("Max", tri.length, tri.cols))
-    width = b.op("Mul", fft.h, fft.n2)
-    kern = b.op("Cast", b.op("Exp", b.op("Sub", logs, shift)), to=fft_t)  # [B, H, k, L]
-    kern = b.op("Unsqueeze", kern, o.i(3))
-    kern = fft.pad(b.op("Concat", kern, b.op("Mul", kern, b.const(0.0, fft.dt)), axis=3))
-    spec_k = fft.forward(b, kern, b.op("Slice", b.op("Shape", kern), o.i(0), o.i(3)))
-    k_re = o.slice(spec_k, 0, 1, 4)  # [B, H, k, N1, 1, N2]
-    k_im = o.slice(spec_k, 1, 2, 4)
-    k_a = b.op("Concat", k_re, k_re, axis=4)
-    k_b = b.op("Concat", k_im, b.op("Neg", k_im), axis=4)
-    ends = b.op(
-        "Concat",
-        o.slice(points, 1, BIG, 2),
-        b.op(
-            "Expand",
-            b.op("Reshape", tri.cols, o.i(1, 1, 1)),
-            b.op("Concat", tri.lead, o.i(1), axis=0),
-        ),
-        axis=2,
-    )
-    idx = b.op("Range", o.s(0), width, o.s(1))
-    channels = o.dim(tri.x, 2)
-    odd = b.op("Mod", channels, o.s(2))
-    pads = b.op("Concat", o.i(0, 0, 0, 0, 0, 0), b.op("Reshape", odd, o.i(1)), o.i(0), axis=0)
-    pairs = b.op("Div", b.op("Add", channels, odd), o.s(2))
-    z = b.op(
-        "Reshape",
-        b.op("Pad", tri.x, pads),
-        b.op("Concat", tri.lead, _vec(b, pairs), o.i(2, -1), axis=0),
-    )
-    z = fft.pad(b.op("Cast", z, to=fft_t))  # [B, H, P, 2, h N2]
-    lead = b.op("Slice", b.op("Shape", z), o.i(0), o.i(3))
-
-    loop = Body(b.opset)
-    tag = f"cb{len(b.tape.nodes)}"
-    scalar = ir.Shape([])
-    it = ir.Value(name=f"{tag}_iter", type=ir.TensorType(ir.DataType.INT64), shape=scalar)
-    cond_in = ir.Value(name=f"{tag}_cond", type=ir.TensorType(ir.DataType.BOOL), shape=scalar)
-    acc_in = ir.Value(name=f"{tag}_acc", type=ir.TensorType(fft_t))
-    cross_in = ir.Value(name=f"{tag}_cross", type=ir.TensorType(fft_t))
-    lo = loop.op("Unsqueeze", loop.op("Gather", points, it, axis=2), loop.const([-1]))
-    hi = loop.op("Unsqueeze", loop.op("Gather", ends, it, axis=2), loop.const([-1]))
-    seg = loop.op("And", loop.op("GreaterOrEqual", idx, lo), loop.op("Less", idx, hi))
-    seg = loop.op("Cast", loop.op("Unsqueeze", seg, loop.const([2, 3])), to=fft_t)
-    spec = fft.forward(loop, loop.op("Mul", z, seg), lead)  # [B, H, P, N1, 2, N2]
-    ka = loop.op("Unsqueeze", loop.op("Gather", k_a, it, axis=2), loop.const([2]))
-    kb = loop.op("Unsqueeze", loop.op("Gather", k_b, it, axis=2), loop.const([2]))
-    acc_out = loop.op("Add", acc_in, loop.op("Mul", spec, ka))
-    cross_out = loop.op("Add", cross_in, loop.op("Mul", spec, kb))
-    cond_out = loop.op("Identity", cond_in)
-    for index, node in enumerate(loop.tape.nodes):
-        node.name = f"{tag}_{node.op_type}_{index}"
-        for out in node.outputs:
-            out.name = f"{tag}_{node.op_type.lower()}_{index}"
-    body = ir.Graph(
-        [it, cond_in, acc_in, cross_in],
-        [cond_out, acc_out, cross_out],
-        nodes=loop.tape.nodes,
-        name=f"{tag}_loop",
-    )
-    shape = b.op("Concat", lead, _vec(b, fft.n1), o.i(2), _vec(b, fft.n2), axis=0)
-    start = b.op("Expand", b.const(0.0, fft.dt), shape)
-    acc, cross = b.tape.op_multi_out(
-        "Loop",
-        [o.dim(points, 2), b.const(True, np.bool_), start, start],
-        attributes={"body": body},
-        num_outputs=2,
-    )
-    acc.name, cross.name = f"{tag}_acc_out", f"{tag}_cross_out"
-    acc = b.op("Add", acc, fft.swap(cross, -2))
-    y = fft.inverse(acc, lead, tri.length)  # [B, H, P, 2, L]
-    y = o.slice(y, tri.r0, tri.length, 4)
-    y = b.op("Div", y, b.op("Cast", fft.n, to=fft_t))
-    y = b.op("Reshape", y, b.op("Concat", tri.lead, o.i(-1), _vec(b, tri.rows), axis=0))
-    return b.op("Cast", o.slice(y, 0, channels, 2), to=o.dtype)
-
-
-class _MatmulFFT:
-    """Length-N DFTs (N = N1 N2 = 2^e, known at run time) as two MatMuls (four-step
-    Cooley-Tukey), complex values as planes. Forward: x [.., 2, S] (S <= N samples, the
-    rest zero) -> X [.., N1, 2, N2] with X[f1, :, f2] at frequency f1 + N1 f2 (permuted: the
-    products are elementwise, and the inverse reads the same order). Inverse: -> [.., 2, J]."""
-
-    def __init__(self, o: _Ops, need: ir.Value, samples: ir.Value) -> None:
-        b = o.b
-        self.o = o
-        dt = FFT_DTYPE.numpy()
-        need_f = b.op("Cast", o.clip(need, o.s(2), None), to=ir.DataType.DOUBLE)
-        log2 = b.op("Div", b.op("Log", need_f), b.const(np.log(2.0), np.float64))
-        e = b.op(
-            "Cast", b.op("Ceil", b.op("Sub", log2, b.const(1e-6, np.float64))), to=ir.DataType.INT64
-        )
-        e = o.where(
-            b.op("Less", _pow2(b, e), need),
-            b.op("Add", e, o.s(1)),
-            e,
-        )
-        e2 = b.op("Div", e, o.s(2))
-        self.n = _pow2(b, e)
-        self.n2 = _pow2(b, e2)
-        self.n1 = b.op("Div", self.n, self.n2)
-        # rows of the [h, N2] input block that hold samples
-        self.h = b.op("Div", b.op("Sub", b.op("Add", samples, self.n2), o.s(1)), self.n2)
-
-        def angles(rows, cols, period) -> tuple[ir.Value, ir.Value]:
-            a = b.op("Unsqueeze", b.op("Range", o.s(0), rows, o.s(1)), o.i(-1))
-            c = b.op("Range", o.s(0), cols, o.s(1))
-            k = b.op("Mod", b.op("Mul", a, c), period)
-            step = b.op(
-                "Div", b.const(2 * np.pi, np.float64), b.op("Cast", period, to=ir.DataType.DOUBLE)
-            )
-            ang = b.op("Mul", b.op("Cast", k, to=ir.DataType.DOUBLE), step)
-            cos = b.op("Cast", b.op("Cos", ang), to=FFT_DTYPE)
-            sin = b.op("Cast", b.op("Sin", ang), to=FFT_DTYPE)
-            return cos, sin  # exp(-i ang) = cos - i sin
-
-        def block(a, bb, c, d):
-            return b.op(
-                "Concat", b.op("Concat", a, bb, axis=1), b.op("Concat", c, d, axis=1), axis=0
-            )
-
-        self.dt = dt
-        w1c, w1s = angles(self.n1, self.n1, self.n1)
-        w2c, w2s = angles(self.n2, self.n2, self.n2)
-        tc, ts = angles(self.n1, self.n2, self.n)
-        neg = lambda x: b.op("Neg", x)  # noqa: E731
-        # forward step 1 (left, columns < h): W1 = c - i s -> [[c, s], [-s, c]] on [re; im]
-        c1h, s1h = o.slice(w1c, 0, self.h, 1), o.slice(w1s, 0, self.h, 1)
-        self.f1 = block(c1h, s1h, neg(s1h), c1h)  # [2 N1, 2 h]
-        # forward step 2 (right): [re | im] @ [[c, -s], [s, c]]
-        self.f2 = block(w2c, neg(w2s), w2s, w2c)  # [2 N2, 2 N2]
-        # inverse step 2 (right, conjugate): [re | im] @ [[c, s], [-s, c]]
-        self.g2 = block(w2c, w2s, neg(w2s), w2c)
-        self.w1c, self.w1s = w1c, w1s
-        # twiddles exp(-i 2 pi f1 j2 / N) as planes [2, N1, N2]: z t = z [c; c] + swap(z) [s; -s]
-        self.t_a = b.op(
-            "Concat", b.op("Unsqueeze", tc, o.i(0)), b.op("Unsqueeze", tc, o.i(0)), axis=0
-        )
-        self.t_b = b.op(
-            "Concat", b.op("Unsqueeze", ts, o.i(0)), b.op("Unsqueeze", neg(ts), o.i(0)), axis=0
-        )
-
-    def pad(self, x: ir.Value) -> ir.Value:
-        """[.., 2, S] -> [.., 2, h N2] (zeros after the samples)."""
-        o, b = self.o, self.o.b
-        extra = b.op("Sub", b.op("Mul", self.h, self.n2), o.dim(x, -1))
-        pads = b.op("Concat", o.i(*([0] * 9)), b.op("Reshape", extra, o.i(1)), axis=0)
-        return b.op("Pad", x, pads)  # x: [B, H, ., 2, S]
-
-    def swap(self, x: ir.Value, axis: int) -> ir.Value:
-        o = self.o
-        return o.b.op("Slice", x, o.i(-1), o.i(-BIG), o.i(axis), o.i(-1))
-
-    def forward(self, b: Body, x: ir.Value, lead: ir.Value) -> ir.Value:
-        """x [lead.., 2, h N2] (padded) -> [lead.., N1, 2, N2]. `b`: the body to record in."""
-        o = self.o
-        rows = b.op("Concat", lead, _vec(b, b.op("Mul", self.h, o.s(2)), self.n2), axis=0)
-        a = b.op("MatMul", self.f1, b.op("Reshape", x, rows))  # [.., 2 N1, N2]
-        a = b.op("Reshape", a, b.op("Concat", lead, o.i(2), _vec(b, self.n1, self.n2), axis=0))
-        swap = b.op("Slice", a, o.i(-1), o.i(-BIG), o.i(-3), o.i(-1))
-        a = b.op("Add", b.op("Mul", a, self.t_a), b.op("Mul", swap, self.t_b))
-        # twiddle applied: z t with t = c - i s: [re c + im s; im c - re s]
-        a = b.op("Transpose", a, perm=[0, 1, 2, 4, 3, 5])
-        flat = b.op("Concat", lead, _vec(b, self.n1, b.op("Mul", self.n2, o.s(2))), axis=0)
-        spec = b.op("MatMul", b.op("Reshape", a, flat), self.f2)
-        return b.op(
-            "Reshape",
-            spec,
-            b.op("Concat", lead, _vec(b, self.n1), o.i(2), _vec(b, self.n2), axis=0),
-        )
-
-    def inverse(self, y: ir.Value, lead: ir.Value, length: ir.Value) -> ir.Value:
-        """[lead.., N1, 2, N2] -> [lead.., 2, length] (times N: the caller scales)."""
-        o, b = self.o, self.o.b
-        flat = b.op("Concat", lead, _vec(b, self.n1, b.op("Mul", self.n2, o.s(2))), axis=0)
-        c = b.op("MatMul", b.op("Reshape", y, flat), self.g2)
-        c = b.op(
-            "Reshape", c, b.op("Concat", lead, _vec(b, self.n1), o.i(2), _vec(b, self.n2), axis=0)
-        )
-        swap = b.op("Slice", c, o.i(-1), o.i(-BIG), o.i(-2), o.i(-1))
-        t_a = b.op("Transpose", self.t_a, perm=[1, 0, 2])  # [N1, 2, N2]
-        t_b = b.op("Neg", b.op("Transpose", self.t_b, perm=[1, 0, 2]))  # conjugate twiddle
-        d = b.op("Add", b.op("Mul", c, t_a), b.op("Mul", swap, t_b))
-        d = b.op("Transpose", d, perm=[0, 1, 2, 4, 3, 5])  # [.., 2, N1, N2]
-        d = b.op(
-            "Reshape",
-            d,
-            b.op("Concat", lead, _vec(b, b.op("Mul", self.n1, o.s(2)), self.n2), axis=0),
-        )
-        j1 = b.op("Div", b.op("Sub", b.op("Add", length, self.n2), o.s(1)), self.n2)
-        cj, sj = o.slice(self.w1c, 0, j1, 0), o.slice(self.w1s, 0, j1, 0)
-        g1 = b.op(
-            "Concat",
-            b.op("Concat", cj, b.op("Neg", sj), axis=1),
-            b.op("Concat", sj, cj, axis=1),
-            axis=0,
-        )
-        out = b.op("MatMul", g1, d)  # [.., 2 J1, N2]
-        out = b.op("Reshape", out, b.op("Concat", lead, o.i(2, -1), axis=0))
-        return o.slice(out, 0, length, -1)
-
-
 def _pow2(b: Body, e: ir.Value) -> ir.Value:
     power = b.op("Pow", b.const(2.0, np.float64), b.op("Cast", e, to=ir.DataType.DOUBLE))
     return b.op("Cast", b.op("Round", power), to=ir.DataType.INT64)
@@ -670,10 +464,7 @@ def convbasis_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
 
     y = None
     for tri, points, logs in found:
-        if TRANSFORM == "matmul":
-            part = _apply_matmul(tri, logs, points, shift)  # [B, H, D1, R]
-        else:
-            part = tri.apply(logs, points, shift)
+        part = tri.apply(logs, points, shift)
         if tri.t_min == 1:
             part = o.flip(part, 3)
         else:

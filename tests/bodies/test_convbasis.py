@@ -19,7 +19,6 @@ import torch
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.layers import LayerSpec
-from attnrewrite.substitute import convbasis as convbasis_body
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
@@ -91,18 +90,6 @@ def test_opset_20_signature_of_dft(name, opset) -> None:
     for q_len, kv_len in ((11, None), (4, 13)):
         error, *_ = layer_error(SPECS[name], {"bases": 4, "probe": 3}, q_len, kv_len, opset)
         assert error <= TOL
-
-
-@pytest.mark.parametrize("opset", [17, 20])
-def test_matmul_transforms(monkeypatch, opset) -> None:
-    """The alternative formulation (transforms as MatMuls) computes the same."""
-    monkeypatch.setattr(convbasis_body, "TRANSFORM", "matmul")
-    for name, q_len, kv_len in (("causal_padding", 9, 5), ("bidirectional_gqa", 6, 11)):
-        spec = SPECS[name]
-        proto, _ = rewrite_layer(spec, "convbasis", {"bases": 4}, opset=opset)
-        feeds = spec.inputs(2, q_len, kv_len)
-        ref = reference(spec, "convbasis", {"bases": 4}, feeds)
-        assert relative_error(ref, run_onnx(proto, feeds)) <= TOL
 
 
 def test_parameters_are_read_at_run_time() -> None:
