@@ -1,8 +1,11 @@
 """What the planner may put on a head, and what each costs at the target length.
 
 Costs are floating-point operations per head for one sequence of length n (head dim d), from
-the operation counts of each method's ONNX body; they rank candidates, and
-benchmarks/attention_layer.py checks them against measured onnxruntime time.
+the operation counts of each method's ONNX body, times the method's measured inefficiency in
+onnxruntime relative to exact attention's MatMuls (EFFICIENCY). Without that factor the flop
+counts were off by 30-80x for conv-basis (onnxruntime's DFT in float64 and a Loop over bases)
+and by 0.7-2x for the others; `python benchmarks/cost_model.py RESULT.json` prints predicted
+against measured speed-ups for a benchmark run (numbers in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ class Candidate:
         return references.get(self.method).resolve(self.params)
 
     def cost(self, n: int, d: int, causal: bool) -> float:
+        """Flop-equivalents per head at length n: flops times the measured inefficiency."""
+        return self.flops(n, d, causal) * EFFICIENCY.get(self.method, 1.0)
+
+    def flops(self, n: int, d: int, causal: bool) -> float:
         """Flops per head at length n (the model's shapes, not only the asymptotics)."""
         p = self.resolved()
         if self.method == "exact":
@@ -51,6 +58,11 @@ class Candidate:
             return one if causal else 2 * one
         raise ValueError(f"no cost model for {self.method}")
 
+
+# Measured time per flop against exact attention's, one layer on 2 CPU threads at 4k-16k
+# (benchmarks/cost_model.py on the attention_layer results; causal / bidirectional spread):
+# conv-basis 30-80, multipole 1.2-2.1, PolySketch 0.7-1.7, window ~1.5.
+EFFICIENCY = {"convbasis": 40.0, "multipole": 1.5, "polysketch": 1.0, "window": 1.5}
 
 DEFAULT_CANDIDATES = (
     Candidate("window", {"width": 32, "sinks": 4}),
