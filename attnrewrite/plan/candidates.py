@@ -39,7 +39,8 @@ class Candidate:
         if self.method == "exact":
             return 4.0 * n * n * d
         if self.method == "window":
-            return 4.0 * n * (2 * p["width"] + p["sinks"]) * d
+            reach = (2 if causal else 3) * p["width"]  # key blocks each query block gathers
+            return 4.0 * n * (reach + p["sinks"]) * d
         if self.method == "multipole":
             levels = max(0, math.ceil(math.log2(max(n / p["block"], 1))) - 1)
             near = (2 if causal else 3) * p["block"]
