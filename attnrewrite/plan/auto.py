@@ -24,6 +24,7 @@ from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, RewriteOutcome, rew
 from attnrewrite.plan.calibrate import capture
 from attnrewrite.plan.candidates import DEFAULT_CANDIDATES, Candidate
 from attnrewrite.plan.choose import HeadChoice, choose, measure
+from attnrewrite.progress import steps
 from attnrewrite.report.build import compare_models
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.substitute.methods import BODIES, get_method
@@ -99,7 +100,11 @@ def auto_rewrite(
         raise AttnRewriteError(f"no softmax attention found in {path}")
     choose_on, held_out = split_rows(calibration)
     blocks = capture(model, found.matches, choose_on.feeds)
-    measured = [measure(block, usable) for block in blocks]
+    measured = []
+    with steps("measuring candidates per head", len(blocks)) as advance:
+        for block in blocks:
+            measured.append(measure(block, usable))
+            advance(f"block {block.index}")
     calib_len = int(calibration.describe()["seq_len"])
     target = seq_len or calib_len
     exact = get_method("exact")

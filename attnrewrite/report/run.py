@@ -12,6 +12,7 @@ import onnx
 
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.pipeline import rewrite_model
+from attnrewrite.progress import steps
 from attnrewrite.report.build import build_report, sweep_point
 from attnrewrite.report.inputs import ReportInputs, from_npz, from_text, generated
 from attnrewrite.report.render import write_report
@@ -102,7 +103,10 @@ def _sweep_points(
     original: Path, inputs: ReportInputs, method: dict, sweep: Sweep, repeats: int
 ) -> Sequence[dict]:
     points = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        steps(f"sweeping {sweep.param}", len(sweep.values)) as advance,
+    ):
         for index, value in enumerate(sweep.values):
             params = {**method.get("params", {}), sweep.param: value}
             chosen = get_method(method["name"], params)
@@ -111,4 +115,5 @@ def _sweep_points(
             point = sweep_point(original, folder / "model.onnx", inputs, value, repeats, 0)
             point["value"] = chosen.params[sweep.param]
             points.append(point)
+            advance(f"{sweep.param}={value}")
     return points
