@@ -23,10 +23,8 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
@@ -37,6 +35,7 @@ from attnrewrite import __version__
 from attnrewrite.layers import LayerSpec, attention_layer
 from attnrewrite.loading import prepare_proto
 from attnrewrite.patterns import find_attention
+from attnrewrite.report.build import latency_ms
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
 
@@ -64,19 +63,9 @@ def child(model: Path, n: int, repeats: int, threads: int, causal: bool) -> dict
     """Time one model at length n in this process (run as a child of the runner)."""
     feeds = LayerSpec(causal=causal).inputs(1, n)
     before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
+    median_ms = latency_ms(model, feeds, repeats, threads)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before_mb
-    return {"median_ms": 1e3 * float(np.median(times)), "peak_mb": peak_mb, "status": "ok"}
+    return {"median_ms": median_ms, "peak_mb": peak_mb, "status": "ok"}
 
 
 def measure(model: Path, n: int, args: argparse.Namespace, causal: bool) -> dict:

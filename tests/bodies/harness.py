@@ -20,6 +20,17 @@ from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import SubstituteResult, substitute
 
+SMALL = {"heads": 2, "kv_heads": 2, "head_dim": 8}  # layers small enough for many lengths
+SMALL_SPECS = {
+    "causal": LayerSpec(**SMALL),
+    "bidirectional": LayerSpec(causal=False, **SMALL),
+    "causal_padding": LayerSpec(mask="padding", **SMALL),
+    "bidirectional_padding_gqa": LayerSpec(
+        causal=False, mask="padding", heads=4, kv_heads=2, head_dim=8
+    ),
+    "causal_gqa": LayerSpec(heads=4, kv_heads=1, head_dim=8),
+}
+
 
 def rewrite_layer(
     spec: LayerSpec, method: str, params: dict | None = None, opset: int = 17
@@ -47,9 +58,13 @@ def run_onnx(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray
 def reference(
     spec: LayerSpec, method: str, params: dict | None, feeds: dict[str, np.ndarray]
 ) -> np.ndarray:
-    """The torch reference in float64 on the layer's inputs (window and mask as the layer)."""
+    """The torch reference in float64 on the layer's inputs (window and mask as the layer).
+
+    The mask keeps its own dtype, so its finfo.min entries count as masked (-inf), as in the
+    model's dtype, rather than as large finite logits.
+    """
     q, k, v = (torch.from_numpy(feeds[n]).double() for n in ("query", "key", "value"))
-    bias = torch.from_numpy(feeds["mask"]).double() if "mask" in feeds else None
+    bias = torch.from_numpy(feeds["mask"]) if "mask" in feeds else None
     out = references.get(method)(
         q,
         k,

@@ -18,19 +18,17 @@ from attnrewrite.layers import LayerSpec
 from attnrewrite.substitute.body import build_function
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
-from tests.bodies.harness import reference, relative_error, rewrite_layer, run_onnx
+from tests.bodies.harness import (
+    SMALL,
+    SMALL_SPECS,
+    reference,
+    relative_error,
+    rewrite_layer,
+    run_onnx,
+)
 
 TOL = 1e-5
-SMALL = {"heads": 2, "kv_heads": 2, "head_dim": 8}
-SPECS = {
-    "causal": LayerSpec(**SMALL),
-    "bidirectional": LayerSpec(causal=False, **SMALL),
-    "causal_padding": LayerSpec(mask="padding", **SMALL),
-    "bidirectional_padding_gqa": LayerSpec(
-        causal=False, mask="padding", heads=4, kv_heads=2, head_dim=8
-    ),
-    "causal_gqa": LayerSpec(heads=4, kv_heads=1, head_dim=8),
-}
+SPECS = SMALL_SPECS
 PARAMS = {
     "block4": {"block": 4},
     "block4_coarse2_levels2": {"block": 4, "coarse": 2, "levels": 2},

@@ -17,23 +17,21 @@ import torch
 
 from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec
-from attnrewrite.substitute import methods as bodies
 from attnrewrite.substitute.body import build_function
 from attnrewrite.substitute.methods import Method, get_method
 from attnrewrite.substitute.signature import Signature
-from attnrewrite.substitute.window import BODY
-from tests.bodies.harness import relative_error, rewrite_layer, run_onnx
+from tests.bodies.harness import (
+    SMALL,
+    SMALL_SPECS,
+    reference,
+    relative_error,
+    rewrite_layer,
+    run_onnx,
+)
 
 TOL = 1e-5
-SMALL = {"heads": 2, "kv_heads": 2, "head_dim": 8}
 SPECS = {
-    "causal": LayerSpec(**SMALL),
-    "bidirectional": LayerSpec(causal=False, **SMALL),
-    "causal_padding": LayerSpec(mask="padding", **SMALL),
-    "bidirectional_padding_gqa": LayerSpec(
-        causal=False, mask="padding", heads=4, kv_heads=2, head_dim=8
-    ),
-    "causal_gqa": LayerSpec(heads=4, kv_heads=1, head_dim=8),
+    **SMALL_SPECS,
     "causal_window_padding": LayerSpec(mask="padding", window=5, **SMALL),
     "causal_bias": LayerSpec(mask="bias", **SMALL),
     "bidirectional_bias_gqa": LayerSpec(causal=False, mask="bias", heads=4, kv_heads=2, head_dim=8),
@@ -45,12 +43,6 @@ PARAMS = {
 }
 # (q_len, kv_len): one token, small odd, a few hundred, KV cache, queries before keys
 LENGTHS = [(1, None), (7, None), (203, None), (5, 9), (3, 100), (9, 5), (40, 3)]
-
-
-@pytest.fixture(autouse=True)
-def _window_body(monkeypatch):
-    """The body under test, whether or not methods.BODIES lists it yet."""
-    monkeypatch.setitem(bodies.BODIES, "window", lambda: BODY)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,25 +70,14 @@ def _run(spec: LayerSpec, params: dict, feeds: dict) -> np.ndarray:
     return _session(spec, tuple(sorted(params.items()))).run(None, feeds)[0]
 
 
-def _reference(spec: LayerSpec, method: str, params: dict | None, feeds: dict) -> np.ndarray:
-    """The torch reference in float64; the mask keeps its own dtype, so that its finfo.min
-    entries count as masked (-inf) as in the model's dtype, not as large finite logits (rows
-    whose every band key is padding give zeros)."""
-    q, k, v = (torch.from_numpy(feeds[n]).double() for n in ("query", "key", "value"))
-    bias = torch.from_numpy(feeds["mask"]) if "mask" in feeds else None
-    attention = references.get(method)
-    kwargs = {"scale": spec.scale, "is_causal": spec.causal, "bias": bias, "window": spec.window}
-    return attention(q, k, v, **kwargs, **(params or {})).numpy()
-
-
 def _error(spec: LayerSpec, params: dict, q_len: int, kv_len: int | None, batch: int = 2):
     feeds = spec.inputs(batch, q_len, kv_len, seed=q_len)
-    return relative_error(_reference(spec, "window", params, feeds), _run(spec, params, feeds))
+    return relative_error(reference(spec, "window", params, feeds), _run(spec, params, feeds))
 
 
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("params", PARAMS)
-def test_body_matches_reference(name, params) -> None:
+def test_body_matchesreference(name, params) -> None:
     for q_len, kv_len in LENGTHS:
         err = _error(SPECS[name], PARAMS[params], q_len, kv_len)
         assert err <= TOL, (q_len, kv_len, err)
@@ -118,7 +99,7 @@ def test_other_opsets(name, opset) -> None:
     assert result.rewritten[0].fallback is None
     for q_len, kv_len in [(1, None), (77, None), (4, 61)]:
         feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
-        err = relative_error(_reference(spec, "window", params, feeds), run_onnx(proto, feeds))
+        err = relative_error(reference(spec, "window", params, feeds), run_onnx(proto, feeds))
         assert err <= TOL, (q_len, kv_len, err)
 
 
@@ -137,7 +118,7 @@ def test_band_covering_every_key_is_exact_attention(name) -> None:
     spec = SPECS[name]
     for q_len, kv_len in [(1, None), (33, None), (64, None), (5, 40)]:
         feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
-        exact = _reference(spec, "exact", None, feeds)
+        exact = reference(spec, "exact", None, feeds)
         assert relative_error(exact, _run(spec, {"width": 64, "sinks": 0}, feeds)) <= TOL
         assert relative_error(exact, _run(spec, {"width": 64, "sinks": 3}, feeds)) <= TOL
 
@@ -149,7 +130,7 @@ def test_fully_padded_rows_give_zeros() -> None:
     out = _run(spec, params, feeds)
     assert np.isfinite(out).all()
     assert not out[-1, :, -6:].any()
-    assert relative_error(_reference(spec, "window", params, feeds), out) <= TOL
+    assert relative_error(reference(spec, "window", params, feeds), out) <= TOL
 
 
 def test_float16_computes_in_float32() -> None:
@@ -159,7 +140,7 @@ def test_float16_computes_in_float32() -> None:
     out = _run(spec, params, feeds)
     assert out.dtype == np.float16
     # the reference computes in float32 from the same fp16 inputs; only the output is rounded
-    assert relative_error(_reference(spec, "window", params, feeds), out) <= 1e-3
+    assert relative_error(reference(spec, "window", params, feeds), out) <= 1e-3
 
 
 def test_cost_is_linear_in_length() -> None:
@@ -169,12 +150,12 @@ def test_cost_is_linear_in_length() -> None:
     feeds = spec.inputs(1, 40_000, seed=3)
     out = _run(spec, params, feeds)
     prefix = {name: x[:, :, :300] for name, x in feeds.items()}
-    ref = _reference(spec, "window", params, prefix)
+    ref = reference(spec, "window", params, prefix)
     assert relative_error(ref, out[:, :, :300]) <= TOL
     tail = {name: x[:, :, -300:] for name, x in feeds.items()}
     # the last rows see only their band and the sinks: the reference on sinks + the tail keys
     keys = {n: np.concatenate([feeds[n][:, :, :4], tail[n]], axis=2) for n in ("key", "value")}
-    ref = _reference(spec, "window", params, {"query": tail["query"], **keys})
+    ref = reference(spec, "window", params, {"query": tail["query"], **keys})
     assert relative_error(ref[:, :, 16:], out[:, :, -284:]) <= TOL  # full bands in the tail
 
 
