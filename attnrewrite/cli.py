@@ -1,5 +1,5 @@
 """Command line: `attnrewrite MODEL --method M [-o OUT] [--report]`, `attnrewrite inspect MODEL`
-and `attnrewrite report ORIGINAL REWRITTEN`.
+`attnrewrite report ORIGINAL REWRITTEN` and `attnrewrite tune KERNEL --target T`.
 
 Bad input and bad options end with one line on stderr and exit status 2; a rewrite that
 fails its verification exits 1.
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
 import onnxruntime
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +22,7 @@ from attnrewrite import __version__
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import new_folder_name
+from attnrewrite.inputs import dimension_size
 from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
 from attnrewrite.plan.auto import auto_rewrite
 from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
@@ -48,7 +50,8 @@ def rewrite_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="attnrewrite",
         description="Rewrite every softmax attention of an ONNX model into one attnrewrite "
-        "node computing the chosen method. Subcommands: inspect MODEL; report ORIGINAL REWRITTEN.",
+        "node computing the chosen method. Subcommands: inspect MODEL; report ORIGINAL REWRITTEN; "
+        "tune KERNEL --target T.",
     )
     parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
     parser.add_argument(
@@ -69,6 +72,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
         help="--method auto: error budget (relative L2 per head, then end to end on held-out)",
     )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
+    lowering = parser.add_argument_group("compiled library through TVM (needs the tvm extra)")
+    lowering.add_argument("--target", help="also compile for llvm (this CPU) or cuda")
+    lowering.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
     reporting = parser.add_argument_group("accuracy report (report.json, report.md, report.html)")
     reporting.add_argument("--report", action="store_true", help="write the accuracy report")
     reporting.add_argument(
@@ -197,8 +203,11 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
         raise AttnRewriteError(f"--sweep {sweep.param}: not a parameter of {method.name}")
     if sweep is not None and not args.report:
         raise AttnRewriteError("--sweep needs --report")
+    target = _target(args)
     outcome = rewrite_model(args.model, method, out_dir, not args.no_verify, args.verify_seq_len)
     console.print(outcome.summary, highlight=False, soft_wrap=True)
+    if target is not None:
+        console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
     if args.report:
         result, files = report(
             args.model,
@@ -211,6 +220,48 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
         )
         console.print(_report_line(result, files), highlight=False, soft_wrap=True)
     return 0
+
+
+def _target(args: argparse.Namespace) -> str | None:
+    """ "llvm" or "cuda:sm_XX", checked before any work is done."""
+    if args.target is None:
+        if args.arch:
+            raise AttnRewriteError("--arch needs --target cuda")
+        return None
+    if args.target not in ("llvm", "cuda"):
+        raise AttnRewriteError(f"--target must be llvm or cuda, got '{args.target}'")
+    if args.target == "llvm" and args.arch:
+        raise AttnRewriteError("--arch applies to --target cuda")
+    try:
+        import tvm  # noqa: F401
+    except ImportError:
+        raise AttnRewriteError('--target needs TVM: pip install -e ".[tvm]"') from None
+    return f"cuda:{args.arch}" if args.target == "cuda" and args.arch else args.target
+
+
+def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
+    """The rewritten model compiled for `target` at the --batch / --seq-len shapes."""
+    from attnrewrite.lower import build  # TVM only when asked for
+
+    model = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
+    dims = {
+        dim.dim_param: dimension_size(dim, axis, args.seq_len, args.batch)
+        for value in model.graph.input
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim)
+        if dim.dim_param
+    }
+    try:
+        folder = build(out_dir / MODEL_FILE, target, None, dims)
+    except Exception as err:  # TVM's frontends and passes raise many types: all mean "cannot"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AttnRewriteError(
+            f"{out_dir / MODEL_FILE} is written, but TVM could not compile it for {target}: "
+            f"{reason[:300]}"
+        ) from None
+    shapes = ", ".join(f"{k}={v}" for k, v in dims.items())
+    return (
+        f"compiled for {target} ({shapes}) -> {folder}; attnrewrite.load('{out_dir}').run(inputs)"
+    )
 
 
 def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: Console) -> int:
@@ -252,6 +303,25 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
         )
         console.print(_report_line(result, files), highlight=False, soft_wrap=True)
     return 0
+
+
+def run_tune(argv: Sequence[str]) -> int:
+    """`attnrewrite tune KERNEL --target cuda --arch sm_90 --trials N`: meta_schedule records
+    into attnrewrite/targets/ (see attnrewrite.lower.tune)."""
+    argv = list(argv)
+    if "--arch" in argv:
+        at = argv.index("--arch")
+        arch = argv[at + 1] if at + 1 < len(argv) else ""
+        del argv[at : at + 2]
+        target = argv[argv.index("--target") + 1] if "--target" in argv else "cuda"
+        if target != "cuda":
+            raise AttnRewriteError("--arch applies to --target cuda")
+        argv = [a for a in argv if a not in ("--target", "cuda")] + ["--target", f"cuda:{arch}"]
+    try:
+        from attnrewrite.lower.tune import main as tune_main
+    except ImportError:
+        raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
+    return tune_main(argv)
 
 
 def run_inspect(argv: Sequence[str], console: Console) -> int:
@@ -302,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_inspect(args[1:], console)
         if args and args[0] == "report":
             return run_report(args[1:], console)
+        if args and args[0] == "tune":
+            return run_tune(args[1:])
         return run_rewrite(args, console)
     except VerificationError as err:
         print(f"attnrewrite: error: {err}", file=sys.stderr)

@@ -238,12 +238,24 @@ def _flatten(value) -> list:
     return out
 
 
+def _artifact_folder(folder: Path) -> Path:
+    """The folder itself, or the single tvm-* artifact inside a rewrite's output folder."""
+    if (folder / META).is_file():
+        return folder
+    found = sorted(p.parent for p in folder.glob(f"tvm-*/{META}"))
+    if len(found) != 1:
+        raise LowerError(
+            f"{folder} holds {len(found)} compiled artifacts (tvm-*/{META}); name one folder"
+        )
+    return found[0]
+
+
 def load(folder: str | os.PathLike, device: Any = None) -> Artifact:
     """Load an artifact folder written by ``build`` (needs only the TVM runtime)."""
     import tvm
     import tvm.runtime.vm
 
-    folder = Path(folder)
+    folder = _artifact_folder(Path(folder))
     meta = json.loads((folder / META).read_text())
     lib = tvm.runtime.load_module(str(folder / LIBRARY))
     if device is None:

@@ -89,7 +89,7 @@ def tune_kernel(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnrewrite.lower.tune")
+    parser = argparse.ArgumentParser(prog="attnrewrite tune")
     parser.add_argument("kernel", choices=sorted(KERNELS))
     parser.add_argument("--target", default="llvm", help="llvm, cuda:sm_90, ... (default llvm)")
     parser.add_argument("--batch", type=int, default=64)

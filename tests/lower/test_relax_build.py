@@ -76,3 +76,17 @@ np.save({str(tmp_path / "out.npy")!r}, out.numpy())
 def test_symbolic_dims_must_be_given(rewritten, tmp_path):
     with pytest.raises(LowerError, match="batch"):
         build(rewritten, "llvm", tmp_path, dims={"seq": 11})
+
+
+def test_command_line_compiles_and_attnrewrite_load_runs(tmp_path) -> None:
+    """`attnrewrite MODEL --method exact --target llvm` then `attnrewrite.load(out).run`."""
+    import attnrewrite
+    from attnrewrite.cli import main
+
+    out = tmp_path / "out"
+    args = [str(EXAMPLE), "--method", "exact", "-o", str(out), "--target", "llvm"]
+    assert main([*args, "--seq-len", "11", "--batch", "2"]) == 0
+    inputs = feeds()
+    got = attnrewrite.load(out).run(inputs)[0]
+    want = ort.InferenceSession(str(out / "model.onnx")).run(None, inputs)[0]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
