@@ -35,11 +35,13 @@ class Difference:
 
 
 def difference(name: str, reference: np.ndarray, candidate: np.ndarray) -> Difference:
-    """Max abs error, relative to the reference's largest magnitude; NaN where both are NaN."""
+    """Max abs error, relative to the reference's largest magnitude. Entries where the
+    reference is NaN (e.g. a fully masked row) are not compared; NaN in the candidate where
+    the reference is a number is an infinite error."""
     ref = np.asarray(reference, dtype=np.float64)
     got = np.asarray(candidate, dtype=np.float64)
-    both_nan = np.isnan(ref) & np.isnan(got)
-    delta = np.where(both_nan, 0.0, np.abs(ref - got))
+    delta = np.where(np.isnan(ref), 0.0, np.abs(ref - got))
+    delta = np.where(np.isnan(delta), np.inf, delta)
     max_abs = float(np.max(delta)) if delta.size else 0.0
     scale = float(np.max(np.abs(np.where(np.isnan(ref), 0.0, ref)))) if ref.size else 0.0
     relative = max_abs / scale if scale > 0 else max_abs
