@@ -5,11 +5,14 @@ capture each block's q, k, v, mask           (calibrate)
 measure every candidate on every head        (choose.measure)
 per head: cheapest candidate within budget   (choose.choose)
 rewrite with the plan, compare with the original on the held-out half;
-over budget -> halve the per-head budget and plan again (exact everywhere at the end)
+over budget -> halve the per-head budget and plan again (twice), then return the worst
+approximated heads to exact, a quarter per round, until the budget holds
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -22,7 +25,7 @@ from attnrewrite.loading import load_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, RewriteOutcome, rewrite_model
 from attnrewrite.plan.calibrate import capture
-from attnrewrite.plan.candidates import DEFAULT_CANDIDATES, Candidate
+from attnrewrite.plan.candidates import DEFAULT_CANDIDATES, EXACT, Candidate
 from attnrewrite.plan.choose import HeadChoice, choose, measure
 from attnrewrite.progress import steps
 from attnrewrite.report.build import compare_models
@@ -30,8 +33,9 @@ from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.substitute.methods import BODIES, get_method
 from attnrewrite.substitute.rewrite import HeadGroup
 
-MAX_ROUNDS = 8
-TIGHTEN = 0.5
+TIGHTEN = 0.5  # per-head budget factor of the first HALVINGS rounds
+HALVINGS = 2
+DEMOTE = 0.25  # then the worst quarter of the approximated heads becomes exact, per round
 
 
 def split_rows(inputs: ReportInputs) -> tuple[ReportInputs, ReportInputs]:
@@ -57,6 +61,24 @@ def end_to_end(original: Path, rewritten: Path, held_out: ReportInputs) -> dict[
     worst = max((o["relative_l2"] for o in outputs), default=0.0)
     logits = [o["logits"]["top1_agreement"] for o in outputs if o["logits"]]
     return {"relative_l2": worst, "top1_disagreement": 1.0 - min(logits, default=1.0)}
+
+
+def demote_worst(
+    picks: Sequence[HeadChoice], share: float, exact_costs: Mapping[int, float]
+) -> list[HeadChoice]:
+    """The worst `share` of the approximated heads (by measured error, at least one) exact."""
+    approximated = sorted(
+        (p for p in picks if p.candidate != EXACT), key=lambda p: p.error, reverse=True
+    )
+    worst = {
+        (p.block, p.head) for p in approximated[: max(1, math.ceil(share * len(approximated)))]
+    }
+    return [
+        HeadChoice(p.block, p.head, EXACT, 0.0, exact_costs[p.block])
+        if (p.block, p.head) in worst
+        else p
+        for p in picks
+    ]
 
 
 def plan_groups(picks: Sequence[HeadChoice]) -> dict[int, list[HeadGroup]]:
@@ -108,19 +130,23 @@ def auto_rewrite(
     calib_len = int(calibration.describe()["seq_len"])
     target = seq_len or calib_len
     exact = get_method("exact")
-    head_budget, rounds, picks = budget, [], []
+    exact_costs = {b.index: EXACT.cost(target, b.q.shape[-1], b.is_causal) for b in blocks}
+    head_budget, rounds = budget, []
+    picks = [p for m in measured for p in choose(m, head_budget, target)]
     with tempfile.TemporaryDirectory() as tmp:
-        for attempt in range(MAX_ROUNDS + 1):
-            final = attempt == MAX_ROUNDS
-            picks = [] if final else [p for m in measured for p in choose(m, head_budget, target)]
+        for attempt in itertools.count():
             folder = Path(tmp) / str(attempt)
             plans = plan_groups(picks)
             rewrite_model(path, exact, folder, False, plans=plans, min_opset=min_opset)
             measured_e2e = end_to_end(path, folder / MODEL_FILE, held_out)
             rounds.append({"head_budget": head_budget, **measured_e2e, **_counts(picks)})
-            if max(measured_e2e.values()) <= budget:
-                break
-            head_budget *= TIGHTEN
+            if max(measured_e2e.values()) <= budget or all(p.candidate == EXACT for p in picks):
+                break  # within budget, or exact everywhere (only float rounding is left)
+            if attempt < HALVINGS:  # first: more accurate candidates for every head
+                head_budget *= TIGHTEN
+                picks = [p for m in measured for p in choose(m, head_budget, target)]
+            else:  # then: the worst approximated heads go back to exact
+                picks = demote_worst(picks, DEMOTE, exact_costs)
     extra = {
         "method": {"name": "auto", "params": {"max_error": budget}},
         "auto": {

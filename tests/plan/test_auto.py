@@ -9,8 +9,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from attnrewrite.plan.auto import auto_rewrite, split_rows
-from attnrewrite.plan.candidates import Candidate
+from attnrewrite.plan.auto import auto_rewrite, demote_worst, split_rows
+from attnrewrite.plan.candidates import EXACT, Candidate
+from attnrewrite.plan.choose import HeadChoice
 from attnrewrite.report.inputs import from_text
 
 MODEL = Path(__file__).parents[2] / "examples" / "tiny_lm" / "tiny-lm.onnx"
@@ -59,3 +60,14 @@ def test_plan_is_deterministic(tmp_path, calibration) -> None:
     first = _auto(tmp_path / "1", 0.05, calibration)
     second = _auto(tmp_path / "2", 0.05, calibration)
     assert first["heads"] == second["heads"]
+
+
+def test_demotion_returns_the_worst_heads_to_exact() -> None:
+    cand = Candidate("multipole", {"block": 32})
+    picks = [HeadChoice(0, h, cand, error, 1.0) for h, error in enumerate([0.3, 0.1, 0.2, 0.05])]
+    picks.append(HeadChoice(1, 0, EXACT, 0.0, 9.0))
+    demoted = demote_worst(picks, 0.25, {0: 9.0, 1: 9.0})
+    assert [(p.block, p.head) for p in demoted if p.candidate == EXACT] == [(0, 0), (1, 0)]
+    assert demoted[0].cost == 9.0 and demoted[0].error == 0.0
+    halved = demote_worst(picks, 0.5, {0: 9.0, 1: 9.0})
+    assert {p.head for p in halved if p.block == 0 and p.candidate == EXACT} == {0, 2}
