@@ -8,8 +8,6 @@ the function directly. Blocks the body cannot honour stay exact with a reason.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -22,7 +20,14 @@ from attnrewrite.layers import LayerSpec
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
-from tests.bodies.harness import body_error, reference, relative_error, rewrite_layer, run_onnx
+from tests.bodies.harness import (
+    body_error,
+    layer_output,
+    reference,
+    relative_error,
+    rewrite_layer,
+    run_onnx,
+)
 
 TOL = 1e-5
 SMALL = {"heads": 4, "kv_heads": 4, "head_dim": 16}
@@ -36,20 +41,11 @@ SPECS = {
 }
 
 
-@functools.cache
-def _layer(spec: LayerSpec, params: tuple, opset: int) -> onnx.ModelProto:
-    proto, result = rewrite_layer(spec, "convbasis", dict(params), opset=opset)
-    (block,) = result.rewritten
-    assert block.fallback is None, block.fallback
-    return proto
-
-
 def layer_error(
     spec: LayerSpec, params: dict, q_len: int, kv_len: int | None = None, opset: int = 17
 ) -> tuple[float, dict, np.ndarray]:
-    proto = _layer(spec, tuple(sorted(params.items())), opset)
     feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
-    out = run_onnx(proto, feeds)
+    out = layer_output(spec, "convbasis", params, feeds, opset)
     return relative_error(reference(spec, "convbasis", params, feeds), out), feeds, out
 
 

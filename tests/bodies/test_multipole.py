@@ -4,12 +4,9 @@ keeps the blocks it cannot honour exact."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -21,6 +18,8 @@ from attnrewrite.substitute.signature import Signature
 from tests.bodies.harness import (
     SMALL,
     SMALL_SPECS,
+    body_error,
+    layer_output,
     reference,
     relative_error,
     rewrite_layer,
@@ -38,27 +37,12 @@ PARAMS = {
 LENGTHS = [(1, None), (7, None), (203, None), (5, 9), (3, 100), (9, 5)]
 
 
-@functools.cache
-def _session(spec: LayerSpec, params: tuple, opset: int = 17) -> ort.InferenceSession:
-    """The layer rewritten with multipole (one session per variant: runs at many lengths)."""
-    proto, result = rewrite_layer(spec, "multipole", dict(params), opset)
-    (block,) = result.rewritten
-    assert block.fallback is None, block.fallback
-    assert block.method.name == "multipole"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), options)
-
-
-def _run(spec: LayerSpec, params: dict, feeds: dict, opset: int = 17) -> np.ndarray:
-    return _session(spec, tuple(sorted(params.items())), opset).run(None, feeds)[0]
+def _run(spec: LayerSpec, params: dict, feeds: dict) -> np.ndarray:
+    return layer_output(spec, "multipole", params, feeds)
 
 
 def _error(spec: LayerSpec, params: dict, q_len: int, kv_len: int | None, opset: int = 17):
-    feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
-    return relative_error(
-        reference(spec, "multipole", params, feeds), _run(spec, params, feeds, opset)
-    )
+    return body_error(spec, "multipole", params, q_len, kv_len, seed=q_len, opset=opset)
 
 
 @pytest.mark.parametrize("name", SPECS)

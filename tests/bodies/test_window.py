@@ -6,12 +6,10 @@ blocked (lengths far beyond what a dense score matrix would fit run)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -23,6 +21,8 @@ from attnrewrite.substitute.signature import Signature
 from tests.bodies.harness import (
     SMALL,
     SMALL_SPECS,
+    body_error,
+    layer_output,
     reference,
     relative_error,
     rewrite_layer,
@@ -54,25 +54,12 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@functools.cache
-def _session(spec: LayerSpec, params: tuple) -> ort.InferenceSession:
-    """The layer rewritten with window (one session per variant: runs at many lengths)."""
-    proto, result = rewrite_layer(spec, "window", dict(params))
-    (block,) = result.rewritten
-    assert block.fallback is None, block.fallback
-    assert block.method.name == "window"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), options)
-
-
 def _run(spec: LayerSpec, params: dict, feeds: dict) -> np.ndarray:
-    return _session(spec, tuple(sorted(params.items()))).run(None, feeds)[0]
+    return layer_output(spec, "window", params, feeds)
 
 
 def _error(spec: LayerSpec, params: dict, q_len: int, kv_len: int | None, batch: int = 2):
-    feeds = spec.inputs(batch, q_len, kv_len, seed=q_len)
-    return relative_error(reference(spec, "window", params, feeds), _run(spec, params, feeds))
+    return body_error(spec, "window", params, q_len, kv_len, batch=batch, seed=q_len)
 
 
 @pytest.mark.parametrize("name", SPECS)
