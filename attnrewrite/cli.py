@@ -308,20 +308,11 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
 def run_tune(argv: Sequence[str]) -> int:
     """`attnrewrite tune KERNEL --target cuda --arch sm_90 --trials N`: meta_schedule records
     into attnrewrite/targets/ (see attnrewrite.lower.tune)."""
-    argv = list(argv)
-    if "--arch" in argv:
-        at = argv.index("--arch")
-        arch = argv[at + 1] if at + 1 < len(argv) else ""
-        del argv[at : at + 2]
-        target = argv[argv.index("--target") + 1] if "--target" in argv else "cuda"
-        if target != "cuda":
-            raise AttnRewriteError("--arch applies to --target cuda")
-        argv = [a for a in argv if a not in ("--target", "cuda")] + ["--target", f"cuda:{arch}"]
     try:
         from attnrewrite.lower.tune import main as tune_main
     except ImportError:
         raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
-    return tune_main(argv)
+    return tune_main(list(argv))
 
 
 def run_inspect(argv: Sequence[str], console: Console) -> int:

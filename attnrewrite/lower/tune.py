@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="attnrewrite tune")
     parser.add_argument("kernel", choices=sorted(KERNELS))
     parser.add_argument("--target", default="llvm", help="llvm, cuda:sm_90, ... (default llvm)")
+    parser.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--n", type=int, default=1024, help="FFT length (conv: sequence length)")
     parser.add_argument("--heads", type=int, default=1)
@@ -102,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="records root (default shipped)")
     parser.add_argument("--rpc", default=None, help="host:port:key of an RPC tracker")
     args = parser.parse_args(argv)
-    target = make_target(args.target)
+    if args.arch and args.target != "cuda":
+        parser.error("--arch applies to --target cuda")
+    target = make_target(f"cuda:{args.arch}" if args.arch else args.target)
     runner = None
     if args.rpc:
         from tvm.s_tir import meta_schedule as ms
