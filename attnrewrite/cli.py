@@ -130,7 +130,11 @@ def run_report(argv: Sequence[str], console: Console) -> int:
             raise AttnRewriteError(f"no such file: {path}")
     out_dir = args.out or args.rewritten.parent
     result, files = report(
-        args.original, args.rewritten, out_dir, _input_choice(args), repeats=args.repeats
+        args.original,
+        args.rewritten,
+        out_dir,
+        _input_choice(args).load(args.original),
+        repeats=args.repeats,
     )
     console.print(_report_line(result, files), highlight=False, soft_wrap=True)
     return 0
@@ -197,7 +201,7 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
     if args.model.suffix == ".pt2":
         return _run_pt2(args, method, out_dir, console)
-    choice = _input_choice(args)
+    inputs = _input_choice(args).load(args.model) if args.report else None
     sweep = Sweep.parse(args.sweep, {"k": "bases"}) if args.sweep else None
     if sweep is not None and sweep.param not in method.params:
         raise AttnRewriteError(f"--sweep {sweep.param}: not a parameter of {method.name}")
@@ -208,12 +212,12 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
     console.print(outcome.summary, highlight=False, soft_wrap=True)
     if target is not None:
         console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
-    if args.report:
+    if inputs is not None:
         result, files = report(
             args.model,
             out_dir / MODEL_FILE,
             out_dir,
-            choice,
+            inputs,
             method={"name": method.name, "params": method.params},
             sweep=sweep,
             repeats=args.repeats,
@@ -286,8 +290,7 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
     if not args.model.is_file():
         raise AttnRewriteError(f"no such file: {args.model}")
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-auto")
-    choice = _input_choice(args)
-    calibration = choice.load(args.model)
+    calibration = _input_choice(args).load(args.model)
     outcome = auto_rewrite(
         args.model,
         out_dir,
@@ -299,7 +302,7 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
     console.print(outcome.summary, highlight=False, soft_wrap=True)
     if args.report:
         result, files = report(
-            args.model, out_dir / MODEL_FILE, out_dir, choice, repeats=args.repeats
+            args.model, out_dir / MODEL_FILE, out_dir, calibration, repeats=args.repeats
         )
         console.print(_report_line(result, files), highlight=False, soft_wrap=True)
     return 0

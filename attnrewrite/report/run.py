@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.loading import load_proto
 from attnrewrite.pipeline import rewrite_model
 from attnrewrite.progress import steps
 from attnrewrite.report.build import build_report, sweep_point
@@ -33,7 +32,7 @@ class InputChoice:
     batch: int = REPORT_BATCH
 
     def load(self, model_path: Path) -> ReportInputs:
-        model = onnx.load(str(model_path), load_external_data=False)
+        model = load_proto(model_path)  # one clear line for a missing or corrupt file
         if self.npz is not None:
             return from_npz(model, self.npz)
         if self.text is not None:
@@ -72,13 +71,12 @@ def report(
     original: Path,
     rewritten: Path,
     out_dir: Path,
-    choice: InputChoice,
+    inputs: ReportInputs,
     method: dict | None = None,
     sweep: Sweep | None = None,
     repeats: int = 5,
 ) -> tuple[dict, list[Path]]:
     """Compare, optionally sweep, and write report.json/.md/.html into `out_dir`."""
-    inputs = choice.load(original)
     sweep_part = None
     if sweep is not None:
         if method is None:
