@@ -123,6 +123,10 @@ def _old_opset(tmp_path: Path) -> Path:
     return _save(model, tmp_path / "old.onnx")
 
 
+def _gqa(tmp_path: Path) -> Path:
+    return _save(CASES["gqa_expand"].model, tmp_path / "m.onnx")
+
+
 BAD_INPUTS = {
     "missing file": (lambda tmp: tmp / "absent.onnx", [], "no such file"),
     "not onnx": (_not_onnx, [], "not"),
@@ -131,37 +135,37 @@ BAD_INPUTS = {
     "only a classifier softmax": (_classifier, [], "not attention"),
     "unsupported opset": (_old_opset, [], "opset 9"),
     "unknown method": (
-        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        _gqa,
         ["--method", "magic"],
         "unknown method 'magic'",
     ),
     "odd polysketch degree": (
-        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        _gqa,
         ["--method", "polysketch", "--degree", "3"],
         "degree must be even",
     ),
     "block not a power of two": (
-        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        _gqa,
         ["--method", "polysketch", "--block", "100"],
         "block must be a power of two",
     ),
     "k below one": (
-        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        _gqa,
         ["--method", "convbasis", "--k", "0"],
         "bases must be an int >= 1",
     ),
     "not an int": (
-        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        _gqa,
         ["--method", "multipole", "--block", "big"],
         "block='big' is not a valid int",
     ),
     "parameter of another method": (
-        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        _gqa,
         ["--method", "multipole", "--degree", "4"],
         "--degree does not apply to --method multipole",
     ),
     "unknown option": (
-        lambda tmp: _save(CASES["gqa_expand"].model, tmp / "m.onnx"),
+        _gqa,
         ["--frobnicate"],
         "unrecognized arguments",
     ),
