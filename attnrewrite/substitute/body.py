@@ -16,8 +16,8 @@ DOMAIN_VERSION = 1
 class Body:
     """Records nodes of a function body (onnx-ir's Tape), with constants and attribute refs."""
 
-    def __init__(self, opset: int = 18) -> None:
-        self.tape = ir.tape.Tape()
+    def __init__(self, opset: int = 18, tape: ir.tape.Tape | None = None) -> None:
+        self.tape = tape if tape is not None else ir.tape.Tape()  # or record into a graph's
         self.opset = opset  # the model's default-domain opset: the body must speak it
 
     def op(self, op_type: str, *inputs: ir.Value | None, **attributes: object) -> ir.Value:

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from attnrewrite.loading import default_opset
 from attnrewrite.match import AttentionMatch, Bias, Layout, Operand
-from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
+from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, Body, build_function, repeat_kv
 from attnrewrite.substitute.methods import Method, get_method
 from attnrewrite.substitute.signature import Signature
 
@@ -225,8 +225,8 @@ def _grouped(
         raise ValueError("per-head plans need rank-4 attention with a known head count")
     query, key, value, *mask = inputs
     if match.kv_repeat:
-        key = _repeat_heads(tape, key, match.q_heads)
-        value = _repeat_heads(tape, value, match.q_heads)
+        heads = Body(opset, tape)
+        key, value = repeat_kv(heads, key, query), repeat_kv(heads, value, query)
         signature = dataclasses.replace(signature, kv_repeat=False)
     if mask:
         mask = [_per_head_mask(tape, mask[0], signature, match.q_heads)]
@@ -248,15 +248,6 @@ def _grouped(
     if inverse == list(range(len(order))):
         return joined
     return tape.op("Gather", [joined, _ints(tape, inverse)], attributes={"axis": 1})
-
-
-def _repeat_heads(tape: ir.tape.Tape, x: ir.Value, q_heads: int) -> ir.Value:
-    """[B, Hkv, S, d] -> [B, Hq, S, d] with query head h reading kv head h // (Hq / Hkv)."""
-    kv_heads = x.shape[1] if x.shape is not None else None
-    if not isinstance(kv_heads, int):
-        raise ValueError("GQA head split needs a static kv head count")
-    index = [h // (q_heads // kv_heads) for h in range(q_heads)]
-    return tape.op("Gather", [x, _ints(tape, index)], attributes={"axis": 1})
 
 
 def _per_head_mask(

@@ -79,3 +79,23 @@ def test_gqa_blocks_split_by_query_head(tmp_path, kv_heads) -> None:
 
 def _run(proto: onnx.ModelProto, feeds: dict) -> np.ndarray:
     return ort.InferenceSession(proto.SerializeToString()).run(None, feeds)[0]
+
+
+def test_grouped_query_blocks_repeat_kv_heads_before_splitting(tmp_path) -> None:
+    """Llama's repeat_kv is folded into the match (kv_repeat): groups must see their kv heads."""
+    path = Path(__file__).parents[1] / "corpus" / "exported" / "llama_eager_ts17.onnx"
+    model = load_model(path)
+    found = find_attention(model)
+    assert all(m.kv_repeat and (m.q_heads, m.kv_heads) == (4, 2) for m in found.matches)
+    exact, coarse = get_method("exact"), get_method("multipole", {"block": 2})
+    plans = {i: [HeadGroup(coarse, (3, 1)), HeadGroup(exact, (2, 0))] for i in range(2)}
+    result = substitute(model, found.matches, exact, plans)
+    assert all(r.fallback is None for r in result.rewritten)
+    onnx.save(ir.serde.serialize_model(model), tmp_path / "planned.onnx")
+    blocks = [r.output for r in result.rewritten]
+    feeds = generate_inputs(onnx.load(str(path)), 11, batch=2)
+    x = run_with_outputs(path, feeds, blocks)[blocks[0]]
+    y = run_with_outputs(tmp_path / "planned.onnx", feeds, blocks)[blocks[0]]
+    errors = metrics.per_head(x, y, 4)
+    assert errors[0] < 1e-6 and errors[2] < 1e-6
+    assert errors[1] > 1e-4 and errors[3] > 1e-4
