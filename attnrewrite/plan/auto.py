@@ -1,20 +1,15 @@
 """`--method auto --max-error E`: choose per head, verify end to end on held-out inputs.
 
 calibration inputs -> split (choose | held out)
-capture each block's q, k, v, mask           (calibrate)
-measure every candidate on every head        (choose.measure)
-per head: cheapest candidate within budget   (choose.choose)
-rewrite with the plan, compare with the original on the held-out half;
-over budget -> halve the per-head budget and plan again (twice), then return the worst
-approximated heads to exact, a quarter per round, until the budget holds
+capture each block's q, k, v, mask                 (calibrate)
+measure every candidate on every head              (choose.measure, choose.options)
+the cheapest plan within budget on the choose half (search, evaluate)
+check it on the held-out half; over budget -> halve the budget on the choose half and
+search again, down to exact everywhere
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import tempfile
-from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,19 +18,19 @@ import numpy as np
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.loading import load_model
 from attnrewrite.patterns import find_attention
-from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, RewriteOutcome, rewrite_model
+from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, rewrite_model
 from attnrewrite.plan.calibrate import capture
-from attnrewrite.plan.candidates import DEFAULT_CANDIDATES, EXACT, Candidate
-from attnrewrite.plan.choose import HeadChoice, choose, measure
+from attnrewrite.plan.candidates import DEFAULT_CANDIDATES, Candidate
+from attnrewrite.plan.choose import HeadChoice, measure
+from attnrewrite.plan.choose import options as head_options
+from attnrewrite.plan.evaluate import EndToEnd
+from attnrewrite.plan.search import Plan, Trial, search, trade_off_family
 from attnrewrite.progress import steps
-from attnrewrite.report.build import compare_models
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.substitute.methods import BODIES, get_method
-from attnrewrite.substitute.rewrite import HeadGroup
 
-TIGHTEN = 0.5  # per-head budget factor of the first HALVINGS rounds
-HALVINGS = 2
-DEMOTE = 0.25  # then the worst quarter of the approximated heads becomes exact, per round
+TIGHTEN = 0.5  # budget factor on the choose half after a plan failed on the held-out half
+MAX_ROUNDS = 12  # then exact everywhere
 
 
 def split_rows(inputs: ReportInputs) -> tuple[ReportInputs, ReportInputs]:
@@ -55,47 +50,120 @@ def split_rows(inputs: ReportInputs) -> tuple[ReportInputs, ReportInputs]:
     )
 
 
-def end_to_end(original: Path, rewritten: Path, held_out: ReportInputs) -> dict[str, float]:
-    """Worst relative L2 over outputs and top-1 disagreement of logits, on held-out inputs."""
-    outputs, _, _ = compare_models(original, rewritten, held_out)
-    worst = max((o["relative_l2"] for o in outputs), default=0.0)
-    logits = [o["logits"]["top1_agreement"] for o in outputs if o["logits"]]
-    return {"relative_l2": worst, "top1_disagreement": 1.0 - min(logits, default=1.0)}
+class Planner:
+    """Everything a plan is chosen from, measured once: the model and its blocks, each head's
+    options, and the two end-to-end evaluators. `plan(budget)` can then be asked for many
+    budgets (the Pareto benchmark does) without calibrating again.
 
+    Errors are measured at the calibration inputs' length, so that is the target length: a
+    plan chosen at 64 tokens says nothing about 4096 (a 64-token multipole block is exact
+    there). Costs may be taken at a longer `seq_len` (what the plan will run at) only when
+    the user says so explicitly; the report then states both lengths."""
 
-def demote_worst(
-    picks: Sequence[HeadChoice], share: float, exact_costs: Mapping[int, float]
-) -> list[HeadChoice]:
-    """The worst `share` of the approximated heads (by measured error, at least one) exact."""
-    approximated = sorted(
-        (p for p in picks if p.candidate != EXACT), key=lambda p: p.error, reverse=True
-    )
-    worst = {
-        (p.block, p.head) for p in approximated[: max(1, math.ceil(share * len(approximated)))]
-    }
-    return [
-        HeadChoice(p.block, p.head, EXACT, 0.0, exact_costs[p.block])
-        if (p.block, p.head) in worst
-        else p
-        for p in picks
-    ]
+    def __init__(
+        self,
+        path: Path,
+        calibration: ReportInputs,
+        seq_len: int | None = None,
+        candidates: Sequence[Candidate] = DEFAULT_CANDIDATES,
+    ) -> None:
+        usable = [c for c in candidates if c.method in BODIES]
+        self.path, self.calibration, self.candidates = path, calibration, candidates
+        self.min_opset = 17 if any(c.method == "convbasis" for c in usable) else None
+        model = load_model(path, min_opset=self.min_opset or 13)
+        found = find_attention(model)
+        if not found.matches:
+            raise AttnRewriteError(f"no softmax attention found in {path}")
+        choose_on, held_out = split_rows(calibration)
+        blocks = capture(model, found.matches, choose_on.feeds)
+        self.measured = []
+        with steps("measuring candidates per head", len(blocks)) as advance:
+            for block in blocks:
+                self.measured.append(measure(block, usable))
+                advance(f"block {block.index}")
+        self.calibration_len = int(calibration.describe()["seq_len"])
+        self.cost_len = seq_len or self.calibration_len
+        self.options = [c for m in self.measured for c in head_options(m, self.cost_len)]
+        self.outputs = {b.index: found.matches[b.index].describe()["output"] for b in blocks}
+        self.choosing = EndToEnd(model, found.matches, choose_on)
+        self.checking = EndToEnd(model, found.matches, held_out)
 
-
-def plan_groups(picks: Sequence[HeadChoice]) -> dict[int, list[HeadGroup]]:
-    """Heads of each block grouped by their chosen candidate, one group per candidate."""
-    by_block: dict[int, dict[str, list[HeadChoice]]] = defaultdict(lambda: defaultdict(list))
-    for pick in picks:
-        by_block[pick.block][pick.candidate.label].append(pick)
-    plans = {}
-    for block, groups in by_block.items():
-        plans[block] = [
-            HeadGroup(
-                get_method(chosen[0].candidate.method, chosen[0].candidate.params),
-                tuple(p.head for p in chosen),
+    def plan(self, budget: float) -> tuple[Plan, dict[str, object]]:
+        """The cheapest plan found within `budget` on both halves, and its record for
+        rewrite.json (the rounds, every plan tried, which head got what)."""
+        if not budget > 0:
+            raise AttnRewriteError(f"--max-error must be > 0, got {budget}")
+        choose_budget, rounds, trials = budget, [], []
+        exact = trade_off_family(self.options)[-1]
+        for attempt in range(MAX_ROUNDS + 1):
+            if attempt == MAX_ROUNDS:
+                plan = exact
+            else:
+                plan, tried = search(
+                    self.options, lambda p: self.choosing.error(p.groups()), choose_budget
+                )
+                trials += tried
+            held = self.checking.error(plan.groups())
+            rounds.append(
+                {
+                    "choose_budget": choose_budget,
+                    "plan": plan.origin,
+                    "relative_cost": plan.relative_cost,
+                    "held_out": held,
+                    "won": plan.won,
+                }
             )
-            for chosen in groups.values()
-        ]
-    return plans
+            if max(held.values()) <= budget or plan.key == exact.key:
+                break  # within budget, or exact everywhere (only float rounding is left)
+            choose_budget *= TIGHTEN
+        record = {
+            "max_error": budget,
+            "calibration_seq_len": self.calibration_len,
+            "cost_seq_len": self.cost_len,
+            "calibration": self.calibration.describe(),
+            "relative_cost": plan.relative_cost,
+            "held_out": held,
+            "rounds": rounds,
+            "trials": [_trial(t) for t in trials],
+            "heads": [
+                _describe(p, self.outputs[p.block], exact)
+                for p, exact in zip(
+                    plan.picks, trade_off_family(self.options)[-1].picks, strict=True
+                )
+            ],
+            "won": plan.won,
+            "candidates_not_usable": {
+                c.label: "no ONNX body" for c in self.candidates if c.method not in BODIES
+            },
+            "refused": {f"block {m.block.index}": m.reasons for m in self.measured if m.reasons},
+        }
+        return plan, record
+
+    def rewrite(
+        self,
+        plan: Plan,
+        record: Mapping[str, object],
+        out_dir: Path,
+        verify: bool = True,
+        verify_seq_len: int = VERIFY_SEQ_LEN,
+    ) -> RewriteOutcome:
+        """Write the model with `plan` (and `record` in rewrite.json) into `out_dir`."""
+        extra = {
+            "method": {"name": "auto", "params": {"max_error": record["max_error"]}},
+            "auto": dict(record),
+        }
+        outcome = rewrite_model(
+            self.path,
+            get_method("exact"),
+            out_dir,
+            verify,
+            verify_seq_len,
+            plans=plan.groups(),
+            extra=extra,
+            min_opset=self.min_opset,
+        )
+        line = _plan_line(plan, record["held_out"])
+        return RewriteOutcome(outcome.out_dir, outcome.report, outcome.summary + line)
 
 
 def auto_rewrite(
@@ -108,83 +176,40 @@ def auto_rewrite(
     verify: bool = True,
     verify_seq_len: int = VERIFY_SEQ_LEN,
 ) -> RewriteOutcome:
-    """Errors are measured at the calibration inputs' length, so that is the target length:
-    a plan chosen at 64 tokens says nothing about 4096 (a 64-token multipole block is exact
-    there). Costs may be taken at a longer `seq_len` (what the plan will run at) only when
-    the user says so explicitly; the report then states both lengths."""
+    """`--method auto`: calibrate, plan for `budget`, write the rewritten model."""
     if not budget > 0:
         raise AttnRewriteError(f"--max-error must be > 0, got {budget}")
-    usable = [c for c in candidates if c.method in BODIES]
-    min_opset = 17 if any(c.method == "convbasis" for c in usable) else None
-    model = load_model(path, min_opset=min_opset or 13)
-    found = find_attention(model)
-    if not found.matches:
-        raise AttnRewriteError(f"no softmax attention found in {path}")
-    choose_on, held_out = split_rows(calibration)
-    blocks = capture(model, found.matches, choose_on.feeds)
-    measured = []
-    with steps("measuring candidates per head", len(blocks)) as advance:
-        for block in blocks:
-            measured.append(measure(block, usable))
-            advance(f"block {block.index}")
-    calib_len = int(calibration.describe()["seq_len"])
-    target = seq_len or calib_len
-    exact = get_method("exact")
-    exact_costs = {b.index: EXACT.cost(target, b.q.shape[-1], b.is_causal) for b in blocks}
-    head_budget, rounds = budget, []
-    picks = [p for m in measured for p in choose(m, head_budget, target)]
-    with tempfile.TemporaryDirectory() as tmp:
-        for attempt in itertools.count():
-            folder = Path(tmp) / str(attempt)
-            plans = plan_groups(picks)
-            rewrite_model(path, exact, folder, False, plans=plans, min_opset=min_opset)
-            measured_e2e = end_to_end(path, folder / MODEL_FILE, held_out)
-            rounds.append({"head_budget": head_budget, **measured_e2e, **_counts(picks)})
-            if max(measured_e2e.values()) <= budget or all(p.candidate == EXACT for p in picks):
-                break  # within budget, or exact everywhere (only float rounding is left)
-            if attempt < HALVINGS:  # first: more accurate candidates for every head
-                head_budget *= TIGHTEN
-                picks = [p for m in measured for p in choose(m, head_budget, target)]
-            else:  # then: the worst approximated heads go back to exact
-                picks = demote_worst(picks, DEMOTE, exact_costs)
-    extra = {
-        "method": {"name": "auto", "params": {"max_error": budget}},
-        "auto": {
-            "max_error": budget,
-            "calibration_seq_len": calib_len,
-            "cost_seq_len": target,
-            "calibration": calibration.describe(),
-            "rounds": rounds,
-            "heads": [_describe(p) for p in picks],
-            "won": _counts(picks)["won"],
-            "candidates_not_usable": {
-                c.label: "no ONNX body" for c in candidates if c.method not in BODIES
-            },
-            "refused": {f"block {m.block.index}": m.reasons for m in measured if m.reasons},
-        },
-    }
-    return rewrite_model(
-        path,
-        exact,
-        out_dir,
-        verify,
-        verify_seq_len,
-        plans=plan_groups(picks),
-        extra=extra,
-        min_opset=min_opset,
+    planner = Planner(path, calibration, seq_len, candidates)
+    plan, record = planner.plan(budget)
+    return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)
+
+
+def _plan_line(plan: Plan, held: Mapping[str, float]) -> str:
+    won = ", ".join(f"{label} {n}" for label, n in sorted(plan.won.items(), key=lambda x: -x[1]))
+    return (
+        f"\nplan for {len(plan.picks)} heads: {won}; predicted attention cost "
+        f"{plan.relative_cost:.2f}x exact; held-out rel L2 {held['relative_l2']:.2g}, "
+        f"top-1 disagreement {held['top1_disagreement']:.1%}"
     )
 
 
-def _counts(picks: Sequence[HeadChoice]) -> dict[str, Mapping[str, int]]:
-    return {"won": dict(Counter(p.candidate.label for p in picks))}
+def _trial(trial: Trial) -> dict[str, object]:
+    return {
+        "plan": trial.plan.origin,
+        "relative_cost": trial.plan.relative_cost,
+        **trial.error,
+        "within": trial.within,
+    }
 
 
-def _describe(pick: HeadChoice) -> dict[str, object]:
+def _describe(pick: HeadChoice, output: str, exact: HeadChoice) -> dict[str, object]:
     return {
         "block": pick.block,
+        "output": output,
         "head": pick.head,
         "method": pick.candidate.method,
         "params": pick.candidate.params,
         "error": float(np.float64(pick.error)),
         "cost_flops": pick.cost,
+        "relative_cost": pick.cost / exact.cost,
     }

@@ -37,14 +37,33 @@ class BlockOperands:
     keywise: bool
 
 
+def copy_with_matches(
+    model: ir.Model, matches: Sequence[AttentionMatch]
+) -> tuple[ir.Model, list[AttentionMatch]]:
+    """A deep copy of `model` and its attention blocks, in the order of `matches` (matches
+    point into their own graph, so a copy must be searched again; the finder is
+    deterministic)."""
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    copied = list(find_attention(copy).matches)
+    if [m.anchor for m in copied] != [m.anchor for m in matches]:
+        raise ValueError("a copy of the model shows different attention blocks")
+    return copy, copied
+
+
+def session(model: ir.Model) -> ort.InferenceSession:
+    """An onnxruntime CPU session on an in-memory model, warnings off."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        ir.serde.serialize_model(model).SerializeToString(), options, ["CPUExecutionProvider"]
+    )
+
+
 def capture(
     model: ir.Model, matches: Sequence[AttentionMatch], feeds: Mapping[str, np.ndarray]
 ) -> list[BlockOperands]:
     """Operands of every rank-4 main-graph block (others cannot be split per head)."""
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    copied = list(find_attention(copy).matches)  # deterministic: the same blocks, in order
-    if [m.anchor for m in copied] != [m.anchor for m in matches]:
-        raise ValueError("the calibration copy of the model shows different attention blocks")
+    copy, copied = copy_with_matches(model, matches)
     result = substitute(copy, copied, get_method("exact"))
     values = {v.name: v for v in copy.graph.inputs}
     values |= {v.name: v for node in copy.graph for v in node.outputs}
@@ -58,13 +77,9 @@ def capture(
     for name in names:
         if values[name] not in copy.graph.outputs:
             copy.graph.outputs.append(values[name])
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        ir.serde.serialize_model(copy).SerializeToString(), options, ["CPUExecutionProvider"]
-    )
-    known = {i.name for i in session.get_inputs()}
-    arrays = session.run(names, {k: v for k, v in feeds.items() if k in known})
+    runner = session(copy)
+    known = {i.name for i in runner.get_inputs()}
+    arrays = runner.run(names, {k: v for k, v in feeds.items() if k in known})
     by_name = dict(zip(names, arrays, strict=True))
     blocks = []
     for index, group in wanted:

@@ -1,4 +1,4 @@
-"""Measure every candidate on every head, and pick the cheapest that stays within budget.
+"""Measure every candidate on every head: what each head could get, at what error and cost.
 
 Errors are measured by the methods' torch references in float64 on the captured operands:
 relative Frobenius error of each head's attention output against exact attention, over the
@@ -64,21 +64,18 @@ def measure(block: BlockOperands, candidates: Sequence[Candidate]) -> HeadErrors
     return HeadErrors(block, tuple(candidates), errors, reasons)
 
 
-def choose(
-    measured: HeadErrors, budget: float, seq_len: int, causal: bool | None = None
-) -> list[HeadChoice]:
-    """Per head: the cheapest candidate whose error <= budget, exact where none is."""
+def options(measured: HeadErrors, seq_len: int) -> list[list[HeadChoice]]:
+    """Per head: exact, then every candidate that ran on it, with its error and cost."""
     block = measured.block
     d = block.q.shape[-1]
-    causal = block.is_causal if causal is None else causal
-    costs = [c.cost(seq_len, d, causal) for c in measured.candidates]
-    exact_cost = EXACT.cost(seq_len, d, causal)
-    picks = []
+    costs = [c.cost(seq_len, d, block.is_causal) for c in measured.candidates]
+    exact_cost = EXACT.cost(seq_len, d, block.is_causal)
+    per_head = []
     for head in range(measured.errors.shape[1]):
-        best = HeadChoice(block.index, head, EXACT, 0.0, exact_cost)
+        choices = [HeadChoice(block.index, head, EXACT, 0.0, exact_cost)]
         for row, cand in enumerate(measured.candidates):
             error = float(measured.errors[row, head])
-            if error <= budget and costs[row] < best.cost:
-                best = HeadChoice(block.index, head, cand, error, costs[row])
-        picks.append(best)
-    return picks
+            if np.isfinite(error):
+                choices.append(HeadChoice(block.index, head, cand, error, costs[row]))
+        per_head.append(choices)
+    return per_head

@@ -127,12 +127,6 @@ def latency_ms(path: Path, feeds: Mapping[str, np.ndarray], repeats: int, thread
     return 1e3 * float(np.median(times))
 
 
-def _is_logits(array: np.ndarray, inputs: ReportInputs) -> bool:
-    """[B, S, V] beside [B, S] token ids: next-token logits."""
-    ids = inputs.token_ids
-    return ids is not None and array.ndim == 3 and array.shape[:2] == ids.shape
-
-
 def compare_models(
     original: Path, rewritten: Path, inputs: ReportInputs
 ) -> tuple[list[dict], list[dict], list[Block]]:
@@ -157,7 +151,7 @@ def compare_models(
         row = metrics.tensor_metrics(out.name, x, y)
         row["logits"] = (
             metrics.logits_metrics(x, y, inputs.token_ids, inputs.keep)
-            if _is_logits(x, inputs)
+            if inputs.is_logits(x)
             else None
         )
         outputs.append(row)
@@ -202,8 +196,10 @@ def build_report(
     repeats: int = 5,
     threads: int = 0,
     sweep: Mapping | None = None,
+    plan: Mapping | None = None,
 ) -> dict:
-    """The whole report; `fallbacks` maps block output names to why they kept exact."""
+    """The whole report; `fallbacks` maps block output names to why they kept exact, `plan`
+    is `--method auto`'s per-head plan (report.run.plan_of)."""
     outputs, blocks, _ = compare_models(original, rewritten, inputs)
     for row in blocks:
         row["fallback"] = (fallbacks or {}).get(row["output"])
@@ -228,6 +224,7 @@ def build_report(
                 "threads": threads or (os.cpu_count() or 1),
             },
             "sweep": dict(sweep) if sweep is not None else None,
+            "plan": dict(plan) if plan is not None else None,
             "summary": {
                 "worst_output_relative_l2": max((o["relative_l2"] for o in outputs), default=0.0),
                 "worst_block": worst["name"] if worst else None,

@@ -39,6 +39,11 @@ class ReportInputs:
                 return value
         return None
 
+    def is_logits(self, array: np.ndarray) -> bool:
+        """[B, S, V] beside [B, S] token ids: next-token logits."""
+        ids = self.token_ids
+        return ids is not None and array.ndim == 3 and array.shape[:2] == ids.shape
+
     def describe(self) -> dict:
         ids = self.token_ids
         first = next(iter(self.feeds.values()))

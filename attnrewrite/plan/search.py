@@ -1,0 +1,153 @@
+"""Which per-head plan to build: the cheapest one found whose end-to-end error fits the budget.
+
+Each head has options (choose.options): exact, and every candidate measured on it, with its
+calibration error e and cost c. Whole-model plans come from two families:
+
+- trade-off plans: at a price lambda per unit of squared error, every head takes the option
+  minimising c / c_exact + lambda e^2 (squared: the errors of different heads add roughly in
+  energy). lambda = 0 is the cheapest plan, a large lambda is exact everywhere; in between,
+  cost rises and error falls along the family, head by head where it pays most;
+- uniform plans: one candidate on every head it can run on, exact elsewhere: what a user
+  would pick by hand. Trying them is what keeps an auto plan from costing more than any
+  single method that meets the same budget on the same inputs.
+
+`search` binary-searches the trade-off family for its cheapest member within budget (error
+falls along it), then tries each uniform plan that is cheaper still, cheapest first, and skips
+those no better, head by head, than a plan already seen over budget. A plan's error is the
+end-to-end error of the rewritten model (evaluate.EndToEnd), never a sum of head errors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnrewrite.plan.choose import HeadChoice
+from attnrewrite.substitute.methods import get_method
+from attnrewrite.substitute.rewrite import HeadGroup
+
+PRICES = tuple(float(p) for p in np.logspace(-2, 6, 33))  # lambda of the trade-off family
+
+
+@dataclass(frozen=True)
+class Plan:
+    picks: tuple[HeadChoice, ...]
+    origin: str  # how it was made: "trade-off lambda=...", "uniform <candidate>", "exact"
+    exact_cost: float  # of exact attention on every head, for relative costs
+
+    @property
+    def cost(self) -> float:
+        return sum(p.cost for p in self.picks)
+
+    @property
+    def relative_cost(self) -> float:
+        """Predicted attention cost against exact attention's (cost model units)."""
+        return self.cost / self.exact_cost
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return tuple(p.candidate.label for p in self.picks)
+
+    @property
+    def won(self) -> dict[str, int]:
+        return dict(Counter(p.candidate.label for p in self.picks))
+
+    def groups(self) -> dict[int, list[HeadGroup]]:
+        """Heads of each block grouped by their candidate, one group (one node) each."""
+        by_block: dict[int, dict[str, list[HeadChoice]]] = defaultdict(lambda: defaultdict(list))
+        for pick in self.picks:
+            by_block[pick.block][pick.candidate.label].append(pick)
+        return {
+            block: [
+                HeadGroup(
+                    get_method(same[0].candidate.method, same[0].candidate.params),
+                    tuple(p.head for p in same),
+                )
+                for same in groups.values()
+            ]
+            for block, groups in by_block.items()
+        }
+
+    def no_better_than(self, other: Plan) -> bool:
+        """Every head errs at least as much as in `other` (and so, presumably, the model)."""
+        return all(a.error >= b.error for a, b in zip(self.picks, other.picks, strict=True))
+
+
+def _exact_cost(options: Sequence[Sequence[HeadChoice]]) -> float:
+    return sum(choices[0].cost for choices in options)  # options start with exact
+
+
+def trade_off_family(options: Sequence[Sequence[HeadChoice]]) -> list[Plan]:
+    """Plans for increasing prices of error, cheapest first, duplicates dropped, ending with
+    exact everywhere."""
+    plans: list[Plan] = []
+    exact_cost = _exact_cost(options)
+    for price in (0.0, *PRICES):
+        picks = tuple(
+            min(choices, key=lambda c, base=choices[0].cost: c.cost / base + price * c.error**2)
+            for choices in options
+        )
+        if not plans or plans[-1].key != tuple(p.candidate.label for p in picks):
+            plans.append(Plan(picks, f"trade-off lambda={price:.3g}", exact_cost))
+    exact = Plan(tuple(choices[0] for choices in options), "exact", exact_cost)
+    if plans[-1].key != exact.key:
+        plans.append(exact)
+    return plans
+
+
+def uniform_plans(options: Sequence[Sequence[HeadChoice]]) -> list[Plan]:
+    """One plan per candidate: that candidate wherever it ran, exact elsewhere."""
+    labels = dict.fromkeys(c.candidate.label for choices in options for c in choices[1:])
+    plans = []
+    for label in labels:
+        picks = tuple(
+            next((c for c in choices if c.candidate.label == label), choices[0])
+            for choices in options
+        )
+        plans.append(Plan(picks, f"uniform {label}", _exact_cost(options)))
+    return sorted(plans, key=lambda p: p.cost)
+
+
+@dataclass(frozen=True)
+class Trial:
+    plan: Plan
+    error: dict[str, float]
+    within: bool
+
+
+def search(
+    options: Sequence[Sequence[HeadChoice]],
+    error_of: Callable[[Plan], dict[str, float]],
+    budget: float,
+) -> tuple[Plan, list[Trial]]:
+    """The cheapest plan found within `budget` (exact everywhere if none), and every trial."""
+    trials: list[Trial] = []
+
+    def within(plan: Plan) -> bool:
+        error = error_of(plan)
+        ok = max(error.values()) <= budget
+        trials.append(Trial(plan, error, ok))
+        return ok
+
+    family = trade_off_family(options)
+    low, high = 0, len(family) - 1  # family[high] is exact: taken as within budget
+    while low < high:
+        middle = (low + high) // 2
+        if within(family[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    best = family[high]
+    for plan in uniform_plans(options):
+        if plan.cost >= best.cost:
+            break
+        failed = [t.plan for t in trials if not t.within]
+        if any(plan.no_better_than(f) for f in failed):
+            continue
+        if within(plan):
+            best = plan
+            break
+    return best, trials

@@ -1,0 +1,77 @@
+"""The plan search on made-up heads: which plan it returns for a budget, and why."""
+
+from __future__ import annotations
+
+from attnrewrite.plan.candidates import EXACT, Candidate
+from attnrewrite.plan.choose import HeadChoice
+from attnrewrite.plan.search import Plan, search, trade_off_family, uniform_plans
+
+CHEAP = Candidate("window", {"width": 32, "sinks": 4})
+MIDDLE = Candidate("multipole", {"block": 32})
+
+
+def options(errors: list[tuple[float, float]]) -> list[list[HeadChoice]]:
+    """One block; per head (error of CHEAP, error of MIDDLE); costs exact 10, 2 and 4."""
+    return [
+        [
+            HeadChoice(0, head, EXACT, 0.0, 10.0),
+            HeadChoice(0, head, CHEAP, cheap, 2.0),
+            HeadChoice(0, head, MIDDLE, middle, 4.0),
+        ]
+        for head, (cheap, middle) in enumerate(errors)
+    ]
+
+
+def summed(plan: Plan) -> dict[str, float]:
+    """A stand-in for the end-to-end error: the root of the summed squared head errors."""
+    return {"relative_l2": sum(p.error**2 for p in plan.picks) ** 0.5}
+
+
+HEADS = options([(0.5, 0.05), (0.02, 0.01), (0.3, 0.2), (0.01, 0.005)])
+
+
+def test_trade_off_family_runs_from_cheapest_to_exact() -> None:
+    family = trade_off_family(HEADS)
+    assert [p.candidate for p in family[0].picks] == [CHEAP] * 4
+    assert [p.candidate for p in family[-1].picks] == [EXACT] * 4
+    costs = [p.cost for p in family]
+    assert costs == sorted(costs)
+    errors = [summed(p)["relative_l2"] for p in family]
+    assert errors == sorted(errors, reverse=True)
+
+
+def test_search_returns_the_cheapest_plan_within_budget() -> None:
+    for budget in (1.0, 0.3, 0.21, 0.1, 0.03, 1e-3):
+        plan, trials = search(HEADS, summed, budget)
+        assert summed(plan)["relative_l2"] <= budget
+        every = trade_off_family(HEADS) + uniform_plans(HEADS)
+        fitting = [p.cost for p in every if summed(p)["relative_l2"] <= budget]
+        assert plan.cost == min(fitting)
+        assert len(trials) <= 8  # a binary search, not every plan
+
+
+def test_a_tiny_budget_keeps_every_head_exact() -> None:
+    plan, _ = search(HEADS, summed, 1e-9)
+    assert all(p.candidate == EXACT for p in plan.picks), plan.origin
+
+
+def test_uniform_plan_wins_when_the_trade_off_family_skips_it() -> None:
+    """The family goes (cheap, cheap) -> (cheap, middle) -> (exact, middle) -> exact: at a
+    budget only (middle, middle) and the exact-heavy plans meet, the single method is found."""
+    heads = options([(0.3, 0.29), (0.3, 0.0)])
+
+    def worst_head(plan: Plan) -> dict[str, float]:
+        return {"relative_l2": max(p.error for p in plan.picks)}
+
+    family = trade_off_family(heads)
+    assert [MIDDLE, MIDDLE] not in [[p.candidate for p in f.picks] for f in family]
+    plan, _ = search(heads, worst_head, 0.295)
+    assert plan.origin == f"uniform {MIDDLE.label}"
+    assert plan.cost == 8.0
+
+
+def test_plan_groups_put_heads_of_one_candidate_in_one_node() -> None:
+    plan = trade_off_family(options([(0.5, 0.05), (0.01, 0.3), (0.5, 0.04)]))[1]
+    groups = plan.groups()[0]
+    assert sorted(h for g in groups for h in g.heads) == [0, 1, 2]
+    assert len(groups) == len({p.candidate.label for p in plan.picks})
