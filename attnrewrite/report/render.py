@@ -257,6 +257,51 @@ def sweep_table(report: dict[str, Any]) -> Table | None:
     return header, rows, flags
 
 
+def plan_table(report: dict[str, Any]) -> Table | None:
+    """`--method auto`: one row per group of heads that share a candidate in a block, the
+    error calibration measured beside the error this report measured on the same heads."""
+    plan = report.get("plan")
+    if not plan:
+        return None
+    measured = {b["output"]: b.get("heads") for b in report.get("blocks", [])}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for head in plan["heads"]:
+        label = fmt_method({"name": head["method"], "params": head["params"]})
+        groups.setdefault((head["block"], label), []).append(head)
+    header = ["Block", "Heads", "Method", "Calibration error", "Error here", "Cost vs exact"]
+    rows, flags = [], []
+    for (block, label), heads in groups.items():
+        here = measured.get(block)
+        errors = [here[h["head"]] for h in heads if here and h["head"] < len(here)]
+        worst_here = max(errors, key=_sort_key, default=None)
+        flagged = is_flagged(worst_here)
+        rows.append(
+            [
+                block,
+                ", ".join(str(h["head"]) for h in heads),
+                label,
+                fmt_error(max(h["calibration_error"] for h in heads)),
+                fmt_error(worst_here),
+                f"{max(h['relative_cost'] for h in heads):.2f}x",
+            ]
+        )
+        flags.append(flagged)
+    return header, rows, flags
+
+
+def plan_note(report: dict[str, Any]) -> str:
+    plan = report["plan"]
+    held = plan["held_out"]
+    return (
+        f"Per-head plan for a budget of {plan['max_error']:g}, chosen on calibration inputs at "
+        f"n={plan['calibration_seq_len']} and checked on held-out rows (relative L2 "
+        f"{fmt_error(held['relative_l2'])}, top-1 disagreement "
+        f"{fmt_fraction(held['top1_disagreement'])}); predicted attention cost "
+        f"{plan['relative_cost']:.2f}x exact at n={plan['cost_seq_len']}. Errors are the worst "
+        "head of each group: at calibration, and on this report's inputs."
+    )
+
+
 def flagged_blocks(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Blocks whose relative L2 error is flagged."""
     return [b for b in report.get("blocks", []) if is_flagged(b["relative_l2"])]
@@ -311,6 +356,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["### Attention blocks", ""]
     blocks = blocks_table(report)
     lines += [_md_table(blocks) if blocks[1] else "No attention block was rewritten.", ""]
+    plan = plan_table(report)
+    if plan is not None:
+        lines += ["### Per-head plan", "", plan_note(report), "", _md_table(plan), ""]
     lines += ["### Latency", "", _md_table(latency_table(report)), ""]
     sweep = sweep_table(report)
     if sweep is not None:
@@ -573,6 +621,10 @@ def render_html(report: dict[str, Any]) -> str:
     blocks = blocks_table(report)
     parts.append("<h2>Attention blocks</h2>")
     parts.append(_html_table(blocks) if blocks[1] else "<p>No attention block was rewritten.</p>")
+    plan = plan_table(report)
+    if plan is not None:
+        parts += ["<h2>Per-head plan</h2>", f'<p class="note">{_esc(plan_note(report))}</p>']
+        parts.append(_html_table(plan))
     parts += ["<h2>Latency</h2>", _html_table(latency_table(report))]
     sweep = sweep_table(report)
     if sweep is not None:

@@ -59,12 +59,41 @@ class Sweep:
         return cls(aliases.get(name, name), items)
 
 
-def fallbacks_of(rewrite_json: Path) -> dict[str, str]:
-    """Block output -> why it kept exact, from the rewrite's rewrite.json when there is one."""
-    if not rewrite_json.is_file():
-        return {}
-    matches = json.loads(rewrite_json.read_text()).get("matches", [])
-    return {m["output"]: m["fallback"] for m in matches if m.get("fallback")}
+def _rewrite_record(rewritten: Path) -> dict:
+    """The rewrite's rewrite.json beside the model, when there is one."""
+    path = rewritten.parent / "rewrite.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def fallbacks_of(record: dict) -> dict[str, str]:
+    """Block output -> why it kept exact."""
+    return {m["output"]: m["fallback"] for m in record.get("matches", []) if m.get("fallback")}
+
+
+def plan_of(record: dict) -> dict | None:
+    """`--method auto`'s plan: per head its candidate, calibration error and predicted cost."""
+    auto = record.get("auto")
+    if not auto:
+        return None
+    return {
+        "max_error": auto["max_error"],
+        "calibration_seq_len": auto["calibration_seq_len"],
+        "cost_seq_len": auto["cost_seq_len"],
+        "relative_cost": auto["relative_cost"],
+        "held_out": auto["held_out"],
+        "heads": [
+            {
+                "block": h["output"],
+                "head": h["head"],
+                "method": h["method"],
+                "params": h["params"],
+                "calibration_error": h["error"],
+                "cost_flops": h["cost_flops"],
+                "relative_cost": h["relative_cost"],
+            }
+            for h in auto["heads"]
+        ],
+    }
 
 
 def report(
@@ -85,12 +114,14 @@ def report(
             "param": sweep.param,
             "points": list(_sweep_points(original, inputs, method, sweep, repeats)),
         }
+    record = _rewrite_record(rewritten)
     result = build_report(
         original,
         rewritten,
         inputs,
         method=method,
-        fallbacks=fallbacks_of(rewritten.parent / "rewrite.json"),
+        fallbacks=fallbacks_of(record),
+        plan=plan_of(record),
         repeats=repeats,
         sweep=sweep_part,
     )

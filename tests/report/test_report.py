@@ -113,3 +113,23 @@ def test_report_refuses_a_rewritten_model_of_another_model(tmp_path, capsys) -> 
     assert code == 0
     assert main(["report", str(candidates[0]), str(out / "model.onnx")]) == 2
     assert "does not belong to the original" in capsys.readouterr().err
+
+
+def test_auto_report_carries_the_per_head_plan(tmp_path) -> None:
+    code, out = _rewrite(
+        tmp_path, "auto", "--max-error", "0.5", "--seq-len", "48", "--batch", "4", "--repeats", "1"
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    plan = report["plan"]
+    assert plan["max_error"] == 0.5 and plan["calibration_seq_len"] == 48
+    blocks = {b["output"]: b for b in report["blocks"]}
+    assert {h["block"] for h in plan["heads"]} == set(blocks)
+    assert len(plan["heads"]) == sum(len(b["heads"]) for b in blocks.values())
+    exact_heads = [h for h in plan["heads"] if h["method"] == "exact"]
+    assert all(h["calibration_error"] == 0.0 and h["relative_cost"] == 1.0 for h in exact_heads)
+    for head in exact_heads:  # a head the plan keeps exact is exact in the measured model too
+        assert blocks[head["block"]]["heads"][head["head"]] < 1e-5
+    assert "### Per-head plan" in (out / "report.md").read_text()
+    assert "<h2>Per-head plan</h2>" in (out / "report.html").read_text()
