@@ -77,26 +77,38 @@ def _fix_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> dict[str, list
     return shapes
 
 
-def prepare(model: onnx.ModelProto | str | os.PathLike, dims: Mapping[str, int]) -> onnx.ModelProto:
-    """A copy of ``model`` that ``from_onnx`` imports: inlined, static, shape-folded."""
+def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's basic-level graph optimisation (constant folding) of a static model."""
     import onnxruntime as ort
 
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model))
-    model = onnx.inliner.inline_local_functions(model)
-    _fix_dims(model, dims)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "folded.onnx")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = path
+        options.log_severity_level = 3  # folding warns about every initializer it drops
         try:
             ort.InferenceSession(
                 model.SerializeToString(), options, providers=["CPUExecutionProvider"]
             )
         except Exception as err:  # onnxruntime raises its own exception types
             raise LowerError(f"onnxruntime could not fold the model: {err}") from err
-        folded = onnx.load(path)
+        return onnx.load(path)
+
+
+def prepare(model: onnx.ModelProto | str | os.PathLike, dims: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` that ``from_onnx`` imports: inlined, static, shape-folded, Loops
+    unrolled, zero-extent Concat operands dropped (``attnrewrite.lower.graph``)."""
+    from attnrewrite.lower.graph import drop_empty_operands, unroll_loops
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model))
+    model = onnx.inliner.inline_local_functions(model)
+    _fix_dims(model, dims)
+    folded = _fold(model)
+    if unroll_loops(folded):
+        folded = _fold(folded)
+    folded = drop_empty_operands(folded)
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in folded.graph.node if n.domain})
     if foreign:
         raise LowerError(f"ops outside the ONNX domain remain after inlining: {foreign}")
@@ -104,11 +116,17 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, dims: Mapping[str, int])
 
 
 def to_relax(model: onnx.ModelProto):
-    """Import a prepared model (``prepare``) into a Relax IRModule, weights as constants."""
+    """Import a prepared model (``prepare``) into a Relax IRModule, weights as constants, with
+    our converters (``attnrewrite.lower.convert``) for the ops TVM's frontend lacks."""
     from tvm.relax.frontend import onnx as relax_onnx
 
+    from attnrewrite.lower.convert import installed
+
     try:
-        return relax_onnx.from_onnx(model, keep_params_in_input=False)
+        with installed():
+            return relax_onnx.from_onnx(model, keep_params_in_input=False)
+    except LowerError:
+        raise
     except Exception as err:  # the frontend raises assorted TVM errors
         kinds = sorted({n.op_type for n in model.graph.node})
         raise LowerError(f"TVM's ONNX frontend failed ({err}); ops in the graph: {kinds}") from err
