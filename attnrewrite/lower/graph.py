@@ -81,10 +81,10 @@ def _unroll(node: onnx.NodeProto, constants: dict[str, np.ndarray]):
             copy.CopyFrom(init)
             copy.name = names[init.name] = f"{tag}__{i}__{init.name}"
             inits.append(copy)
-        for inner in body.node:
+        for j, inner in enumerate(body.node):
             copy = onnx.NodeProto()
             copy.CopyFrom(inner)
-            copy.name = f"{tag}__{i}__{inner.name}"
+            copy.name = f"{tag}__{i}__{j}_{inner.name or inner.op_type}"
             del copy.input[:]
             copy.input.extend(names.get(x, x) for x in inner.input)
             del copy.output[:]

@@ -2,12 +2,15 @@
 
 TVM's ONNX frontend cannot take our ``attnrewrite`` nodes (a custom domain), and it trips on
 dynamic shape arithmetic (``Shape -> Slice/ConstantOfShape/Expand`` chains). ``prepare``
-therefore (1) inlines the model-local functions (``ExactAttention``'s body is standard ops),
+therefore (1) inlines the model-local functions (every method's body is standard ops),
 (2) fixes every symbolic input dim to a value (``dims``), and (3) constant-folds the graph with
 onnxruntime's basic level, which turns the shape arithmetic into constants and leaves only ONNX
-domain ops. The result imports with ``relax.frontend.onnx.from_onnx``, and one artifact is
-built per set of input shapes. Bodies holding ``DFT`` (conv-basis) do not import yet: TVM has
-no DFT converter (see ``attnrewrite.lower.fft`` for the TIR kernels meant to replace it).
+domain ops; then (4) unrolls Loops, whose trip counts are now constants (conv-basis sums its
+bases with one), and drops zero-extent Concat operands (multipole without a far field), see
+``attnrewrite.lower.graph``. ``to_relax`` imports the result with
+``relax.frontend.onnx.from_onnx`` plus our converters for the ops TVM lacks (``DFT`` becomes
+the TIR four-step FFT of ``attnrewrite.lower.fft``; ``attnrewrite.lower.convert``), and one
+artifact is built per set of input shapes.
 
 The artifact folder holds ``model.so`` (``export_library``: code and weights) and
 ``lower.json`` (inputs in call order with shapes and dtypes, outputs, target, versions).
