@@ -13,6 +13,7 @@ layout adapter is applied. Anything the finder could not express this way become
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -90,6 +91,57 @@ class Bias:
     boolean_keep: bool = False  # value is a boolean mask, True = attend
 
 
+def describe_block(
+    *,
+    anchor: str,
+    graph: str,
+    variant: Sequence[str],
+    nodes: Sequence[str],
+    q: str | None,
+    k: str | None,
+    v: str | None,
+    layout: Mapping[str, str],
+    output: str | None,
+    mask: MaskKind,
+    window: int | None,
+    scale: float,
+    scale_source: str,
+    upstream_scale: float,
+    q_heads: int | None,
+    kv_heads: int | None,
+    head_dim: int | None,
+    q_len: int | str | None,
+    kv_len: int | str | None,
+    float32_softmax: bool,
+) -> dict[str, object]:
+    """One attention block as rewrite.json and `inspect` describe it, whichever finder (ONNX
+    or torch.fx) found it: one vocabulary, written in one place."""
+    return {
+        "anchor": anchor,
+        "graph": graph,
+        "variant": list(variant),
+        "nodes": list(nodes),
+        "q": q,
+        "k": k,
+        "v": v,
+        "layout": dict(layout),
+        "output": output,
+        "mask": mask.value,
+        "window": window,
+        "scale": scale,
+        "scale_source": scale_source,
+        "upstream_scale": upstream_scale,
+        "effective_scale": scale * upstream_scale,
+        "q_heads": q_heads,
+        "kv_heads": kv_heads,
+        "kv_groups": q_heads // kv_heads if q_heads and kv_heads else None,
+        "head_dim": head_dim,
+        "q_len": q_len,
+        "kv_len": kv_len,
+        "float32_softmax": float32_softmax,
+    }
+
+
 @dataclass(frozen=True)
 class AttentionMatch:
     """One attention block, in canonical form.
@@ -131,41 +183,42 @@ class AttentionMatch:
         return self.scale * self.upstream_scale
 
     @property
-    def kv_groups(self) -> int | None:
-        if self.q_heads and self.kv_heads:
-            return self.q_heads // self.kv_heads
-        return None
+    def keywise(self) -> bool:
+        """The bias only weighs keys, so its last query row holds all of it: a padding kind
+        (the finder also gives that to data masks of one query row, [B, 1, 1, Skv]) or a
+        constant bias whose query axis is statically 1. Methods that cannot carry a
+        per-query bias can still honour these, as key weights."""
+        if self.bias is None:
+            return False
+        if self.mask in (MaskKind.PADDING, MaskKind.CAUSAL_PADDING):
+            return True
+        shape = self.bias.value.shape if self.bias.value is not None else None
+        return shape is not None and len(shape) >= 2 and shape[-2] == 1
 
     def describe(self) -> dict[str, object]:
         """JSON-ready description for rewrite.json and `inspect`."""
-        return {
-            "anchor": self.anchor,
-            "graph": self.graph_name,
-            "variant": list(self.variant),
-            "nodes": [n.name for n in self.nodes],
-            "q": self.q.value.name,
-            "k": self.k.value.name,
-            "v": self.v.value.name,
-            "layout": {
-                "q": self.q.layout.value,
-                "k": self.k.layout.value,
-                "v": self.v.layout.value,
-            },
-            "output": self.output.name.removesuffix("__replaced") if self.output.name else None,
-            "mask": self.mask.value,
-            "window": self.window,
-            "scale": self.scale,
-            "scale_source": self.scale_source,
-            "upstream_scale": self.upstream_scale,
-            "effective_scale": self.effective_scale,
-            "q_heads": self.q_heads,
-            "kv_heads": self.kv_heads,
-            "kv_groups": self.kv_groups,
-            "head_dim": self.head_dim,
-            "q_len": self.q_len,
-            "kv_len": self.kv_len,
-            "float32_softmax": self.float32_softmax,
-        }
+        return describe_block(
+            anchor=self.anchor,
+            graph=self.graph_name,
+            variant=self.variant,
+            nodes=[n.name for n in self.nodes],
+            q=self.q.value.name,
+            k=self.k.value.name,
+            v=self.v.value.name,
+            layout={"q": self.q.layout.value, "k": self.k.layout.value, "v": self.v.layout.value},
+            output=self.output.name.removesuffix("__replaced") if self.output.name else None,
+            mask=self.mask,
+            window=self.window,
+            scale=self.scale,
+            scale_source=self.scale_source,
+            upstream_scale=self.upstream_scale,
+            q_heads=self.q_heads,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            q_len=self.q_len,
+            kv_len=self.kv_len,
+            float32_softmax=self.float32_softmax,
+        )
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from attnrewrite.match import AttentionMatch, MaskKind
-
-KEYWISE_MASKS = (MaskKind.PADDING, MaskKind.CAUSAL_PADDING)
+from attnrewrite.match import AttentionMatch
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class Signature:
             rank=match.rank,
             dtype=dtype,
             bias=bias,
-            keywise=bias != "none" and (match.mask in KEYWISE_MASKS or _one_query_row(match)),
+            keywise=match.keywise,
             causal=match.mask.is_causal,
             window=match.window is not None,
             kv_repeat=match.kv_repeat,
@@ -65,10 +63,3 @@ class Signature:
             "softmax32": self.float32_softmax and self.dtype != ir.DataType.FLOAT,
         }
         return "_".join(parts + [name for name, on in flags.items() if on])
-
-
-def _one_query_row(match: AttentionMatch) -> bool:
-    """A bias tensor whose query axis is statically 1 ([B, 1, 1, Skv]) only weighs keys."""
-    value = match.bias.value if match.bias is not None else None
-    shape = value.shape if value is not None else None
-    return shape is not None and len(shape) >= 2 and shape[-2] == 1

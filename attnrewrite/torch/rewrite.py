@@ -19,7 +19,7 @@ from torch import Tensor, fx, nn
 
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.match import MaskKind, Refusal
+from attnrewrite.match import MaskKind, Refusal, describe_block
 from attnrewrite.methods.exact import as_4d, bias_logits, positions_mask
 from attnrewrite.torch.block import AttentionBlock, fold_causal
 from attnrewrite.torch.find import IGNORED_USERS, Candidate, find, shape
@@ -55,35 +55,31 @@ class FxAttention:
     params: dict[str, object] = field(default_factory=dict)
     fallback: str | None = None
 
-    @property
-    def kv_groups(self) -> int | None:
-        return self.q_heads // self.kv_heads if self.q_heads and self.kv_heads else None
-
     def describe(self) -> dict[str, object]:
         """The keys of AttentionMatch.describe(), plus the block and the method it runs."""
         return {
-            "anchor": self.anchor,
-            "graph": GRAPH,
-            "variant": list(self.variant),
-            "nodes": list(self.nodes),
-            "q": self.q,
-            "k": self.k,
-            "v": self.v,
-            "layout": {"q": "bhsd", "k": "bhsd", "v": "bhsd"},
-            "output": self.output,
-            "mask": self.mask.value,
-            "window": self.window,
-            "scale": self.scale,
-            "scale_source": self.scale_source,
-            "upstream_scale": 1.0,
-            "effective_scale": self.scale,
-            "q_heads": self.q_heads,
-            "kv_heads": self.kv_heads,
-            "kv_groups": self.kv_groups,
-            "head_dim": self.head_dim,
-            "q_len": self.q_len,
-            "kv_len": self.kv_len,
-            "float32_softmax": self.float32_softmax,
+            **describe_block(
+                anchor=self.anchor,
+                graph=GRAPH,
+                variant=self.variant,
+                nodes=self.nodes,
+                q=self.q,
+                k=self.k,
+                v=self.v,
+                layout={"q": "bhsd", "k": "bhsd", "v": "bhsd"},
+                output=self.output,
+                mask=self.mask,
+                window=self.window,
+                scale=self.scale,
+                scale_source=self.scale_source,
+                upstream_scale=1.0,
+                q_heads=self.q_heads,
+                kv_heads=self.kv_heads,
+                head_dim=self.head_dim,
+                q_len=self.q_len,
+                kv_len=self.kv_len,
+                float32_softmax=self.float32_softmax,
+            ),
             "is_causal": self.is_causal,
             "block": self.block,
             "method": self.method,
