@@ -12,7 +12,8 @@ Both keep every number: they only restructure what TVM cannot take.
   zero extent ([.., 0, d] summaries, [.., m, 0] logit biases) that only ever reach a Concat.
   TVM's ONNX frontend imports them, but ``relax.build`` then fails in its
   ``RewriteDataflowReshape`` pass with "IndexError: Index 4 out of bounds 4" on the
-  zero-extent reshapes (expand_dims/broadcast of [1, 1, 1, 0]). Dropping zero-extent
+  zero-extent reshapes (one ``expand_dims`` of a [1, 1, 1, 0] tensor reproduces it in a
+  three-line Relax module). Dropping zero-extent
   operands of Concat (which contribute nothing) leaves those chains dead, and they go.
 """
 
