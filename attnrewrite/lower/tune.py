@@ -1,6 +1,7 @@
-"""meta_schedule tuning of the FFT kernels, with records kept per target.
+"""meta_schedule tuning of the FFT and block-scan kernels, with records kept per target.
 
     python -m attnrewrite.lower.tune rfft --batch 64 --n 1024 --trials 32 --target llvm
+    python -m attnrewrite.lower.tune scan --batch 8 --n 4096 --features 64 --channels 64
 
 tunes one kernel for a target and merges the best schedule of each workload into
 ``attnrewrite/targets/<target name>/`` (``--out`` for another records root), next to
@@ -9,6 +10,12 @@ records automatically. Tuning measures on this machine, so tune CPU targets on t
 they are for (set TVM_NUM_THREADS to the target's core count) and CUDA targets on a GPU
 (``--rpc host:port:key`` for a remote one). Workloads are matched structurally: a record
 applies to the same kernel, shape and dtype only.
+
+Over RPC, candidates are built here and measured on the servers registered with the tracker
+under ``key`` (``python -m tvm.exec.rpc_tracker``, ``python -m tvm.exec.rpc_server --tracker
+host:port --key key``); ``--rpc-workers N`` measures on up to N of them at once. The build
+target is still ``--target``: name the servers' CPU (``--target llvm:znver4`` with
+``TVM_NUM_THREADS`` set on the servers) when they are not this machine's.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from attnrewrite.lower import fft
+from attnrewrite.lower import fft, scan
 from attnrewrite.lower.targets import SHIPPED, make_target, target_name, write_target_json
 
 KERNELS = {
@@ -27,6 +34,9 @@ KERNELS = {
     "irfft": lambda a: fft.irfft_kernel(a.batch, a.n, a.dtype),
     "conv_basis": lambda a: fft.conv_basis_kernel(
         a.batch, a.heads, a.bases, a.n, a.channels, a.dtype
+    ),
+    "scan": lambda a: scan.block_scan_kernel(
+        a.batch * a.heads, a.n, a.n, a.features, a.channels, a.block, a.dtype
     ),
 }
 
@@ -57,6 +67,17 @@ def merge_best(source, folder: Path) -> int:
     return len(best)
 
 
+def build_cpu(mod, target, _params=None):
+    """meta_schedule's default build minus its ``import tvm.s_tir.tensor_intrin``: that
+    import parses every intrinsic library (20-25 s, mostly CUDA's) in each builder worker, and
+    LocalBuilder starts new workers for every batch. A CPU candidate reaches the builder
+    already tensorized or not, so lowering it needs no intrinsic registry."""
+    from tvm import tirx
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
 def tune_kernel(
     kernel: fft.Kernel,
     target="llvm",
@@ -80,12 +101,29 @@ def tune_kernel(
             work_dir or tmp,
             max_trials_global=trials,
             num_trials_per_iter=min(16, trials),
-            builder=ms.builder.LocalBuilder(timeout_sec=120),
+            # 512 candidates evolved per batch (the default) cost ~20 s on 2 cores: scale the
+            # population down for the few-trial runs (smoke tests) that would spend most there
+            strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=min(512, max(64, 16 * trials))
+            ),
+            builder=ms.builder.LocalBuilder(
+                timeout_sec=120, f_build=build_cpu if target.kind.name == "llvm" else None
+            ),
             runner=runner or "local",
         )
         merge_best(db, folder)
     write_target_json(target, folder)
     return folder
+
+
+def rpc_runner(spec: str, workers: int = 1, timeout_sec: int = 60):
+    """A meta_schedule RPCRunner for ``host:port:key`` (a tracker), measuring on up to
+    ``workers`` servers at once; ``timeout_sec`` bounds each session (connect, upload, run)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    host, port, key = spec.split(":", 2)
+    config = ms.runner.RPCConfig(host, int(port), key, session_timeout_sec=timeout_sec)
+    return ms.runner.RPCRunner(config, max_workers=workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,23 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1024, help="FFT length (conv: sequence length)")
     parser.add_argument("--heads", type=int, default=1)
     parser.add_argument("--bases", type=int, default=4)
-    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=16, help="conv channels, scan width E")
+    parser.add_argument("--features", type=int, default=64, help="scan: features per token R")
+    parser.add_argument("--block", type=int, default=256, help="scan: block size")
     parser.add_argument("--dtype", default="float32", choices=fft.DTYPES)
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="records root (default shipped)")
     parser.add_argument("--rpc", default=None, help="host:port:key of an RPC tracker")
+    parser.add_argument("--rpc-workers", type=int, default=1, help="servers measured at once")
     args = parser.parse_args(argv)
     if args.arch and args.target != "cuda":
         parser.error("--arch applies to --target cuda")
     target = make_target(f"cuda:{args.arch}" if args.arch else args.target)
-    runner = None
-    if args.rpc:
-        from tvm.s_tir import meta_schedule as ms
-
-        host, port, key = args.rpc.split(":")
-        runner = ms.runner.RPCRunner(ms.runner.RPCConfig(host, int(port), key))
+    runner = rpc_runner(args.rpc, args.rpc_workers) if args.rpc else None
     kernel = KERNELS[args.kernel](args)
-    untuned = fft.Runner(kernel, target, database=None) if target.kind.name == "llvm" else None
+    local = target.kind.name == "llvm" and not args.rpc  # timings here mean this machine
+    untuned = fft.Runner(kernel, target, database=None) if local else None
     start = time.perf_counter()
     folder = tune_kernel(kernel, target, args.trials, args.out, runner=runner)
     print(f"tuned {kernel.name} for {target_name(target)} in {time.perf_counter() - start:.0f} s")
