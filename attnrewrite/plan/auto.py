@@ -95,26 +95,31 @@ class Planner:
             raise AttnRewriteError(f"--max-error must be > 0, got {budget}")
         choose_budget, rounds, trials = budget, [], []
         exact = trade_off_family(self.options)[-1]
+        plan, held = None, None
         for attempt in range(MAX_ROUNDS + 1):
             if attempt == MAX_ROUNDS:
-                plan = exact
+                admissible = [exact]
             else:
-                plan, tried = search(
+                admissible, tried = search(
                     self.options, lambda p: self.choosing.error(p.groups()), choose_budget
                 )
                 trials += tried
-            held = self.checking.error(plan.groups())
-            rounds.append(
-                {
-                    "choose_budget": choose_budget,
-                    "plan": plan.origin,
-                    "relative_cost": plan.relative_cost,
-                    "held_out": held,
-                    "won": plan.won,
-                }
-            )
-            if max(held.values()) <= budget or plan.key == exact.key:
-                break  # within budget, or exact everywhere (only float rounding is left)
+            for candidate in admissible:
+                held = self.checking.error(candidate.groups())
+                rounds.append(
+                    {
+                        "choose_budget": choose_budget,
+                        "plan": candidate.origin,
+                        "relative_cost": candidate.relative_cost,
+                        "held_out": held,
+                        "won": candidate.won,
+                    }
+                )
+                if max(held.values()) <= budget or candidate.key == exact.key:
+                    plan = candidate  # within budget, or exact everywhere (float rounding)
+                    break
+            if plan is not None:
+                break
             choose_budget *= TIGHTEN
         record = {
             "max_error": budget,
@@ -126,10 +131,8 @@ class Planner:
             "rounds": rounds,
             "trials": [_trial(t) for t in trials],
             "heads": [
-                _describe(p, self.outputs[p.block], exact)
-                for p, exact in zip(
-                    plan.picks, trade_off_family(self.options)[-1].picks, strict=True
-                )
+                _describe(p, self.outputs[p.block], e)
+                for p, e in zip(plan.picks, exact.picks, strict=True)
             ],
             "won": plan.won,
             "candidates_not_usable": {

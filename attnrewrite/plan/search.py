@@ -12,9 +12,10 @@ calibration error e and cost c. Whole-model plans come from two families:
   single method that meets the same budget on the same inputs.
 
 `search` binary-searches the trade-off family for its cheapest member within budget (error
-falls along it), then tries each uniform plan that is cheaper still, cheapest first, and skips
-those no better, head by head, than a plan already seen over budget. A plan's error is the
-end-to-end error of the rewritten model (evaluate.EndToEnd), never a sum of head errors.
+falls along it), then tries every uniform plan that is cheaper still, and returns all plans
+within budget, cheapest first: the caller checks them on held-out inputs in that order. A
+plan's error is the end-to-end error of the rewritten model (evaluate.EndToEnd), never a sum
+of head errors.
 """
 
 from __future__ import annotations
@@ -71,10 +72,6 @@ class Plan:
             for block, groups in by_block.items()
         }
 
-    def no_better_than(self, other: Plan) -> bool:
-        """Every head errs at least as much as in `other` (and so, presumably, the model)."""
-        return all(a.error >= b.error for a, b in zip(self.picks, other.picks, strict=True))
-
 
 def _exact_cost(options: Sequence[Sequence[HeadChoice]]) -> float:
     return sum(choices[0].cost for choices in options)  # options start with exact
@@ -122,8 +119,9 @@ def search(
     options: Sequence[Sequence[HeadChoice]],
     error_of: Callable[[Plan], dict[str, float]],
     budget: float,
-) -> tuple[Plan, list[Trial]]:
-    """The cheapest plan found within `budget` (exact everywhere if none), and every trial."""
+) -> tuple[list[Plan], list[Trial]]:
+    """Plans found within `budget`, cheapest first (the last is the family's cheapest member
+    within budget, exact everywhere at worst), and every trial."""
     trials: list[Trial] = []
 
     def within(plan: Plan) -> bool:
@@ -141,13 +139,5 @@ def search(
         else:
             low = middle + 1
     best = family[high]
-    for plan in uniform_plans(options):
-        if plan.cost >= best.cost:
-            break
-        failed = [t.plan for t in trials if not t.within]
-        if any(plan.no_better_than(f) for f in failed):
-            continue
-        if within(plan):
-            best = plan
-            break
-    return best, trials
+    found = [p for p in uniform_plans(options) if p.cost < best.cost and within(p)]
+    return [*found, best], trials

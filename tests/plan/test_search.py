@@ -42,16 +42,18 @@ def test_trade_off_family_runs_from_cheapest_to_exact() -> None:
 
 def test_search_returns_the_cheapest_plan_within_budget() -> None:
     for budget in (1.0, 0.3, 0.21, 0.1, 0.03, 1e-3):
-        plan, trials = search(HEADS, summed, budget)
-        assert summed(plan)["relative_l2"] <= budget
+        plans, trials = search(HEADS, summed, budget)
+        assert all(summed(p)["relative_l2"] <= budget for p in plans)
+        assert [p.cost for p in plans] == sorted(p.cost for p in plans)
         every = trade_off_family(HEADS) + uniform_plans(HEADS)
         fitting = [p.cost for p in every if summed(p)["relative_l2"] <= budget]
-        assert plan.cost == min(fitting)
-        assert len(trials) <= 8  # a binary search, not every plan
+        assert plans[0].cost == min(fitting)
+        assert len(trials) <= 5 + 2  # a binary search of the family, then the two uniforms
 
 
 def test_a_tiny_budget_keeps_every_head_exact() -> None:
-    plan, _ = search(HEADS, summed, 1e-9)
+    plans, _ = search(HEADS, summed, 1e-9)
+    (plan,) = plans
     assert all(p.candidate == EXACT for p in plan.picks), plan.origin
 
 
@@ -65,9 +67,10 @@ def test_uniform_plan_wins_when_the_trade_off_family_skips_it() -> None:
 
     family = trade_off_family(heads)
     assert [MIDDLE, MIDDLE] not in [[p.candidate for p in f.picks] for f in family]
-    plan, _ = search(heads, worst_head, 0.295)
-    assert plan.origin == f"uniform {MIDDLE.label}"
-    assert plan.cost == 8.0
+    plans, _ = search(heads, worst_head, 0.295)
+    assert plans[0].origin == f"uniform {MIDDLE.label}"
+    assert plans[0].cost == 8.0
+    assert [p.candidate for p in plans[-1].picks] == [EXACT, MIDDLE]  # the family's best
 
 
 def test_plan_groups_put_heads_of_one_candidate_in_one_node() -> None:
