@@ -98,6 +98,8 @@ def measure(model: Path, n: int, args: argparse.Namespace) -> dict:
         )
     except subprocess.TimeoutExpired:
         return {"status": f"timeout > {args.timeout:.0f} s"}
+    if done.returncode < 0:
+        return {"status": f"killed by signal {-done.returncode}"}
     if done.returncode != 0:
         lines = (done.stderr or "").strip().splitlines()
         return {"status": f"failed: {lines[-1][:200] if lines else done.returncode}"}
