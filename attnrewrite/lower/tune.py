@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="llvm", help="llvm, cuda:sm_90, ... (default llvm)")
     parser.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--n", type=int, default=1024, help="FFT length (conv: sequence length)")
+    parser.add_argument(
+        "--n", type=int, default=1024, help="FFT length (conv, scan: sequence length)"
+    )
     parser.add_argument("--heads", type=int, default=1)
     parser.add_argument("--bases", type=int, default=4)
     parser.add_argument("--channels", type=int, default=16, help="conv channels, scan width E")

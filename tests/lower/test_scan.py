@@ -132,3 +132,26 @@ def test_cuda_codegen_compiles(arch):
     assert "__global__" in fft.cuda_source(executable)
     (binary,) = fft.nvcc_compile(executable, f"cuda:{arch}")
     assert len(binary) > 1000
+
+
+def test_shipped_records_apply_and_match():
+    """The records shipped for this machine's target schedule the benchmark's n = 1k shape,
+    and the tuned kernel still computes the scan."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from attnrewrite.lower import targets
+
+    target = targets.make_target("llvm")
+    folder = targets.SHIPPED / targets.target_name(target)
+    if not (folder / "database_tuning_record.json").is_file():
+        pytest.skip(f"no shipped records for {targets.target_name(target)}")
+    db = ms.database.JSONDatabase(work_dir=str(folder), module_equality="structural")
+    kernel = scan.block_scan_kernel(8, 1024, 1024, 64, 64, 256)
+    if ms.tir_integration.compile_tir(db, tvm.IRModule({kernel.name: kernel.func}), target) is None:
+        pytest.skip(f"no scan record for {targets.target_name(target)}")
+    rng = np.random.default_rng(7)
+    q, k = rng.standard_normal((2, 8, 1024, 64))
+    x = rng.standard_normal((8, 1024, 64))
+    got = fft.Runner(kernel, target, database=db)(q, k, x)
+    assert rel(got, scan.block_scan_reference(q, k, x, 256)) < 1e-5
