@@ -3,9 +3,8 @@
 calibration inputs -> split (choose | held out)
 capture each block's q, k, v, mask                 (calibrate)
 measure every candidate on every head              (choose.measure, choose.options)
-the cheapest plan within budget on the choose half (search, evaluate)
-check it on the held-out half; over budget -> halve the budget on the choose half and
-search again, down to exact everywhere
+plans within budget on the choose half, cheapest first  (search, evaluate)
+the first that also holds on the held-out half; exact everywhere at worst
 """
 
 from __future__ import annotations
@@ -24,13 +23,10 @@ from attnrewrite.plan.candidates import DEFAULT_CANDIDATES, Candidate
 from attnrewrite.plan.choose import HeadChoice, measure
 from attnrewrite.plan.choose import options as head_options
 from attnrewrite.plan.evaluate import EndToEnd
-from attnrewrite.plan.search import Plan, Trial, search, trade_off_family
+from attnrewrite.plan.search import Plan, Trial, admissible, trade_off_family
 from attnrewrite.progress import steps
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.substitute.methods import BODIES, get_method
-
-TIGHTEN = 0.5  # budget factor on the choose half after a plan failed on the held-out half
-MAX_ROUNDS = 12  # then exact everywhere
 
 
 def split_rows(inputs: ReportInputs) -> tuple[ReportInputs, ReportInputs]:
@@ -93,34 +89,23 @@ class Planner:
         rewrite.json (the rounds, every plan tried, which head got what)."""
         if not budget > 0:
             raise AttnRewriteError(f"--max-error must be > 0, got {budget}")
-        choose_budget, rounds, trials = budget, [], []
+        rounds: list[dict[str, object]] = []
+        trials: list[Trial] = []
         exact = trade_off_family(self.options)[-1]
-        plan, held = None, None
-        for attempt in range(MAX_ROUNDS + 1):
-            if attempt == MAX_ROUNDS:
-                admissible = [exact]
-            else:
-                admissible, tried = search(
-                    self.options, lambda p: self.choosing.error(p.groups()), choose_budget
-                )
-                trials += tried
-            for candidate in admissible:
-                held = self.checking.error(candidate.groups())
-                rounds.append(
-                    {
-                        "choose_budget": choose_budget,
-                        "plan": candidate.origin,
-                        "relative_cost": candidate.relative_cost,
-                        "held_out": held,
-                        "won": candidate.won,
-                    }
-                )
-                if max(held.values()) <= budget or candidate.key == exact.key:
-                    plan = candidate  # within budget, or exact everywhere (float rounding)
-                    break
-            if plan is not None:
-                break
-            choose_budget *= TIGHTEN
+        for plan in admissible(
+            self.options, lambda p: self.choosing.error(p.groups()), budget, trials
+        ):
+            held = self.checking.error(plan.groups())
+            rounds.append(
+                {
+                    "plan": plan.origin,
+                    "relative_cost": plan.relative_cost,
+                    "held_out": held,
+                    "won": plan.won,
+                }
+            )
+            if max(held.values()) <= budget or plan.key == exact.key:
+                break  # within budget on both halves, or exact everywhere (float rounding)
         record = {
             "max_error": budget,
             "calibration_seq_len": self.calibration_len,

@@ -11,17 +11,17 @@ calibration error e and cost c. Whole-model plans come from two families:
   would pick by hand. Trying them is what keeps an auto plan from costing more than any
   single method that meets the same budget on the same inputs.
 
-`search` binary-searches the trade-off family for its cheapest member within budget (error
-falls along it), then tries every uniform plan that is cheaper still, and returns all plans
-within budget, cheapest first: the caller checks them on held-out inputs in that order. A
-plan's error is the end-to-end error of the rewritten model (evaluate.EndToEnd), never a sum
-of head errors.
+`admissible` binary-searches the trade-off family for its cheapest member within budget
+(error falls along it) and yields, cheapest first, every plan within budget from there and
+among the uniform plans: the caller checks each on held-out inputs and keeps the first that
+holds there too (exact everywhere, the last, always does). A plan's error is the end-to-end
+error of the rewritten model (evaluate.EndToEnd), never a sum of head errors.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,29 +115,38 @@ class Trial:
     within: bool
 
 
-def search(
+def admissible(
     options: Sequence[Sequence[HeadChoice]],
     error_of: Callable[[Plan], dict[str, float]],
     budget: float,
-) -> tuple[list[Plan], list[Trial]]:
-    """Plans found within `budget`, cheapest first (the last is the family's cheapest member
-    within budget, exact everywhere at worst), and every trial."""
-    trials: list[Trial] = []
+    trials: list[Trial],
+) -> Iterator[Plan]:
+    """Plans within `budget`, cheapest first, ending with exact everywhere; every plan
+    evaluated is appended to `trials`.
+
+    Candidates: the trade-off family from its cheapest member within budget (binary search)
+    on, and every uniform plan no costlier than exact. The caller takes them in turn until
+    one also holds on its held-out inputs, so a single method within budget on both is never
+    passed over for a costlier plan."""
+    seen: dict[tuple[str, ...], bool] = {}
 
     def within(plan: Plan) -> bool:
-        error = error_of(plan)
-        ok = max(error.values()) <= budget
-        trials.append(Trial(plan, error, ok))
-        return ok
+        if plan.key not in seen:
+            error = error_of(plan)
+            seen[plan.key] = max(error.values()) <= budget
+            trials.append(Trial(plan, error, seen[plan.key]))
+        return seen[plan.key]
 
     family = trade_off_family(options)
-    low, high = 0, len(family) - 1  # family[high] is exact: taken as within budget
+    exact = family[-1]
+    low, high = 0, len(family) - 1  # exact is taken as within budget
     while low < high:
         middle = (low + high) // 2
         if within(family[middle]):
             high = middle
         else:
             low = middle + 1
-    best = family[high]
-    found = [p for p in uniform_plans(options) if p.cost < best.cost and within(p)]
-    return [*found, best], trials
+    pool = {p.key: p for p in (*family[high:], *uniform_plans(options)) if p.cost <= exact.cost}
+    for plan in sorted(pool.values(), key=lambda p: p.cost):
+        if plan.key == exact.key or within(plan):
+            yield plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from attnrewrite.plan.candidates import EXACT, Candidate
 from attnrewrite.plan.choose import HeadChoice
-from attnrewrite.plan.search import Plan, search, trade_off_family, uniform_plans
+from attnrewrite.plan.search import Plan, Trial, admissible, trade_off_family, uniform_plans
 
 CHEAP = Candidate("window", {"width": 32, "sinks": 4})
 MIDDLE = Candidate("multipole", {"block": 32})
@@ -42,18 +42,22 @@ def test_trade_off_family_runs_from_cheapest_to_exact() -> None:
 
 def test_search_returns_the_cheapest_plan_within_budget() -> None:
     for budget in (1.0, 0.3, 0.21, 0.1, 0.03, 1e-3):
-        plans, trials = search(HEADS, summed, budget)
-        assert all(summed(p)["relative_l2"] <= budget for p in plans)
-        assert [p.cost for p in plans] == sorted(p.cost for p in plans)
+        trials: list[Trial] = []
+        plans = admissible(HEADS, summed, budget, trials)
+        first = next(plans)
         every = trade_off_family(HEADS) + uniform_plans(HEADS)
         fitting = [p.cost for p in every if summed(p)["relative_l2"] <= budget]
-        assert plans[0].cost == min(fitting)
-        assert len(trials) <= 5 + 2  # a binary search of the family, then the two uniforms
+        assert first.cost == min(fitting)
+        assert summed(first)["relative_l2"] <= budget
+        rest = list(plans)
+        assert all(summed(p)["relative_l2"] <= budget for p in rest)
+        assert [p.cost for p in rest] == sorted(p.cost for p in rest)
+        assert [first, *rest][-1].cost == 40.0  # exact everywhere closes the list
+        assert len({t.plan.key for t in trials}) == len(trials)  # each plan evaluated once
 
 
 def test_a_tiny_budget_keeps_every_head_exact() -> None:
-    plans, _ = search(HEADS, summed, 1e-9)
-    (plan,) = plans
+    (plan,) = admissible(HEADS, summed, 1e-9, [])
     assert all(p.candidate == EXACT for p in plan.picks), plan.origin
 
 
@@ -67,10 +71,10 @@ def test_uniform_plan_wins_when_the_trade_off_family_skips_it() -> None:
 
     family = trade_off_family(heads)
     assert [MIDDLE, MIDDLE] not in [[p.candidate for p in f.picks] for f in family]
-    plans, _ = search(heads, worst_head, 0.295)
+    plans = list(admissible(heads, worst_head, 0.295, []))
     assert plans[0].origin == f"uniform {MIDDLE.label}"
     assert plans[0].cost == 8.0
-    assert [p.candidate for p in plans[-1].picks] == [EXACT, MIDDLE]  # the family's best
+    assert [p.candidate for p in plans[1].picks] == [EXACT, MIDDLE]  # the family's best
 
 
 def test_plan_groups_put_heads_of_one_candidate_in_one_node() -> None:
