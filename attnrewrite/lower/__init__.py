@@ -6,10 +6,15 @@ apache-tvm-ffi==0.1.14.post1 psutil xgboost cloudpickle tornado`` (the ffi pin m
 
 - ``relax_import``: a rewritten ONNX model -> Relax module -> compiled artifact folder
   (``build``), and ``load(folder).run(inputs)``.
+- ``graph``: ONNX rewrites the import needs (static Loops unrolled, empty Concat operands
+  dropped); ``convert``: our converters (DFT) added to TVM's ONNX frontend during the import.
 - ``fft``: a batched real FFT / inverse FFT in TE whose stages are small dense DFT matmuls
-  (four-step / Monarch), and an FFT causal convolution (the conv-basis kernel).
+  (four-step / Monarch), a complex DFT for the converter, and an FFT causal convolution (the
+  conv-basis kernel).
+- ``scan``: PolySketch's block scan (block states, prefix over blocks, query side) in TE.
 - ``targets``: target names and the per-target tuning records in ``attnrewrite/targets/``.
-- ``tune``: meta_schedule over the FFT kernels, writing those records.
+- ``tune``: meta_schedule over the kernels, locally or on an RPC tracker, writing those
+  records.
 
 Nothing here is imported by the rest of the package: ``import attnrewrite`` never needs TVM.
 """
