@@ -35,7 +35,7 @@ from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import MODEL_FILE, rewrite_model
 from attnrewrite.plan.auto import Planner
 from attnrewrite.plan.candidates import EXACT, Candidate
-from attnrewrite.plan.search import uniform_plans
+from attnrewrite.plan.search import COST_RESOLUTION, uniform_plans
 from attnrewrite.report.build import compare_models
 from attnrewrite.report.inputs import from_text
 from attnrewrite.substitute.methods import get_method
@@ -83,12 +83,12 @@ def latencies(paths: list[Path], feeds: dict, rounds: int, threads: int = 2) -> 
     return [float(np.median(t)) for t in times]
 
 
-def no_worse(a: dict, b: dict, key: str) -> bool:
-    """`a` is at least as accurate as `b` and costs no more by `key`."""
+def no_worse(a: dict, b: dict, key: str, resolution: float = 0.0) -> bool:
+    """`a` is at least as accurate as `b` and costs no more by `key` (within `resolution`)."""
     return (
         a["relative_l2"] <= b["relative_l2"]
         and a["top1_agreement"] >= b["top1_agreement"]
-        and a[key] <= b[key]
+        and a[key] <= b[key] * (1 + resolution)
     )
 
 
@@ -101,7 +101,9 @@ def mark(rows: list[dict]) -> None:
         )
         if row["kind"] == "single" and row["config"] != "exact":
             autos = [o for o in rows if o["kind"] == "auto"]
-            row["dominated_cost"] = any(no_worse(o, row, "relative_cost") for o in autos)
+            row["dominated_cost"] = any(
+                no_worse(o, row, "relative_cost", COST_RESOLUTION) for o in autos
+            )
             row["dominated_latency"] = any(no_worse(o, row, "latency_ms") for o in autos)
 
 
