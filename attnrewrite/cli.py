@@ -1,5 +1,5 @@
 """Command line: `attnrewrite MODEL --method M [-o OUT] [--report]`, `attnrewrite inspect MODEL`
-`attnrewrite report ORIGINAL REWRITTEN` and `attnrewrite tune KERNEL --target T`.
+`attnrewrite report ORIGINAL REWRITTEN` and `attnrewrite tune KERNEL|MODEL.onnx --target T`.
 
 Bad input and bad options end with one line on stderr and exit status 2; a rewrite that
 fails its verification exits 1.
@@ -51,7 +51,7 @@ def rewrite_parser() -> argparse.ArgumentParser:
         prog="attnrewrite",
         description="Rewrite every softmax attention of an ONNX model into one attnrewrite "
         "node computing the chosen method. Subcommands: inspect MODEL; report ORIGINAL REWRITTEN; "
-        "tune KERNEL --target T.",
+        "tune KERNEL|MODEL.onnx --target T.",
     )
     parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
     parser.add_argument(
@@ -309,10 +309,16 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
 
 
 def run_tune(argv: Sequence[str]) -> int:
-    """`attnrewrite tune KERNEL --target cuda --arch sm_90 --trials N`: meta_schedule records
-    into attnrewrite/targets/ (see attnrewrite.lower.tune)."""
+    """`attnrewrite tune KERNEL --target cuda --arch sm_90 --trials N` (one kernel,
+    attnrewrite.lower.tune) or `attnrewrite tune MODEL.onnx --dim name=value ...` (every
+    function of a model, attnrewrite.lower.tune_model): meta_schedule records into
+    attnrewrite/targets/."""
+    whole_model = bool(argv) and str(argv[0]).endswith(".onnx")
     try:
-        from attnrewrite.lower.tune import main as tune_main
+        if whole_model:
+            from attnrewrite.lower.tune_model import main as tune_main
+        else:
+            from attnrewrite.lower.tune import main as tune_main
     except ImportError:
         raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
     return tune_main(list(argv))

@@ -152,6 +152,16 @@ def _inputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
     return out
 
 
+def legalize(mod, target):
+    """The module as ``compile_relax`` hands it to the tuning records: every Relax op
+    legalized to a PrimFunc, none fused yet. Model tuning (``attnrewrite.lower.tune_model``)
+    extracts its tasks from this same module, so the records match structurally."""
+    from tvm import relax
+
+    with target:
+        return relax.transform.LegalizeOps()(mod)
+
+
 def compile_relax(mod, target):
     """``tvm.compile`` with the tuning records for ``target`` applied when there are any."""
     import tvm
@@ -161,8 +171,7 @@ def compile_relax(mod, target):
 
     target = make_target(target)
     db = database_for(target)
-    with target:
-        mod = relax.transform.LegalizeOps()(mod)
+    mod = legalize(mod, target)
     if db is not None:
         with target, db, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)

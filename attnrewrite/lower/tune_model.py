@@ -1,0 +1,122 @@
+"""meta_schedule tuning of every TIR function of a whole (rewritten) model, records per target.
+
+    attnrewrite tune model.onnx --target llvm --dim batch=1 --dim seq=4096 --trials 200
+
+imports the model as ``build`` does (``prepare`` -> ``to_relax`` -> ``legalize``), extracts
+one task per distinct PrimFunc, tunes them together (meta_schedule's gradient task scheduler:
+round-robin first, ``--per-task`` trials per task and round, so ``--trials`` should be at least
+tasks x per-task) and merges the best schedule of each workload into
+``attnrewrite/targets/<target name>/`` (``--out`` for another records root). A later ``build``
+for that target applies them through ``compile_relax``: the workloads are the legalized,
+unfused PrimFuncs, matched structurally, so the records apply to the same model at the same
+shapes only. Tune CPU targets on the machine they are for: TVM_NUM_THREADS defaults to the
+target's core count while tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from attnrewrite.lower.targets import SHIPPED, make_target, target_name, write_target_json
+
+
+def tune_model(
+    model_path: str | os.PathLike,
+    dims: Mapping[str, int],
+    target="llvm",
+    trials: int = 200,
+    per_task: int = 4,
+    records_root: Path | None = None,
+    runner=None,
+) -> tuple[Path, int]:
+    """Tune every PrimFunc of the model built at ``dims`` for ``target`` (``trials`` measured
+    candidates in all) and merge the best records into the target's folder; return the folder
+    and the number of workloads recorded."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from attnrewrite.lower.relax_import import legalize, prepare, to_relax
+    from attnrewrite.lower.tune import build_cpu, merge_best
+
+    target = make_target(target)
+    mod = legalize(to_relax(prepare(model_path, dims)), target)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    folder = (records_root or SHIPPED) / target_name(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks,
+            tmp,
+            # the default population (512 evolved per batch) costs more than the few trials
+            # each small task gets here measure
+            strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=min(512, max(64, 16 * per_task))
+            ),
+        )
+        db = ms.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=tmp,
+            max_trials_global=trials,
+            num_trials_per_iter=per_task,
+            builder=ms.builder.LocalBuilder(
+                timeout_sec=120, f_build=build_cpu if target.kind.name == "llvm" else None
+            ),
+            runner=runner or "local",
+        )
+        count = merge_best(db, folder)
+    write_target_json(target, folder)
+    return folder, count
+
+
+def parse_dims(items: list[str]) -> dict[str, int]:
+    """``["batch=1", "seq=64"]`` -> ``{"batch": 1, "seq": 64}``."""
+    dims = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise argparse.ArgumentTypeError(f"--dim wants name=value, got {item!r}")
+        dims[name] = int(value)
+    return dims
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="attnrewrite tune MODEL.onnx")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--target", default="llvm", help="llvm, cuda:sm_90, ... (default llvm)")
+    parser.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
+    parser.add_argument("--dim", action="append", default=[], help="name=value, per symbolic dim")
+    parser.add_argument("--trials", type=int, default=200, help="measured candidates in all")
+    parser.add_argument("--per-task", type=int, default=4, help="trials per task and round")
+    parser.add_argument("--out", type=Path, default=None, help="records root (default shipped)")
+    parser.add_argument("--rpc", default=None, help="host:port:key of an RPC tracker")
+    parser.add_argument("--rpc-workers", type=int, default=1, help="servers measured at once")
+    args = parser.parse_args(argv)
+    if args.arch and args.target != "cuda":
+        parser.error("--arch applies to --target cuda")
+    try:
+        dims = parse_dims(args.dim)
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
+    target = make_target(f"cuda:{args.arch}" if args.arch else args.target)
+    if target.kind.name == "llvm" and not args.rpc:
+        os.environ.setdefault("TVM_NUM_THREADS", str(int(target.attrs["num-cores"])))
+    from attnrewrite.lower.tune import rpc_runner
+
+    runner = rpc_runner(args.rpc, args.rpc_workers) if args.rpc else None
+    start = time.perf_counter()
+    folder, count = tune_model(
+        args.model, dims, target, args.trials, args.per_task, args.out, runner=runner
+    )
+    print(
+        f"tuned {args.model} for {target_name(target)} in {time.perf_counter() - start:.0f} s: "
+        f"{count} workloads recorded in {folder}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
