@@ -126,11 +126,25 @@ def rpc_runner(spec: str, workers: int = 1, timeout_sec: int = 60):
     return ms.runner.RPCRunner(config, max_workers=workers)
 
 
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """Where to tune for and where the records go: shared by kernel and model tuning."""
+    parser.add_argument("--target", default="llvm", help="llvm, cuda:sm_90, ... (default llvm)")
+    parser.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
+    parser.add_argument("--out", type=Path, default=None, help="records root (default shipped)")
+    parser.add_argument("--rpc", default=None, help="host:port:key of an RPC tracker")
+    parser.add_argument("--rpc-workers", type=int, default=1, help="servers measured at once")
+
+
+def target_of(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The tvm Target the options name (``--arch`` only with ``--target cuda``)."""
+    if args.arch and args.target != "cuda":
+        parser.error("--arch applies to --target cuda")
+    return make_target(f"cuda:{args.arch}" if args.arch else args.target)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="attnrewrite tune")
     parser.add_argument("kernel", choices=sorted(KERNELS))
-    parser.add_argument("--target", default="llvm", help="llvm, cuda:sm_90, ... (default llvm)")
-    parser.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument(
         "--n", type=int, default=1024, help="FFT length (conv, scan: sequence length)"
@@ -142,13 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=256, help="scan: block size")
     parser.add_argument("--dtype", default="float32", choices=fft.DTYPES)
     parser.add_argument("--trials", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=None, help="records root (default shipped)")
-    parser.add_argument("--rpc", default=None, help="host:port:key of an RPC tracker")
-    parser.add_argument("--rpc-workers", type=int, default=1, help="servers measured at once")
+    add_target_options(parser)
     args = parser.parse_args(argv)
-    if args.arch and args.target != "cuda":
-        parser.error("--arch applies to --target cuda")
-    target = make_target(f"cuda:{args.arch}" if args.arch else args.target)
+    target = target_of(args, parser)
     runner = rpc_runner(args.rpc, args.rpc_workers) if args.rpc else None
     kernel = KERNELS[args.kernel](args)
     local = target.kind.name == "llvm" and not args.rpc  # timings here mean this machine

@@ -23,6 +23,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from attnrewrite.lower.targets import SHIPPED, make_target, target_name, write_target_json
+from attnrewrite.lower.tune import (
+    add_target_options,
+    build_cpu,
+    merge_best,
+    rpc_runner,
+    target_of,
+)
 
 
 def tune_model(
@@ -40,7 +47,6 @@ def tune_model(
     from tvm.s_tir import meta_schedule as ms
 
     from attnrewrite.lower.relax_import import legalize, prepare, to_relax
-    from attnrewrite.lower.tune import build_cpu, merge_best
 
     target = make_target(target)
     mod = legalize(to_relax(prepare(model_path, dims)), target)
@@ -86,25 +92,18 @@ def parse_dims(items: list[str]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="attnrewrite tune MODEL.onnx")
     parser.add_argument("model", type=Path)
-    parser.add_argument("--target", default="llvm", help="llvm, cuda:sm_90, ... (default llvm)")
-    parser.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
     parser.add_argument("--dim", action="append", default=[], help="name=value, per symbolic dim")
     parser.add_argument("--trials", type=int, default=200, help="measured candidates in all")
     parser.add_argument("--per-task", type=int, default=4, help="trials per task and round")
-    parser.add_argument("--out", type=Path, default=None, help="records root (default shipped)")
-    parser.add_argument("--rpc", default=None, help="host:port:key of an RPC tracker")
-    parser.add_argument("--rpc-workers", type=int, default=1, help="servers measured at once")
+    add_target_options(parser)
     args = parser.parse_args(argv)
-    if args.arch and args.target != "cuda":
-        parser.error("--arch applies to --target cuda")
+    target = target_of(args, parser)
     try:
         dims = parse_dims(args.dim)
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
-    target = make_target(f"cuda:{args.arch}" if args.arch else args.target)
     if target.kind.name == "llvm" and not args.rpc:
         os.environ.setdefault("TVM_NUM_THREADS", str(int(target.attrs["num-cores"])))
-    from attnrewrite.lower.tune import rpc_runner
 
     runner = rpc_runner(args.rpc, args.rpc_workers) if args.rpc else None
     start = time.perf_counter()
