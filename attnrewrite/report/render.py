@@ -298,7 +298,8 @@ def plan_note(report: dict[str, Any]) -> str:
         f"{fmt_error(held['relative_l2'])}, top-1 disagreement "
         f"{fmt_fraction(held['top1_disagreement'])}); predicted attention cost "
         f"{plan['relative_cost']:.2f}x exact at n={plan['cost_seq_len']}. Errors are the worst "
-        "head of each group: at calibration, and on this report's inputs."
+        "head of each group: at calibration (the head alone, on exact inputs), and here (in "
+        "the rewritten model, so earlier blocks' errors are included)."
     )
 
 
