@@ -587,6 +587,20 @@ def conv_basis_module(b: int, h: int, k: int, length: int, c: int, dtype: str = 
 # stages with ``emit_te``; rows are flat (P = the product of the leading dims).
 
 
+def _forward_twiddle(te, rows: int, n1: int, n2: int, name: str):
+    """For emit_te: stage 1's [rows, 2 n1, n2] (real and imaginary rows interleaved) times the
+    twiddles, to [rows, n1, 2 n2] (complex pairs last), the layout stage 2 reads."""
+
+    def twiddle(a, tw):
+        def body(p, k1, q):
+            s, c = q // 2, q % 2
+            return a[p, 2 * k1, s] * tw[k1, s, 0, c] + a[p, 2 * k1 + 1, s] * tw[k1, s, 1, c]
+
+        return te.compute((rows, n1, 2 * n2), body, name=name)
+
+    return twiddle
+
+
 def _emit_forward(bb, rows: int, n: int, dtype: str, load, src, name: str):
     """Emit a real FFT of ``rows`` rows read through ``load(src, p, t)`` (t < N, zero-padded by
     the loader). Returns the k1-major spectrum [rows, N1, 2 H2]."""
@@ -604,12 +618,7 @@ def _emit_forward(bb, rows: int, n: int, dtype: str, load, src, name: str):
             name="dft1",
         )
 
-    def twiddle(a, tw):
-        def body(p, k1, q):
-            s, c = q // 2, q % 2
-            return a[p, 2 * k1, s] * tw[k1, s, 0, c] + a[p, 2 * k1 + 1, s] * tw[k1, s, 1, c]
-
-        return te.compute((rows, n1, 2 * n2), body, name="twiddle")
+    twiddle = _forward_twiddle(te, rows, n1, n2, "twiddle")
 
     def stage2(b, f2):
         q = te.reduce_axis((0, 2 * n2), name="q")
@@ -725,12 +734,7 @@ def emit_dft(bb, x, n: int, inverse: bool, dtype: str, name: str = "dft"):
 
         return te.compute((rows, 2 * n1, n2), body, name="cdft1")
 
-    def twiddle(a, tw):
-        def body(p, k1, q):
-            s, c = q // 2, q % 2
-            return a[p, 2 * k1, s] * tw[k1, s, 0, c] + a[p, 2 * k1 + 1, s] * tw[k1, s, 1, c]
-
-        return te.compute((rows, n1, 2 * n2), body, name="ctwiddle")
+    twiddle = _forward_twiddle(te, rows, n1, n2, "ctwiddle")
 
     def stage2(b, f2):
         q = te.reduce_axis((0, 2 * n2), name="q")
