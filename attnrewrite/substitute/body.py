@@ -47,6 +47,29 @@ class Body:
         return self.const(np.finfo(dtype.numpy()).min, dtype.numpy())
 
 
+def dim(b: Body, x: ir.Value, axis: int) -> ir.Value:
+    """Dimension `axis` of x as an int64 scalar."""
+    return b.op("Gather", b.op("Shape", x), b.const(axis))
+
+
+def dims(b: Body, x: ir.Value, first: int, last: int) -> ir.Value:
+    """Dimensions [first, last) of x as an int64 vector."""
+    return b.op("Slice", b.op("Shape", x), b.const([first]), b.const([last]))
+
+
+def vec(b: Body, scalar: ir.Value) -> ir.Value:
+    """A scalar as a 1-element vector (for Concat, Slice starts/ends)."""
+    return b.op("Reshape", scalar, b.const([1]))
+
+
+def unsqueeze(b: Body, x: ir.Value, *axes: int) -> ir.Value:
+    return b.op("Unsqueeze", x, b.const(list(axes)))
+
+
+def clamp(b: Body, x: ir.Value, low: ir.Value, high: ir.Value) -> ir.Value:
+    return b.op("Min", b.op("Max", x, low), high)
+
+
 def swap_last_two(rank: int) -> list[int]:
     return [*range(rank - 2), rank - 1, rank - 2]
 

@@ -36,7 +36,19 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from attnrewrite.substitute.body import Body, Params, from_rank4, key_weights, repeat_kv, to_rank4
+from attnrewrite.substitute.body import (
+    Body,
+    Params,
+    clamp,
+    dim,
+    dims,
+    from_rank4,
+    key_weights,
+    repeat_kv,
+    to_rank4,
+    unsqueeze,
+    vec,
+)
 from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
@@ -59,25 +71,9 @@ def limits(sig: Signature, params: Params) -> str | None:
     return None
 
 
-def _scalar(b: Body, shape: ir.Value, axis: int) -> ir.Value:
-    return b.op("Gather", shape, b.const(axis))
-
-
-def _vec(b: Body, x: ir.Value) -> ir.Value:
-    return b.op("Reshape", x, b.const([1]))
-
-
 def _floor_div(b: Body, x: ir.Value, d: ir.Value) -> ir.Value:
     """floor(x / d) for int64 (Div truncates; Mod with fmod=0 takes the divisor's sign)."""
     return b.op("Div", b.op("Sub", x, b.op("Mod", x, d)), d)
-
-
-def _unsq(b: Body, x: ir.Value, *axes: int) -> ir.Value:
-    return b.op("Unsqueeze", x, b.const(list(axes)))
-
-
-def _clamp(b: Body, x: ir.Value, low: ir.Value, high: ir.Value) -> ir.Value:
-    return b.op("Min", b.op("Max", x, low), high)
 
 
 def _chunks(
@@ -85,15 +81,13 @@ def _chunks(
 ) -> tuple[ir.Value, ir.Value]:
     """[start, end) of the `coarse` summaries of each group: [nq, ...] -> [nq, ... * coarse]."""
     start = b.op(
-        "Add", _unsq(b, b.op("Mul", groups, size), -1), b.op("Mul", sub, b.const(np.arange(coarse)))
+        "Add",
+        unsqueeze(b, b.op("Mul", groups, size), -1),
+        b.op("Mul", sub, b.const(np.arange(coarse))),
     )
     end = b.op("Add", start, sub)
     flat = b.const([0, -1])
     return b.op("Reshape", start, flat), b.op("Reshape", end, flat)
-
-
-def _dims(b: Body, x: ir.Value, first: int, last: int) -> ir.Value:
-    return b.op("Slice", b.op("Shape", x), b.const([first]), b.const([last]))
 
 
 def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
@@ -103,8 +97,8 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
     if sig.kv_repeat:
         key, value = repeat_kv(b, key, query), repeat_kv(b, value, query)
     zero, one, none, block = b.const(0), b.const(1), b.const(-1), b.const(m)
-    q_len = _scalar(b, b.op("Shape", query), 2)
-    kv_len = _scalar(b, b.op("Shape", key), 2)
+    q_len = dim(b, query, 2)
+    kv_len = dim(b, key, 2)
 
     # Query blocks by key position: `lead` rows pad the first block, nq blocks in all; kblk is
     # each query block's key block (bidirectional queries left of every key: block 0).
@@ -117,36 +111,34 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
     if not sig.causal:
         kblk = b.op("Max", kblk, zero)
     two = b.const([0, 0])
-    pads = b.op(
-        "Concat", two, _vec(b, lead), b.const([0]), two, _vec(b, tail), b.const([0]), axis=0
-    )
+    pads = b.op("Concat", two, vec(b, lead), b.const([0]), two, vec(b, tail), b.const([0]), axis=0)
     blocks_shape = b.op(
-        "Concat", _dims(b, query, 0, 2), b.const([-1, m]), _dims(b, query, 3, 4), axis=0
+        "Concat", dims(b, query, 0, 2), b.const([-1, m]), dims(b, query, 3, 4), axis=0
     )
     qb = b.op("Reshape", b.op("Pad", query, pads), blocks_shape)  # [B, H, nq, m, d]
 
     # Near field: key blocks kblk-1, kblk (and kblk+1), token indices [nq, S*m].
     steps = [-1, 0] if sig.causal else [-1, 0, 1]
-    near = b.op("Mul", b.op("Add", _unsq(b, kblk, 1), b.const(steps)), block)
+    near = b.op("Mul", b.op("Add", unsqueeze(b, kblk, 1), b.const(steps)), block)
     idx = b.op(
         "Reshape",
-        b.op("Add", _unsq(b, near, 2), b.const(np.arange(m))),
+        b.op("Add", unsqueeze(b, near, 2), b.const(np.arange(m))),
         b.const([-1, len(steps) * m]),
     )
     valid = b.op("And", b.op("GreaterOrEqual", idx, zero), b.op("Less", idx, kv_len))
-    near_idx = _clamp(b, idx, zero, b.op("Sub", kv_len, one))
+    near_idx = clamp(b, idx, zero, b.op("Sub", kv_len, one))
     if sig.causal:
-        qpos = b.op("Add", _unsq(b, b.op("Mul", kblk, block), 1), b.const(np.arange(m)))
-        seen = b.op("LessOrEqual", _unsq(b, idx, 1), _unsq(b, qpos, 2))
-        allowed = b.op("And", _unsq(b, valid, 1), seen)  # [nq, m, S*m]
+        qpos = b.op("Add", unsqueeze(b, b.op("Mul", kblk, block), 1), b.const(np.arange(m)))
+        seen = b.op("LessOrEqual", unsqueeze(b, idx, 1), unsqueeze(b, qpos, 2))
+        allowed = b.op("And", unsqueeze(b, valid, 1), seen)  # [nq, m, S*m]
     else:
-        allowed = _unsq(b, valid, 1)  # [nq, 1, S*m]
+        allowed = unsqueeze(b, valid, 1)  # [nq, 1, S*m]
     weights = None
     if sig.bias != "none":
         w4 = key_weights(b, sig, inputs[3], F32)
         w4 = b.op("Add", w4, b.const(np.zeros((1, 1, 1, 1)), np.float32))  # rank 4
         weights = b.op("Squeeze", w4, b.const([2]))  # [Bw, Hw, Skv]
-        gathered = _unsq(b, b.op("Gather", weights, near_idx, axis=2), 3)
+        gathered = unsqueeze(b, b.op("Gather", weights, near_idx, axis=2), 3)
         near_bias = b.op("Log", b.op("Mul", gathered, b.op("Cast", allowed, to=F32)))
     else:
         minus_inf = b.const(-np.inf, np.float32)
@@ -162,7 +154,7 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
     level = b.op("Range", one, end_level, one)  # regular levels: 1 .. top (.. top - 1: dense)
     factor = b.op("Gather", powers, b.op("Sub", level, one))  # [L] = 2^(l-1)
     size = b.op("Mul", factor, block)
-    il = _floor_div(b, _unsq(b, kblk, 1), factor)  # [nq, L]
+    il = _floor_div(b, unsqueeze(b, kblk, 1), factor)  # [nq, L]
     odd = b.op("Equal", b.op("Mod", il, b.const(2)), one)
 
     def shifted(delta: int) -> ir.Value:
@@ -172,7 +164,7 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
         slots = [shifted(-2), b.op("Where", odd, shifted(-3), none)]
     else:
         slots = [shifted(-2), shifted(2), b.op("Where", odd, shifted(-3), shifted(3))]
-    groups = b.op("Concat", *(_unsq(b, slot, 2) for slot in slots), axis=2)  # [nq, L, S]
+    groups = b.op("Concat", *(unsqueeze(b, slot, 2) for slot in slots), axis=2)  # [nq, L, S]
     size3 = b.op("Reshape", size, b.const([1, -1, 1]))
     sub4 = b.op("Reshape", b.op("Div", size, b.const(coarse)), b.const([1, -1, 1, 1]))
     starts, ends = _chunks(b, groups, size3, sub4, coarse)
@@ -180,7 +172,7 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
         dense = m << (levels - 1)
         count = b.op("Div", b.op("Add", kv_len, b.const(dense - 1)), b.const(dense))
         gr = b.op("Range", zero, count, one)  # [G]
-        il_d = _floor_div(b, _unsq(b, kblk, 1), b.const(1 << (levels - 1)))  # [nq, 1]
+        il_d = _floor_div(b, unsqueeze(b, kblk, 1), b.const(1 << (levels - 1)))  # [nq, 1]
         gap = b.op("Sub", gr, il_d)
         if sig.causal:
             allow = b.op("LessOrEqual", gap, b.const(-2))
@@ -190,7 +182,7 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
         s_d, e_d = _chunks(b, chosen, b.const(dense), b.const(dense // coarse), coarse)
         starts = b.op("Concat", starts, s_d, axis=1)
         ends = b.op("Concat", ends, e_d, axis=1)
-    starts, ends = _clamp(b, starts, zero, kv_len), _clamp(b, ends, zero, kv_len)
+    starts, ends = clamp(b, starts, zero, kv_len), clamp(b, ends, zero, kv_len)
 
     # Summaries: keys and values summed per chunk of s = block / coarse tokens (zero-padded to
     # whole chunks), then float64 prefix sums over chunks: a summary [start, end) (multiples of
@@ -205,8 +197,8 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
         if s == 1:
             return x
         zeros = b.const([0] * 6)
-        padded = b.op("Pad", x, b.op("Concat", zeros, _vec(b, chunk_pad), b.const([0]), axis=0))
-        shape = b.op("Concat", _dims(b, x, 0, 2), b.const([-1, s]), _dims(b, x, 3, 4), axis=0)
+        padded = b.op("Pad", x, b.op("Concat", zeros, vec(b, chunk_pad), b.const([0]), axis=0))
+        shape = b.op("Concat", dims(b, x, 0, 2), b.const([-1, s]), dims(b, x, 3, 4), axis=0)
         return b.reduce("ReduceSum", b.op("Reshape", padded, shape), [3], 0)
 
     def prefix(x: ir.Value, rank: int) -> ir.Value:  # float64, a leading zero row on axis 2
@@ -228,25 +220,25 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
 
     key_w, value_w = key, value
     if weights is not None:
-        col = _unsq(b, weights, 3)  # [Bw, Hw, Skv, 1]
+        col = unsqueeze(b, weights, 3)  # [Bw, Hw, Skv, 1]
         key_w, value_w = b.op("Mul", key, col), b.op("Mul", value, col)
         w_sums = b.op("Squeeze", chunk_sums(col), b.const([3]))
         counts = between(prefix(w_sums, 3))  # [Bw, Hw, nq, K]
     else:
         counts = b.op("Cast", b.op("Sub", ends, starts), to=F64)  # [nq, K]
     positive = b.op("Greater", counts, b.const(0.0, np.float64))
-    safe = _unsq(b, b.op("Where", positive, counts, b.const(1.0, np.float64)), -1)
-    far_bias = _unsq(b, b.op("Log", b.op("Cast", counts, to=F32)), -2)  # [.., nq, 1, K]
+    safe = unsqueeze(b, b.op("Where", positive, counts, b.const(1.0, np.float64)), -1)
+    far_bias = unsqueeze(b, b.op("Log", b.op("Cast", counts, to=F32)), -2)  # [.., nq, 1, K]
     if sig.causal:
         far_bias = b.op("Expand", far_bias, b.const([1, m, 1]))
     bias = b.op("Concat", near_bias, far_bias, axis=-1)
 
     # Each query block's keys: its near tokens and its summaries, gathered in one go from the
     # tokens followed by every block's summaries ([B, H, Skv + nq*K, d]).
-    n_far = _dims(b, starts, 1, 2)
+    n_far = dims(b, starts, 1, 2)
     far_idx = b.op(
         "Add",
-        b.op("Mul", _unsq(b, b.op("Range", zero, nq, one), 1), n_far),
+        b.op("Mul", unsqueeze(b, b.op("Range", zero, nq, one), 1), n_far),
         b.op("Add", b.op("Range", zero, b.op("Squeeze", n_far, b.const([0])), one), kv_len),
     )
     every = b.op("Concat", near_idx, far_idx, axis=1)  # [nq, S*m + K]
@@ -254,7 +246,7 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
     def interactions(tokens: ir.Value, weighted: ir.Value) -> ir.Value:
         mean = b.op("Div", between(prefix(chunk_sums(weighted), 4)), safe)
         mean = b.op("Cast", mean, to=F32)  # [B, H, nq, K, d]
-        flat = b.op("Concat", b.const([0, 0, -1]), _dims(b, mean, 4, 5), axis=0)
+        flat = b.op("Concat", b.const([0, 0, -1]), dims(b, mean, 4, 5), axis=0)
         bank = b.op("Concat", tokens, b.op("Reshape", mean, flat), axis=2)
         return b.op("Gather", bank, every, axis=2)  # [B, H, nq, S*m + K, d]
 
@@ -266,18 +258,18 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
     scores = b.op("MatMul", scaled, b.op("Transpose", keys, perm=[0, 1, 2, 4, 3]))
     probs = b.op("Softmax", b.op("Add", scores, bias), axis=-1)
     out = b.op("MatMul", probs, values)  # [B, H, nq, m, dv]
-    flat = b.op("Concat", _dims(b, out, 0, 2), b.const([-1]), _dims(b, out, 4, 5), axis=0)
+    flat = b.op("Concat", dims(b, out, 0, 2), b.const([-1]), dims(b, out, 4, 5), axis=0)
     out = b.op("Reshape", out, flat)
     if sig.bias != "none":  # rows whose keys are all masked: zeros, not NaN
-        out = b.op("Slice", out, _vec(b, lead), _vec(b, filled), b.const([2]))
+        out = b.op("Slice", out, vec(b, lead), vec(b, filled), b.const([2]))
         out = b.op("Where", b.op("IsNaN", out), b.const(0.0, np.float32), out)
     elif sig.causal:  # queries left of every key see nothing: zeros
         hidden = b.op("Max", b.op("Neg", offset), zero)
-        out = b.op("Slice", out, _vec(b, b.op("Add", lead, hidden)), _vec(b, filled), b.const([2]))
-        front = b.op("Concat", two, _vec(b, hidden), b.const([0] * 5), axis=0)
+        out = b.op("Slice", out, vec(b, b.op("Add", lead, hidden)), vec(b, filled), b.const([2]))
+        front = b.op("Concat", two, vec(b, hidden), b.const([0] * 5), axis=0)
         out = b.op("Pad", out, front)
     else:
-        out = b.op("Slice", out, _vec(b, lead), _vec(b, filled), b.const([2]))
+        out = b.op("Slice", out, vec(b, lead), vec(b, filled), b.const([2]))
     if sig.dtype != F32:
         out = b.op("Cast", out, to=sig.dtype)
     return from_rank4(b, out, sig.rank)

@@ -30,11 +30,13 @@ from attnrewrite.substitute.body import (
     Body,
     Params,
     causal_allowed,
+    dim,
     from_rank4,
     key_weights,
     repeat_kv,
     swap_last_two,
     to_rank4,
+    vec,
 )
 from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
@@ -73,15 +75,6 @@ def sketch_tree(width: int, half: int, sketch_size: int, seed: int) -> _Sketch:
         return _Sketch(left, right, g1.numpy(), g2.numpy(), sketch_size)
 
     return walk(width, half)
-
-
-def _scalar(b: Body, x: ir.Value, axis: int) -> ir.Value:
-    """Dimension `axis` of x as an int64 scalar."""
-    return b.op("Gather", b.op("Shape", x), b.const(axis))
-
-
-def _vec(b: Body, scalar: ir.Value) -> ir.Value:
-    return b.op("Reshape", scalar, b.const([1]))
 
 
 def _ipow(b: Body, x: ir.Value, power: int) -> ir.Value:
@@ -154,7 +147,7 @@ def fit_shift(
     """`ref.fit_shift` in float64: beta [B, H, 1] (grid search over the fixed sample)."""
     row_u, key_u = ref.fit_fractions(torch.Generator().manual_seed(seed + 1))
     unit = b.const(1 << ref.FRACTION_BITS)
-    q_len, kv_len = _scalar(b, query, 2), _scalar(b, key, 2)
+    q_len, kv_len = dim(b, query, 2), dim(b, key, 2)
     off = b.op("Sub", kv_len, q_len)
     one = b.const(1)
     if sig.causal:
@@ -223,7 +216,7 @@ class _Blocks:
     def __init__(self, b: Body, query: ir.Value, key: ir.Value, dtype: ir.DataType) -> None:
         self.b = b
         self.size = b.int_attr("block")
-        q_len, kv_len = _scalar(b, query, 2), _scalar(b, key, 2)
+        q_len, kv_len = dim(b, query, 2), dim(b, key, 2)
         self.q_len = q_len
         off = b.op("Sub", kv_len, q_len)
         self.lead = b.op("Mod", off, self.size)
@@ -245,16 +238,16 @@ class _Blocks:
         b = self.b
         zero = b.const(0)
         lead = zero if lead is None else lead
-        back = b.op("Sub", b.op("Sub", b.op("Mul", count, self.size), lead), _scalar(b, x, 2))
+        back = b.op("Sub", b.op("Sub", b.op("Mul", count, self.size), lead), dim(b, x, 2))
         pads = b.op(
             "Concat",
-            *[_vec(b, v) for v in (zero, zero, lead, zero)],
-            *[_vec(b, v) for v in (zero, zero, back, zero)],
+            *[vec(b, v) for v in (zero, zero, lead, zero)],
+            *[vec(b, v) for v in (zero, zero, back, zero)],
             axis=0,
         )
         padded = b.op("Pad", x, pads)
         shape = b.op(
-            "Concat", b.const([0, 0]), _vec(b, count), _vec(b, self.size), b.const([-1]), axis=0
+            "Concat", b.const([0, 0]), vec(b, count), vec(b, self.size), b.const([-1]), axis=0
         )
         return b.op("Reshape", padded, shape)
 
@@ -274,7 +267,7 @@ class _Blocks:
         width = b.op("Slice", b.op("Shape", x), b.const([3]), b.const([4]))
         flat = b.op("Reshape", y, b.op("Concat", b.const([0, 0, -1]), width, axis=0))
         end = b.op("Add", self.lead, self.q_len)
-        return b.op("Slice", flat, _vec(b, self.lead), _vec(b, end), b.const([2]))
+        return b.op("Slice", flat, vec(b, self.lead), vec(b, end), b.const([2]))
 
 
 def _scan(

@@ -31,7 +31,18 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from attnrewrite.substitute.body import Body, Params, from_rank4, repeat_kv, to_rank4
+from attnrewrite.substitute.body import (
+    Body,
+    Params,
+    clamp,
+    dim,
+    dims,
+    from_rank4,
+    repeat_kv,
+    to_rank4,
+    unsqueeze,
+    vec,
+)
 from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
@@ -42,26 +53,6 @@ def limits(sig: Signature, params: Params) -> str | None:
     if sig.rank not in (3, 4):
         return f"window supports rank 3 and 4 operands, not rank {sig.rank}"
     return None
-
-
-def _scalar(b: Body, x: ir.Value, axis: int) -> ir.Value:
-    return b.op("Gather", b.op("Shape", x), b.const(axis))
-
-
-def _vec(b: Body, x: ir.Value) -> ir.Value:
-    return b.op("Reshape", x, b.const([1]))
-
-
-def _unsq(b: Body, x: ir.Value, *axes: int) -> ir.Value:
-    return b.op("Unsqueeze", x, b.const(list(axes)))
-
-
-def _dims(b: Body, x: ir.Value, first: int, last: int) -> ir.Value:
-    return b.op("Slice", b.op("Shape", x), b.const([first]), b.const([last]))
-
-
-def _clamp(b: Body, x: ir.Value, low: ir.Value, high: ir.Value) -> ir.Value:
-    return b.op("Min", b.op("Max", x, low), high)
 
 
 def _as_rank4(b: Body, x: ir.Value) -> ir.Value:
@@ -91,7 +82,7 @@ def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Par
     if sig.kv_repeat:
         key, value = repeat_kv(b, key, query), repeat_kv(b, value, query)
     zero, one, width = b.const(0), b.const(1), b.const(w)
-    q_len, kv_len = _scalar(b, query, 2), _scalar(b, key, 2)
+    q_len, kv_len = dim(b, query, 2), dim(b, key, 2)
 
     # Query blocks by key position: `lead` rows pad the first block, nq blocks in all; kblk is
     # each block's key block (negative for queries left of every key: they see only sinks).
@@ -100,38 +91,38 @@ def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Par
     filled = b.op("Add", lead, q_len)
     nq = b.op("Div", b.op("Add", filled, b.const(w - 1)), width)
     kblk = b.op("Add", b.op("Range", zero, nq, one), b.op("Div", b.op("Sub", offset, lead), width))
-    qpos = b.op("Add", _unsq(b, b.op("Mul", kblk, width), 1), b.const(np.arange(w)))  # [nq, w]
+    qpos = b.op("Add", unsqueeze(b, b.op("Mul", kblk, width), 1), b.const(np.arange(w)))  # [nq, w]
     # the blocks' query rows (padding rows repeat an edge query; their outputs are dropped)
     rows = b.op("Sub", qpos, offset)
-    q_rows = _clamp(b, rows, zero, b.op("Sub", q_len, one))
+    q_rows = clamp(b, rows, zero, b.op("Sub", q_len, one))
     qb = b.op("Gather", query, q_rows, axis=2)  # [B, H, nq, w, d]
 
     # Key columns of each block: its reachable key blocks token by token, then the sinks.
     steps = [-1, 0] if sig.causal else [-1, 0, 1]
-    starts = b.op("Mul", b.op("Add", _unsq(b, kblk, 1), b.const(steps)), width)  # [nq, S]
+    starts = b.op("Mul", b.op("Add", unsqueeze(b, kblk, 1), b.const(steps)), width)  # [nq, S]
     cols = b.op(
         "Reshape",
-        b.op("Add", _unsq(b, starts, 2), b.const(np.arange(w))),
+        b.op("Add", unsqueeze(b, starts, 2), b.const(np.arange(w))),
         b.const([-1, len(steps) * w]),
     )  # [nq, S*w]
     if n_sinks:
         sink_cols = b.op(
             "Expand",
             b.const(np.arange(n_sinks)[None, :]),
-            b.op("Concat", _vec(b, nq), b.const([n_sinks]), axis=0),
+            b.op("Concat", vec(b, nq), b.const([n_sinks]), axis=0),
         )
         cols = b.op("Concat", cols, sink_cols, axis=1)  # [nq, K]
     n_cols = len(steps) * w + n_sinks
-    idx = _clamp(b, cols, zero, b.op("Sub", kv_len, one))
+    idx = clamp(b, cols, zero, b.op("Sub", kv_len, one))
 
     # Which (query, column) pairs are visible: [nq, w, K].
-    rel = b.op("Sub", _unsq(b, qpos, 2), _unsq(b, cols, 1))  # p - j
+    rel = b.op("Sub", unsqueeze(b, qpos, 2), unsqueeze(b, cols, 1))  # p - j
     in_band = b.op("Less", rel if sig.causal else b.op("Abs", rel), width)
     if n_sinks:  # a sink column only where its key is outside the band: counted once
         is_sink = b.const(np.arange(n_cols) >= n_cols - n_sinks, np.bool_)
         in_band = b.op("Xor", in_band, is_sink)
     valid = b.op("And", b.op("GreaterOrEqual", cols, zero), b.op("Less", cols, kv_len))
-    allowed = b.op("And", in_band, _unsq(b, valid, 1))
+    allowed = b.op("And", in_band, unsqueeze(b, valid, 1))
     if sig.causal:
         allowed = b.op("And", allowed, b.op("GreaterOrEqual", rel, zero))
     if sig.window:
@@ -147,14 +138,16 @@ def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Par
         if per_key:
             mask = b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
         mask = _as_rank4(b, mask)
-        m_rows, m_cols = _scalar(b, mask, 2), _scalar(b, mask, 3)
+        m_rows, m_cols = dim(b, mask, 2), dim(b, mask, 3)
         flat = b.op("Reshape", mask, b.const([0, 0, -1]))  # [Bm, Hm, rows * cols]
         key_idx = b.op("Min", idx, b.op("Sub", m_cols, one))
         if per_key:
-            gathered = _unsq(b, b.op("Gather", flat, key_idx, axis=2), 3)  # [Bm, Hm, nq, 1, K]
+            gathered = unsqueeze(b, b.op("Gather", flat, key_idx, axis=2), 3)  # [Bm, Hm, nq, 1, K]
         else:
-            rows = _clamp(b, rows, zero, b.op("Sub", m_rows, one))
-            flat_idx = b.op("Add", _unsq(b, b.op("Mul", rows, m_cols), 2), _unsq(b, key_idx, 1))
+            rows = clamp(b, rows, zero, b.op("Sub", m_rows, one))
+            flat_idx = b.op(
+                "Add", unsqueeze(b, b.op("Mul", rows, m_cols), 2), unsqueeze(b, key_idx, 1)
+            )
             gathered = b.op("Gather", flat, flat_idx, axis=2)  # [Bm, Hm, nq, w, K]
         logits, keep = _mask_logits(b, sig, gathered)
         if keep is not None:
@@ -181,9 +174,9 @@ def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Par
     out = b.op("MatMul", probs, values)  # [B, H, nq, w, dv]
     if visible is not None:
         out = b.op("Mul", out, visible)
-    flat_out = b.op("Concat", _dims(b, out, 0, 2), b.const([-1]), _dims(b, out, 4, 5), axis=0)
+    flat_out = b.op("Concat", dims(b, out, 0, 2), b.const([-1]), dims(b, out, 4, 5), axis=0)
     out = b.op("Reshape", out, flat_out)
-    out = b.op("Slice", out, _vec(b, lead), _vec(b, filled), b.const([2]))
+    out = b.op("Slice", out, vec(b, lead), vec(b, filled), b.const([2]))
     if visible is None:  # rows with no visible key: softmax of -inf everywhere is NaN -> zeros
         out = b.op("Where", b.op("IsNaN", out), b.const(0.0, np.float32), out)
     if sig.dtype != F32:
