@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from attnrewrite.lower import fft, scan
-from attnrewrite.lower.targets import SHIPPED, make_target, target_name, write_target_json
+from attnrewrite.lower.targets import make_target, records_dir, target_name, write_target_json
 
 KERNELS = {
     "rfft": lambda a: fft.rfft_kernel(a.batch, a.n, a.dtype),
@@ -93,7 +93,7 @@ def tune_kernel(
 
     target = make_target(target)
     mod = tvm.IRModule({kernel.name: kernel.func})
-    folder = (records_root or SHIPPED) / target_name(target)
+    folder = records_dir(target, records_root)
     with tempfile.TemporaryDirectory() as tmp:
         db = ms.tune_tir(
             mod,

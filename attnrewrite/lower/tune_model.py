@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from attnrewrite.lower.targets import SHIPPED, make_target, target_name, write_target_json
+from attnrewrite.lower.targets import make_target, records_dir, target_name, write_target_json
 from attnrewrite.lower.tune import (
     add_target_options,
     build_cpu,
@@ -51,7 +51,7 @@ def tune_model(
     target = make_target(target)
     mod = legalize(to_relax(prepare(model_path, dims)), target)
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    folder = (records_root or SHIPPED) / target_name(target)
+    folder = records_dir(target, records_root)
     with tempfile.TemporaryDirectory() as tmp:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks,
