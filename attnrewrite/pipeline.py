@@ -94,13 +94,13 @@ def _why_none(found: FindResult) -> str:
 
 
 def _verify(original: Path, rewritten: Path, result: SubstituteResult, seq_len: int) -> Parity:
-    signature = onnx.load(str(original), load_external_data=False)
+    original_model, rewritten_model = onnx.load(str(original)), onnx.load(str(rewritten))
     blocks = [r.output for r in result.rewritten if r.match.graph_name == "main"]
     error = ""
     for batch in VERIFY_BATCHES:  # some exported graphs only run at batch 1
-        feeds = generate_inputs(signature, seq_len, batch=batch)
+        feeds = generate_inputs(original_model, seq_len, batch=batch)
         try:
-            return compare(original, rewritten, feeds, blocks, seq_len)
+            return compare(original_model, rewritten_model, feeds, blocks, seq_len)
         except Exception as err:  # onnxruntime raises several types: all mean "could not run"
             error = str(err).splitlines()[0]
     raise AttnRewriteError(

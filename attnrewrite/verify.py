@@ -56,21 +56,24 @@ def tolerance_for(model: onnx.ModelProto) -> float:
 
 
 def run_with_outputs(
-    model_path: Path, feeds: Mapping[str, np.ndarray], extra: Sequence[str]
+    model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], extra: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """All graph outputs plus the named intermediate values."""
-    model = onnx.load(str(model_path))  # external data in memory: models under 2 GB
+    """All graph outputs plus the named intermediate values. A path is read here (external
+    data in memory: models under 2 GB); a loaded model is run as it is, not read again."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
     names = [o.name for o in model.graph.output]
-    for name in extra:
-        if name not in names:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-            names.append(name)
+    added = [name for name in dict.fromkeys(extra) if name not in names]
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in added)
+    try:
+        serialized = model.SerializeToString()
+    finally:
+        del model.graph.output[len(model.graph.output) - len(added) :]
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
+    names += added
     outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
     return dict(zip(names, outputs, strict=True))
 
@@ -100,17 +103,16 @@ class Parity:
 
 
 def compare(
-    original: Path,
-    rewritten: Path,
+    original: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
     feeds: Mapping[str, np.ndarray],
     blocks: Sequence[str],
     seq_len: int,
 ) -> Parity:
     reference = run_with_outputs(original, feeds, blocks)
     candidate = run_with_outputs(rewritten, feeds, blocks)
-    signature = onnx.load(str(original), load_external_data=False)
-    graph_outputs = [o.name for o in signature.graph.output]
+    graph_outputs = [o.name for o in original.graph.output]
     outputs = tuple(difference(n, reference[n], candidate[n]) for n in graph_outputs)
     block_diffs = tuple(difference(n, reference[n], candidate[n]) for n in blocks)
-    tolerance = tolerance_for(signature)
+    tolerance = tolerance_for(original)
     return Parity(outputs, block_diffs, tolerance, seq_len)

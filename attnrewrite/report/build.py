@@ -131,15 +131,14 @@ def compare_models(
     original: Path, rewritten: Path, inputs: ReportInputs
 ) -> tuple[list[dict], list[dict], list[Block]]:
     """(outputs, blocks) metrics of the rewritten model against the original."""
-    original_proto = onnx.load(str(original), load_external_data=False)
-    rewritten_proto = onnx.load(str(rewritten), load_external_data=False)
+    original_proto, rewritten_proto = onnx.load(str(original)), onnx.load(str(rewritten))
     check_same_signature(original_proto, rewritten_proto)
     blocks = rewritten_blocks(original_proto, rewritten_proto)
     extra = [b.output for b in blocks]
     try:
-        reference = run_with_outputs(original, inputs.feeds, extra)
+        reference = run_with_outputs(original_proto, inputs.feeds, extra)
         candidate = run_with_outputs(
-            rewritten, inputs.feeds, [*extra, *(o for b in blocks for o in b.node_outputs)]
+            rewritten_proto, inputs.feeds, [*extra, *(o for b in blocks for o in b.node_outputs)]
         )
     except Exception as err:  # onnxruntime raises several types, all meaning "cannot run"
         raise AttnRewriteError(
