@@ -23,10 +23,15 @@ from attnrewrite.plan.candidates import DEFAULT_CANDIDATES, Candidate
 from attnrewrite.plan.choose import HeadChoice, measure
 from attnrewrite.plan.choose import options as head_options
 from attnrewrite.plan.evaluate import EndToEnd
-from attnrewrite.plan.search import Plan, Trial, admissible, trade_off_family
+from attnrewrite.plan.search import Plan, Trial, admissible, exact_plan
 from attnrewrite.progress import steps
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.substitute.methods import BODIES, get_method
+
+
+def check_budget(budget: float) -> None:
+    if not budget > 0:
+        raise AttnRewriteError(f"--max-error must be > 0, got {budget}")
 
 
 def split_rows(inputs: ReportInputs) -> tuple[ReportInputs, ReportInputs]:
@@ -87,11 +92,10 @@ class Planner:
     def plan(self, budget: float) -> tuple[Plan, dict[str, object]]:
         """The cheapest plan found within `budget` on both halves, and its record for
         rewrite.json (the rounds, every plan tried, which head got what)."""
-        if not budget > 0:
-            raise AttnRewriteError(f"--max-error must be > 0, got {budget}")
+        check_budget(budget)
         rounds: list[dict[str, object]] = []
         trials: list[Trial] = []
-        exact = trade_off_family(self.options)[-1]
+        exact = exact_plan(self.options)
         for plan in admissible(
             self.options, lambda p: self.choosing.error(p.groups()), budget, trials
         ):
@@ -165,8 +169,7 @@ def auto_rewrite(
     verify_seq_len: int = VERIFY_SEQ_LEN,
 ) -> RewriteOutcome:
     """`--method auto`: calibrate, plan for `budget`, write the rewritten model."""
-    if not budget > 0:
-        raise AttnRewriteError(f"--max-error must be > 0, got {budget}")
+    check_budget(budget)  # before calibrating, which takes a while
     planner = Planner(path, calibration, seq_len, candidates)
     plan, record = planner.plan(budget)
     return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from attnrewrite.errors import AttnRewriteError
 from attnrewrite.match import AttentionMatch
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
@@ -50,13 +51,23 @@ def copy_with_matches(
     return copy, copied
 
 
-def session(model: ir.Model) -> ort.InferenceSession:
-    """An onnxruntime CPU session on an in-memory model, warnings off."""
+def run(
+    model: ir.Model, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None = None
+) -> list[np.ndarray]:
+    """Run an in-memory model in onnxruntime (CPU) on the feeds it takes; a model that does
+    not run on these inputs is one clear error, not an onnxruntime traceback."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        ir.serde.serialize_model(model).SerializeToString(), options, ["CPUExecutionProvider"]
-    )
+    try:
+        runner = ort.InferenceSession(
+            ir.serde.serialize_model(model).SerializeToString(), options, ["CPUExecutionProvider"]
+        )
+        known = {i.name for i in runner.get_inputs()}
+        return runner.run(names, {k: v for k, v in feeds.items() if k in known})
+    except Exception as err:  # onnxruntime raises several types, all meaning "cannot run"
+        raise AttnRewriteError(
+            f"the model does not run on the calibration inputs: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def capture(
@@ -77,9 +88,7 @@ def capture(
     for name in names:
         if values[name] not in copy.graph.outputs:
             copy.graph.outputs.append(values[name])
-    runner = session(copy)
-    known = {i.name for i in runner.get_inputs()}
-    arrays = runner.run(names, {k: v for k, v in feeds.items() if k in known})
+    arrays = run(copy, feeds, names)
     by_name = dict(zip(names, arrays, strict=True))
     blocks = []
     for index, group in wanted:

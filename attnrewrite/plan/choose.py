@@ -47,8 +47,12 @@ def measure(block: BlockOperands, candidates: Sequence[Candidate]) -> HeadErrors
     if block.mask is not None:
         mask = block.mask[..., -1:, :] if block.keywise else block.mask
         bias = torch.from_numpy(mask) if mask.dtype == np.bool_ else _tensor(mask)
-    common = {"scale": block.scale, "is_causal": block.is_causal, "bias": bias}
-    common["window"] = block.window
+    common = {
+        "scale": block.scale,
+        "is_causal": block.is_causal,
+        "bias": bias,
+        "window": block.window,
+    }
     exact = references.get("exact")(q, k, v, **common)
     norms = torch.linalg.vector_norm(exact, dim=(0, 2, 3)).numpy()
     errors = np.full((len(candidates), q.shape[1]), np.inf)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attnrewrite.match import AttentionMatch
-from attnrewrite.plan.calibrate import copy_with_matches, session
+from attnrewrite.plan.calibrate import copy_with_matches, run
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.report.metrics import logits_metrics, relative_l2
 from attnrewrite.substitute.methods import get_method
@@ -35,9 +35,7 @@ class EndToEnd:
         self._seen: dict[tuple, dict[str, float]] = {}
 
     def _run(self, model: ir.Model) -> list[np.ndarray]:
-        runner = session(model)
-        known = {i.name for i in runner.get_inputs()}
-        return runner.run(None, {k: v for k, v in self.inputs.feeds.items() if k in known})
+        return run(model, self.inputs.feeds)
 
     def error(self, plans: Groups) -> dict[str, float]:
         key = tuple(

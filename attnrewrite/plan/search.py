@@ -78,6 +78,11 @@ def _exact_cost(options: Sequence[Sequence[HeadChoice]]) -> float:
     return sum(choices[0].cost for choices in options)  # options start with exact
 
 
+def exact_plan(options: Sequence[Sequence[HeadChoice]]) -> Plan:
+    """Exact attention on every head: within any budget, up to float rounding."""
+    return Plan(tuple(choices[0] for choices in options), "exact", _exact_cost(options))
+
+
 def trade_off_family(options: Sequence[Sequence[HeadChoice]]) -> list[Plan]:
     """Plans for increasing prices of error, cheapest first, duplicates dropped, ending with
     exact everywhere."""
@@ -88,9 +93,10 @@ def trade_off_family(options: Sequence[Sequence[HeadChoice]]) -> list[Plan]:
             min(choices, key=lambda c, base=choices[0].cost: c.cost / base + price * c.error**2)
             for choices in options
         )
-        if not plans or plans[-1].key != tuple(p.candidate.label for p in picks):
-            plans.append(Plan(picks, f"trade-off lambda={price:.3g}", exact_cost))
-    exact = Plan(tuple(choices[0] for choices in options), "exact", exact_cost)
+        plan = Plan(picks, f"trade-off lambda={price:.3g}", exact_cost)
+        if not plans or plans[-1].key != plan.key:
+            plans.append(plan)
+    exact = exact_plan(options)
     if plans[-1].key != exact.key:
         plans.append(exact)
     return plans
