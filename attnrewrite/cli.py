@@ -290,6 +290,7 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
     if not args.model.is_file():
         raise AttnRewriteError(f"no such file: {args.model}")
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-auto")
+    target = _target(args)
     calibration = _input_choice(args).load(args.model)
     outcome = auto_rewrite(
         args.model,
@@ -300,6 +301,8 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
         verify_seq_len=args.verify_seq_len,
     )
     console.print(outcome.summary, highlight=False, soft_wrap=True)
+    if target is not None:
+        console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
     if args.report:
         result, files = report(
             args.model, out_dir / MODEL_FILE, out_dir, calibration, repeats=args.repeats
