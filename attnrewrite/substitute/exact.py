@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from attnrewrite.substitute.body import Body, Params, causal_allowed, repeat_kv, swap_last_two
+from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
 
@@ -41,3 +42,6 @@ def exact_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Para
     if compute != sig.dtype:
         probs = b.op("Cast", probs, to=sig.dtype)
     return b.op("MatMul", probs, value)
+
+
+BODY = MethodBody("ExactAttention", exact_body)

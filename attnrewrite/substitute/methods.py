@@ -8,6 +8,7 @@ loaded on first use (those modules import `MethodBody` from here).
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,44 +46,12 @@ class MethodBody:
     unsupported: Callable[[Params], str | None] = lambda params: None
 
 
-def _exact() -> MethodBody:
-    from attnrewrite.substitute.exact import exact_body
-
-    return MethodBody("ExactAttention", exact_body)
+BODIES = ("exact", "convbasis", "polysketch", "multipole", "window")  # modules here, each a BODY
+METHOD_NAMES = BODIES
 
 
-def _convbasis() -> MethodBody:
-    from attnrewrite.substitute.convbasis import BODY
-
-    return BODY
-
-
-def _polysketch() -> MethodBody:
-    from attnrewrite.substitute.polysketch import BODY
-
-    return BODY
-
-
-def _multipole() -> MethodBody:
-    from attnrewrite.substitute.multipole import BODY
-
-    return BODY
-
-
-def _window() -> MethodBody:
-    from attnrewrite.substitute.window import BODY
-
-    return BODY
-
-
-BODIES: dict[str, Callable[[], MethodBody]] = {
-    "exact": _exact,
-    "convbasis": _convbasis,
-    "polysketch": _polysketch,
-    "multipole": _multipole,
-    "window": _window,
-}
-METHOD_NAMES = tuple(BODIES)
+def _body(name: str) -> MethodBody:
+    return importlib.import_module(f"attnrewrite.substitute.{name}").BODY
 
 
 @dataclass(frozen=True)
@@ -135,7 +104,7 @@ def get_method(name: str, params: Mapping[str, object] | None = None) -> Method:
         resolved = references.get(name).resolve(params)
     except ValueError as err:
         raise AttnRewriteError(str(err)) from None
-    body = BODIES[name]()
+    body = _body(name)
     reason = body.unsupported(resolved)
     if reason:
         raise AttnRewriteError(f"{name}: {reason}")
