@@ -50,11 +50,15 @@ def rewrite_layer(
     return proto, result
 
 
-def run_onnx(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    """An onnxruntime session on the model, warnings off."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options)
-    return session.run(None, feeds)[0]
+    return ort.InferenceSession(proto.SerializeToString(), options)
+
+
+def run_onnx(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return session(proto).run(None, feeds)[0]
 
 
 def reference(
@@ -93,9 +97,7 @@ def _layer_session(spec: LayerSpec, method: str, params: tuple, opset: int) -> o
     (block,) = result.rewritten
     assert block.fallback is None, block.fallback
     assert block.method.name == method
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), options)
+    return session(proto)
 
 
 def layer_output(

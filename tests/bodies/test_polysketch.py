@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 import torch
 from torch import Tensor, nn
@@ -22,7 +21,7 @@ from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
 from attnrewrite.substitute.signature import Signature
-from tests.bodies.harness import reference, relative_error, rewrite_layer, run_onnx
+from tests.bodies.harness import reference, relative_error, rewrite_layer, run_onnx, session
 
 TOL = 1e-5
 H = {"heads": 4, "kv_heads": 4}  # fewer heads than the layer's default keep the test fast
@@ -47,15 +46,12 @@ def rewritten(spec: LayerSpec, params: tuple, opset: int) -> onnx.ModelProto:
 
 def errors(spec: LayerSpec, params: dict, lengths, opset: int = 17) -> list[float]:
     """Relative errors against the float64 reference, one session for all lengths."""
-    proto = rewritten(spec, tuple(sorted(params.items())), opset)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options)
+    layer = session(rewritten(spec, tuple(sorted(params.items())), opset))
     out = []
     for q_len, kv_len in lengths:
         feeds = spec.inputs(2, q_len, kv_len, seed=q_len + kv_len)
         ref = reference(spec, "polysketch", params, feeds)
-        out.append(relative_error(ref, session.run(None, feeds)[0]))
+        out.append(relative_error(ref, layer.run(None, feeds)[0]))
     return out
 
 
