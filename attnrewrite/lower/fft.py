@@ -110,6 +110,55 @@ def constants(n: int, inverse: bool = False, m1_out: int | None = None) -> list[
 Loader = Callable[..., object]  # (*rows, r, s) -> value of x[rows, r * N2 + s]
 
 
+def _forward_twiddle(te, rows: Sequence[int], n1: int, n2: int, a, tw, name: str):
+    """Stage 1's ``a`` [*rows, 2 N1, N2] (real and imaginary rows interleaved) times the
+    twiddles, to [*rows, N1, 2 N2] (complex pairs last), the layout stage 2 reads."""
+    nr = len(rows)
+
+    def twiddle(*idx):
+        p, (k1, q) = idx[:nr], idx[nr:]
+        s, c = q // 2, q % 2
+        return a[(*p, 2 * k1, s)] * tw[k1, s, 0, c] + a[(*p, 2 * k1 + 1, s)] * tw[k1, s, 1, c]
+
+    return te.compute((*rows, n1, 2 * n2), twiddle, name=name)
+
+
+def _hermitian(te, tirx, rows: Sequence[int], n: int, spec, dtype: str, name: str):
+    """The full spectrum [*rows, N1, 2 N2] from a half one, ``spec(*rows, k1, k2, c)`` for
+    k2 <= N2 / 2: X[k] = conj(X[N - k]) for k > N / 2, k = k1 + N1 k2 (indices clamped)."""
+    n1, n2 = split(n)
+    nr = len(rows)
+    half = n // 2
+
+    def hermitian(*idx):
+        p, (k1, q) = idx[:nr], idx[nr:]
+        k2, c = q // 2, q % 2
+        k = k1 + n1 * k2
+        mirror = n - k
+        sign = tirx.Select(c == 0, tirx.const(1, dtype), tirx.const(-1, dtype))
+        return tirx.Select(
+            k <= half,
+            spec(*p, k1, tirx.min(k2, n2 // 2), c),
+            spec(*p, tirx.floormod(mirror, n1), tirx.min(tirx.floordiv(mirror, n1), n2 // 2), c)
+            * sign,
+        )
+
+    return te.compute((*rows, n1, 2 * n2), hermitian, name=name)
+
+
+def _inverse_twiddle(te, rows: Sequence[int], n1: int, n2: int, d, tw, name: str):
+    """The inverse's stage 1 output ``d`` [*rows, N1, 2 N2] times the twiddles, to
+    [*rows, 2 N1, N2] (real and imaginary rows interleaved), the layout its stage 2 reads."""
+    nr = len(rows)
+
+    def twiddle(*idx):
+        p, (i, m2) = idx[:nr], idx[nr:]
+        k1, c = i // 2, i % 2
+        return d[(*p, k1, 2 * m2)] * tw[k1, m2, 0, c] + d[(*p, k1, 2 * m2 + 1)] * tw[k1, m2, 1, c]
+
+    return te.compute((*rows, 2 * n1, n2), twiddle, name=name)
+
+
 def _forward_stages(te, rows: Sequence[int], n: int, load: Loader, dtype: str, name: str):
     """Real FFT of rows given by ``load``: (placeholders, spectrum [*rows, N1, 2 H2])."""
     n1, n2 = split(n)
@@ -125,13 +174,7 @@ def _forward_stages(te, rows: Sequence[int], n: int, load: Loader, dtype: str, n
         return te.sum(f1[i, r] * load(*p, r, s), axis=r)
 
     a = te.compute((*rows, 2 * n1, n2), stage1, name=f"{name}_dft1")
-
-    def twiddle(*idx):
-        p, (k1, q) = idx[:nr], idx[nr:]
-        s, c = q // 2, q % 2
-        return a[(*p, 2 * k1, s)] * tw[k1, s, 0, c] + a[(*p, 2 * k1 + 1, s)] * tw[k1, s, 1, c]
-
-    b = te.compute((*rows, n1, 2 * n2), twiddle, name=f"{name}_twiddle")
+    b = _forward_twiddle(te, rows, n1, n2, a, tw, f"{name}_twiddle")
     q = te.reduce_axis((0, 2 * n2), name="q")
 
     def stage2(*idx):
@@ -152,23 +195,7 @@ def _inverse_stages(te, tirx, rows: Sequence[int], n: int, spec, m1_out: int, dt
     g2 = te.placeholder((2 * n2, 2 * n2), dtype, name=f"{name}_g2")
     tw = te.placeholder((n1, n2, 2, 2), dtype, name=f"{name}_tw")
     g1 = te.placeholder((m1_out, 2 * n1), dtype, name=f"{name}_g1")
-    half = n // 2
-
-    def hermitian(*idx):
-        # X[k] = conj(X[N - k]) for k > N / 2, k = k1 + N1 k2 (indices clamped in range).
-        p, (k1, q) = idx[:nr], idx[nr:]
-        k2, c = q // 2, q % 2
-        k = k1 + n1 * k2
-        mirror = n - k
-        sign = tirx.Select(c == 0, tirx.const(1, dtype), tirx.const(-1, dtype))
-        return tirx.Select(
-            k <= half,
-            spec(*p, k1, tirx.min(k2, n2 // 2), c),
-            spec(*p, tirx.floormod(mirror, n1), tirx.min(tirx.floordiv(mirror, n1), n2 // 2), c)
-            * sign,
-        )
-
-    full = te.compute((*rows, n1, 2 * n2), hermitian, name=f"{name}_full")
+    full = _hermitian(te, tirx, rows, n, spec, dtype, f"{name}_full")
     q = te.reduce_axis((0, 2 * n2), name="q")
 
     def stage1(*idx):
@@ -176,13 +203,7 @@ def _inverse_stages(te, tirx, rows: Sequence[int], n: int, spec, m1_out: int, dt
         return te.sum(full[(*p, k1, q)] * g2[q, j], axis=q)
 
     d = te.compute((*rows, n1, 2 * n2), stage1, name=f"{name}_idft1")
-
-    def twiddle(*idx):
-        p, (i, m2) = idx[:nr], idx[nr:]
-        k1, c = i // 2, i % 2
-        return d[(*p, k1, 2 * m2)] * tw[k1, m2, 0, c] + d[(*p, k1, 2 * m2 + 1)] * tw[k1, m2, 1, c]
-
-    e = te.compute((*rows, 2 * n1, n2), twiddle, name=f"{name}_itwiddle")
+    e = _inverse_twiddle(te, rows, n1, n2, d, tw, f"{name}_itwiddle")
     i = te.reduce_axis((0, 2 * n1), name="i")
 
     def stage2(*idx):
@@ -587,20 +608,6 @@ def conv_basis_module(b: int, h: int, k: int, length: int, c: int, dtype: str = 
 # stages with ``emit_te``; rows are flat (P = the product of the leading dims).
 
 
-def _forward_twiddle(te, rows: int, n1: int, n2: int, name: str):
-    """For emit_te: stage 1's [rows, 2 n1, n2] (real and imaginary rows interleaved) times the
-    twiddles, to [rows, n1, 2 n2] (complex pairs last), the layout stage 2 reads."""
-
-    def twiddle(a, tw):
-        def body(p, k1, q):
-            s, c = q // 2, q % 2
-            return a[p, 2 * k1, s] * tw[k1, s, 0, c] + a[p, 2 * k1 + 1, s] * tw[k1, s, 1, c]
-
-        return te.compute((rows, n1, 2 * n2), body, name=name)
-
-    return twiddle
-
-
 def _emit_forward(bb, rows: int, n: int, dtype: str, load, src, name: str):
     """Emit a real FFT of ``rows`` rows read through ``load(src, p, t)`` (t < N, zero-padded by
     the loader). Returns the k1-major spectrum [rows, N1, 2 H2]."""
@@ -618,7 +625,8 @@ def _emit_forward(bb, rows: int, n: int, dtype: str, load, src, name: str):
             name="dft1",
         )
 
-    twiddle = _forward_twiddle(te, rows, n1, n2, "twiddle")
+    def twiddle(a, tw):
+        return _forward_twiddle(te, (rows,), n1, n2, a, tw, "twiddle")
 
     def stage2(b, f2):
         q = te.reduce_axis((0, 2 * n2), name="q")
@@ -637,23 +645,16 @@ def _emit_inverse(bb, rows: int, n: int, m1_out: int, dtype: str, spec, name: st
     from tvm import relax, te, tirx
 
     n1, n2 = split(n)
-    half = n // 2
     g2, tw, g1 = (
         relax.const(np.ascontiguousarray(a, dtype), dtype)
         for a in constants(n, inverse=True, m1_out=m1_out)
     )
 
     def hermitian(spec):
-        def body(p, k1, q):
-            k2, c = q // 2, q % 2
-            mirror = n - (k1 + n1 * k2)
-            sign = tirx.Select(c == 0, tirx.const(1, dtype), tirx.const(-1, dtype))
-            low = spec[p, k1, 2 * tirx.min(k2, n2 // 2) + c]
-            mk1 = tirx.floormod(mirror, n1)
-            mk2 = tirx.min(tirx.floordiv(mirror, n1), n2 // 2)
-            return tirx.Select(k1 + n1 * k2 <= half, low, spec[p, mk1, 2 * mk2 + c] * sign)
+        def half(p, k1, k2, c):
+            return spec[p, k1, 2 * k2 + c]
 
-        return te.compute((rows, n1, 2 * n2), body, name="full")
+        return _hermitian(te, tirx, (rows,), n, half, dtype, "full")
 
     def stage1(full, g2):
         q = te.reduce_axis((0, 2 * n2), name="q")
@@ -664,11 +665,7 @@ def _emit_inverse(bb, rows: int, n: int, m1_out: int, dtype: str, spec, name: st
         )
 
     def twiddle(d, tw):
-        def body(p, i, m2):
-            k1, c = i // 2, i % 2
-            return d[p, k1, 2 * m2] * tw[k1, m2, 0, c] + d[p, k1, 2 * m2 + 1] * tw[k1, m2, 1, c]
-
-        return te.compute((rows, 2 * n1, n2), body, name="itwiddle")
+        return _inverse_twiddle(te, (rows,), n1, n2, d, tw, "itwiddle")
 
     def stage2(e, g1):
         i = te.reduce_axis((0, 2 * n1), name="i")
@@ -734,7 +731,8 @@ def emit_dft(bb, x, n: int, inverse: bool, dtype: str, name: str = "dft"):
 
         return te.compute((rows, 2 * n1, n2), body, name="cdft1")
 
-    twiddle = _forward_twiddle(te, rows, n1, n2, "ctwiddle")
+    def twiddle(a, tw):
+        return _forward_twiddle(te, (rows,), n1, n2, a, tw, "ctwiddle")
 
     def stage2(b, f2):
         q = te.reduce_axis((0, 2 * n2), name="q")
