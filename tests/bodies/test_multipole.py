@@ -5,20 +5,19 @@ keeps the blocks it cannot honour exact."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 import torch
 
 from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec
-from attnrewrite.substitute.body import build_function
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
 from tests.bodies.harness import (
     SMALL,
     SMALL_SPECS,
     body_error,
+    function_model,
     layer_output,
     reference,
     relative_error,
@@ -115,36 +114,7 @@ def test_rank3_operands(causal) -> None:
     """[B*H, S, d] operands, as some exporters write them, through the function directly."""
     method = get_method("multipole", {"block": 4, "coarse": 2})
     sig = Signature(3, ir.DataType.FLOAT, "none", False, causal, False, False, False, False)
-    overload = method.overload(sig)
-    function = build_function(
-        method.op_type, sig, 18, method.attributes(), method.body.build, method.params, overload
-    )
-    node = onnx.helper.make_node(
-        method.op_type,
-        ["query", "key", "value"],
-        ["output"],
-        domain="attnrewrite",
-        scale=0.3,
-        is_causal=int(causal),
-        **method.params,
-    )
-    node.overload = overload
-    tensor = onnx.TensorProto.FLOAT
-    graph = onnx.helper.make_graph(
-        [node],
-        "rank3",
-        [onnx.helper.make_tensor_value_info(n, tensor, None) for n in ("query", "key", "value")],
-        [onnx.helper.make_tensor_value_info("output", tensor, None)],
-    )
-    model = onnx.helper.make_model(
-        graph,
-        opset_imports=[
-            onnx.helper.make_opsetid("", 18),
-            onnx.helper.make_opsetid("attnrewrite", 1),
-        ],
-        functions=[ir.serde.serialize_function(function)],
-        ir_version=10,
-    )
+    model = function_model(method, sig, causal)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
     feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}

@@ -8,20 +8,19 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 import torch
 
 from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec
-from attnrewrite.substitute.body import build_function
-from attnrewrite.substitute.methods import Method, get_method
+from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
 from tests.bodies.harness import (
     SMALL,
     SMALL_SPECS,
     body_error,
+    function_model,
     layer_output,
     reference,
     relative_error,
@@ -146,42 +145,6 @@ def test_cost_is_linear_in_length() -> None:
     assert relative_error(ref[:, :, 16:], out[:, :, -284:]) <= TOL  # full bands in the tail
 
 
-def _function_model(method: Method, sig: Signature, causal: bool, opset: int = 18):
-    """One node of the method over graph inputs query/key/value[/mask], through its function."""
-    overload = method.overload(sig)
-    function = build_function(
-        method.op_type, sig, opset, method.attributes(), method.body.build, method.params, overload
-    )
-    names = ["query", "key", "value"] + (["mask"] if sig.bias != "none" else [])
-    node = onnx.helper.make_node(
-        method.op_type,
-        names,
-        ["output"],
-        domain="attnrewrite",
-        scale=0.3,
-        is_causal=int(causal),
-        **method.params,
-    )
-    node.overload = overload
-    tensor = onnx.TensorProto.FLOAT
-    types = {"mask": onnx.TensorProto.BOOL if sig.bias == "keep" else tensor}
-    graph = onnx.helper.make_graph(
-        [node],
-        "direct",
-        [onnx.helper.make_tensor_value_info(n, types.get(n, tensor), None) for n in names],
-        [onnx.helper.make_tensor_value_info("output", tensor, None)],
-    )
-    return onnx.helper.make_model(
-        graph,
-        opset_imports=[
-            onnx.helper.make_opsetid("", opset),
-            onnx.helper.make_opsetid("attnrewrite", 1),
-        ],
-        functions=[ir.serde.serialize_function(function)],
-        ir_version=10,
-    )
-
-
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("mask", ["none", "keep", "keep_keys"])
 def test_rank3_operands_and_boolean_masks(causal, mask) -> None:
@@ -191,7 +154,7 @@ def test_rank3_operands_and_boolean_masks(causal, mask) -> None:
     method = get_method("window", params)
     bias, keywise = ("none", False) if mask == "none" else ("keep", mask == "keep_keys")
     sig = Signature(3, ir.DataType.FLOAT, bias, keywise, causal, False, False, False, False)
-    model = _function_model(method, sig, causal)
+    model = function_model(method, sig, causal)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
     feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}
