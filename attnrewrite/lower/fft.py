@@ -405,45 +405,15 @@ def conv_basis_reference(kern: np.ndarray, x: np.ndarray) -> np.ndarray:
 # --- compile and run -----------------------------------------------------------------------
 
 
-def schedule_gpu(mod, target):
-    """dlight default GPU schedules (thread binding) for every PrimFunc in ``mod``, one
-    function at a time: a rule that fails on one (dlight's Reduction asserts on some index
-    patterns) leaves that function to the fallback rule instead of failing the build."""
-    import tvm
-    from tvm import tirx
-    from tvm.s_tir import dlight as dl
-
-    def rules():
-        return [
-            dl.gpu.Matmul(),
-            dl.gpu.GEMV(),
-            dl.gpu.Reduction(),
-            dl.gpu.GeneralReduction(),
-            dl.gpu.Fallback(),
-        ]
-
-    out = {}
-    with target:
-        for gvar, func in mod.functions.items():
-            if not isinstance(func, tirx.PrimFunc):
-                out[gvar] = func
-                continue
-            one = tvm.IRModule({gvar: func})
-            try:
-                one = dl.ApplyDefaultSchedule(*rules())(one)
-            except Exception:  # dlight rules assert on patterns they do not handle
-                one = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(one)
-            out[gvar] = one[gvar]
-    return tvm.IRModule(out, attrs=mod.attrs)
-
-
 def compile_kernel(kernel: Kernel, target="llvm", database="auto"):
     """Compile a kernel: the tuned schedule from ``database`` if it has one for this workload
-    (``"auto"``: the records of ``target`` in attnrewrite/targets), dlight on GPUs, else TVM's
-    default (unscheduled) lowering. Returns a ``tvm.runtime.Executable`` (``.jit()`` for a
-    runtime Module, ``.export_library(path)`` for a shared library)."""
+    (``"auto"``: the records of ``target`` in attnrewrite/targets), else the default schedules
+    of ``attnrewrite.lower.schedules`` (dlight on GPUs, our rules on CPUs). Returns a
+    ``tvm.runtime.Executable`` (``.jit()`` for a runtime Module, ``.export_library(path)`` for
+    a shared library)."""
     import tvm
 
+    from attnrewrite.lower.schedules import schedule
     from attnrewrite.lower.targets import database_for, make_target
 
     target = make_target(target)
@@ -456,9 +426,7 @@ def compile_kernel(kernel: Kernel, target="llvm", database="auto"):
         if sch is not None:
             mod = sch.mod
             return tvm.compile(mod, target=target)
-    if str(target.kind.name) == "cuda":
-        mod = schedule_gpu(mod, target)
-    return tvm.compile(mod, target=target)
+    return tvm.compile(schedule(mod, target), target=target)
 
 
 def cuda_sources(module) -> list[str]:

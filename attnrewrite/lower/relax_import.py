@@ -163,10 +163,12 @@ def legalize(mod, target):
 
 
 def compile_relax(mod, target):
-    """``tvm.compile`` with the tuning records for ``target`` applied when there are any."""
+    """``tvm.compile`` with the tuning records for ``target`` applied when there are any and
+    our default schedules (``attnrewrite.lower.schedules``) for every other function."""
     import tvm
     from tvm import relax
 
+    from attnrewrite.lower.schedules import cpu_pipeline, schedule_gpu
     from attnrewrite.lower.targets import database_for, make_target
 
     target = make_target(target)
@@ -177,10 +179,9 @@ def compile_relax(mod, target):
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     if str(target.kind.name) == "cuda":
         # dlight skips the functions the database scheduled (they are marked scheduled)
-        from attnrewrite.lower.fft import schedule_gpu
-
-        mod = schedule_gpu(mod, target)
-    return tvm.compile(mod, target=target)
+        return tvm.compile(schedule_gpu(mod, target), target=target)
+    with target:
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
 
 
 def build(
