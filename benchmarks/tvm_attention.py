@@ -5,9 +5,10 @@
 
 The layer is `attnrewrite.layers.attention_layer` (B=1, 8 heads, d=64, causal) rewritten by the
 tool with each method at its defaults; the TVM side is `attnrewrite.lower.build` of that same
-rewritten model (Relax through TVM's ONNX frontend, our DFT converter, untuned default
-schedules unless attnrewrite/targets, or a records root named by ATTNREWRITE_TARGETS, holds
-records for this CPU, e.g. from `attnrewrite tune rewritten.onnx --dim ...`). Every
+rewritten model (Relax through TVM's ONNX frontend, our DFT converter, the default schedules
+of attnrewrite.lower.schedules except where attnrewrite/targets, or a records root named by
+ATTNREWRITE_TARGETS, holds records for this CPU, e.g. from `attnrewrite tune rewritten.onnx
+--dim ...`). Every
 (method, n) runs in a child process with TVM_NUM_THREADS and onnxruntime's intra-op threads
 both set to --threads; the child reports the build time, the median of --repeats runs after a
 warm-up for each, and the TVM output's max abs difference from onnxruntime's relative to its

@@ -3,7 +3,8 @@
 PolySketch's across-block term, far = phi_q . (exclusive prefix over blocks of
 phi_k^T [v, 1]), at B*H rows of n tokens, R features, E value columns, block b, float32:
 
-- TVM untuned: ``scan.block_scan_kernel`` with TVM's default (unscheduled) CPU lowering;
+- TVM untuned: ``scan.block_scan_kernel`` with the default CPU schedules
+  (``attnrewrite.lower.schedules``; TVM's own CPU lowering schedules nothing);
 - TVM tuned: the same kernel with this machine's records from attnrewrite/targets (or
   ``--records``), written by ``attnrewrite tune scan``; "-" where no record matches the shape;
 - torch: the reference's formulation (batched matmuls and ``cumsum`` over blocks);

@@ -41,9 +41,11 @@ KERNELS = {
 }
 
 
-def merge_best(source, folder: Path) -> int:
+def merge_best(source, folder: Path, baseline=None) -> int:
     """Copy the best record of each workload in ``source`` into the JSONDatabase at
-    ``folder``; return how many were copied."""
+    ``folder``; return how many were copied. ``baseline(workload_mod)``, when given, is the
+    workload's run time without a record (``default_seconds``): records slower than it are
+    left out, so that a short tuning run cannot make a build slower than the defaults."""
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
@@ -57,6 +59,8 @@ def merge_best(source, folder: Path) -> int:
         key = tvm_ffi.structural_hash(record.workload.mod)
         if key not in best or secs < best[key][0]:
             best[key] = (secs, record)
+    if baseline is not None:
+        best = {k: v for k, v in best.items() if v[0] < baseline(v[1].workload.mod)}
     for _, record in best.values():
         workload = dest.commit_workload(record.workload.mod)
         dest.commit_tuning_record(
@@ -65,6 +69,32 @@ def merge_best(source, folder: Path) -> int:
             )
         )
     return len(best)
+
+
+def default_seconds(mod, target) -> float:
+    """Mean run time here of a workload (an IRModule of one PrimFunc) under the default
+    schedules of ``attnrewrite.lower.schedules``, timed as meta_schedule's local runner times
+    candidates (3 runs per measurement, at least 100 ms): random float inputs, zeros for
+    integer ones (they may be gather indices)."""
+    import numpy as np
+    import tvm
+
+    from attnrewrite.lower.schedules import schedule
+
+    target = make_target(target)
+    ((gvar, func),) = mod.functions.items()
+    lib = tvm.compile(schedule(mod, target), target=target).jit()
+    rng = np.random.default_rng(0)
+    args = []
+    for param in func.params:
+        buffer = func.buffer_map[param]
+        shape = [int(d) for d in buffer.shape]
+        dtype = str(buffer.dtype)
+        kind = np.dtype(dtype).kind
+        array = rng.standard_normal(shape).astype(dtype) if kind == "f" else np.zeros(shape, dtype)
+        args.append(tvm.runtime.tensor(array))
+    timer = lib.time_evaluator(gvar.name_hint, tvm.cpu(), number=3, repeat=1, min_repeat_ms=100)
+    return float(timer(*args).mean)
 
 
 def build_cpu(mod, target, _params=None):

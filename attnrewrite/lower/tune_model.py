@@ -5,7 +5,8 @@
 imports the model as ``build`` does (``prepare`` -> ``to_relax`` -> ``legalize``), extracts
 one task per distinct PrimFunc, tunes them together (meta_schedule's gradient task scheduler:
 round-robin first, ``--per-task`` trials per task and round, so ``--trials`` should be at least
-tasks x per-task) and merges the best schedule of each workload into
+tasks x per-task) and merges the best schedule of each workload that beats its default schedule
+(``attnrewrite.lower.schedules``, timed here; a short run mostly does not) into
 ``attnrewrite/targets/<target name>/`` (``--out`` for another records root). A later ``build``
 for that target applies them through ``compile_relax``: the workloads are the legalized,
 unfused PrimFuncs, matched structurally, so the records apply to the same model at the same
@@ -20,12 +21,14 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 from attnrewrite.lower.targets import make_target, records_dir, target_name, write_target_json
 from attnrewrite.lower.tune import (
     add_target_options,
     build_cpu,
+    default_seconds,
     merge_best,
     rpc_runner,
     target_of,
@@ -40,10 +43,13 @@ def tune_model(
     per_task: int = 4,
     records_root: Path | None = None,
     runner=None,
+    against_defaults: bool = True,
 ) -> tuple[Path, int]:
     """Tune every PrimFunc of the model built at ``dims`` for ``target`` (``trials`` measured
     candidates in all) and merge the best records into the target's folder; return the folder
-    and the number of workloads recorded."""
+    and the number of workloads recorded. With ``against_defaults`` (and measurements on this
+    machine: an llvm target and no ``runner``), a record is kept only where it beats the
+    workload's default schedule (``tune.default_seconds``)."""
     from tvm.s_tir import meta_schedule as ms
 
     from attnrewrite.lower.relax_import import legalize, prepare, to_relax
@@ -73,7 +79,9 @@ def tune_model(
             ),
             runner=runner or "local",
         )
-        count = merge_best(db, folder)
+        local = runner is None and target.kind.name == "llvm"
+        baseline = partial(default_seconds, target=target) if against_defaults and local else None
+        count = merge_best(db, folder, baseline)
     write_target_json(target, folder)
     return folder, count
 
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"tuned {args.model} for {target_name(target)} in {time.perf_counter() - start:.0f} s: "
-        f"{count} workloads recorded in {folder}"
+        f"{count} workloads recorded in {folder} (those whose best schedule beat the default)"
     )
     return 0
 

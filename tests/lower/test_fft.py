@@ -1,4 +1,4 @@
-"""The TE four-step FFT kernels against numpy (llvm, unscheduled: small sizes only)."""
+"""The TE four-step FFT kernels against numpy (llvm, default schedules, small sizes)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The TE block-scan kernel against numpy float64 and against PolySketch's own scan
-(llvm, unscheduled: small sizes only)."""
+(llvm, default schedules, small sizes)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Whole-model tuning: records for a rewritten layer land in the target's folder, a later
-build for that target applies them, and the tuned build still computes onnxruntime's output.
+"""Whole-model tuning: records for a rewritten layer land in the target's folder (only those
+faster than the default schedule, when asked), a later build for that target applies them, and
+the tuned build still computes onnxruntime's output.
 
 Slow: 67 s on an idle 2-core machine (100-170 s under load), most of it meta_schedule's
 one-off import of TVM's tensor intrinsics (22 s) and its builder/runner worker processes."""
@@ -20,6 +21,7 @@ from attnrewrite.layers import LayerSpec, attention_layer
 from attnrewrite.loading import prepare_proto
 from attnrewrite.lower import build, load, targets
 from attnrewrite.lower.relax_import import legalize, prepare, to_relax
+from attnrewrite.lower.tune import default_seconds, merge_best
 from attnrewrite.lower.tune_model import tune_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
@@ -46,7 +48,9 @@ def test_tuned_records_apply_and_the_build_matches_onnxruntime(tmp_path, monkeyp
 
     model = multipole_layer(tmp_path)
     target = targets.make_target("llvm")
-    folder, count = tune_model(model, DIMS, target, trials=1, per_task=1, records_root=tmp_path)
+    folder, count = tune_model(
+        model, DIMS, target, trials=1, per_task=1, records_root=tmp_path, against_defaults=False
+    )
     assert folder == tmp_path / targets.target_name(target)
     assert count >= 1
     monkeypatch.setenv("ATTNREWRITE_TARGETS", str(tmp_path))
@@ -54,6 +58,11 @@ def test_tuned_records_apply_and_the_build_matches_onnxruntime(tmp_path, monkeyp
     records = db.get_all_tuning_records()
     assert len(records) == count
     assert all(r.run_secs and 0 < float(r.run_secs[0]) < 1 for r in records)
+
+    # against the defaults: a record is kept only where it is faster than the default schedule
+    assert merge_best(db, tmp_path / "none", baseline=lambda mod: 0.0) == 0
+    assert merge_best(db, tmp_path / "all", baseline=lambda mod: float("inf")) == count
+    assert 0 < default_seconds(records[0].workload.mod, target) < 1
 
     # the build applies them: the legalized functions compile_relax sees are the workloads
     mod = legalize(to_relax(prepare(model, DIMS)), target)
