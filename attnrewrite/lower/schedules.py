@@ -179,7 +179,7 @@ def _gpu_rules() -> list[dl.ScheduleRule]:
 
 
 def _cpu_rules() -> list[dl.ScheduleRule]:
-    return [CpuMatmul(), CpuFallback()]
+    return [CpuMatmul(), dl.cpu.Reduction(), CpuFallback()]
 
 
 def _each_function(mod: tvm.IRModule, target: Target, rules, last_resort) -> tvm.IRModule:

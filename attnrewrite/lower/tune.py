@@ -87,9 +87,8 @@ def default_seconds(mod, target) -> float:
     rng = np.random.default_rng(0)
     args = []
     for param in func.params:
-        buffer = func.buffer_map[param]
-        shape = [int(d) for d in buffer.shape]
-        dtype = str(buffer.dtype)
+        shape = [int(d) for d in param.ty.shape]
+        dtype = str(param.ty.dtype)
         kind = np.dtype(dtype).kind
         array = rng.standard_normal(shape).astype(dtype) if kind == "f" else np.zeros(shape, dtype)
         args.append(tvm.runtime.tensor(array))
