@@ -44,12 +44,14 @@ def tune_model(
     records_root: Path | None = None,
     runner=None,
     against_defaults: bool = True,
+    work_dir: str | None = None,
 ) -> tuple[Path, int]:
     """Tune every PrimFunc of the model built at ``dims`` for ``target`` (``trials`` measured
     candidates in all) and merge the best records into the target's folder; return the folder
     and the number of workloads recorded. With ``against_defaults`` (and measurements on this
     machine: an llvm target and no ``runner``), a record is kept only where it beats the
-    workload's default schedule (``tune.default_seconds``)."""
+    workload's default schedule (``tune.default_seconds``). ``work_dir`` keeps meta_schedule's
+    logs and database (default: a temporary folder)."""
     from tvm.s_tir import meta_schedule as ms
 
     from attnrewrite.lower.relax_import import legalize, prepare, to_relax
@@ -58,7 +60,8 @@ def tune_model(
     mod = legalize(to_relax(prepare(model_path, dims)), target)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     folder = records_dir(target, records_root)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = work_dir or scratch
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks,
             tmp,
@@ -116,7 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     runner = rpc_runner(args.rpc, args.rpc_workers) if args.rpc else None
     start = time.perf_counter()
     folder, count = tune_model(
-        args.model, dims, target, args.trials, args.per_task, args.out, runner=runner
+        args.model,
+        dims,
+        target,
+        args.trials,
+        args.per_task,
+        args.out,
+        runner=runner,
+        work_dir=args.work_dir,
     )
     print(
         f"tuned {args.model} for {target_name(target)} in {time.perf_counter() - start:.0f} s: "
