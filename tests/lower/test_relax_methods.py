@@ -237,25 +237,62 @@ def test_data_dependent_loop_is_a_lower_error():
         unroll_loops(loop_model(condition_from_data=True))
 
 
+CUDA_LAYER = LayerSpec(heads=2, kv_heads=2, head_dim=8)
+CUDA_DIMS = {"batch": 1, "q_len": 24, "kv_len": 24}
+CUDA_METHODS = {  # parameters at which each method approximates at n = 24
+    "convbasis": {"bases": 4},
+    "multipole": {"block": 8},
+    "polysketch": {"block": 8},
+}
+
+
 @pytest.fixture(scope="module")
-def convbasis_layer_relax():
-    """A small causal layer rewritten with conv-basis, in Relax."""
-    spec = LayerSpec(heads=2, kv_heads=2, head_dim=8)
-    proto = rewrite(attention_layer(spec), "convbasis", {"bases": 4})
-    return to_relax(prepare(proto, {"batch": 1, "q_len": 24, "kv_len": 24}))
+def cuda_layers(tmp_path_factory) -> dict[str, Path]:
+    """A small causal layer rewritten with each method, saved once for the CUDA tests."""
+    folder = tmp_path_factory.mktemp("cuda")
+    out = {}
+    for method, params in CUDA_METHODS.items():
+        out[method] = folder / f"{method}.onnx"
+        onnx.save(rewrite(attention_layer(CUDA_LAYER), method, params), out[method])
+    return out
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_convbasis_layer_cuda_code_compiles(convbasis_layer_relax, arch):
+@pytest.mark.parametrize("method", sorted(CUDA_METHODS))
+def test_layer_cuda_code_compiles(cuda_layers, method, arch):
     from attnrewrite.lower import fft
 
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not on PATH")
-    executable = compile_relax(convbasis_layer_relax, f"cuda:{arch}")
+    mod = to_relax(prepare(cuda_layers[method], CUDA_DIMS))
+    executable = compile_relax(mod, f"cuda:{arch}")
     source = fft.cuda_source(executable)
-    # the converter's FFT stages are GPU kernels (the inverse shares the forward's later
-    # stages: same shapes, its matrices are arguments)
-    for stage in ("dft_dft1", "dft_twiddle", "dft_dft2", "idft_dft1"):
-        assert f" {stage}_kernel(" in source
+    assert "__global__" in source
+    if method == "convbasis":
+        # the converter's FFT stages are GPU kernels (the inverse shares the forward's later
+        # stages: same shapes, its matrices are arguments)
+        for stage in ("dft_dft1", "dft_twiddle", "dft_dft2", "idft_dft1"):
+            assert f" {stage}_kernel(" in source
     (binary,) = fft.nvcc_compile(executable, f"cuda:{arch}")
     assert len(binary) > 10_000
+
+
+def has_gpu() -> bool:
+    import tvm
+
+    try:
+        return bool(tvm.cuda().exist)
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not has_gpu(), reason="no CUDA GPU")
+@pytest.mark.parametrize("method", sorted(CUDA_METHODS))
+def test_layer_runs_on_the_gpu_and_matches_onnxruntime(cuda_layers, method, tmp_path):
+    """The CUDA build of each rewritten layer, run on the GPU, against onnxruntime (CPU) on
+    the same rewritten model."""
+    artifact = build(cuda_layers[method], "cuda", tmp_path / "tvm", CUDA_DIMS)
+    inputs = CUDA_LAYER.inputs(1, 24)
+    got = load(artifact).run(inputs)[0]
+    want = run(onnx.load(cuda_layers[method]), inputs)[0]
+    assert relative(got, want) <= 1e-4
