@@ -22,7 +22,7 @@ from attnrewrite import __version__
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import new_folder_name
-from attnrewrite.inputs import dimension_size
+from attnrewrite.inputs import dimension_size, generate_inputs
 from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
 from attnrewrite.plan.auto import auto_rewrite
 from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
@@ -263,9 +263,36 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
             f"{reason[:300]}"
         ) from None
     shapes = ", ".join(f"{k}={v}" for k, v in dims.items())
-    return (
-        f"compiled for {target} ({shapes}) -> {folder}; attnrewrite.load('{out_dir}').run(inputs)"
-    )
+    built = f"compiled for {target} ({shapes}) -> {folder}"
+    usage = f"attnrewrite.load('{out_dir}').run(inputs)"
+    return f"{built}; {usage}\n{_check_compiled(folder, out_dir / MODEL_FILE, model, target, args)}"
+
+
+def _check_compiled(
+    folder: Path, path: Path, model: onnx.ModelProto, target: str, args: argparse.Namespace
+) -> str:
+    """The library against onnxruntime on the rewritten model (attnrewrite.lower.check)."""
+    import tvm
+
+    from attnrewrite.lower.check import CHECK, check_artifact
+
+    if args.no_verify:
+        return "library not checked against onnxruntime (--no-verify)"
+    if target.startswith("cuda") and not tvm.cuda().exist:
+        return "library not run here: no CUDA GPU on this machine"
+    feeds = generate_inputs(model, args.seq_len, args.batch)
+    try:
+        check = check_artifact(folder, path, feeds, args.repeats)
+    except Exception as err:  # the TVM runtime and onnxruntime raise their own types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AttnRewriteError(f"the library in {folder} did not run: {reason[:300]}") from None
+    if not check.passed:
+        raise AttnRewriteError(
+            f"the library in {folder} differs from onnxruntime on the rewritten model by "
+            f"{check.worst:.1e} (tolerance {check.tolerance:.0e}): do not use it "
+            f"({folder / CHECK})"
+        )
+    return f"library {check.summary()}"
 
 
 def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: Console) -> int:

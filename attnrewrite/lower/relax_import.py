@@ -197,6 +197,7 @@ def build(
     """
     import tvm
 
+    from attnrewrite.export import staged_directory
     from attnrewrite.lower.targets import make_target, target_name
 
     target = make_target(target)
@@ -205,8 +206,6 @@ def build(
     mod = to_relax(folded)
     executable = compile_relax(mod, target)
     out = Path(out_dir) if out_dir else model_path.parent / f"tvm-{target_name(target)}"
-    out.mkdir(parents=True, exist_ok=True)
-    executable.export_library(str(out / LIBRARY))
     meta = {
         "model": str(model_path),
         "target": target_name(target),
@@ -216,7 +215,9 @@ def build(
         "outputs": [o.name for o in folded.graph.output],
         "tvm": tvm.__version__,
     }
-    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+    with staged_directory(out) as staging:
+        executable.export_library(str(staging / LIBRARY))
+        (staging / META).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 

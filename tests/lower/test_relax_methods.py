@@ -87,6 +87,18 @@ def test_convbasis_gpt2_from_the_command_line_matches_onnxruntime(cli_convbasis)
     assert_matches_and_approximates(artifact, onnx.load(GPT2), feeds(2, SEQ))
 
 
+def test_command_line_build_records_its_check_against_onnxruntime(cli_convbasis):
+    """The CLI ran the library against onnxruntime on the rewritten model before reporting
+    success, and kept the numbers beside the library."""
+    import json
+
+    (check_file,) = cli_convbasis.glob("tvm-*/check.json")
+    check = json.loads(check_file.read_text())
+    assert check["passed"] and 0 < check["max_relative_difference"] <= 1e-4
+    assert [o["name"] for o in check["outputs"]] == ["logits"]
+    assert check["tvm_ms"] > 0 and check["onnxruntime_ms"] > 0 and check["threads"] >= 1
+
+
 def test_convbasis_trained_lm_matches_onnxruntime(tmp_path_factory):
     proto = rewrite(onnx.load(TINY_LM), "convbasis", {"bases": 4})
     artifact = built(tmp_path_factory, proto, {"batch": 1, "seq": SEQ})
