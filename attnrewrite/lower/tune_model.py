@@ -1,6 +1,8 @@
 """meta_schedule tuning of every TIR function of a whole (rewritten) model, records per target.
 
     attnrewrite tune model.onnx --target llvm --dim batch=1 --dim seq=4096 --trials 200
+    attnrewrite tune model.onnx --dim batch=1 --dim seq=4096 --trials 5000 --time-limit 3600 \
+        --work-dir tuning/     # stops measuring after an hour; a later run resumes from tuning/
 
 imports the model as ``build`` does (``prepare`` -> ``to_relax`` -> ``legalize``), extracts
 one task per distinct PrimFunc, tunes them together (meta_schedule's gradient task scheduler:
@@ -45,13 +47,15 @@ def tune_model(
     runner=None,
     against_defaults: bool = True,
     work_dir: str | None = None,
+    time_limit: float | None = None,
 ) -> tuple[Path, int]:
     """Tune every PrimFunc of the model built at ``dims`` for ``target`` (``trials`` measured
     candidates in all) and merge the best records into the target's folder; return the folder
     and the number of workloads recorded. With ``against_defaults`` (and measurements on this
     machine: an llvm target and no ``runner``), a record is kept only where it beats the
     workload's default schedule (``tune.default_seconds``). ``work_dir`` keeps meta_schedule's
-    logs and database (default: a temporary folder)."""
+    logs and database (default: a temporary folder); after ``time_limit`` seconds no new batch
+    of candidates is measured (``deadline``)."""
     from tvm.s_tir import meta_schedule as ms
 
     from attnrewrite.lower.relax_import import legalize, prepare, to_relax
@@ -81,12 +85,37 @@ def tune_model(
                 timeout_sec=120, f_build=build_cpu if target.kind.name == "llvm" else None
             ),
             runner=runner or "local",
+            measure_callbacks=[
+                *ms.measure_callback.MeasureCallback.create("default"),
+                *([deadline(time_limit)] if time_limit is not None else []),
+            ],
         )
         local = runner is None and target.kind.name == "llvm"
         baseline = partial(default_seconds, target=target) if against_defaults and local else None
         count = merge_best(db, folder, baseline)
     write_target_json(target, folder)
     return folder, count
+
+
+def deadline(seconds: float):
+    """A meta_schedule measure callback that ends every task once ``seconds`` have passed
+    since it was made: the batch just measured is kept, no new one starts, and the task
+    scheduler returns its database as at the end of a full run. Every task still gets its
+    first batch (the scheduler's opening round-robin), so a run lasts at least that long."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    end = time.monotonic() + seconds
+
+    @derived_object
+    class Deadline(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, results):
+            if time.monotonic() >= end:
+                for index, task in enumerate(task_scheduler.tasks_):
+                    if not task.is_terminated:
+                        task_scheduler.terminate_task(index)
+
+    return Deadline()
 
 
 def parse_dims(items: list[str]) -> dict[str, int]:
@@ -106,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", action="append", default=[], help="name=value, per symbolic dim")
     parser.add_argument("--trials", type=int, default=200, help="measured candidates in all")
     parser.add_argument("--per-task", type=int, default=4, help="trials per task and round")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds: no new batch is measured after this (every task still gets its first "
+        "batch); the records so far are merged",
+    )
     add_target_options(parser)
     args = parser.parse_args(argv)
     target = target_of(args, parser)
@@ -127,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         runner=runner,
         work_dir=args.work_dir,
+        time_limit=args.time_limit,
     )
     print(
         f"tuned {args.model} for {target_name(target)} in {time.perf_counter() - start:.0f} s: "

@@ -80,3 +80,31 @@ def test_tuned_records_apply_and_the_build_matches_onnxruntime(tmp_path, monkeyp
     want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.slow
+def test_time_limit_stops_measuring_and_keeps_what_was_measured(tmp_path):
+    """10,000 trials asked, 1 s allowed: the run ends after the opening round (one batch per
+    task), and what it measured is in the work dir's database and merged."""
+    from tvm.s_tir import meta_schedule as ms
+
+    model = multipole_layer(tmp_path)
+    target = targets.make_target("llvm")
+    work = tmp_path / "work"
+    _, count = tune_model(
+        model,
+        DIMS,
+        target,
+        trials=10_000,
+        per_task=1,
+        records_root=tmp_path,
+        against_defaults=False,
+        work_dir=str(work),
+        time_limit=1.0,
+    )
+    measured = ms.database.JSONDatabase(work_dir=str(work)).get_all_tuning_records()
+    tasks = ms.relax_integration.extract_tasks(
+        legalize(to_relax(prepare(model, DIMS)), target), target
+    )
+    assert len(tasks) <= len(measured) < 3 * len(tasks)
+    assert 1 <= count <= len(tasks)
