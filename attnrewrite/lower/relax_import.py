@@ -154,12 +154,17 @@ def _inputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
 
 def legalize(mod, target):
     """The module as ``compile_relax`` hands it to the tuning records: every Relax op
-    legalized to a PrimFunc, none fused yet. Model tuning (``attnrewrite.lower.tune_model``)
-    extracts its tasks from this same module, so the records match structurally."""
+    legalized to a PrimFunc, none fused yet (float32 exp and softmax with a vectorisable
+    exponential on CPUs, ``attnrewrite.lower.fast_math``). Model tuning
+    (``attnrewrite.lower.tune_model``) extracts its tasks from this same module, so the
+    records match structurally."""
     from tvm import relax
 
+    from attnrewrite.lower.fast_math import LEGALIZE
+
+    custom = LEGALIZE if target.kind.name == "llvm" else None
     with target:
-        return relax.transform.LegalizeOps()(mod)
+        return relax.transform.LegalizeOps(customize_legalize_map=custom)(mod)
 
 
 def compile_relax(mod, target):
