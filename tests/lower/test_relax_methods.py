@@ -87,6 +87,16 @@ def test_convbasis_gpt2_from_the_command_line_matches_onnxruntime(cli_convbasis)
     assert_matches_and_approximates(artifact, onnx.load(GPT2), feeds(2, SEQ))
 
 
+def test_a_loaded_library_runs_again_on_new_inputs(cli_convbasis):
+    """Inputs go through buffers kept between runs: a second run sees its own inputs."""
+    artifact = load(cli_convbasis)
+    model = onnx.load(cli_convbasis / "model.onnx")
+    first = feeds(2, SEQ)
+    second = {**first, "input_ids": (first["input_ids"] * 7 + 3) % 90}
+    for inputs in (first, second, first):
+        assert relative(artifact.run(inputs)[0], run(model, inputs)[0]) <= 1e-4
+
+
 def test_command_line_build_records_its_check_against_onnxruntime(cli_convbasis):
     """The CLI ran the library against onnxruntime on the rewritten model before reporting
     success, and kept the numbers beside the library."""
