@@ -56,21 +56,12 @@ def rewritten_layer(method: str, folder: Path) -> Path:
     return path
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
-
-
 def child(model: Path, n: int, repeats: int, threads: int) -> dict:
     """Build and time one model at length n in this process (TVM_NUM_THREADS set by the
     runner before TVM loads)."""
     from attnrewrite.lower import build, load
     from attnrewrite.report.build import latency_ms
+    from attnrewrite.timing import median_ms
 
     feeds = LayerSpec().inputs(1, n)
     ort_ms = latency_ms(model, feeds, repeats, threads)

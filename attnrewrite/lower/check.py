@@ -14,8 +14,7 @@ CUDA libraries are checked only where a GPU is present.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import onnx
 
 from attnrewrite.export import staged_directory
+from attnrewrite.timing import cpu_session, median_ms, session_feeds
 from attnrewrite.verify import FP16_TOLERANCE, Difference, difference
 
 TOLERANCE = 1e-4  # relative, float32 outputs
@@ -66,34 +66,19 @@ class ArtifactCheck:
         )
 
 
-def _median_ms(run: Callable[[], object], repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
-
-
 def check_artifact(
     folder: Path, model_path: Path, feeds: Mapping[str, np.ndarray], repeats: int = 5
 ) -> ArtifactCheck:
     """Run and time the library in ``folder`` and onnxruntime on ``model_path`` (the model it
     was built from) on ``feeds``; write ``check.json`` into ``folder``."""
-    import onnxruntime as ort
     import tvm
 
     from attnrewrite.lower.relax_import import load
 
     artifact = load(folder)
     threads = int(tvm.get_global_func("runtime.NumThreads")())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    ort_feeds = {k: v for k, v in feeds.items() if k in wanted}
+    session = cpu_session(model_path, threads)
+    ort_feeds = session_feeds(session, feeds)
     want = session.run(artifact.output_names, ort_feeds)
     got = artifact.run(feeds)
     outputs = tuple(
@@ -105,8 +90,8 @@ def check_artifact(
     result = ArtifactCheck(
         outputs,
         FP16_TOLERANCE if types & half else TOLERANCE,
-        _median_ms(lambda: artifact.run(feeds), repeats),
-        _median_ms(lambda: session.run(None, ort_feeds), repeats),
+        median_ms(lambda: artifact.run(feeds), repeats),
+        median_ms(lambda: session.run(None, ort_feeds), repeats),
         threads,
     )
     with staged_directory(folder) as staging:

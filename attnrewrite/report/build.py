@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from attnrewrite.errors import AttnRewriteError
 from attnrewrite.report import metrics
 from attnrewrite.report.inputs import ReportInputs, graph_inputs
 from attnrewrite.substitute.body import DOMAIN
+from attnrewrite.timing import cpu_session, median_ms, session_feeds
 from attnrewrite.verify import run_with_outputs
 
 SCHEMA_VERSION = 1
@@ -112,19 +112,9 @@ def check_same_signature(original: onnx.ModelProto, rewritten: onnx.ModelProto) 
 
 def latency_ms(path: Path, feeds: Mapping[str, np.ndarray], repeats: int, threads: int) -> float:
     """Median wall time of one run in onnxruntime, after a warm-up run."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    feeds = {k: v for k, v in feeds.items() if k in wanted}
-    session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    session = cpu_session(path, threads)
+    feeds = session_feeds(session, feeds)
+    return median_ms(lambda: session.run(None, feeds), repeats)
 
 
 def compare_models(

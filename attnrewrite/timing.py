@@ -1,0 +1,39 @@
+"""Wall-time measurement shared by the report, the compiled-library check and the benchmarks:
+one convention (a warm-up call, then the median of ``repeats`` calls) so that their numbers
+compare."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def median_ms(run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``run()`` in milliseconds, after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def cpu_session(path: Path, threads: int) -> ort.InferenceSession:
+    """An onnxruntime CPU session with ``threads`` intra-op threads and quiet logging."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def session_feeds(
+    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The feeds the session takes (generated inputs may name more)."""
+    wanted = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in wanted}
