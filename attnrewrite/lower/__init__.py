@@ -12,9 +12,14 @@ apache-tvm-ffi==0.1.14.post1 psutil xgboost cloudpickle tornado`` (the ffi pin m
   (four-step / Monarch), a complex DFT for the converter, and an FFT causal convolution (the
   conv-basis kernel).
 - ``scan``: PolySketch's block scan (block states, prefix over blocks, query side) in TE.
+- ``schedules``: default schedules for every function no record covers (dlight on GPUs, our
+  matmul/fallback rules on CPUs); ``fast_math``: float32 exp and softmax with a vectorisable
+  exponential on CPUs.
+- ``check``: a built library against onnxruntime on the same rewritten model, timed.
 - ``targets``: target names and the per-target tuning records in ``attnrewrite/targets/``.
 - ``tune``: meta_schedule over the kernels, locally or on an RPC tracker, writing those
-  records.
+  records (only where they beat the default schedules); ``tune_model``: the same for every
+  function of a whole model, with a time limit.
 
 Nothing here is imported by the rest of the package: ``import attnrewrite`` never needs TVM.
 """
