@@ -115,10 +115,11 @@ def tune_kernel(
     records_root: Path | None = None,
     work_dir: str | None = None,
     runner=None,
+    against_defaults: bool = True,
 ) -> Path:
     """Tune ``kernel`` for ``target`` (``trials`` measured candidates) and merge the best
-    schedule into the target's records folder, when it beats the default schedule (timed
-    here, for an llvm target measured locally); return that folder."""
+    schedule into the target's records folder; return that folder. With ``against_defaults``
+    (and an llvm target measured here) only when it beats the default schedule."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -143,7 +144,8 @@ def tune_kernel(
             runner=runner or "local",
         )
         local = runner is None and target.kind.name == "llvm"
-        merge_best(db, folder, partial(default_seconds, target=target) if local else None)
+        baseline = partial(default_seconds, target=target) if against_defaults and local else None
+        merge_best(db, folder, baseline)
     write_target_json(target, folder)
     return folder
 
