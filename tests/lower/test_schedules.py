@@ -57,6 +57,7 @@ MATMULS = [  # A shape, B shape, B transposed ([.., J, K]), dtype, epilogue
     ((1, 2, 3, 65, 40), (1, 2, 3, 40, 96), False, "float32", False),  # B rows contiguous
     ((2, 70, 24), (2, 33, 24), True, "float32", True),  # B packed; I, J padded; epilogue
     ((3, 17, 9), (3, 9, 50), False, "float64", False),  # float64, J padded
+    ((20, 24, 16), (20, 40, 16), True, "float32", True),  # many batches: B packed per batch
 ]
 
 
