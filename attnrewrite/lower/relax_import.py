@@ -154,15 +154,16 @@ def _inputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
 
 def legalize(mod, target):
     """The module as ``compile_relax`` hands it to the tuning records: every Relax op
-    legalized to a PrimFunc, none fused yet (float32 exp and softmax with a vectorisable
-    exponential on CPUs, ``attnrewrite.lower.fast_math``). Model tuning
+    legalized to a PrimFunc, none fused yet (on CPUs: float32 exp and softmax with a
+    vectorisable exponential, ``attnrewrite.lower.fast_math``, and cumsum as
+    ``scan.prefix_sum``). Model tuning
     (``attnrewrite.lower.tune_model``) extracts its tasks from this same module, so the
     records match structurally."""
     from tvm import relax
 
-    from attnrewrite.lower.fast_math import LEGALIZE
+    from attnrewrite.lower import fast_math, scan
 
-    custom = LEGALIZE if target.kind.name == "llvm" else None
+    custom = {**fast_math.LEGALIZE, **scan.LEGALIZE} if target.kind.name == "llvm" else None
     with target:
         return relax.transform.LegalizeOps(customize_legalize_map=custom)(mod)
 
