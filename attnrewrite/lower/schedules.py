@@ -2,7 +2,7 @@
 
 TVM's CPU pipeline lowers what it has not been told how to schedule as plain serial loops: a
 1 GFLOP batched matmul of PolySketch's block states ran 1.5 s on 2 cores (0.7 GFLOP/s), and
-whole rewritten layers 12-70x slower than onnxruntime. dlight, TVM's rule-based scheduler,
+whole rewritten layers 12-83x slower than onnxruntime. dlight, TVM's rule-based scheduler,
 has GPU rules for everything but only two narrow CPU rules (GEMV, row reductions) in 0.27.
 The CPU rules here are in dlight's form (``ScheduleRule.apply(func, target, tunable)`` ->
 a schedule or None) and reuse its analyses:
