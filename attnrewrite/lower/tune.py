@@ -24,8 +24,10 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from attnrewrite.lower import fft, scan
 from attnrewrite.lower.targets import make_target, records_dir, target_name, write_target_json
@@ -97,6 +99,15 @@ def default_seconds(mod, target) -> float:
     return float(timer(*args).mean)
 
 
+def defaults_baseline(target, runner=None) -> Callable[[Any], float] | None:
+    """``default_seconds`` for ``target`` as ``merge_best``'s baseline, when candidates are
+    measured on this machine (an llvm target, no remote runner): only then do their times
+    compare with it."""
+    if runner is not None or target.kind.name != "llvm":
+        return None
+    return partial(default_seconds, target=target)
+
+
 def build_cpu(mod, target, _params=None):
     """meta_schedule's default build minus its ``import tvm.s_tir.tensor_intrin``: that
     import parses every intrinsic library (20-25 s, mostly CUDA's) in each builder worker, and
@@ -143,9 +154,7 @@ def tune_kernel(
             ),
             runner=runner or "local",
         )
-        local = runner is None and target.kind.name == "llvm"
-        baseline = partial(default_seconds, target=target) if against_defaults and local else None
-        merge_best(db, folder, baseline)
+        merge_best(db, folder, defaults_baseline(target, runner) if against_defaults else None)
     write_target_json(target, folder)
     return folder
 
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     target = target_of(args, parser)
     runner = rpc_runner(args.rpc, args.rpc_workers) if args.rpc else None
     kernel = KERNELS[args.kernel](args)
-    local = target.kind.name == "llvm" and not args.rpc  # timings here mean this machine
+    local = defaults_baseline(target, runner) is not None  # timings here mean this machine
     untuned = fft.Runner(kernel, target, database=None) if local else None
     start = time.perf_counter()
     folder = tune_kernel(kernel, target, args.trials, args.out, args.work_dir, runner)

@@ -23,14 +23,13 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 
 from attnrewrite.lower.targets import make_target, records_dir, target_name, write_target_json
 from attnrewrite.lower.tune import (
     add_target_options,
     build_cpu,
-    default_seconds,
+    defaults_baseline,
     merge_best,
     rpc_runner,
     target_of,
@@ -90,8 +89,7 @@ def tune_model(
                 *([deadline(time_limit)] if time_limit is not None else []),
             ],
         )
-        local = runner is None and target.kind.name == "llvm"
-        baseline = partial(default_seconds, target=target) if against_defaults and local else None
+        baseline = defaults_baseline(target, runner) if against_defaults else None
         count = merge_best(db, folder, baseline)
     write_target_json(target, folder)
     return folder, count
