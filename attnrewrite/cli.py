@@ -274,7 +274,7 @@ def _check_compiled(
     """The library against onnxruntime on the rewritten model (attnrewrite.lower.check)."""
     import tvm
 
-    from attnrewrite.lower.check import CHECK, check_artifact
+    from attnrewrite.lower.check import CHECK, check_artifact, library_tolerance
 
     if args.no_verify:
         return "library not checked against onnxruntime (--no-verify)"
@@ -282,7 +282,7 @@ def _check_compiled(
         return "library not run here: no CUDA GPU on this machine"
     feeds = generate_inputs(model, args.seq_len, args.batch)
     try:
-        check = check_artifact(folder, path, feeds, args.repeats)
+        check = check_artifact(folder, path, feeds, library_tolerance(model), args.repeats)
     except Exception as err:  # the TVM runtime and onnxruntime raise their own types
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AttnRewriteError(f"the library in {folder} did not run: {reason[:300]}") from None
