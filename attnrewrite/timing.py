@@ -12,14 +12,17 @@ import numpy as np
 import onnxruntime as ort
 
 
-def median_ms(run: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``run()`` in milliseconds, after one warm-up call."""
+def median_ms(run: Callable[[], object], repeats: int, number: int = 1) -> float:
+    """Median wall time of one ``run()`` in milliseconds over ``repeats`` timings of
+    ``number`` calls each (more calls per timing for calls too short to time alone), after
+    one warm-up call."""
     run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+        for _ in range(number):
+            run()
+        times.append((time.perf_counter() - start) / number)
     return 1e3 * float(np.median(times))
 
 

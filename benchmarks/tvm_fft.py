@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,22 +38,12 @@ def conv_reference(kern: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.fft.irfft(np.einsum("bhin,bhinc->bhnc", kf, xf), n=n, axis=-2)[:, :, :length]
 
 
-def bench(fn, number: int = 10, repeat: int = 5) -> float:
-    fn()
-    best = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best.append((time.perf_counter() - start) / number)
-    return float(np.median(best))
-
-
 def cpu(args) -> list[dict]:
     import torch
 
     from attnrewrite.lower import fft
     from attnrewrite.lower.targets import find_records, make_target, target_name
+    from attnrewrite.timing import median_ms
 
     target = make_target("llvm")
     records = None if args.untuned else find_records(target)
@@ -68,9 +57,9 @@ def cpu(args) -> list[dict]:
         ref = np.fft.rfft(x.astype(np.float64))
         err = float(np.abs(spec[..., 0] + 1j * spec[..., 1] - ref).max() / np.abs(ref).max())
         t_tvm = runner.time(x, number=args.number, repeat=args.repeat)
-        t_np = bench(lambda x=x: np.fft.rfft(x), args.number, args.repeat)
+        np_ms = median_ms(lambda x=x: np.fft.rfft(x), args.repeat, args.number)
         xt = torch.from_numpy(x)
-        t_torch = bench(lambda xt=xt: torch.fft.rfft(xt), args.number, args.repeat)
+        torch_ms = median_ms(lambda xt=xt: torch.fft.rfft(xt), args.repeat, args.number)
         rows.append(
             {
                 "n": n,
@@ -78,8 +67,8 @@ def cpu(args) -> list[dict]:
                 "dtype": "float32",
                 "split": list(fft.split(n)),
                 "tvm_ms": t_tvm * 1e3,
-                "numpy_ms": t_np * 1e3,
-                "torch_ms": t_torch * 1e3,
+                "numpy_ms": np_ms,
+                "torch_ms": torch_ms,
                 "tvm_gflops": kernel.flops / t_tvm / 1e9,
                 "rel_err_vs_numpy_f64": err,
             }

@@ -32,18 +32,11 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def median_time(fn, repeat: int, budget: float = 0.2) -> float:
-    """Median seconds per call of ``fn`` over ``repeat`` timings of enough calls for ``budget``."""
+def calls_within(fn, budget: float = 0.2) -> int:
+    """How many calls of ``fn`` take about ``budget`` seconds, from one timed call."""
     start = time.perf_counter()
     fn()
-    number = max(1, int(budget / max(time.perf_counter() - start, 1e-6)))
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - start) / number)
-    return float(np.median(times))
+    return max(1, int(budget / max(time.perf_counter() - start, 1e-6)))
 
 
 def relax_cumsum_module(rows: int, n: int, features: int, width: int, block: int):
@@ -86,6 +79,7 @@ def measure(n: int, args, target, db) -> dict:
     from tvm.s_tir import meta_schedule as ms
 
     from attnrewrite.lower import fft, scan
+    from attnrewrite.timing import median_ms
 
     rng = np.random.default_rng(n)
     shapes = ((args.rows, n, args.features),) * 2 + ((args.rows, n, args.width),)
@@ -109,12 +103,20 @@ def measure(n: int, args, target, db) -> dict:
     tq, tk, tx = (torch.from_numpy(a) for a in (q, k, x))
     got = torch_scan(tq, tk, tx, args.block).numpy()
     row["torch_err"] = float(np.abs(got - want).max() / scale)
-    row["torch_ms"] = median_time(lambda: torch_scan(tq, tk, tx, args.block), args.repeat) * 1e3
+
+    def torch_run():
+        return torch_scan(tq, tk, tx, args.block)
+
+    row["torch_ms"] = median_ms(torch_run, args.repeat, calls_within(torch_run))
     module = relax_cumsum_module(args.rows, n, args.features, args.width, args.block)
     vm = relax.VirtualMachine(tvm.compile(module, target=target), tvm.cpu())
     dev_args = [tvm.runtime.tensor(a) for a in (q, k, x)]
     row["relax_cumsum_err"] = float(np.abs(vm["main"](*dev_args).numpy() - want).max() / scale)
-    row["relax_cumsum_ms"] = median_time(lambda: vm["main"](*dev_args), args.repeat) * 1e3
+
+    def relax_run():
+        return vm["main"](*dev_args)
+
+    row["relax_cumsum_ms"] = median_ms(relax_run, args.repeat, calls_within(relax_run))
     return row
 
 
