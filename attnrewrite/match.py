@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import onnx_ir as ir
 
@@ -91,54 +92,74 @@ class Bias:
     boolean_keep: bool = False  # value is a boolean mask, True = attend
 
 
+class BlockFacts(Protocol):
+    """What both finders (ONNX and torch.fx) know about an attention block, under the same
+    names: ``AttentionMatch`` and ``FxAttention`` both are one."""
+
+    @property
+    def anchor(self) -> str: ...
+    @property
+    def variant(self) -> Sequence[str]: ...
+    @property
+    def mask(self) -> MaskKind: ...
+    @property
+    def window(self) -> int | None: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def scale_source(self) -> str: ...
+    @property
+    def q_heads(self) -> int | None: ...
+    @property
+    def kv_heads(self) -> int | None: ...
+    @property
+    def head_dim(self) -> int | None: ...
+    @property
+    def q_len(self) -> int | str | None: ...
+    @property
+    def kv_len(self) -> int | str | None: ...
+    @property
+    def float32_softmax(self) -> bool: ...
+
+
 def describe_block(
+    block: BlockFacts,
     *,
-    anchor: str,
     graph: str,
-    variant: Sequence[str],
     nodes: Sequence[str],
     q: str | None,
     k: str | None,
     v: str | None,
     layout: Mapping[str, str],
     output: str | None,
-    mask: MaskKind,
-    window: int | None,
-    scale: float,
-    scale_source: str,
     upstream_scale: float,
-    q_heads: int | None,
-    kv_heads: int | None,
-    head_dim: int | None,
-    q_len: int | str | None,
-    kv_len: int | str | None,
-    float32_softmax: bool,
 ) -> dict[str, object]:
-    """One attention block as rewrite.json and `inspect` describe it, whichever finder (ONNX
-    or torch.fx) found it: one vocabulary, written in one place."""
+    """One attention block as rewrite.json and `inspect` describe it, whichever finder found
+    it: one vocabulary, written in one place. The keywords are what the finders hold in
+    different forms (node objects or names, layouts, graph names)."""
     return {
-        "anchor": anchor,
+        "anchor": block.anchor,
         "graph": graph,
-        "variant": list(variant),
+        "variant": list(block.variant),
         "nodes": list(nodes),
         "q": q,
         "k": k,
         "v": v,
         "layout": dict(layout),
         "output": output,
-        "mask": mask.value,
-        "window": window,
-        "scale": scale,
-        "scale_source": scale_source,
+        "mask": block.mask.value,
+        "window": block.window,
+        "scale": block.scale,
+        "scale_source": block.scale_source,
         "upstream_scale": upstream_scale,
-        "effective_scale": scale * upstream_scale,
-        "q_heads": q_heads,
-        "kv_heads": kv_heads,
-        "kv_groups": q_heads // kv_heads if q_heads and kv_heads else None,
-        "head_dim": head_dim,
-        "q_len": q_len,
-        "kv_len": kv_len,
-        "float32_softmax": float32_softmax,
+        "effective_scale": block.scale * upstream_scale,
+        "q_heads": block.q_heads,
+        "kv_heads": block.kv_heads,
+        "kv_groups": block.q_heads // block.kv_heads if block.q_heads and block.kv_heads else None,
+        "head_dim": block.head_dim,
+        "q_len": block.q_len,
+        "kv_len": block.kv_len,
+        "float32_softmax": block.float32_softmax,
     }
 
 
@@ -198,26 +219,15 @@ class AttentionMatch:
     def describe(self) -> dict[str, object]:
         """JSON-ready description for rewrite.json and `inspect`."""
         return describe_block(
-            anchor=self.anchor,
+            self,
             graph=self.graph_name,
-            variant=self.variant,
             nodes=[n.name for n in self.nodes],
             q=self.q.value.name,
             k=self.k.value.name,
             v=self.v.value.name,
             layout={"q": self.q.layout.value, "k": self.k.layout.value, "v": self.v.layout.value},
             output=self.output.name.removesuffix("__replaced") if self.output.name else None,
-            mask=self.mask,
-            window=self.window,
-            scale=self.scale,
-            scale_source=self.scale_source,
             upstream_scale=self.upstream_scale,
-            q_heads=self.q_heads,
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
-            q_len=self.q_len,
-            kv_len=self.kv_len,
-            float32_softmax=self.float32_softmax,
         )
 
 
