@@ -159,6 +159,18 @@ def _inverse_twiddle(te, rows: Sequence[int], n1: int, n2: int, d, tw, name: str
     return te.compute((*rows, 2 * n1, n2), twiddle, name=name)
 
 
+def _times_matrix(te, x, m, name: str):
+    """``x`` [..., A, Q] times a DFT matrix ``m`` [Q, J] -> [..., A, J]: a stage along the
+    last axis as a batched matmul (the form schedule rules tile)."""
+    *lead, width = (int(d) for d in x.shape)
+    q = te.reduce_axis((0, width), name="q")
+    return te.compute(
+        (*lead, int(m.shape[1])),
+        lambda *ix: te.sum(x[(*ix[:-1], q)] * m[q, ix[-1]], axis=q),
+        name=name,
+    )
+
+
 def _forward_stages(te, rows: Sequence[int], n: int, load: Loader, dtype: str, name: str):
     """Real FFT of rows given by ``load``: (placeholders, spectrum [*rows, N1, 2 H2])."""
     n1, n2 = split(n)
@@ -175,14 +187,7 @@ def _forward_stages(te, rows: Sequence[int], n: int, load: Loader, dtype: str, n
 
     a = te.compute((*rows, 2 * n1, n2), stage1, name=f"{name}_dft1")
     b = _forward_twiddle(te, rows, n1, n2, a, tw, f"{name}_twiddle")
-    q = te.reduce_axis((0, 2 * n2), name="q")
-
-    def stage2(*idx):
-        p, (k1, j) = idx[:nr], idx[nr:]
-        return te.sum(b[(*p, k1, q)] * f2[q, j], axis=q)
-
-    out = te.compute((*rows, n1, 2 * h2), stage2, name=f"{name}_dft2")
-    return [f1, tw, f2], out
+    return [f1, tw, f2], _times_matrix(te, b, f2, f"{name}_dft2")
 
 
 def _inverse_stages(te, tirx, rows: Sequence[int], n: int, spec, m1_out: int, dtype: str, name):
@@ -196,13 +201,7 @@ def _inverse_stages(te, tirx, rows: Sequence[int], n: int, spec, m1_out: int, dt
     tw = te.placeholder((n1, n2, 2, 2), dtype, name=f"{name}_tw")
     g1 = te.placeholder((m1_out, 2 * n1), dtype, name=f"{name}_g1")
     full = _hermitian(te, tirx, rows, n, spec, dtype, f"{name}_full")
-    q = te.reduce_axis((0, 2 * n2), name="q")
-
-    def stage1(*idx):
-        p, (k1, j) = idx[:nr], idx[nr:]
-        return te.sum(full[(*p, k1, q)] * g2[q, j], axis=q)
-
-    d = te.compute((*rows, n1, 2 * n2), stage1, name=f"{name}_idft1")
+    d = _times_matrix(te, full, g2, f"{name}_idft1")
     e = _inverse_twiddle(te, rows, n1, n2, d, tw, f"{name}_itwiddle")
     i = te.reduce_axis((0, 2 * n1), name="i")
 
@@ -582,7 +581,6 @@ def _emit_forward(bb, rows: int, n: int, dtype: str, load, src, name: str):
     from tvm import relax, te
 
     n1, n2 = split(n)
-    h2 = n2 // 2 + 1
     f1, tw, f2 = (relax.const(np.ascontiguousarray(a, dtype), dtype) for a in constants(n))
 
     def stage1(src, f1):
@@ -597,10 +595,7 @@ def _emit_forward(bb, rows: int, n: int, dtype: str, load, src, name: str):
         return _forward_twiddle(te, (rows,), n1, n2, a, tw, "twiddle")
 
     def stage2(b, f2):
-        q = te.reduce_axis((0, 2 * n2), name="q")
-        return te.compute(
-            (rows, n1, 2 * h2), lambda p, k1, j: te.sum(b[p, k1, q] * f2[q, j], axis=q), name="dft2"
-        )
+        return _times_matrix(te, b, f2, "dft2")
 
     a = bb.emit_te(stage1, src, f1, primfunc_name_hint=f"{name}_dft1")
     b = bb.emit_te(twiddle, a, tw, primfunc_name_hint=f"{name}_twiddle")
@@ -625,12 +620,7 @@ def _emit_inverse(bb, rows: int, n: int, m1_out: int, dtype: str, spec, name: st
         return _hermitian(te, tirx, (rows,), n, half, dtype, "full")
 
     def stage1(full, g2):
-        q = te.reduce_axis((0, 2 * n2), name="q")
-        return te.compute(
-            (rows, n1, 2 * n2),
-            lambda p, k1, j: te.sum(full[p, k1, q] * g2[q, j], axis=q),
-            name="idft1",
-        )
+        return _times_matrix(te, full, g2, "idft1")
 
     def twiddle(d, tw):
         return _inverse_twiddle(te, (rows,), n1, n2, d, tw, "itwiddle")
@@ -703,12 +693,7 @@ def emit_dft(bb, x, n: int, inverse: bool, dtype: str, name: str = "dft"):
         return _forward_twiddle(te, (rows,), n1, n2, a, tw, "ctwiddle")
 
     def stage2(b, f2):
-        q = te.reduce_axis((0, 2 * n2), name="q")
-        return te.compute(
-            (rows, n1, 2 * n2),
-            lambda p, k1, j: te.sum(b[p, k1, q] * f2[q, j], axis=q),
-            name="cdft2",
-        )
+        return _times_matrix(te, b, f2, "cdft2")
 
     def natural(y):
         return te.compute(
