@@ -12,14 +12,14 @@ from onnx import TensorProto, helper
 
 pytest.importorskip("tvm")
 
-import tvm
 from tvm import te
 
 from attnrewrite.lower import build, load
 from attnrewrite.lower.relax_import import legalize, prepare, to_relax
 from attnrewrite.lower.scan import prefix_sum
 from attnrewrite.lower.targets import make_target
-from tests.conftest import run
+from tests.conftest import run as run_onnx
+from tests.lower.prim import prim_func, run
 
 CASES = [  # shape, axis, exclusive
     ((2, 8, 16, 5, 64), 2, True),  # PolySketch's block states: vectors of 16
@@ -34,24 +34,17 @@ CASES = [  # shape, axis, exclusive
 def test_prefix_sum_matches_numpy(case):
     shape, axis, exclusive = case
     x = te.placeholder(shape, "float32", name="x")
-    func = te.create_prim_func([x, prefix_sum(x, axis, exclusive)])
-    func = func.with_attr("global_symbol", "main")
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=make_target("llvm")).jit()
     xs = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    out = tvm.runtime.tensor(np.zeros(shape, "float32"))
-    lib["main"](tvm.runtime.tensor(xs), out)
+    got = run(prim_func([x, prefix_sum(x, axis, exclusive)]), [xs], shape, "float32")
     want = np.cumsum(xs.astype(np.float64), axis=axis) - (xs if exclusive else 0)
-    assert np.abs(out.numpy() - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_prefix_sum_accumulates_in_the_requested_dtype():
     x = te.placeholder((3, 40), "float32", name="x")
-    func = te.create_prim_func([x, prefix_sum(x, 1, False, "float64")])
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), "llvm").jit()
     xs = np.random.default_rng(1).standard_normal((3, 40)).astype("float32")
-    out = tvm.runtime.tensor(np.zeros((3, 40), "float64"))
-    lib["main"](tvm.runtime.tensor(xs), out)
-    assert np.abs(out.numpy() - np.cumsum(xs.astype(np.float64), axis=1)).max() < 1e-12
+    got = run(prim_func([x, prefix_sum(x, 1, False, "float64")]), [xs], (3, 40), "float64")
+    assert np.abs(got - np.cumsum(xs.astype(np.float64), axis=1)).max() < 1e-12
 
 
 def test_onnx_cumsum_built_for_llvm_matches_onnxruntime(tmp_path):
@@ -70,5 +63,5 @@ def test_onnx_cumsum_built_for_llvm_matches_onnxruntime(tmp_path):
     assert "prefix_sum" in {gvar.name_hint for gvar in legal.functions}
     xs = {"x": np.random.default_rng(2).standard_normal((2, 8, 12, 33)).astype("float32")}
     got = load(build(tmp_path / "cumsum.onnx", "llvm", tmp_path / "tvm")).run(xs)[0]
-    want = run(model, xs)[0]
+    want = run_onnx(model, xs)[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

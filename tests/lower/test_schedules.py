@@ -17,9 +17,7 @@ from tvm import s_tir, te, tirx
 from tvm.s_tir import dlight as dl
 
 from attnrewrite.lower import schedules
-from attnrewrite.lower.targets import make_target
-
-TARGET = make_target("llvm")
+from tests.lower.prim import TARGET, prim_func, run
 
 
 def loop_kinds(func: tirx.PrimFunc) -> set:
@@ -39,18 +37,6 @@ def scheduled(func: tirx.PrimFunc, rule: dl.ScheduleRule) -> tirx.PrimFunc:
         out = dl.ApplyDefaultSchedule(rule)(mod)["main"]
     assert out.attrs is not None and out.attrs.get("tirx.is_scheduled") == 1, "rule did not apply"
     return out
-
-
-def run(func: tirx.PrimFunc, inputs: list[np.ndarray], out_shape, dtype: str) -> np.ndarray:
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET).jit()
-    args = [tvm.runtime.tensor(a) for a in inputs]
-    out = tvm.runtime.tensor(np.zeros(out_shape, dtype))
-    lib["main"](*args, out)
-    return out.numpy()
-
-
-def prim_func(tensors) -> tirx.PrimFunc:
-    return te.create_prim_func(tensors).with_attr("global_symbol", "main")
 
 
 MATMULS = [  # A shape, B shape, B transposed ([.., J, K]), dtype, epilogue
