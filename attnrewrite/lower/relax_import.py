@@ -156,9 +156,8 @@ def legalize(mod, target):
     """The module as ``compile_relax`` hands it to the tuning records: every Relax op
     legalized to a PrimFunc, none fused yet (on CPUs: float32 exp and softmax with a
     vectorisable exponential, ``attnrewrite.lower.fast_math``, and cumsum as
-    ``scan.prefix_sum``). Model tuning
-    (``attnrewrite.lower.tune_model``) extracts its tasks from this same module, so the
-    records match structurally."""
+    ``scan.prefix_sum``). Model tuning (``attnrewrite.lower.tune_model``) extracts its tasks
+    from this same module, so the records match structurally."""
     from tvm import relax
 
     from attnrewrite.lower import fast_math, scan
