@@ -125,7 +125,12 @@ def _method(module: types.ModuleType, helps: Mapping[str, str], **flags: object)
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        _method(exact, {}, full_bias=True, window=True),
+        _method(
+            exact,
+            {"chunks": "causal query chunks, each against only the keys it sees (1: whole)"},
+            full_bias=True,
+            window=True,
+        ),
         _method(
             convbasis,
             {
