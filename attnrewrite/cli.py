@@ -12,21 +12,25 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-import onnxruntime
 from rich.console import Console
 from rich.table import Table
 
 from attnrewrite import __version__
 from attnrewrite import methods as references
+from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN, VERIFY_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError, VerificationError
-from attnrewrite.export import new_folder_name
-from attnrewrite.inputs import dimension_size, generate_inputs
-from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
-from attnrewrite.plan.auto import auto_rewrite
-from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
-from attnrewrite.substitute.methods import METHOD_NAMES, Method, get_method
+
+if TYPE_CHECKING:
+    import onnx
+
+    from attnrewrite.report.run import InputChoice
+    from attnrewrite.substitute.methods import Method
+
+# onnx, onnxruntime, torch and TVM take seconds to import: each command imports what it
+# uses when it runs, so --version, --help and errors about the arguments answer at once.
+METHOD_NAMES = tuple(references.METHODS)
 
 EXIT_BAD_INPUT = 2
 EXIT_VERIFICATION = 1
@@ -106,6 +110,8 @@ def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser)
 
 
 def _input_choice(args: argparse.Namespace) -> InputChoice:
+    from attnrewrite.report.run import InputChoice
+
     if args.inputs is not None and args.text is not None:
         raise AttnRewriteError("choose one of --inputs and --text")
     return InputChoice(args.inputs, args.text, args.tokenizer, args.seq_len, args.batch)
@@ -126,8 +132,10 @@ def report_parser() -> argparse.ArgumentParser:
 def run_report(argv: Sequence[str], console: Console) -> int:
     args = report_parser().parse_args(argv)
     for path in (args.original, args.rewritten):
-        if not path.is_file():
-            raise AttnRewriteError(f"no such file: {path}")
+        _require_file(path)
+    _quiet_libraries()
+    from attnrewrite.report.run import report
+
     out_dir = args.out or args.rewritten.parent
     result, files = report(
         args.original,
@@ -191,12 +199,34 @@ def inspect_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_file(path: Path) -> None:
+    """A missing input is reported before any library is imported."""
+    if not path.is_file():
+        raise AttnRewriteError(
+            f"no such file: {path}" if not path.exists() else f"not a file: {path}"
+        )
+
+
+def _quiet_libraries() -> None:
+    """onnxruntime logs errors only: its warnings are not for users."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+
+
 def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
+    _require_file(args.model)
+    _quiet_libraries()
     if args.method == "auto":
         return _run_auto(args, console)
     if args.max_error is not None:
         raise AttnRewriteError("--max-error applies to --method auto")
+    from attnrewrite.export import new_folder_name
+    from attnrewrite.pipeline import MODEL_FILE, rewrite_model
+    from attnrewrite.report.run import Sweep, report
+    from attnrewrite.substitute.methods import get_method
+
     method = get_method(args.method, _given_params(args, args.method))
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
     if args.model.suffix == ".pt2":
@@ -245,7 +275,11 @@ def _target(args: argparse.Namespace) -> str | None:
 
 def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
     """The rewritten model compiled for `target` at the --batch / --seq-len shapes."""
+    import onnx
+
+    from attnrewrite.inputs import dimension_size
     from attnrewrite.lower import build  # TVM only when asked for
+    from attnrewrite.pipeline import MODEL_FILE
 
     model = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
     dims = {
@@ -274,6 +308,7 @@ def _check_compiled(
     """The library against onnxruntime on the rewritten model (attnrewrite.lower.check)."""
     import tvm
 
+    from attnrewrite.inputs import generate_inputs
     from attnrewrite.lower.check import CHECK, check_artifact, library_tolerance
 
     if args.no_verify:
@@ -314,8 +349,11 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
     _given_params(args, "auto")
     if args.sweep:
         raise AttnRewriteError("--sweep does not apply to --method auto")
-    if not args.model.is_file():
-        raise AttnRewriteError(f"no such file: {args.model}")
+    from attnrewrite.export import new_folder_name
+    from attnrewrite.pipeline import MODEL_FILE
+    from attnrewrite.plan.auto import auto_rewrite
+    from attnrewrite.report.run import report
+
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-auto")
     target = _target(args)
     calibration = _input_choice(args).load(args.model)
@@ -356,11 +394,15 @@ def run_tune(argv: Sequence[str]) -> int:
 
 def run_inspect(argv: Sequence[str], console: Console) -> int:
     args = inspect_parser().parse_args(argv)
+    _require_file(args.model)
+    _quiet_libraries()
     if args.model.suffix == ".pt2":
         from attnrewrite.torch.pt2 import inspect_pt2  # FX code only for .pt2 inputs
 
         console.print_json(json.dumps(inspect_pt2(args.model)))
         return 0
+    from attnrewrite.pipeline import inspect_model
+
     found = inspect_model(args.model)
     if args.json:
         payload = {
@@ -396,7 +438,6 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     console = Console()
-    onnxruntime.set_default_logger_severity(3)  # errors only: warnings are not for users
     try:
         if args and args[0] == "inspect":
             return run_inspect(args[1:], console)

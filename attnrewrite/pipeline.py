@@ -19,6 +19,7 @@ import onnx_ir as ir
 import onnxruntime
 
 from attnrewrite import __version__
+from attnrewrite.defaults import VERIFY_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import save_model, staged_directory
 from attnrewrite.inputs import generate_inputs
@@ -31,7 +32,6 @@ from attnrewrite.verify import Parity, compare
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "rewrite.json"
-VERIFY_SEQ_LEN = 11  # deliberately unlike common export lengths (8, 16, 128)
 VERIFY_BATCHES = (2, 1)
 
 

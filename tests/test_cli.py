@@ -73,7 +73,9 @@ def test_verification_failure_names_the_block_and_exits_1(tmp_path, monkeypatch,
         return b.op("Mul", exact_body(b, sig, inputs, params), b.const(1.01, "float32"))
 
     broken = Method("exact", MethodBody("ExactAttention", off_by_one_percent))
-    monkeypatch.setattr("attnrewrite.cli.get_method", lambda name, params=None: broken)
+    monkeypatch.setattr(
+        "attnrewrite.substitute.methods.get_method", lambda name, params=None: broken
+    )
     source = _save(CASES["rotary_qknorm"].model, tmp_path / "rope.onnx")
     assert main([str(source), "--method", "exact", "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err

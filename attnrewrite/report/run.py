@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.loading import load_proto
 from attnrewrite.pipeline import rewrite_model
@@ -16,9 +17,6 @@ from attnrewrite.report.build import build_report, sweep_point
 from attnrewrite.report.inputs import ReportInputs, from_npz, from_text, generated
 from attnrewrite.report.render import write_report
 from attnrewrite.substitute.methods import get_method
-
-REPORT_SEQ_LEN = 64  # small models often have 64 positions: pass the target length
-REPORT_BATCH = 2
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 
 import pytest
 import torch
@@ -21,12 +22,14 @@ def test_every_method_module_is_registered():
 
 
 def test_parameters_mirror_the_signatures():
+    """The registry declares the parameters without torch; the signatures repeat them."""
     for method in METHODS.values():
         sig = inspect.signature(method.attention).parameters
+        hints = typing.get_type_hints(method.attention)
         assert [p.name for p in method.params] == [n for n in sig if n not in COMMON]
         for p in method.params:
             assert p.default == sig[p.name].default
-            assert isinstance(p.default, p.kind) and p.help
+            assert hints[p.name] is p.kind and isinstance(p.default, p.kind) and p.help
             method.validate(**method.resolve())  # the defaults are valid
 
 
