@@ -2,7 +2,8 @@
 `attnrewrite report ORIGINAL REWRITTEN` and `attnrewrite tune KERNEL|MODEL.onnx --target T`.
 
 Bad input and bad options end with one line on stderr and exit status 2; a rewrite that
-fails its verification exits 1.
+fails its verification exits 1; a report whose verdict fails a gate (--max-error, --min-top1,
+--require-speedup) exits 3, after writing everything.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     import onnx
 
     from attnrewrite.report.run import InputChoice
+    from attnrewrite.report.verdict import Gates
     from attnrewrite.substitute.methods import Method
 
 # onnx, onnxruntime, torch and TVM take seconds to import: each command imports what it
@@ -59,7 +61,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
     parser.add_argument(
-        "--method", required=True, help=f"one of {', '.join(METHOD_NAMES)}, or auto (per head)"
+        "--method",
+        required=True,
+        help=f"one of {', '.join(METHOD_NAMES)}, or auto (per head, within --max-error)",
     )
     _add_method_params(parser)
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
@@ -69,11 +73,6 @@ def rewrite_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=VERIFY_SEQ_LEN,
         help=f"sequence length of the parity run (default {VERIFY_SEQ_LEN}: unlike export lengths)",
-    )
-    parser.add_argument(
-        "--max-error",
-        type=float,
-        help="--method auto: error budget (relative L2 per head, then end to end on held-out)",
     )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
     lowering = parser.add_argument_group("compiled library through TVM (needs the tvm extra)")
@@ -85,7 +84,68 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "--sweep", metavar="NAME=V1,V2", help="also rewrite at each value of one method parameter"
     )
     _add_input_options(reporting)
+    _add_gates(parser, auto=True)
     return parser
+
+
+def _add_gates(parser: argparse.ArgumentParser, auto: bool) -> None:
+    """The verdict's gates: checked on the report's measurements, exit 3 when one fails."""
+    budget = (
+        " With --method auto it is also the planning budget: the plan's end-to-end error "
+        "(relative L2 of every output, and top-1 disagreement for logits) stays within E on "
+        "the calibration rows and on held-out rows; a single head may err more, as its "
+        "error is diluted in the model."
+        if auto
+        else ""
+    )
+    gates = parser.add_argument_group(
+        "verdict (exit 3 when a gate fails; the report and the model are still written)"
+    )
+    gates.add_argument(
+        "--max-error",
+        type=_positive_float,
+        metavar="E",
+        help="largest end-to-end error accepted: the worst output's relative L2, "
+        f"||rewritten - original|| / ||original||, on the report's inputs.{budget}",
+    )
+    gates.add_argument(
+        "--min-top1",
+        type=_fraction,
+        metavar="P",
+        help="lowest top-1 agreement accepted on logits (0.99 or 99%%)",
+    )
+    gates.add_argument(
+        "--require-speedup",
+        type=_positive_float,
+        nargs="?",
+        const=1.0,
+        metavar="X",
+        help="require the rewritten model to be X times as fast as the original "
+        "(default 1: faster at all), timed in the report",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1 (or 100%), got {text}")
+    return value
+
+
+def _verdict_gates(args: argparse.Namespace) -> Gates:
+    from attnrewrite.report.verdict import Gates
+
+    return Gates(args.max_error, args.min_top1, args.require_speedup)
 
 
 def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -126,6 +186,7 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("rewritten", type=Path)
     parser.add_argument("-o", "--out", type=Path, help="report folder (default: the rewritten's)")
     _add_input_options(parser)
+    _add_gates(parser, auto=False)
     return parser
 
 
@@ -143,9 +204,22 @@ def run_report(argv: Sequence[str], console: Console) -> int:
         out_dir,
         _input_choice(args).load(args.original),
         repeats=args.repeats,
+        gates=_verdict_gates(args),
     )
+    return _print_report(result, files, console)
+
+
+def _print_report(result: dict, files: Sequence[Path], console: Console) -> int:
+    """The report's summary, its warnings, and the verdict as the last line: exit 3 when a
+    gate failed."""
+    from attnrewrite.report.verdict import EXIT_GATE_FAILED
+
     console.print(_report_line(result, files), highlight=False, soft_wrap=True)
-    return 0
+    verdict = result["verdict"]
+    for warning in verdict["warnings"]:
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    console.print(f"verdict: {verdict['line']}", highlight=False, soft_wrap=True)
+    return 0 if verdict["passed"] else EXIT_GATE_FAILED
 
 
 def _report_line(result: dict, files: Sequence[Path]) -> str:
@@ -216,12 +290,21 @@ def _quiet_libraries() -> None:
 
 def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
+    if args.method not in (*METHOD_NAMES, "auto"):
+        raise AttnRewriteError(
+            f"unknown method '{args.method}'; choose one of {', '.join(METHOD_NAMES)}, "
+            "or auto (per head, within --max-error)"
+        )
     _require_file(args.model)
     _quiet_libraries()
     if args.method == "auto":
         return _run_auto(args, console)
-    if args.max_error is not None:
-        raise AttnRewriteError("--max-error applies to --method auto")
+    gates = _verdict_gates(args)
+    if gates.any() and not args.report:
+        raise AttnRewriteError(
+            "--max-error, --min-top1 and --require-speedup are checked on the accuracy report: "
+            "add --report"
+        )
     from attnrewrite.export import new_folder_name
     from attnrewrite.pipeline import MODEL_FILE, rewrite_model
     from attnrewrite.report.run import Sweep, report
@@ -251,8 +334,9 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
             method={"name": method.name, "params": method.params},
             sweep=sweep,
             repeats=args.repeats,
+            gates=gates,
         )
-        console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+        return _print_report(result, files, console)
     return 0
 
 
@@ -345,7 +429,7 @@ def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: C
 
 def _run_auto(args: argparse.Namespace, console: Console) -> int:
     if args.max_error is None:
-        raise AttnRewriteError("--method auto needs --max-error (e.g. 1e-2)")
+        raise AttnRewriteError("--method auto needs --max-error, its error budget (e.g. 1e-2)")
     _given_params(args, "auto")
     if args.sweep:
         raise AttnRewriteError("--sweep does not apply to --method auto")
@@ -370,9 +454,15 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
         console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
     if args.report:
         result, files = report(
-            args.model, out_dir / MODEL_FILE, out_dir, calibration, repeats=args.repeats
+            args.model,
+            out_dir / MODEL_FILE,
+            out_dir,
+            calibration,
+            method=outcome.report["method"],
+            repeats=args.repeats,
+            gates=_verdict_gates(args),
         )
-        console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+        return _print_report(result, files, console)
     return 0
 
 

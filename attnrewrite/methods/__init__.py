@@ -13,6 +13,7 @@ functions also raise ValueError for anything they cannot honour).
 from __future__ import annotations
 
 import importlib
+import math
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,12 +54,17 @@ class Method:
 
     ``full_bias``: accepts a bias that varies per query (otherwise only key-wise biases such as
     padding masks). ``window``: honours a causal sliding window narrower than the keys.
+    ``exact_up_to``: for given parameters, the longest key sequence the method computes exactly
+    by construction, with or without a causal mask (inf for exact; None when no length is, as
+    for PolySketch's fitted kernel): a report at that length has not exercised the
+    approximation. (A causal window is exact a little further: its sinks add keys.)
     """
 
     name: str
     params: tuple[Param, ...]
     full_bias: bool
     window: bool
+    exact_up_to: Callable[[Mapping[str, object]], float | None] = lambda params: None
 
     @property
     def module(self) -> types.ModuleType:
@@ -120,7 +126,7 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("exact", (), full_bias=True, window=True),
+        Method("exact", (), full_bias=True, window=True, exact_up_to=lambda p: math.inf),
         Method(
             "convbasis",
             (
@@ -133,6 +139,7 @@ METHODS: dict[str, Method] = {
             ),
             full_bias=True,
             window=True,
+            exact_up_to=lambda p: p["bases"],  # one basis per position
         ),
         Method(
             "polysketch",
@@ -164,6 +171,7 @@ METHODS: dict[str, Method] = {
             ),
             full_bias=False,
             window=False,
+            exact_up_to=lambda p: 2 * p["block"],  # two blocks are all near field
         ),
         Method(
             "window",
@@ -173,6 +181,7 @@ METHODS: dict[str, Method] = {
             ),
             full_bias=True,
             window=True,
+            exact_up_to=lambda p: p["width"],  # every key in the band (causal: + sinks)
         ),
     )
 }

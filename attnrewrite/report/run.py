@@ -16,6 +16,7 @@ from attnrewrite.progress import steps
 from attnrewrite.report.build import build_report, sweep_point
 from attnrewrite.report.inputs import ReportInputs, from_npz, from_text, generated
 from attnrewrite.report.render import write_report
+from attnrewrite.report.verdict import Gates, judge
 from attnrewrite.substitute.methods import get_method
 
 
@@ -102,8 +103,10 @@ def report(
     method: dict | None = None,
     sweep: Sweep | None = None,
     repeats: int = 5,
+    gates: Gates | None = None,
 ) -> tuple[dict, list[Path]]:
-    """Compare, optionally sweep, and write report.json/.md/.html into `out_dir`."""
+    """Compare, optionally sweep, judge against `gates`, and write report.json/.md/.html into
+    `out_dir`."""
     sweep_part = None
     if sweep is not None:
         if method is None:
@@ -123,6 +126,7 @@ def report(
         repeats=repeats,
         sweep=sweep_part,
     )
+    result["verdict"] = judge(result, gates or Gates())
     return result, write_report(result, out_dir)
 
 

@@ -67,3 +67,27 @@ def test_capability_flags_tell_the_truth():
             else:
                 with pytest.raises(ValueError):
                     method(q, k, v, scale=0.5, is_causal=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("multipole", {"block": 4}), ("convbasis", {"bases": 6}), ("window", {"width": 5})],
+)
+@pytest.mark.parametrize("causal", [True, False])
+def test_exact_up_to_is_the_length_up_to_which_a_method_is_exact(name, params, causal):
+    method = get(name)
+    resolved = method.resolve(params)
+    limit = int(method.exact_up_to(resolved))
+    beyond = limit + 1 + (resolved["sinks"] if name == "window" and causal else 0)
+    exact = get("exact")
+    for n, is_exact in ((limit, True), (beyond, False)):
+        q, k, v = rand_qkv(sq=n, skv=n)
+        out = method(q, k, v, scale=0.5, is_causal=causal, **params)
+        ref = exact(q, k, v, scale=0.5, is_causal=causal)
+        error = float((out - ref).norm() / ref.norm())
+        assert (error < 1e-12) == is_exact, (n, error)
+
+
+def test_exact_up_to_for_exact_and_polysketch():
+    assert get("exact").exact_up_to({}) == float("inf")
+    assert get("polysketch").exact_up_to(get("polysketch").resolve()) is None
