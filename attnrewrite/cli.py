@@ -26,6 +26,7 @@ from attnrewrite.errors import AttnRewriteError, VerificationError
 if TYPE_CHECKING:
     import onnx
 
+    from attnrewrite.match import FindResult
     from attnrewrite.report.run import InputChoice
     from attnrewrite.report.verdict import Gates
     from attnrewrite.substitute.methods import Method
@@ -483,6 +484,9 @@ def run_tune(argv: Sequence[str]) -> int:
 
 
 def run_inspect(argv: Sequence[str], console: Console) -> int:
+    """What the finder sees; a model without attention says so and exits 2, as the rewrite
+    does. Cells wrap rather than being cut, and output that is not a terminal gets the
+    tables' full width."""
     args = inspect_parser().parse_args(argv)
     _require_file(args.model)
     _quiet_libraries()
@@ -491,7 +495,7 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
 
         console.print_json(json.dumps(inspect_pt2(args.model)))
         return 0
-    from attnrewrite.pipeline import inspect_model
+    from attnrewrite.pipeline import inspect_model, no_attention
 
     found = inspect_model(args.model)
     if args.json:
@@ -500,29 +504,51 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
             "not_rewritten": [r.describe() for r in found.refusals],
         }
         console.print_json(json.dumps(payload))
-        return 0
-    table = Table(title=f"{len(found.matches)} attention block(s) in {args.model}")
-    for column in ("anchor", "graph", "mask", "heads/kv", "scale", "q/kv len", "variant"):
-        table.add_column(column)
-    for m in found.matches:
-        table.add_row(
-            m.anchor,
-            m.graph_name,
-            m.mask.value + (f" w={m.window}" if m.window else ""),
-            f"{m.q_heads}/{m.kv_heads}",
-            f"{m.scale:.4g} ({m.scale_source})",
-            f"{m.q_len}/{m.kv_len}",
-            " ".join(m.variant),
+    else:
+        _print_findings(found, args.model, console)
+    if not found.matches:
+        raise no_attention(args.model, found)
+    return 0
+
+
+def _print_findings(found: FindResult, model: Path, console: Console) -> None:
+    if not console.is_terminal:
+        console = Console(width=UNBOUNDED)
+    if found.matches:
+        table = _table(
+            f"{len(found.matches)} attention block(s) in {model}",
+            ("anchor", "graph", "mask", "heads/kv", "scale", "q/kv len", "variant"),
         )
-    console.print(table)
+        for m in found.matches:
+            table.add_row(
+                m.anchor,
+                m.graph_name,
+                m.mask.value + (f" w={m.window}" if m.window else ""),
+                f"{m.q_heads}/{m.kv_heads}",
+                f"{m.scale:.4g} ({m.scale_source})",
+                f"{m.q_len}/{m.kv_len}",
+                " ".join(m.variant),
+            )
+        console.print(table)
     if found.refusals:
-        refused = Table(title=f"{len(found.refusals)} Softmax/attention op(s) not rewritten")
-        for column in ("node", "op", "graph", "reason"):
-            refused.add_column(column)
+        refused = _table(
+            f"{len(found.refusals)} Softmax/attention op(s) not rewritten",
+            ("node", "op", "graph", "reason"),
+        )
         for r in found.refusals:
             refused.add_row(r.anchor, r.op_type, r.graph_name, r.reason)
         console.print(refused)
-    return 0
+
+
+UNBOUNDED = 10_000  # columns: a table printed to a file or a pipe is never cut or wrapped
+
+
+def _table(title: str, columns: Sequence[str]) -> Table:
+    """A table whose long names fold onto more lines instead of ending in '...'."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:

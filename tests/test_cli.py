@@ -61,7 +61,7 @@ def test_default_output_folder_is_new_and_named_after_model_and_method(tmp_path,
 
 def test_inspect_reports_why_a_softmax_was_not_rewritten(tmp_path, capsys) -> None:
     source = _save(CASES["probs_second_consumer"].model, tmp_path / "m.onnx")
-    assert main(["inspect", str(source), "--json"]) == 0
+    assert main(["inspect", str(source), "--json"]) == 2  # no attention, as the rewrite says
     payload = json.loads(capsys.readouterr().out)
     assert payload["matches"] == []
     (refusal,) = payload["not_rewritten"]
