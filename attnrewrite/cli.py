@@ -79,6 +79,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
     lowering = parser.add_argument_group("compiled library through TVM (needs the tvm extra)")
     lowering.add_argument("--target", help="also compile for llvm (this CPU) or cuda")
     lowering.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
+    lowering.add_argument(
+        "--verbose", action="store_true", help="show TVM's own compiler warnings (hidden)"
+    )
     reporting = parser.add_argument_group("accuracy report (report.json, report.md, report.html)")
     reporting.add_argument("--report", action="store_true", help="write the accuracy report")
     reporting.add_argument(
@@ -365,6 +368,7 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
     from attnrewrite.inputs import dimension_size
     from attnrewrite.lower import build  # TVM only when asked for
     from attnrewrite.pipeline import MODEL_FILE
+    from attnrewrite.quiet import library_output
 
     model = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
     dims = {
@@ -374,7 +378,8 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
         if dim.dim_param
     }
     try:
-        folder = build(out_dir / MODEL_FILE, target, None, dims)
+        with library_output(show=args.verbose):
+            folder = build(out_dir / MODEL_FILE, target, None, dims)
     except Exception as err:  # TVM's frontends and passes raise many types: all mean "cannot"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AttnRewriteError(
@@ -472,7 +477,14 @@ def run_tune(argv: Sequence[str]) -> int:
     attnrewrite.lower.tune) or `attnrewrite tune MODEL.onnx --dim name=value ...` (every
     function of a model, attnrewrite.lower.tune_model): meta_schedule records into
     attnrewrite/targets/."""
-    whole_model = bool(argv) and str(argv[0]).endswith(".onnx")
+    if not argv:
+        raise AttnRewriteError(
+            "tune needs a kernel (conv_basis, irfft, rfft, scan) or a MODEL.onnx; "
+            "see attnrewrite tune --help"
+        )
+    if argv[0] in ("-h", "--help"):
+        return _tune_help()
+    whole_model = str(argv[0]).endswith(".onnx")
     try:
         if whole_model:
             from attnrewrite.lower.tune_model import main as tune_main
@@ -481,6 +493,18 @@ def run_tune(argv: Sequence[str]) -> int:
     except ImportError:
         raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
     return tune_main(list(argv))
+
+
+def _tune_help() -> int:
+    """Both forms of `tune`, each with its own options."""
+    try:
+        from attnrewrite.lower import tune, tune_model
+    except ImportError:
+        raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
+    forms = (tune.arguments(), tune_model.arguments())
+    print("attnrewrite tune has two forms: one kernel, or every function of a model.\n")
+    print("\n\n".join(form.format_help() for form in forms), end="")
+    return 0
 
 
 def run_inspect(argv: Sequence[str], console: Console) -> int:
