@@ -103,7 +103,7 @@ def _add_gates(parser: argparse.ArgumentParser, auto: bool) -> None:
         else ""
     )
     gates = parser.add_argument_group(
-        "verdict (exit 3 when a gate fails; the report and the model are still written)"
+        "verdict (exit 3 when a gate fails, after every file is written)"
     )
     gates.add_argument(
         "--max-error",
@@ -154,7 +154,15 @@ def _verdict_gates(args: argparse.Namespace) -> Gates:
 
 def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     group.add_argument(
-        "--inputs", "--calib", type=Path, help="report/calibration inputs from a .npz"
+        "--inputs",
+        "--calib",
+        type=Path,
+        metavar="NPZ",
+        help="report and calibration inputs: a .npz with one array per model input, named as "
+        "the input, e.g. np.savez('batch.npz', input_ids=ids, attention_mask=mask) with int64 "
+        "[batch, seq] arrays for a language model (a missing or misshapen one is named in the "
+        "error). Rows are sequences: --method auto chooses on the first half of the rows and "
+        "checks on the second, so give at least 2 (README: Calibration inputs)",
     )
     group.add_argument("--text", type=Path, help="report inputs: token ids of this text file")
     group.add_argument("--tokenizer", help="with --text: a tokenizer.json, or 'bytes' (UTF-8)")
