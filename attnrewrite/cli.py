@@ -242,7 +242,10 @@ def _report_line(result: dict, files: Sequence[Path]) -> str:
     logits = [o["logits"] for o in result["outputs"] if o["logits"]]
     if logits:
         text += f", top-1 agreement {logits[0]['top1_agreement']:.1%}"
-    text += f"; {latency['original_ms']:.1f} -> {latency['rewritten_ms']:.1f} ms"
+    text += (
+        f"; {latency['original_ms']:.1f} -> {latency['rewritten_ms']:.1f} ms "
+        f"(medians of {latency['repeats']} runs)"
+    )
     return f"{text} -> {', '.join(str(f) for f in files)}"
 
 
