@@ -37,6 +37,7 @@ METHOD_NAMES = tuple(references.METHODS)
 
 EXIT_BAD_INPUT = 2
 EXIT_VERIFICATION = 1
+TUNE_NEEDS_TVM = 'tune needs TVM: pip install -e ".[tvm]"'
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -502,7 +503,7 @@ def run_tune(argv: Sequence[str]) -> int:
         else:
             from attnrewrite.lower.tune import main as tune_main
     except ImportError:
-        raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
+        raise AttnRewriteError(TUNE_NEEDS_TVM) from None
     return tune_main(list(argv))
 
 
@@ -511,7 +512,7 @@ def _tune_help() -> int:
     try:
         from attnrewrite.lower import tune, tune_model
     except ImportError:
-        raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
+        raise AttnRewriteError(TUNE_NEEDS_TVM) from None
     forms = (tune.arguments(), tune_model.arguments())
     print("attnrewrite tune has two forms: one kernel, or every function of a model.\n")
     print("\n\n".join(form.format_help() for form in forms), end="")
