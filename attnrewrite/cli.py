@@ -2,7 +2,8 @@
 `attnrewrite report ORIGINAL REWRITTEN` and `attnrewrite tune KERNEL|MODEL.onnx --target T`.
 
 Bad input and bad options end with one line on stderr and exit status 2; a rewrite that
-fails its verification exits 1.
+fails its verification exits 1; a report whose verdict fails a gate (--max-error, --min-top1,
+--require-speedup) exits 3, after writing everything.
 """
 
 from __future__ import annotations
@@ -12,24 +13,31 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-import onnxruntime
 from rich.console import Console
 from rich.table import Table
 
 from attnrewrite import __version__
 from attnrewrite import methods as references
+from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN, VERIFY_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError, VerificationError
-from attnrewrite.export import new_folder_name
-from attnrewrite.inputs import dimension_size, generate_inputs
-from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
-from attnrewrite.plan.auto import auto_rewrite
-from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
-from attnrewrite.substitute.methods import METHOD_NAMES, Method, get_method
+
+if TYPE_CHECKING:
+    import onnx
+
+    from attnrewrite.match import FindResult
+    from attnrewrite.report.run import InputChoice
+    from attnrewrite.report.verdict import Gates
+    from attnrewrite.substitute.methods import Method
+
+# onnx, onnxruntime, torch and TVM take seconds to import: each command imports what it
+# uses when it runs, so --version, --help and errors about the arguments answer at once.
+METHOD_NAMES = tuple(references.METHODS)
 
 EXIT_BAD_INPUT = 2
 EXIT_VERIFICATION = 1
+TUNE_NEEDS_TVM = 'tune needs TVM: pip install -e ".[tvm]"'
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,7 +63,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
     parser.add_argument(
-        "--method", required=True, help=f"one of {', '.join(METHOD_NAMES)}, or auto (per head)"
+        "--method",
+        required=True,
+        help=f"one of {', '.join(METHOD_NAMES)}, or auto (per head, within --max-error)",
     )
     _add_method_params(parser)
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
@@ -66,27 +76,94 @@ def rewrite_parser() -> argparse.ArgumentParser:
         default=VERIFY_SEQ_LEN,
         help=f"sequence length of the parity run (default {VERIFY_SEQ_LEN}: unlike export lengths)",
     )
-    parser.add_argument(
-        "--max-error",
-        type=float,
-        help="--method auto: error budget (relative L2 per head, then end to end on held-out)",
-    )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
     lowering = parser.add_argument_group("compiled library through TVM (needs the tvm extra)")
     lowering.add_argument("--target", help="also compile for llvm (this CPU) or cuda")
     lowering.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
+    lowering.add_argument(
+        "--verbose", action="store_true", help="show TVM's own compiler warnings (hidden)"
+    )
     reporting = parser.add_argument_group("accuracy report (report.json, report.md, report.html)")
     reporting.add_argument("--report", action="store_true", help="write the accuracy report")
     reporting.add_argument(
         "--sweep", metavar="NAME=V1,V2", help="also rewrite at each value of one method parameter"
     )
     _add_input_options(reporting)
+    _add_gates(parser, auto=True)
     return parser
+
+
+def _add_gates(parser: argparse.ArgumentParser, auto: bool) -> None:
+    """The verdict's gates: checked on the report's measurements, exit 3 when one fails."""
+    budget = (
+        " With --method auto it is also the planning budget: the plan's end-to-end error "
+        "(relative L2 of every output, and top-1 disagreement for logits) stays within E on "
+        "the calibration rows and on held-out rows; a single head may err more, as its "
+        "error is diluted in the model."
+        if auto
+        else ""
+    )
+    gates = parser.add_argument_group(
+        "verdict (exit 3 when a gate fails, after every file is written)"
+    )
+    gates.add_argument(
+        "--max-error",
+        type=_positive_float,
+        metavar="E",
+        help="largest end-to-end error accepted: the worst output's relative L2, "
+        f"||rewritten - original|| / ||original||, on the report's inputs.{budget}",
+    )
+    gates.add_argument(
+        "--min-top1",
+        type=_fraction,
+        metavar="P",
+        help="lowest top-1 agreement accepted on logits (0.99 or 99%%)",
+    )
+    gates.add_argument(
+        "--require-speedup",
+        type=_positive_float,
+        nargs="?",
+        const=1.0,
+        metavar="X",
+        help="require the rewritten model to be X times as fast as the original "
+        "(default 1: faster at all), timed in the report",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1 (or 100%), got {text}")
+    return value
+
+
+def _verdict_gates(args: argparse.Namespace) -> Gates:
+    from attnrewrite.report.verdict import Gates
+
+    return Gates(args.max_error, args.min_top1, args.require_speedup)
 
 
 def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     group.add_argument(
-        "--inputs", "--calib", type=Path, help="report/calibration inputs from a .npz"
+        "--inputs",
+        "--calib",
+        type=Path,
+        metavar="NPZ",
+        help="report and calibration inputs: a .npz with one array per model input, named as "
+        "the input, e.g. np.savez('batch.npz', input_ids=ids, attention_mask=mask) with int64 "
+        "[batch, seq] arrays for a language model (a missing or misshapen one is named in the "
+        "error). Rows are sequences: --method auto chooses on the first half of the rows and "
+        "checks on the second, so give at least 2 (README: Calibration inputs)",
     )
     group.add_argument("--text", type=Path, help="report inputs: token ids of this text file")
     group.add_argument("--tokenizer", help="with --text: a tokenizer.json, or 'bytes' (UTF-8)")
@@ -106,6 +183,8 @@ def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser)
 
 
 def _input_choice(args: argparse.Namespace) -> InputChoice:
+    from attnrewrite.report.run import InputChoice
+
     if args.inputs is not None and args.text is not None:
         raise AttnRewriteError("choose one of --inputs and --text")
     return InputChoice(args.inputs, args.text, args.tokenizer, args.seq_len, args.batch)
@@ -120,14 +199,17 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("rewritten", type=Path)
     parser.add_argument("-o", "--out", type=Path, help="report folder (default: the rewritten's)")
     _add_input_options(parser)
+    _add_gates(parser, auto=False)
     return parser
 
 
 def run_report(argv: Sequence[str], console: Console) -> int:
     args = report_parser().parse_args(argv)
     for path in (args.original, args.rewritten):
-        if not path.is_file():
-            raise AttnRewriteError(f"no such file: {path}")
+        _require_file(path)
+    _quiet_libraries()
+    from attnrewrite.report.run import report
+
     out_dir = args.out or args.rewritten.parent
     result, files = report(
         args.original,
@@ -135,9 +217,22 @@ def run_report(argv: Sequence[str], console: Console) -> int:
         out_dir,
         _input_choice(args).load(args.original),
         repeats=args.repeats,
+        gates=_verdict_gates(args),
     )
+    return _print_report(result, files, console)
+
+
+def _print_report(result: dict, files: Sequence[Path], console: Console) -> int:
+    """The report's summary, its warnings, and the verdict as the last line: exit 3 when a
+    gate failed."""
+    from attnrewrite.report.verdict import EXIT_GATE_FAILED
+
     console.print(_report_line(result, files), highlight=False, soft_wrap=True)
-    return 0
+    verdict = result["verdict"]
+    for warning in verdict["warnings"]:
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    console.print(f"verdict: {verdict['line']}", highlight=False, soft_wrap=True)
+    return 0 if verdict["passed"] else EXIT_GATE_FAILED
 
 
 def _report_line(result: dict, files: Sequence[Path]) -> str:
@@ -148,7 +243,10 @@ def _report_line(result: dict, files: Sequence[Path]) -> str:
     logits = [o["logits"] for o in result["outputs"] if o["logits"]]
     if logits:
         text += f", top-1 agreement {logits[0]['top1_agreement']:.1%}"
-    text += f"; {latency['original_ms']:.1f} -> {latency['rewritten_ms']:.1f} ms"
+    text += (
+        f"; {latency['original_ms']:.1f} -> {latency['rewritten_ms']:.1f} ms "
+        f"(medians of {latency['repeats']} runs)"
+    )
     return f"{text} -> {', '.join(str(f) for f in files)}"
 
 
@@ -191,12 +289,43 @@ def inspect_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_file(path: Path) -> None:
+    """A missing input is reported before any library is imported."""
+    if not path.is_file():
+        raise AttnRewriteError(
+            f"no such file: {path}" if not path.exists() else f"not a file: {path}"
+        )
+
+
+def _quiet_libraries() -> None:
+    """onnxruntime logs errors only: its warnings are not for users."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+
+
 def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
+    if args.method not in (*METHOD_NAMES, "auto"):
+        raise AttnRewriteError(
+            f"unknown method '{args.method}'; choose one of {', '.join(METHOD_NAMES)}, "
+            "or auto (per head, within --max-error)"
+        )
+    _require_file(args.model)
+    _quiet_libraries()
     if args.method == "auto":
         return _run_auto(args, console)
-    if args.max_error is not None:
-        raise AttnRewriteError("--max-error applies to --method auto")
+    gates = _verdict_gates(args)
+    if gates.any() and not args.report:
+        raise AttnRewriteError(
+            "--max-error, --min-top1 and --require-speedup are checked on the accuracy report: "
+            "add --report"
+        )
+    from attnrewrite.export import new_folder_name
+    from attnrewrite.pipeline import MODEL_FILE, rewrite_model
+    from attnrewrite.report.run import Sweep, report
+    from attnrewrite.substitute.methods import get_method
+
     method = get_method(args.method, _given_params(args, args.method))
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
     if args.model.suffix == ".pt2":
@@ -221,8 +350,9 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
             method={"name": method.name, "params": method.params},
             sweep=sweep,
             repeats=args.repeats,
+            gates=gates,
         )
-        console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+        return _print_report(result, files, console)
     return 0
 
 
@@ -245,7 +375,12 @@ def _target(args: argparse.Namespace) -> str | None:
 
 def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
     """The rewritten model compiled for `target` at the --batch / --seq-len shapes."""
+    import onnx
+
+    from attnrewrite.inputs import dimension_size
     from attnrewrite.lower import build  # TVM only when asked for
+    from attnrewrite.pipeline import MODEL_FILE
+    from attnrewrite.quiet import library_output
 
     model = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
     dims = {
@@ -255,7 +390,8 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
         if dim.dim_param
     }
     try:
-        folder = build(out_dir / MODEL_FILE, target, None, dims)
+        with library_output(show=args.verbose):
+            folder = build(out_dir / MODEL_FILE, target, None, dims)
     except Exception as err:  # TVM's frontends and passes raise many types: all mean "cannot"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AttnRewriteError(
@@ -274,6 +410,7 @@ def _check_compiled(
     """The library against onnxruntime on the rewritten model (attnrewrite.lower.check)."""
     import tvm
 
+    from attnrewrite.inputs import generate_inputs
     from attnrewrite.lower.check import CHECK, check_artifact, library_tolerance
 
     if args.no_verify:
@@ -310,12 +447,15 @@ def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: C
 
 def _run_auto(args: argparse.Namespace, console: Console) -> int:
     if args.max_error is None:
-        raise AttnRewriteError("--method auto needs --max-error (e.g. 1e-2)")
+        raise AttnRewriteError("--method auto needs --max-error, its error budget (e.g. 1e-2)")
     _given_params(args, "auto")
     if args.sweep:
         raise AttnRewriteError("--sweep does not apply to --method auto")
-    if not args.model.is_file():
-        raise AttnRewriteError(f"no such file: {args.model}")
+    from attnrewrite.export import new_folder_name
+    from attnrewrite.pipeline import MODEL_FILE
+    from attnrewrite.plan.auto import auto_rewrite
+    from attnrewrite.report.run import report
+
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-auto")
     target = _target(args)
     calibration = _input_choice(args).load(args.model)
@@ -332,9 +472,15 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
         console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
     if args.report:
         result, files = report(
-            args.model, out_dir / MODEL_FILE, out_dir, calibration, repeats=args.repeats
+            args.model,
+            out_dir / MODEL_FILE,
+            out_dir,
+            calibration,
+            method=outcome.report["method"],
+            repeats=args.repeats,
+            gates=_verdict_gates(args),
         )
-        console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+        return _print_report(result, files, console)
     return 0
 
 
@@ -343,24 +489,50 @@ def run_tune(argv: Sequence[str]) -> int:
     attnrewrite.lower.tune) or `attnrewrite tune MODEL.onnx --dim name=value ...` (every
     function of a model, attnrewrite.lower.tune_model): meta_schedule records into
     attnrewrite/targets/."""
-    whole_model = bool(argv) and str(argv[0]).endswith(".onnx")
+    if not argv:
+        raise AttnRewriteError(
+            "tune needs a kernel (conv_basis, irfft, rfft, scan) or a MODEL.onnx; "
+            "see attnrewrite tune --help"
+        )
+    if argv[0] in ("-h", "--help"):
+        return _tune_help()
+    whole_model = str(argv[0]).endswith(".onnx")
     try:
         if whole_model:
             from attnrewrite.lower.tune_model import main as tune_main
         else:
             from attnrewrite.lower.tune import main as tune_main
     except ImportError:
-        raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
+        raise AttnRewriteError(TUNE_NEEDS_TVM) from None
     return tune_main(list(argv))
 
 
+def _tune_help() -> int:
+    """Both forms of `tune`, each with its own options."""
+    try:
+        from attnrewrite.lower import tune, tune_model
+    except ImportError:
+        raise AttnRewriteError(TUNE_NEEDS_TVM) from None
+    forms = (tune.arguments(), tune_model.arguments())
+    print("attnrewrite tune has two forms: one kernel, or every function of a model.\n")
+    print("\n\n".join(form.format_help() for form in forms), end="")
+    return 0
+
+
 def run_inspect(argv: Sequence[str], console: Console) -> int:
+    """What the finder sees; a model without attention says so and exits 2, as the rewrite
+    does. Cells wrap rather than being cut, and output that is not a terminal gets the
+    tables' full width."""
     args = inspect_parser().parse_args(argv)
+    _require_file(args.model)
+    _quiet_libraries()
     if args.model.suffix == ".pt2":
         from attnrewrite.torch.pt2 import inspect_pt2  # FX code only for .pt2 inputs
 
         console.print_json(json.dumps(inspect_pt2(args.model)))
         return 0
+    from attnrewrite.pipeline import inspect_model, no_attention
+
     found = inspect_model(args.model)
     if args.json:
         payload = {
@@ -368,35 +540,56 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
             "not_rewritten": [r.describe() for r in found.refusals],
         }
         console.print_json(json.dumps(payload))
-        return 0
-    table = Table(title=f"{len(found.matches)} attention block(s) in {args.model}")
-    for column in ("anchor", "graph", "mask", "heads/kv", "scale", "q/kv len", "variant"):
-        table.add_column(column)
-    for m in found.matches:
-        table.add_row(
-            m.anchor,
-            m.graph_name,
-            m.mask.value + (f" w={m.window}" if m.window else ""),
-            f"{m.q_heads}/{m.kv_heads}",
-            f"{m.scale:.4g} ({m.scale_source})",
-            f"{m.q_len}/{m.kv_len}",
-            " ".join(m.variant),
+    else:
+        _print_findings(found, args.model, console)
+    if not found.matches:
+        raise no_attention(args.model, found)
+    return 0
+
+
+def _print_findings(found: FindResult, model: Path, console: Console) -> None:
+    if not console.is_terminal:
+        console = Console(width=UNBOUNDED)
+    if found.matches:
+        table = _table(
+            f"{len(found.matches)} attention block(s) in {model}",
+            ("anchor", "graph", "mask", "heads/kv", "scale", "q/kv len", "variant"),
         )
-    console.print(table)
+        for m in found.matches:
+            table.add_row(
+                m.anchor,
+                m.graph_name,
+                m.mask.value + (f" w={m.window}" if m.window else ""),
+                f"{m.q_heads}/{m.kv_heads}",
+                f"{m.scale:.4g} ({m.scale_source})",
+                f"{m.q_len}/{m.kv_len}",
+                " ".join(m.variant),
+            )
+        console.print(table)
     if found.refusals:
-        refused = Table(title=f"{len(found.refusals)} Softmax/attention op(s) not rewritten")
-        for column in ("node", "op", "graph", "reason"):
-            refused.add_column(column)
+        refused = _table(
+            f"{len(found.refusals)} Softmax/attention op(s) not rewritten",
+            ("node", "op", "graph", "reason"),
+        )
         for r in found.refusals:
             refused.add_row(r.anchor, r.op_type, r.graph_name, r.reason)
         console.print(refused)
-    return 0
+
+
+UNBOUNDED = 10_000  # columns: a table printed to a file or a pipe is never cut or wrapped
+
+
+def _table(title: str, columns: Sequence[str]) -> Table:
+    """A table whose long names fold onto more lines instead of ending in '...'."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     console = Console()
-    onnxruntime.set_default_logger_severity(3)  # errors only: warnings are not for users
     try:
         if args and args[0] == "inspect":
             return run_inspect(args[1:], console)
