@@ -116,7 +116,7 @@ def test_rank3_operands(causal) -> None:
     """[B*H, S, d] operands, as some exporters write them, through the function directly."""
     method = get_method("multipole", {"block": 4, "coarse": 2})
     sig = Signature(3, ir.DataType.FLOAT, "none", False, causal, False, False, False, False)
-    model = function_model(method, sig, causal)
+    model = function_model(method, sig)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
     feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}
