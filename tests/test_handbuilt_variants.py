@@ -53,7 +53,7 @@ def test_variant_is_found_described_and_exact(name: str) -> None:
     assert not result.failed
     _check_description(case, found)
     assert not [n for n in rewritten.graph.node if n.op_type == "Softmax"]
-    lengths = (6, 9) if case.dynamic_seq else (6,)
+    lengths = ((6, 9) if case.dynamic_seq else (6,)) + case.lengths
     for n in lengths:
         feeds = case.feeds(n)
         error = max_relative_error(run(case.model, feeds), run(rewritten, feeds))

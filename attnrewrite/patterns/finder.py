@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -29,6 +29,7 @@ from attnrewrite.match import (
     ScoreStep,
 )
 from attnrewrite.patterns import fused, masks
+from attnrewrite.patterns.evaluations import Evaluations, LongSample
 from attnrewrite.patterns.graph_utils import all_graphs, numpy_dtype, rank_of, static_dim
 from attnrewrite.patterns.operands import (
     Factor,
@@ -41,9 +42,6 @@ from attnrewrite.patterns.operands import (
 from attnrewrite.patterns.probs import walk_probs
 from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
-
-SIZES = (6, 9)  # sequence lengths at which scales and masks are evaluated
-BATCHES = (2, 1)
 
 
 @dataclass(frozen=True)
@@ -65,48 +63,6 @@ class Candidate:
     nan_guard: bool
     float32_softmax: bool
     shape_readers: tuple[ir.Node, ...]
-
-
-@dataclass
-class Evaluations:
-    """Values of main-graph tensors at each size in SIZES (None where not evaluable)."""
-
-    model: ir.Model
-    wanted: list[ir.Value] = field(default_factory=list)
-    results: list[dict[int, np.ndarray]] = field(default_factory=list)
-    error: str = ""
-
-    def can_evaluate(self, value: ir.Value) -> bool:
-        if ev.constant_of(value) is not None:
-            return True
-        owner = value.producer().graph if value.producer() is not None else value.graph
-        return owner is self.model.graph
-
-    def want(self, value: ir.Value) -> None:
-        if ev.constant_of(value) is None and self.can_evaluate(value):
-            self.wanted.append(value)
-
-    def run(self) -> None:
-        unique = list({id(v): v for v in self.wanted}.values())
-        if not unique:
-            return
-        for batch in BATCHES:  # some exported graphs only run at batch 1
-            try:
-                runs = [ev.evaluate(self.model, unique, seq_len, batch) for seq_len in SIZES]
-            except Exception as err:  # onnxruntime raises many types; all mean "not evaluable"
-                self.error = str(err).splitlines()[0]
-                continue
-            self.results = [dict(zip(map(id, unique), r, strict=True)) for r in runs]
-            return
-
-    def values(self, value: ir.Value) -> list[np.ndarray] | None:
-        """The value at each size, or None."""
-        const = ev.constant_of(value)
-        if const is not None:
-            return [const] * len(SIZES)
-        if not self.results or id(value) not in self.results[0]:
-            return None
-        return [r[id(value)] for r in self.results]
 
 
 def find_attention(model: ir.Model) -> FindResult:
@@ -137,8 +93,9 @@ def find_attention(model: ir.Model) -> FindResult:
         _request(candidate, evaluations)
     for match in fused_matches:
         if match.bias is not None and match.bias.value is not None:
-            for value in (match.bias.value, match.q.value, match.k.value):
-                evaluations.want(value)
+            evaluations.want_mask([match.bias.value])
+            evaluations.want(match.q.value)
+            evaluations.want(match.k.value)
     evaluations.run()
     matches.extend(_classify_fused(match, evaluations) for match in fused_matches)
     for candidate in candidates:
@@ -229,8 +186,7 @@ def _request(candidate: Candidate, evaluations: Evaluations) -> None:
     for factor in (*candidate.factors, *candidate.upstream, *chain_factors):
         evaluations.want(factor.value)
     if bias_steps:
-        for value in _side_inputs(bias_steps):
-            evaluations.want(value)
+        evaluations.want_mask(_side_inputs(bias_steps))
         evaluations.want(candidate.qk.outputs[0])
 
 
@@ -251,15 +207,16 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
     scale_source = "+".join(sorted(sources)) if sources else "none"
     upstream = _constant_product(candidate.upstream, evaluations)
 
-    kind, window, bias = MaskKind.NONE, None, None
+    kind, window, bias, checks = MaskKind.NONE, None, None, ()
     if bias_steps:
         classified = _classify(candidate, bias_steps, evaluations)
         if isinstance(classified, str):
             return _refuse(candidate, classified)
-        kind, window = classified
+        kind, window, checks = classified
         if kind.needs_tensor:
             bias = _bias_source(bias_steps)
     variant = (*candidate.variant, *(f"mask:{s.node.op_type.lower()}" for s in bias_steps[:1]))
+    variant = (*variant, *checks)
     if bias_steps and evaluations.values(candidate.qk.outputs[0]) is None:
         variant = (*variant, "mask:unclassified")
     q_value = candidate.q.value
@@ -332,45 +289,88 @@ def _bias_source(steps: Sequence[ScoreStep]) -> Bias:
 
 def _classify(
     candidate: Candidate, steps: Sequence[ScoreStep], evaluations: Evaluations
-) -> tuple[MaskKind, int | None] | str:
-    side_values = {}
-    for i, step in enumerate(steps):
-        for j, value in enumerate(step.node.inputs):
-            if j != step.score_input and value is not None:
-                side_values[(i, j)] = evaluations.values(value)
-    scores = evaluations.values(candidate.qk.outputs[0])
-    if scores is None or any(v is None for v in side_values.values()):
-        return MaskKind.BIAS, None  # not evaluable (inside a Loop body): kept as a tensor
+) -> tuple[MaskKind, int | None, tuple[str, ...]] | str:
+    """Kind, window and variant tags of the mask the steps add, or why it is no mask."""
+    sides = {
+        (i, j): value
+        for i, step in enumerate(steps)
+        for j, value in enumerate(step.node.inputs)
+        if j != step.score_input and value is not None
+    }
+    side_values = {key: evaluations.values(value) for key, value in sides.items()}
+    scores = candidate.qk.outputs[0]
+    evaluated = evaluations.values(scores)
+    if evaluated is None or any(v is None for v in side_values.values()):
+        return MaskKind.BIAS, None, ()  # not evaluable (inside a Loop body): kept as a tensor
+    shapes = [a.shape for a in evaluated]
+    long = evaluations.at_length(list(sides.values()))
+    long_shape = _long_shape(long, scores, evaluations)
+    if long is not None and long_shape is not None:
+        side_values = {
+            key: [*values, at_long]
+            for (key, values), at_long in zip(side_values.items(), long.values, strict=True)
+        }
+        shapes.append(long_shape)
     for (i, j), values in side_values.items():
         node = steps[i].node
         if node.op_type == "Mul" and not all(np.isin(v, (0, 1)).all() for v in values):
             return f"scores are multiplied by '{node.inputs[j].name}', which is not a 0/1 mask"
     zero_dtype = numpy_dtype(steps[0].node.inputs[steps[0].score_input])
-    kinds = set()
-    for size in range(len(SIZES)):
-        bias = masks.replay_on_zero(steps, lambda i, j, s=size: side_values[(i, j)][s], zero_dtype)
-        q_len, kv_len = scores[size].shape[-2:]
-        kinds.add(masks.classify(bias, q_len, kv_len))
-    kind, window = kinds.pop() if len(kinds) == 1 else (MaskKind.BIAS, None)
+    found = []
+    for sample, shape in enumerate(shapes):
+        bias = masks.replay_on_zero(
+            steps, lambda i, j, s=sample: side_values[(i, j)][s], zero_dtype
+        )
+        found.append((*masks.classify(bias, *shape[-2:]), shape[-1]))
+    kind, window = masks.merge(found)
     graph = evaluations.model.graph
     data = {
         key
-        for key, values in side_values.items()
-        if ev.constant_of(value := steps[key[0]].node.inputs[key[1]]) is None
-        and ev.data_inputs(value, graph)
+        for key, value in sides.items()
+        if ev.constant_of(value) is None and ev.data_inputs(value, graph)
     }
+    keywise = None
     if data and kind in (MaskKind.BIAS, MaskKind.CAUSAL_BIAS):
-        keywise = _keywise_data_part(steps, side_values, data, scores, zero_dtype)
-        if keywise is not None:
-            return masks.with_padding(keywise[0]), keywise[1]
-    return _with_data_part(kind, bool(data)), window
+        keywise = _keywise_data_part(steps, side_values, data, shapes, zero_dtype)
+    if keywise is not None:
+        kind, window = masks.with_padding(keywise[0]), keywise[1]
+    else:
+        kind = _with_data_part(kind, bool(data))
+    return _unless_unchecked(kind, window, long, long_shape)
+
+
+def _long_shape(
+    long: LongSample | None, value: ir.Value, evaluations: Evaluations
+) -> tuple[int, ...] | None:
+    if long is None or long.reason:
+        return None
+    return evaluations.shape_at(value, long.length)
+
+
+def _unless_unchecked(
+    kind: MaskKind, window: int | None, long: LongSample | None, long_shape: object
+) -> tuple[MaskKind, int | None, tuple[str, ...]]:
+    """The kind, or, when a window the mask may hold could not be looked for, the whole mask
+    as a tensor: exact stays exact, and no method reads a window into it that is not there."""
+    if long is None or long_shape is not None or kind not in UNCHECKED_AS:
+        return kind, window, ()
+    return UNCHECKED_AS[kind], None, ("mask:window-unchecked",)
+
+
+UNCHECKED_AS = {
+    MaskKind.NONE: MaskKind.BIAS,
+    MaskKind.PADDING: MaskKind.BIAS,
+    MaskKind.CAUSAL: MaskKind.CAUSAL_BIAS,
+    MaskKind.SLIDING_WINDOW: MaskKind.CAUSAL_BIAS,
+    MaskKind.CAUSAL_PADDING: MaskKind.CAUSAL_BIAS,
+}
 
 
 def _keywise_data_part(
     steps: Sequence[ScoreStep],
     side_values: dict[tuple[int, int], list[np.ndarray]],
     data: set[tuple[int, int]],
-    scores: list[np.ndarray],
+    shapes: list[tuple[int, ...]],
     dtype: np.dtype,
 ) -> tuple[MaskKind, int | None] | None:
     """The structural kind when every data input of the mask has one query row ([B, 1, 1,
@@ -378,18 +378,16 @@ def _keywise_data_part(
     for key in data:
         if any(v.ndim >= 2 and v.shape[-2] != 1 for v in side_values[key]):
             return None
-    kinds = set()
-    for size in range(len(SIZES)):
+    found = []
+    for sample, shape in enumerate(shapes):
 
-        def side(i: int, j: int, s: int = size) -> np.ndarray:
+        def side(i: int, j: int, s: int = sample) -> np.ndarray:
             values = side_values[(i, j)][s]
             return np.zeros_like(values) if (i, j) in data else values
 
         bias = masks.replay_on_zero(steps, side, dtype)
-        kinds.add(masks.classify(bias, *scores[size].shape[-2:]))
-    if len(kinds) != 1:
-        return None
-    kind, window = kinds.pop()
+        found.append((*masks.classify(bias, *shape[-2:]), shape[-1]))
+    kind, window = masks.merge(found)
     structural = (MaskKind.NONE, MaskKind.CAUSAL, MaskKind.SLIDING_WINDOW)
     return (kind, window) if kind in structural else None
 
@@ -410,17 +408,26 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     q_at, k_at = evaluations.values(match.q.value), evaluations.values(match.k.value)
     if masks_at is None or q_at is None or k_at is None:
         return replace(match, variant=(*match.variant, "mask:unclassified"))
-    kinds = set()
-    for mask, q, k in zip(masks_at, q_at, k_at, strict=True):
+    lengths = [(q.shape[-2], k.shape[-2]) for q, k in zip(q_at, k_at, strict=True)]
+    long = evaluations.at_length([value])
+    q_long = _long_shape(long, match.q.value, evaluations)
+    k_long = _long_shape(long, match.k.value, evaluations)
+    if long is not None and q_long is not None and k_long is not None:
+        masks_at = [*masks_at, long.values[0]]
+        lengths.append((q_long[-2], k_long[-2]))
+    found = []
+    for mask, (q_len, kv_len) in zip(masks_at, lengths, strict=True):
         additive = np.where(mask, 0.0, -np.inf) if match.bias.boolean_keep else mask
-        kinds.add(masks.classify(additive, q.shape[-2], k.shape[-2]))
-    kind, window = kinds.pop() if len(kinds) == 1 else (MaskKind.BIAS, None)
+        found.append((*masks.classify(additive, q_len, kv_len), kv_len))
+    kind, window = masks.merge(found)
     if match.mask.is_causal and kind in (MaskKind.NONE, MaskKind.BIAS):
         kind = MaskKind.CAUSAL if kind == MaskKind.NONE else MaskKind.CAUSAL_BIAS
     data = ev.constant_of(value) is None and bool(ev.data_inputs(value, evaluations.model.graph))
-    kind = _with_data_part(kind, data)
+    kind, window, checks = _unless_unchecked(
+        _with_data_part(kind, data), window, long, q_long and k_long
+    )
     bias = match.bias if kind.needs_tensor else None
-    return replace(match, mask=kind, window=window, bias=bias)
+    return replace(match, mask=kind, window=window, bias=bias, variant=(*match.variant, *checks))
 
 
 def _refuse(candidate: Candidate, reason: str) -> Refusal:

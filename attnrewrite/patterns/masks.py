@@ -1,10 +1,15 @@
-"""Classify what an attention mask computes, from its values at small sizes.
+"""Classify what an attention mask computes, from its values at a few lengths.
 
 The bias is obtained by replaying the score steps on a zero score (see `scores`); its
-values at two sizes decide the kind: all zero -> none; very negative exactly above the
-bottom-right-aligned diagonal -> causal; also below a band -> sliding window; anything
+values at two small sizes decide the kind: all zero -> none; very negative exactly above
+the bottom-right-aligned diagonal -> causal; also below a band -> sliding window; anything
 else -> a bias tensor. A bias that depends on a data input (an attention mask) is padding
 on top of whatever it computes when that input is all ones.
+
+A window wider than the small sizes looks causal (or like no mask) there, so a mask whose
+constants could encode a wider one (an integer compared with positions, a stored causal
+table) is also evaluated at a length beyond them (`probe_length`), and the kinds seen at
+every length are merged (`merge`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import onnx_ir as ir
 from attnrewrite.match import MaskKind, ScoreStep
 
 VERY_NEGATIVE = -1e4  # a score at or below this is masked (exp underflows to 0 in fp32)
+MAX_PROBE = 4098  # longest length a mask is evaluated at: windows up to 4096 are found
+SENTINEL = 2**24  # integers this large are "to the end" markers (Slice ends), not windows
 
 
 def replay_on_zero(
@@ -80,3 +87,39 @@ def with_padding(kind: MaskKind) -> MaskKind:
         MaskKind.CAUSAL: MaskKind.CAUSAL_PADDING,
         MaskKind.SLIDING_WINDOW: MaskKind.CAUSAL_PADDING,
     }.get(kind, kind)
+
+
+def probe_length(constants: Sequence[np.ndarray], evaluated: int) -> int | None:
+    """A length beyond any window the mask's constants could encode, or None when none could
+    be wider than `evaluated`: integer scalars (a band width compared with position
+    differences) count +2, float or boolean tables (a stored causal buffer) their last axis.
+    It may exceed MAX_PROBE: the caller then cannot check the window."""
+    lengths = [0]
+    for const in constants:
+        if np.issubdtype(const.dtype, np.integer) and const.size == 1:
+            width = abs(int(np.ravel(const)[0]))
+            if width < SENTINEL:
+                lengths.append(width + 2)
+        elif const.ndim >= 2 and const.shape[-1] == const.shape[-2]:
+            lengths.append(const.shape[-1])
+    longest = max(lengths)
+    return longest if longest > evaluated else None
+
+
+def merge(found: Sequence[tuple[MaskKind, int | None, int]]) -> tuple[MaskKind, int | None]:
+    """One kind from (kind, window, key length) at several lengths: a window shows as plain
+    causal wherever the keys fit in it, so causal at short lengths and a window w at a long
+    one is that window; any other disagreement is a bias tensor."""
+    distinct = {(kind, window) for kind, window, _ in found}
+    if len(distinct) == 1:
+        return distinct.pop()
+    windowed = {(kind, window) for kind, window, _ in found if window is not None}
+    if len(windowed) == 1:
+        kind, window = windowed.pop()
+        plain = MaskKind.CAUSAL if kind == MaskKind.SLIDING_WINDOW else kind
+        if all(
+            (k, w) == (kind, window) or (k == plain and w is None and kv_len <= window)
+            for k, w, kv_len in found
+        ):
+            return kind, window
+    return MaskKind.BIAS, None

@@ -124,6 +124,7 @@ def group(
     head_dim: int = HEAD_DIM,
     scale: float | None = None,
     cross: bool = False,
+    window: int | None = None,
 ) -> dict[str, Any]:
     if causal is None:
         causal = mask.startswith("causal") or mask == "sliding_window"
@@ -136,6 +137,7 @@ def group(
         "head_dim": head_dim,
         "scale": float(head_dim**-0.5 if scale is None else scale),
         "cross": cross,
+        **({"window": window} if window is not None else {}),
     }
 
 
@@ -373,9 +375,11 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
 
 
 SLIDING_WINDOW = 4
+WIDE_WINDOW = 20  # wider than the lengths masks are first evaluated at (6, 9)
+BEYOND_WIDE = WIDE_WINDOW + 3
 
 
-def hf_qwen2_sliding(impl: str) -> Callable[[], Built]:
+def hf_qwen2_sliding(impl: str, window: int = SLIDING_WINDOW) -> Callable[[], Built]:
     def build() -> Built:
         _seeded()
         cfg = transformers.Qwen2Config(
@@ -387,7 +391,7 @@ def hf_qwen2_sliding(impl: str) -> Callable[[], Built]:
             num_key_value_heads=KV_HEADS_GQA,
             max_position_embeddings=MAX_POS,
             use_sliding_window=True,
-            sliding_window=SLIDING_WINDOW,
+            sliding_window=window,
             max_window_layers=0,  # every layer uses the sliding window
             use_cache=False,
             attn_implementation=impl,
@@ -401,8 +405,15 @@ def hf_qwen2_sliding(impl: str) -> Callable[[], Built]:
             dynamic={"input_ids": {0: "batch", 1: "seq"}},
             make_inputs=lambda b, s, g: (ids_like(b, s, g),),
             inputs_desc={"input_ids": IDS_DESC},
-            expected=expected(group(LAYERS, "sliding_window", kv_heads=KV_HEADS_GQA)),
-            notes=f"sliding window {SLIDING_WINDOW} on every layer, no attention_mask input",
+            expected=expected(
+                group(LAYERS, "sliding_window", kv_heads=KV_HEADS_GQA, window=window)
+            ),
+            notes=f"sliding window {window} on every layer, no attention_mask input",
+            **(
+                {"checks": [(EXPORT_BATCH, EXPORT_SEQ), (OTHER_BATCH, OTHER_SEQ), (1, BEYOND_WIDE)]}
+                if window > OTHER_SEQ
+                else {}
+            ),
         )
 
     return build
@@ -965,6 +976,8 @@ def all_specs() -> list[Spec]:
             ex = std + ([("dynamo", 23)] if (arch, impl) in OPSET23 else [])
             add(f"{arch}_{impl}", "transformers", arch, impl, hf_causal_lm(arch, impl), ex)
         add(f"qwen2sw_{impl}", "transformers", "qwen2", impl, hf_qwen2_sliding(impl), std)
+        wide = hf_qwen2_sliding(impl, WIDE_WINDOW)
+        add(f"qwen2sw{WIDE_WINDOW}_{impl}", "transformers", "qwen2", impl, wide, std[:1])
         for arch in HF_ENCODERS:
             ex = std + ([("dynamo", 23)] if (arch, impl) in OPSET23 else [])
             add(f"{arch}_{impl}", "transformers", arch, impl, hf_encoder(arch, impl), ex)

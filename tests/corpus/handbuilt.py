@@ -22,6 +22,7 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,7 @@ class Case:
     feeds: Callable[[int], dict[str, np.ndarray]]
     dynamic_seq: bool = True
     note: str = ""
+    lengths: tuple[int, ...] = ()  # where the rewrite is checked, beyond SEQ_DEFAULT/SEQ_OTHER
 
 
 def expect(
@@ -1280,7 +1282,66 @@ def bias_and_mask_variants() -> list[Case]:
             note="causal band: query i sees keys i-3..i (4 keys incl. itself), "
             "Mistral convention i - j < window",
         ),
+        *wide_window_cases(),
     ]
+
+
+WIDE = 20  # wider than the lengths a mask is first evaluated at (6 and 9)
+
+
+def local_band(b: Builder, s: str) -> str:
+    """Bidirectional band |i - j| < WIDE (Longformer-style local attention, no causality)."""
+    i, j = positions(b, s)
+    far = b.op("Not", b.op("Less", b.op("Abs", b.op("Sub", i, j)), b.int_scalar(WIDE)))
+    return b.op("Where", far, b.scalar(FMIN), b.scalar(0.0))
+
+
+def local_buffer(b: Builder, s: str) -> str:
+    """GPT-Neo local attention: a stored [1, 1, 64, 64] boolean band table, sliced to the
+    lengths read at run time, then Where(keep, scores, finfo.min)."""
+    rows = np.arange(BUFFER)[:, None]
+    cols = np.arange(BUFFER)[None, :]
+    band = ((cols <= rows) & (cols > rows - WIDE)).reshape(1, 1, BUFFER, BUFFER)
+    table = b.const(band, np.bool_, "local_buffer")
+    sq, sk = unsqueeze(b, seq_len(b, s, -2), 0), unsqueeze(b, seq_len(b, s, -1), 0)
+    start = b.op("Sub", sk, sq)
+    keep = b.op(
+        "Slice",
+        table,
+        b.op("Concat", start, b.ints(0), axis=0),
+        b.op("Concat", sk, sk, axis=0),
+        b.ints(2, 3),
+    )
+    return b.op("Where", keep, s, b.scalar(FMIN))
+
+
+def wide_window_cases() -> list[Case]:
+    """Windows wider than the first evaluation lengths: causal there, a window beyond."""
+    lengths = (6, 9, WIDE + 3)
+    cases = [
+        simple_case(
+            "sliding_window_wide",
+            expect("sliding_window", window=WIDE),
+            seed=35,
+            body=lambda b, x: attend(b, *qkv_heads(b, x), mask=add_bias(sliding_bias(WIDE))),
+            note=f"causal band of {WIDE} keys from Range/Sub/Less: plain causal at 6 and 9",
+        ),
+        simple_case(
+            "local_band_wide",
+            expect("bias"),
+            seed=36,
+            body=lambda b, x: attend(b, *qkv_heads(b, x), mask=add_bias(local_band)),
+            note=f"bidirectional band |i - j| < {WIDE}: no mask at all at 6 and 9",
+        ),
+        simple_case(
+            "local_buffer_wide",
+            expect("sliding_window", window=WIDE, scale=1.0),
+            seed=37,
+            body=lambda b, x: attend(b, *qkv_heads(b, x), scale=None, mask=local_buffer),
+            note=f"GPT-Neo local attention: stored band table of width {WIDE}, sliced",
+        ),
+    ]
+    return [dataclasses.replace(case, lengths=lengths) for case in cases]
 
 
 # --------------------------------------------------------------------------- 16 decomposed softmax
