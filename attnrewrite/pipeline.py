@@ -79,7 +79,7 @@ def rewrite_model(
             parity = _verify(path, staging / MODEL_FILE, result, seq_len)
             report["verification"] = {"passed": _passed(parity, strict), **parity.describe()}
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    summary = _summary(report, parity, out_dir, strict)
+    summary = _summary(report, parity, out_dir, strict, seq_len)
     if parity is not None and not _passed(parity, strict):
         raise VerificationError(_failure(parity, strict, out_dir))
     return RewriteOutcome(out_dir, report, summary)
@@ -99,15 +99,19 @@ def _why_none(found: FindResult) -> str:
 
 
 def _verify(original: Path, rewritten: Path, result: SubstituteResult, seq_len: int) -> Parity:
+    """Both models at `seq_len`, or beyond the widest window a block keeps (where the window
+    changes anything); at `seq_len` if the models cannot run there."""
     original_model, rewritten_model = onnx.load(str(original)), onnx.load(str(rewritten))
     blocks = [r.output for r in result.rewritten if r.match.graph_name == "main"]
+    widest = max((r.match.window or 0 for r in result.rewritten), default=0)
     error = ""
-    for batch in VERIFY_BATCHES:  # some exported graphs only run at batch 1
-        feeds = generate_inputs(original_model, seq_len, batch=batch)
-        try:
-            return compare(original_model, rewritten_model, feeds, blocks, seq_len)
-        except Exception as err:  # onnxruntime raises several types: all mean "could not run"
-            error = str(err).splitlines()[0]
+    for length in dict.fromkeys((max(seq_len, widest + 2), seq_len)):
+        for batch in VERIFY_BATCHES:  # some exported graphs only run at batch 1
+            feeds = generate_inputs(original_model, length, batch=batch)
+            try:
+                return compare(original_model, rewritten_model, feeds, blocks, length)
+            except Exception as err:  # onnxruntime raises several types: "could not run"
+                error = str(err).splitlines()[0]
     raise AttnRewriteError(
         f"verification could not run the models at sequence length {seq_len} ({error}); "
         "try --seq-len or --no-verify"
@@ -188,7 +192,7 @@ def _groups(groups: Sequence[HeadGroup]) -> list[dict[str, object]]:
     ]
 
 
-def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool) -> str:
+def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool, asked: int) -> str:
     counts = report["summary"]
     line = (
         f"rewrote {counts['rewritten']}/{counts['attention_blocks']} attention blocks with "
@@ -201,10 +205,19 @@ def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool) -
             f", {counts['not_rewritten']} softmax/attention op(s) not rewritten (see rewrite.json)"
         )
     if parity is not None and strict:
-        line += f"; verified at n={parity.seq_len}: max rel error {parity.worst:.1e}"
+        line += f"; verified at {_length(parity, asked)}: max rel error {parity.worst:.1e}"
     elif parity is not None:
         line += (
-            f"; runs with finite outputs at n={parity.seq_len} (rel error there "
+            f"; runs with finite outputs at {_length(parity, asked)} (rel error there "
             f"{parity.worst:.1e}; --report measures accuracy at your length)"
         )
     return f"{line} -> {out_dir / MODEL_FILE}"
+
+
+def _length(parity: Parity, asked: int) -> str:
+    """The length the blocks ran at, and why when it is not the one asked for."""
+    if parity.seq_len == asked:
+        return f"n={asked}"
+    if parity.seq_len == parity.requested_seq_len:
+        return f"n={parity.seq_len} (beyond the widest window; {asked} asked)"
+    return f"n={parity.seq_len} (the model's own length; {asked} asked)"
