@@ -18,11 +18,11 @@ masked may not change the outputs that must not see it) and print a table.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
 from collections.abc import Callable, Sequence
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
