@@ -773,6 +773,21 @@ class Fp16Block(_QKVBlock):
         return self.merge(o, x)
 
 
+class Fp16MaskedBlock(_QKVBlock):
+    """fp16 attention whose scores are upcast to float32 before a float32 causal + padding
+    mask is added (HF eager attention with a float32 mask in a half-precision model)."""
+
+    def forward(self, x, attention_mask):
+        q, k, v = self.split(x)
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim**-0.5)
+        n = x.shape[1]
+        low = torch.finfo(torch.float32).min
+        causal = torch.full((n, n), low, device=x.device).triu(1)
+        padding = (1.0 - attention_mask[:, None, None, :].float()) * low
+        p = torch.softmax(scores.float() + causal + padding, dim=-1).to(q.dtype)
+        return self.merge(torch.matmul(p, v), x)
+
+
 class Stack(nn.Module):
     """HW_LAYERS blocks applied in sequence; the optional mask input goes to every block."""
 
@@ -949,6 +964,26 @@ def hw_fp16() -> Built:
     )
 
 
+def hw_fp16_mask() -> Built:
+    _seeded()
+    mod = Stack(lambda: Fp16MaskedBlock()).eval().half()
+    return Built(
+        module=mod,
+        input_names=["x", "attention_mask"],
+        output_names=["y"],
+        dynamic={**HW_X_DYN, "attention_mask": {0: "batch", 1: "seq"}},
+        make_inputs=lambda b, s, g: (_hidden(b, s, g, torch.float16), padding_mask(b, s, g)),
+        inputs_desc={
+            "x": f"hidden states float16 [batch, seq, {HW_DIM}]",
+            "attention_mask": MASK_DESC,
+        },
+        expected=expected(hw_group("causal_padding")),
+        atol=2e-2,
+        notes="float16 weights and activations; scores upcast to float32, then a float32 "
+        "causal + padding mask added, softmax, cast back",
+    )
+
+
 # --------------------------------------------------------------------------------------
 # the corpus
 # --------------------------------------------------------------------------------------
@@ -994,6 +1029,7 @@ def all_specs() -> list[Spec]:
     add("hw_manual_padding", "handwritten", "manual", None, hw_manual("div_scores", "padding"), std)
     add("hw_mha", "handwritten", "nn.MultiheadAttention", None, hw_mha, std)
     add("hw_fp16", "handwritten", "manual_fp16", None, hw_fp16, std)
+    add("hw_fp16_mask", "handwritten", "manual_fp16", None, hw_fp16_mask, std)
     return specs
 
 
