@@ -91,6 +91,19 @@ class Bias:
     steps: tuple[ScoreStep, ...] = ()
     boolean_keep: bool = False  # value is a boolean mask, True = attend
 
+    @property
+    def reshapes(self) -> bool:
+        return reshapes_scores(self.steps)
+
+
+RESHAPES = frozenset({"Reshape", "Flatten"})  # score steps that regroup whole key rows
+
+
+def reshapes_scores(steps: Sequence[ScoreStep]) -> bool:
+    """Whether the steps reshape the scores: replayed on zero, they then need the scores'
+    shape, and give the bias back in it."""
+    return any(step.node.op_type in RESHAPES for step in steps)
+
 
 class BlockFacts(Protocol):
     """What both finders (ONNX and torch.fx) know about an attention block, under the same

@@ -21,7 +21,6 @@ NOT_YET = {
     "ms_attention": "packed-weight com.microsoft Attention",
     "ms_groupqueryattention": "GroupQueryAttention",
     "ms_groupqueryattention_past": "GroupQueryAttention",
-    "softmax_opset11_flattened": "opset-11 Softmax becomes Flatten/Softmax/Reshape on conversion",
 }
 # Masks inside Loop/If bodies and functions cannot be evaluated: passed on as a bias tensor.
 UNCLASSIFIED_MASK = {"if_body", "model_local_function"}

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -19,6 +20,7 @@ import onnx_ir as ir
 from attnrewrite import evaluate as ev
 from attnrewrite.loading import default_opset
 from attnrewrite.match import (
+    RESHAPES,
     AttentionMatch,
     Bias,
     FindResult,
@@ -30,7 +32,13 @@ from attnrewrite.match import (
 )
 from attnrewrite.patterns import fused, masks
 from attnrewrite.patterns.evaluations import Evaluations, LongSample
-from attnrewrite.patterns.graph_utils import all_graphs, numpy_dtype, rank_of, static_dim
+from attnrewrite.patterns.graph_utils import (
+    all_graphs,
+    consumers,
+    numpy_dtype,
+    rank_of,
+    static_dim,
+)
 from attnrewrite.patterns.operands import (
     Factor,
     is_scalar,
@@ -40,7 +48,7 @@ from attnrewrite.patterns.operands import (
     upstream_scale,
 )
 from attnrewrite.patterns.probs import walk_probs
-from attnrewrite.patterns.scores import walk_scores
+from attnrewrite.patterns.scores import PASS_THROUGH, walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 
 
@@ -63,6 +71,7 @@ class Candidate:
     nan_guard: bool
     float32_softmax: bool
     shape_readers: tuple[ir.Node, ...]
+    reshaped: tuple[ir.Value, ...]  # reshape outputs between Q.K^T and .V: keep the key axis
 
 
 def find_attention(model: ir.Model) -> FindResult:
@@ -135,7 +144,14 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         variant.append("probs:dropout")
     if rank_of(chain.qk.outputs[0]) == 3:
         variant.append("batched-3d")
+    reshaped = (*chain.reshaped, *(n.outputs[0] for n in probs.nodes if n.op_type in RESHAPES))
+    if reshaped:
+        variant.append("scores:reshaped")
     nodes = (chain.qk, *(s.node for s in chain.steps), *anchor.nodes, *probs.nodes, probs.pv)
+    steps = [step.node for step in chain.steps]
+    for reader in chain.reshaped_readers:
+        if _outlives(reader, nodes, steps):  # q and k cannot give it: it is not their shape
+            return f"the shape of reshaped scores is read by '{reader.name}' outside the block"
     return Candidate(
         anchor=anchor,
         graph_name=graph_name,
@@ -152,6 +168,7 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         nan_guard=probs.nan_guard,
         float32_softmax=chain.float32_upcast,
         shape_readers=chain.shape_readers,
+        reshaped=reshaped,
     )
 
 
@@ -164,7 +181,7 @@ def _split_steps(steps: Sequence[ScoreStep]) -> tuple[list[Factor], list[ScoreSt
         side = node.inputs[1 - step.score_input] if node.op_type in ("Mul", "Div") else None
         if side is not None and is_scalar(side):
             factors.append(Factor(side, node.op_type == "Div", node))
-        elif node.op_type not in ("Cast", "Identity"):
+        elif node.op_type not in PASS_THROUGH:
             first_mask = min(first_mask, i)
     return factors, list(steps[first_mask:])
 
@@ -187,10 +204,16 @@ def _request(candidate: Candidate, evaluations: Evaluations) -> None:
         evaluations.want(factor.value)
     if bias_steps:
         evaluations.want_mask(_side_inputs(bias_steps))
+    if bias_steps or _unproven_reshapes(candidate):
         evaluations.want(candidate.qk.outputs[0])
+    for value in _unproven_reshapes(candidate):
+        evaluations.want(value)
 
 
 def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch | Refusal:
+    reshape_problem = _reshape_problem(candidate, evaluations)
+    if reshape_problem:
+        return _refuse(candidate, reshape_problem)
     chain_factors, bias_steps = _split_steps(candidate.steps)
     scale = 1.0
     runtime: list[tuple[ir.Value, bool]] = []
@@ -243,11 +266,80 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         kv_len=static_dim(candidate.v.value, -2),
         rank=rank,
         kv_repeat="kv:repeat" in candidate.variant,
-        shape_readers=candidate.shape_readers,
+        shape_readers=_still_read(candidate, bias_steps if bias is not None else ()),
         runtime_factors=tuple(runtime),
         nan_guard=candidate.nan_guard,
         float32_softmax=candidate.float32_softmax,
     )
+
+
+def _unproven_reshapes(candidate: Candidate) -> list[ir.Value]:
+    """Reshape outputs whose key axis shape inference does not show to be the scores'."""
+    if not candidate.reshaped:
+        return []
+    scores = candidate.qk.outputs[0]
+    last = static_dim(scores, -1)
+    unproven = [v for v in candidate.reshaped if last is None or static_dim(v, -1) != last]
+    probs_in = candidate.pv.inputs[0]
+    same = rank_of(probs_in) is not None and rank_of(probs_in) == rank_of(scores)
+    if not same or any(
+        static_dim(probs_in, axis) is None or static_dim(probs_in, axis) != static_dim(scores, axis)
+        for axis in range(rank_of(scores) or 0)
+    ):
+        unproven.append(probs_in)
+    return unproven
+
+
+def _reshape_problem(candidate: Candidate, evaluations: Evaluations) -> str:
+    """Why the reshapes between Q.K^T and .V are not mere regroupings of whole key rows
+    (each keeps the key axis, and .V reads the probabilities in the scores' shape), or ""."""
+    unproven = _unproven_reshapes(candidate)
+    if not unproven:
+        return ""
+    scores = evaluations.values(candidate.qk.outputs[0])
+    if scores is None:
+        return "the scores are reshaped where the shapes cannot be evaluated"
+    probs_in = candidate.pv.inputs[0]
+    for value in unproven:
+        evaluated = evaluations.values(value)
+        if evaluated is None:
+            return "the scores are reshaped where the shapes cannot be evaluated"
+        for at, reference in zip(evaluated, scores, strict=True):
+            if value is probs_in and at.shape != reference.shape:
+                return f"the probabilities reach .V as {at.shape}, not in the scores' shape"
+            if at.shape[-1:] != reference.shape[-1:]:
+                return f"reshape to '{value.name}' does not keep the key axis"
+    return ""
+
+
+def _still_read(candidate: Candidate, kept: Sequence[ScoreStep]) -> tuple[ir.Node, ...]:
+    """Shape readers of the scores whose result outlives the rewrite (a mask used elsewhere,
+    or one the new node reads): they are re-routed to q and k. The others (a reshape target
+    inside the block) go with the block."""
+    return tuple(
+        reader
+        for reader in candidate.shape_readers
+        if _outlives(reader, candidate.nodes, [step.node for step in kept])
+    )
+
+
+def _outlives(reader: ir.Node, block: Sequence[ir.Node], kept: Sequence[ir.Node]) -> bool:
+    """Whether what `reader` computes reaches a graph output or a `kept` node other than
+    through the `block`'s nodes (which the rewrite removes)."""
+    inside = {id(node) for node in block}
+    kept_ids = {id(node) for node in kept}
+    stack, seen = [reader], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for out in node.outputs:
+            users = consumers(out)
+            if out.is_graph_output() or any(id(u) in kept_ids for u in users):
+                return True
+            stack.extend(u for u in users if id(u) not in inside)
+    return False
 
 
 def _constant_product(factors: Sequence[Factor], evaluations: Evaluations) -> float:
@@ -318,9 +410,8 @@ def _classify(
     zero_dtype = numpy_dtype(steps[0].node.inputs[steps[0].score_input])
     found = []
     for sample, shape in enumerate(shapes):
-        bias = masks.replay_on_zero(
-            steps, lambda i, j, s=sample: side_values[(i, j)][s], zero_dtype
-        )
+        side = functools.partial(_side_at, side_values, sample)
+        bias = masks.replay_on_zero(steps, side, zero_dtype, shape)
         found.append((*masks.classify(bias, *shape[-2:]), shape[-1]))
     kind, window = masks.merge(found)
     graph = evaluations.model.graph
@@ -337,6 +428,12 @@ def _classify(
     else:
         kind = _with_data_part(kind, bool(data))
     return _unless_unchecked(kind, window, long, long_shape)
+
+
+def _side_at(
+    side_values: dict[tuple[int, int], list[np.ndarray]], sample: int, i: int, j: int
+) -> np.ndarray:
+    return side_values[(i, j)][sample]
 
 
 def _long_shape(
@@ -385,7 +482,7 @@ def _keywise_data_part(
             values = side_values[(i, j)][s]
             return np.zeros_like(values) if (i, j) in data else values
 
-        bias = masks.replay_on_zero(steps, side, dtype)
+        bias = masks.replay_on_zero(steps, side, dtype, shape)
         found.append((*masks.classify(bias, *shape[-2:]), shape[-1]))
     kind, window = masks.merge(found)
     structural = (MaskKind.NONE, MaskKind.CAUSAL, MaskKind.SLIDING_WINDOW)

@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from attnrewrite.match import MaskKind, ScoreStep
+from attnrewrite.match import MaskKind, ScoreStep, reshapes_scores
+from attnrewrite.patterns.graph_utils import int_attr
 
 VERY_NEGATIVE = -1e4  # a score at or below this is masked (exp underflows to 0 in fp32)
 MAX_PROBE = 4098  # longest length a mask is evaluated at: windows up to 4096 are found
@@ -27,15 +28,20 @@ SENTINEL = 2**24  # integers this large are "to the end" markers (Slice ends), n
 
 
 def replay_on_zero(
-    steps: Sequence[ScoreStep], side: Callable[[int, int], np.ndarray], dtype: np.dtype
+    steps: Sequence[ScoreStep],
+    side: Callable[[int, int], np.ndarray],
+    dtype: np.dtype,
+    scores_shape: Sequence[int] = (),
 ) -> np.ndarray:
-    """Apply the steps to a zero score; `side(i, j)` is input j of step i."""
-    result = np.zeros((), dtype=dtype)
+    """Apply the steps to a zero score; `side(i, j)` is input j of step i. Steps that reshape
+    the scores need the zero in the scores' shape, and the bias is returned in it."""
+    reshapes = reshapes_scores(steps)
+    result = np.zeros(tuple(scores_shape) if reshapes else (), dtype=dtype)
     for i, step in enumerate(steps):
         node, at = step.node, step.score_input
         args = [result if j == at else side(i, j) for j in range(len(node.inputs))]
         result = _apply(node.op_type, node, args)
-    return np.asarray(result)
+    return np.reshape(result, scores_shape) if reshapes else np.asarray(result)
 
 
 def _apply(op: str, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
@@ -54,6 +60,13 @@ def _apply(op: str, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
             return args[0].astype(ir.DataType(int(node.attributes["to"].value)).numpy())
         if op == "Identity":
             return args[0]
+        if op == "Reshape":
+            keep = not int_attr(node, "allowzero", 0)  # 0 copies the input's dimension
+            dims = [args[0].shape[k] if d == 0 and keep else int(d) for k, d in enumerate(args[1])]
+            return np.reshape(args[0], dims)
+        if op == "Flatten":
+            axis = int_attr(node, "axis", 1) or 0
+            return np.reshape(args[0], (int(np.prod(args[0].shape[:axis])), -1))
     raise ValueError(f"cannot replay {op}")
 
 

@@ -1,7 +1,8 @@
 """Walk down from the Softmax output to the MatMul with the values.
 
 Allowed between them: Cast (back to fp16), Dropout (identity at inference), Identity,
-and the dynamo guard `Where(IsNaN(p), 0, p)` for fully masked rows.
+the dynamo guard `Where(IsNaN(p), 0, p)` for fully masked rows, and reshapes that undo
+those of the scores (the finder checks the probabilities reach .V in the scores' shape).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from attnrewrite.match import RESHAPES
 from attnrewrite.patterns.graph_utils import consumers, is_op
 
-PASS_THROUGH = frozenset({"Cast", "Identity", "Dropout"})
+PASS_THROUGH = frozenset({"Cast", "Identity", "Dropout"}) | RESHAPES
 
 
 @dataclass(frozen=True)

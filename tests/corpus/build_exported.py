@@ -309,6 +309,7 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
         _seeded()
         T = transformers
         kv = HEADS
+        mask = "causal_padding"
         common_llama = dict(
             vocab_size=VOCAB,
             hidden_size=HIDDEN,
@@ -358,6 +359,12 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
         elif arch == "phi":
             cfg = T.PhiConfig(partial_rotary_factor=0.5, **common_llama)
             model = T.PhiForCausalLM(cfg)
+        elif arch == "bloom":  # baddbmm(alibi, q, k^T) on [B*H, S, S], viewed 4-D for the mask
+            mask = "causal_bias"
+            cfg = T.BloomConfig(
+                vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, use_cache=False
+            )
+            model = T.BloomForCausalLM(cfg)
         else:
             raise ValueError(arch)
         model.eval()
@@ -368,7 +375,7 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
             dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
             make_inputs=lambda b, s, g: (ids_like(b, s, g), padding_mask(b, s, g)),
             inputs_desc={"input_ids": IDS_DESC, "attention_mask": MASK_DESC},
-            expected=expected(group(LAYERS, "causal_padding", kv_heads=kv)),
+            expected=expected(group(LAYERS, mask, kv_heads=kv)),
         )
 
     return build
@@ -1011,6 +1018,13 @@ def all_specs() -> list[Spec]:
             ex = std + ([("dynamo", 23)] if (arch, impl) in OPSET23 else [])
             add(f"{arch}_{impl}", "transformers", arch, impl, hf_causal_lm(arch, impl), ex)
         add(f"qwen2sw_{impl}", "transformers", "qwen2", impl, hf_qwen2_sliding(impl), std)
+        if impl == "eager":  # opset-12 exports (Softmax(axis=3), converted on load)
+            old = [("torchscript", 12)]
+            for arch in ("gpt2", "bert", "distilbert"):
+                build = (hf_causal_lm if arch == "gpt2" else hf_encoder)(arch, impl)
+                add(f"{arch}_{impl}", "transformers", arch, impl, build, old)
+        if impl == "eager":  # BLOOM has one attention implementation
+            add("bloom_eager", "transformers", "bloom", impl, hf_causal_lm("bloom", impl), std)
         wide = hf_qwen2_sliding(impl, WIDE_WINDOW)
         add(f"qwen2sw{WIDE_WINDOW}_{impl}", "transformers", "qwen2", impl, wide, std[:1])
         for arch in HF_ENCODERS:

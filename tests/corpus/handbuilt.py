@@ -1186,6 +1186,21 @@ def softmax_axis_variants() -> list[Case]:
 
 
 @register
+def softmax_opset11_axis3_unknown_rank() -> Case:
+    """Opset 11, Softmax(axis=3), after a contrib op (com.microsoft Gelu) that shape
+    inference does not know: nothing downstream has a rank, and converting to opset 13
+    turns the Softmax into Flatten(axis=3) -> Softmax -> Reshape(Shape(scores)), which keeps
+    the key axis only if the scores have rank 4."""
+    name = "softmax_opset11_axis3_unknown_rank"
+    b = Builder(name, seed=40)
+    x = b.op("Gelu", hidden_input(b), _domain="com.microsoft")
+    out_proj(b, attend(b, *qkv_heads(b, x), softmax=lambda b, s: b.op("Softmax", s, axis=3)).ctx)
+    m = b.model(11, domains={"com.microsoft": 1})
+    note = "ranks known only by evaluation (the old exports ORT's optimizer left contrib ops in)"
+    return Case(name, m, 1, expect(), auto_feeds(m, 40), True, note)
+
+
+@register
 def softmax_opset11_rank4_axis1() -> Case:
     b = Builder("softmax_opset11_rank4_axis1", seed=28)
     x = hidden_input(b)
