@@ -39,6 +39,12 @@ def walk_probs(probs: ir.Value) -> ProbChain | str:
             continue
         if current is probs and current.is_graph_output() and not readers:
             return "softmax output is a model output and feeds no MatMul: not attention"
+        gradients = [n.op_type for n in readers if _is_gradient(n)]
+        if gradients:
+            return (
+                f"a training graph: {gradients[0]} reads the attention probabilities "
+                "(only inference graphs are rewritten)"
+            )
         if current.is_graph_output() or len(readers) != 1:
             others = ", ".join(f"'{n.name}'" for n in readers) or "none"
             where = "a graph output" if current.is_graph_output() else f"nodes {others}"
@@ -58,6 +64,11 @@ def walk_probs(probs: ir.Value) -> ProbChain | str:
         nodes.append(reader)
         current = reader.outputs[0]
     return "no MatMul with values within reach of the Softmax output"
+
+
+def _is_gradient(node: ir.Node) -> bool:
+    """A training graph's gradient op: SoftmaxGrad, SoftmaxGrad_13, DropoutGrad, ..."""
+    return node.op_type.split("_")[0].endswith("Grad")
 
 
 def _nan_guard(value: ir.Value, readers: list[ir.Node]) -> list[ir.Node] | None:

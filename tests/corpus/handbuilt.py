@@ -1564,6 +1564,30 @@ def probs_second_consumer() -> Case:
 
 
 @register
+def training_graph() -> Case:
+    """A training graph (onnxruntime-training's gradient graph): SoftmaxGrad_13 reads the
+    probabilities to compute the scores' gradient from the output's gradient."""
+    name = "training_graph"
+    b = Builder(name, seed=43)
+    x = hidden_input(b)
+    a = attend(b, *qkv_heads(b, x))
+    out_proj(b, a.ctx)
+    grad_in = b.input("probs_grad", F32, [B, H, "S", "S"])
+    grad = b.op("SoftmaxGrad_13", grad_in, a.probs, _domain=MS, axis=-1)
+    b.output(grad, F32, [B, H, "S", "S"], name="scores_grad")
+    m = b.model(domains={MS: 1})
+    return Case(
+        name,
+        m,
+        0,
+        refuse("training graph"),
+        auto_feeds(m, 43),
+        True,
+        "NEGATIVE: gradient ops read the probabilities; only inference graphs are rewritten",
+    )
+
+
+@register
 def no_attention() -> Case:
     b = Builder("no_attention", seed=42)
     x = hidden_input(b)
