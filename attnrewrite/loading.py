@@ -12,6 +12,7 @@ import onnx.version_converter
 import onnx_ir as ir
 
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.repair import deserialize, repair
 
 MIN_OPSET = 11  # oldest opset read; older models are converted to REWRITE_OPSET on load
 REWRITE_OPSET = 13  # Softmax reduces over one axis from here on; bodies read attribute refs
@@ -51,6 +52,7 @@ def prepare_proto(
     ops, e.g. DFT) and infer shapes so the finder knows ranks."""
     if proto.ir_version == 0 or not proto.graph.node:
         raise AttnRewriteError(f"{label} is not an ONNX model (no IR version or no graph nodes)")
+    proto = repair(proto, label)
     opset = default_opset(proto)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise AttnRewriteError(
@@ -72,4 +74,4 @@ def prepare_proto(
 
 
 def load_model(path: Path, min_opset: int = REWRITE_OPSET) -> ir.Model:
-    return ir.serde.deserialize_model(load_proto(path, min_opset))
+    return deserialize(load_proto(path, min_opset), str(path))

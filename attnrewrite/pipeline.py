@@ -26,6 +26,7 @@ from attnrewrite.inputs import generate_inputs
 from attnrewrite.loading import load_model
 from attnrewrite.match import FindResult
 from attnrewrite.patterns import find_attention
+from attnrewrite.repair import repairs
 from attnrewrite.substitute.methods import Method
 from attnrewrite.substitute.rewrite import HeadGroup, SubstituteResult, substitute
 from attnrewrite.verify import Parity, compare
@@ -66,7 +67,8 @@ def rewrite_model(
         raise no_attention(path, found)
     result = substitute(model, found.matches, method, plans)
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
-    report = {**rewrite_report(path, method, found, result), **(extra or {})}
+    repaired = {"repaired_on_load": notes} if (notes := repairs(model)) else {}
+    report = {**rewrite_report(path, method, found, result), **repaired, **(extra or {})}
     # exact everywhere must reproduce the original; approximations must stay finite
     strict = all(
         r.method.name == "exact" and all(g.method.name == "exact" for g in r.groups)
@@ -200,6 +202,8 @@ def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool, a
     )
     if counts["kept_exact"]:
         line += f" ({counts['kept_exact']} kept exact: the method cannot honour their mask)"
+    if report.get("repaired_on_load"):
+        line += f" (input repaired on load: {'; '.join(report['repaired_on_load'])})"
     if counts["not_rewritten"]:
         line += (
             f", {counts['not_rewritten']} softmax/attention op(s) not rewritten (see rewrite.json)"

@@ -1530,6 +1530,49 @@ def classifier_softmax() -> Case:
     )
 
 
+# --------------------------------------------------------------------------- files to repair
+
+
+def _contrib_layer(name: str, seed: int) -> onnx.ModelProto:
+    """A causal layer whose input goes through com.microsoft Gelu first."""
+    b = Builder(name, seed=seed)
+    x = b.op("Gelu", hidden_input(b), _domain=MS)
+    out_proj(b, attend(b, *qkv_heads(b, x), mask=add_bias(causal_bias_range)).ctx)
+    return b.model(domains={MS: 1})
+
+
+@register
+def files_to_repair() -> list[Case]:
+    """Models onnxruntime runs but the ONNX standard refuses, each repaired on load."""
+    unsorted = _contrib_layer("repair_unsorted_nodes", 44)
+    nodes = list(unsorted.graph.node)
+    del unsorted.graph.node[:]
+    unsorted.graph.node.extend(reversed(nodes))
+
+    no_import = _contrib_layer("repair_contrib_import", 45)
+    del no_import.opset_import[1:]
+
+    twice = _contrib_layer("repair_duplicate_constants", 46)
+    scale = numpy_helper.from_array(np.array(1.0 / SCALE, np.float32))
+    div = next(n for n in twice.graph.node if n.op_type == "Div")
+    div.input[1] = "scale"
+    at = list(twice.graph.node).index(div)
+    for where in (at, 0):  # one Constant before its reader, an identical one at the top
+        twice.graph.node.insert(where, helper.make_node("Constant", [], ["scale"], value=scale))
+
+    notes = {
+        "repair_unsorted_nodes": "nodes in reverse order (onnxruntime sorts them itself)",
+        "repair_contrib_import": "com.microsoft node without the com.microsoft opset import",
+        "repair_duplicate_constants": "two identical Constant nodes write the scale",
+    }
+    models = {"repair_unsorted_nodes": unsorted, "repair_contrib_import": no_import}
+    models["repair_duplicate_constants"] = twice
+    return [
+        Case(name, m, 1, expect("causal"), auto_feeds(m, 44), True, notes[name])
+        for name, m in models.items()
+    ]
+
+
 def extra_output_case(name: str, which: str, seed: int) -> Case:
     b = Builder(name, seed=seed)
     x = hidden_input(b)
