@@ -17,6 +17,11 @@ PADDED_POSITIONS = 2
 
 
 SHAPE_ONLY_OPS = frozenset({"Reshape", "Cast", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
+# ops that look ids up in a table: (ids input, table input) pairs
+LOOKUPS = {
+    "Gather": ((1, 0),),
+    "EmbedLayerNormalization": ((0, 2), (1, 4)),  # onnxruntime's fused BERT embedding
+}
 
 
 def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
@@ -37,13 +42,14 @@ def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
             following = []
             for name in frontier:
                 for node in readers.get(name, []):
-                    if (
-                        node.op_type == "Gather"
-                        and node.input[1] == name
-                        and node.input[0] in tables
-                    ):
-                        found.append(tables[node.input[0]])
-                    elif node.op_type in SHAPE_ONLY_OPS and node.input[0] == name:
+                    found += [
+                        tables[node.input[table]]
+                        for ids, table in LOOKUPS.get(node.op_type, ())
+                        if len(node.input) > table
+                        and node.input[ids] == name
+                        and node.input[table] in tables
+                    ]
+                    if node.op_type in SHAPE_ONLY_OPS and node.input[0] == name:
                         following.append(node.output[0])
             frontier = following
         if found:

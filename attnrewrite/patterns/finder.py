@@ -47,9 +47,10 @@ from attnrewrite.patterns.operands import (
     ungroup_kv,
     upstream_scale,
 )
-from attnrewrite.patterns.probs import walk_probs
+from attnrewrite.patterns.probs import merged_heads, walk_probs
 from attnrewrite.patterns.scores import PASS_THROUGH, walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
+from attnrewrite.substitute.contrib import FUSED_FROM
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Candidate:
     float32_softmax: bool
     shape_readers: tuple[ir.Node, ...]
     reshaped: tuple[ir.Value, ...]  # reshape outputs between Q.K^T and .V: keep the key axis
+    output: ir.Value
+    output_layout: Layout
 
 
 def find_attention(model: ir.Model) -> FindResult:
@@ -148,6 +151,13 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
     if reshaped:
         variant.append("scores:reshaped")
     nodes = (chain.qk, *(s.node for s in chain.steps), *anchor.nodes, *probs.nodes, probs.pv)
+    output, output_layout = probs.pv.outputs[0], Layout.BHSD
+    fused_from = anchor.node.metadata_props.get(FUSED_FROM)
+    merged = merged_heads(probs.pv) if fused_from else None
+    if fused_from:  # written out on load from a com.microsoft op: its output is the block's
+        variant.insert(0, fused_from)
+    if merged:
+        nodes, output, output_layout = (*nodes, *merged), merged[1].outputs[0], Layout.BS_HD
     steps = [step.node for step in chain.steps]
     for reader in chain.reshaped_readers:
         if _outlives(reader, nodes, steps):  # q and k cannot give it: it is not their shape
@@ -169,6 +179,8 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         float32_softmax=chain.float32_upcast,
         shape_readers=chain.shape_readers,
         reshaped=reshaped,
+        output=output,
+        output_layout=output_layout,
     )
 
 
@@ -251,7 +263,8 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         q=candidate.q,
         k=candidate.k,
         v=candidate.v,
-        output=candidate.pv.outputs[0],
+        output=candidate.output,
+        output_layout=candidate.output_layout,
         nodes=candidate.nodes,
         scale=scale,
         scale_source=scale_source,
@@ -421,12 +434,13 @@ def _classify(
         if ev.constant_of(value) is None and ev.data_inputs(value, graph)
     }
     keywise = None
-    if data and kind in (MaskKind.BIAS, MaskKind.CAUSAL_BIAS):
+    per_query = _per_query_data([sides[key] for key in data], graph)
+    if data and not per_query and kind in (MaskKind.BIAS, MaskKind.CAUSAL_BIAS):
         keywise = _keywise_data_part(steps, side_values, data, shapes, zero_dtype)
     if keywise is not None:
         kind, window = masks.with_padding(keywise[0]), keywise[1]
     else:
-        kind = _with_data_part(kind, bool(data))
+        kind, window = _with_data_part(kind, window, bool(data), per_query)
     return _unless_unchecked(kind, window, long, long_shape)
 
 
@@ -489,11 +503,23 @@ def _keywise_data_part(
     return (kind, window) if kind in structural else None
 
 
-def _with_data_part(kind: MaskKind, data_dependent: bool) -> MaskKind:
-    """The final kind once we know whether the mask reads a data input (an attention mask)."""
+def _with_data_part(
+    kind: MaskKind, window: int | None, data_dependent: bool, per_query: bool = False
+) -> tuple[MaskKind, int | None]:
+    """The final kind once we know whether the mask reads a data input: an attention mask
+    over keys is padding on top of what the mask computes when it is all ones; an input
+    with a query axis ([B, S, T]) can hide anything, so the mask is a tensor."""
+    if per_query:
+        return (MaskKind.CAUSAL_BIAS if kind.is_causal else MaskKind.BIAS), None
     if kind == MaskKind.FULLY_MASKED:  # ones hide every key: the input means True = pad
-        return MaskKind.PADDING if data_dependent else MaskKind.BIAS
-    return masks.with_padding(kind) if data_dependent else kind
+        return (MaskKind.PADDING if data_dependent else MaskKind.BIAS), window
+    return (masks.with_padding(kind) if data_dependent else kind), window
+
+
+def _per_query_data(values: Sequence[ir.Value], graph: ir.Graph) -> bool:
+    """Whether the data inputs the values read include one of rank 3 or more."""
+    names = {name for value in values for name in ev.data_inputs(value, graph)}
+    return any(v.name in names and v.shape is not None and len(v.shape) >= 3 for v in graph.inputs)
 
 
 def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> AttentionMatch:
@@ -519,10 +545,10 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     kind, window = masks.merge(found)
     if match.mask.is_causal and kind in (MaskKind.NONE, MaskKind.BIAS):
         kind = MaskKind.CAUSAL if kind == MaskKind.NONE else MaskKind.CAUSAL_BIAS
-    data = ev.constant_of(value) is None and bool(ev.data_inputs(value, evaluations.model.graph))
-    kind, window, checks = _unless_unchecked(
-        _with_data_part(kind, data), window, long, q_long and k_long
-    )
+    graph = evaluations.model.graph
+    data = ev.constant_of(value) is None and bool(ev.data_inputs(value, graph))
+    kind, window = _with_data_part(kind, window, data, data and _per_query_data([value], graph))
+    kind, window, checks = _unless_unchecked(kind, window, long, q_long and k_long)
     bias = match.bias if kind.needs_tensor else None
     return replace(match, mask=kind, window=window, bias=bias, variant=(*match.variant, *checks))
 

@@ -22,7 +22,10 @@ import onnx_ir as ir
 from attnrewrite.match import MaskKind, ScoreStep, reshapes_scores
 from attnrewrite.patterns.graph_utils import int_attr
 
-VERY_NEGATIVE = -1e4  # a score at or below this is masked (exp underflows to 0 in fp32)
+# A bias at or below this masks its key: exp underflows to 0 in fp32 for any score within
+# thousands of the row's largest. Half of the -10000 that onnxruntime's kernels and older
+# exporters add, so an attention bias added on top of that does not unmask it.
+VERY_NEGATIVE = -5e3
 MAX_PROBE = 4098  # longest length a mask is evaluated at: windows up to 4096 are found
 SENTINEL = 2**24  # integers this large are "to the end" markers (Slice ends), not windows
 

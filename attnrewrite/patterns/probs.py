@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
+from attnrewrite.evaluate import constant_of
 from attnrewrite.match import RESHAPES
-from attnrewrite.patterns.graph_utils import consumers, is_op
+from attnrewrite.patterns.graph_utils import consumers, ints_attr, is_op
 
 PASS_THROUGH = frozenset({"Cast", "Identity", "Dropout"}) | RESHAPES
 
@@ -84,3 +86,18 @@ def _nan_guard(value: ir.Value, readers: list[ir.Node]) -> list[ir.Node] | None:
     if len(consumers(isnan.outputs[0])) != 1:
         return None
     return [isnan, where]
+
+
+def merged_heads(pv: ir.Node) -> tuple[ir.Node, ir.Node] | None:
+    """(Transpose, Reshape) when the context is only merged back to [B, S, H*d] as written
+    for a com.microsoft op: Reshape(Transpose(p @ v, [0, 2, 1, 3]), [0, 0, -1])."""
+    (transpose, *others) = consumers(pv.outputs[0]) or [None]
+    if others or not is_op(transpose, "Transpose") or ints_attr(transpose, "perm") != (0, 2, 1, 3):
+        return None
+    (reshape, *others) = consumers(transpose.outputs[0]) or [None]
+    if others or not is_op(reshape, "Reshape") or reshape.inputs[0] is not transpose.outputs[0]:
+        return None
+    target = constant_of(reshape.inputs[1])
+    if target is None or list(np.ravel(target)) != [0, 0, -1]:
+        return None
+    return transpose, reshape

@@ -187,6 +187,7 @@ class Spec:
     exporter: str  # "dynamo" | "torchscript"
     opset: int
     build: Callable[[], Built]
+    fusion: str = ""  # "attention" | "mha": then run through onnxruntime's optimizer
 
 
 def ids_like(batch: int, seq: int, g: torch.Generator) -> torch.Tensor:
@@ -1023,6 +1024,21 @@ def all_specs() -> list[Spec]:
             for arch in ("gpt2", "bert", "distilbert"):
                 build = (hf_causal_lm if arch == "gpt2" else hf_encoder)(arch, impl)
                 add(f"{arch}_{impl}", "transformers", arch, impl, build, old)
+        if impl == "eager":  # onnxruntime's optimizer fuses the TorchScript BERT exports
+            for arch, opset in (("bert", 17), ("distilbert", 12)):
+                for fusion in ("attention", "mha"):
+                    specs.append(
+                        Spec(
+                            f"{arch}_{impl}_ts{opset}_ort{fusion}",
+                            "transformers",
+                            arch,
+                            impl,
+                            "torchscript",
+                            opset,
+                            hf_encoder(arch, impl),
+                            fusion,
+                        )
+                    )
         if impl == "eager":  # BLOOM has one attention implementation
             add("bloom_eager", "transformers", "bloom", impl, hf_causal_lm("bloom", impl), std)
         wide = hf_qwen2_sliding(impl, WIDE_WINDOW)
@@ -1126,7 +1142,30 @@ def export(spec: Spec, built: Built, args: tuple[torch.Tensor, ...]) -> onnx.Mod
         _export_ts(spec, built, args, buf)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return onnx.load_from_string(buf.getvalue())
+    model = onnx.load_from_string(buf.getvalue())
+    return ort_optimized(model, spec.fusion) if spec.fusion else model
+
+
+def ort_optimized(model: onnx.ModelProto, fusion: str) -> onnx.ModelProto:
+    """The model as onnxruntime's transformers optimizer rewrites it for BERT: fused
+    com.microsoft Attention (packed weights, mask_index from EmbedLayerNormalization), or
+    with `fusion` "mha" MultiHeadAttention with the input bias; SkipLayerNormalization,
+    BiasGelu etc. around them."""
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.use_multi_head_attention = fusion == "mha"
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    optimized = optimizer.optimize_model(
+        model,
+        "bert",
+        num_heads=HEADS,
+        hidden_size=HIDDEN,
+        optimization_options=options,
+        opt_level=0,
+    )
+    return optimized.model
 
 
 def _export_ts(spec: Spec, built: Built, args: tuple[torch.Tensor, ...], buf: io.BytesIO) -> None:
@@ -1277,6 +1316,8 @@ def build_one(spec: Spec) -> tuple[dict[str, Any] | None, dict[str, Any] | None,
         "verified_seq_lens": sorted({s for _, s in checks}),
         "verified_batch_sizes": sorted({b for b, _ in checks}),
     }
+    if spec.fusion:
+        entry["ort_optimizer"] = f"onnxruntime.transformers.optimizer, bert, {spec.fusion} fusion"
     if built.notes:
         entry["notes"] = built.notes
     row.update(

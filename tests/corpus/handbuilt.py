@@ -433,7 +433,7 @@ def pad_mask(shape, dtype) -> np.ndarray:
 
 
 def dims_for(n: int) -> dict[str, int]:
-    return {"S": n, "T": n + CROSS_EXTRA, "P": PAST, "B": B}
+    return {"S": n, "T": n + CROSS_EXTRA, "P": PAST, "B": B, PAST_DIM: PAST, TOTAL: PAST + n}
 
 
 def auto_feeds(
@@ -747,11 +747,53 @@ def ms_contrib_ops() -> list[Case]:
             note="batch 1 with a real past of P=3 (bottom-right causal)",
         )
     )
+    cases.append(
+        ms_gqa(
+            "ms_groupqueryattention_window",
+            batch=1,
+            past=PAST,
+            seed=47,
+            window=2,
+            note="local_window_size 2: each query sees itself and the key before it",
+        )
+    )
+    cases.append(
+        ms_gqa(
+            "ms_groupqueryattention_softcap",
+            batch=1,
+            past=PAST,
+            seed=48,
+            softcap=30.0,
+            note="softcap: not written out, refused with the reason",
+        )
+    )
+    b = Builder("ms_decoder_masked_mha", seed=49)
+    x = hidden_input(b)
+    pasts = [b.input(n, F32, [B, H, "M", D]) for n in ("past_key", "past_value")]
+    length = b.input("past_sequence_length", I32, [1])
+    q, k, v = (linear(b, x, E, E) for _ in range(3))
+    y, *_ = b.op(
+        "DecoderMaskedMultiHeadAttention",
+        *(q, k, v, "", "", *pasts, length),
+        _domain=MS,
+        _n=3,
+        num_heads=H,
+        past_present_share_buffer=1,
+    )
+    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
+    m = b.model(domains={MS: 1})
+    note = "one-token decoding over a shared, beam-indexed cache: refused with the reason"
+    cases.append(
+        Case("ms_decoder_masked_mha", m, 1, expect("causal"), auto_feeds(m, 49), True, note)
+    )
     return cases
 
 
-def ms_gqa(name: str, *, batch: int, past: int, seed: int, note: str) -> Case:
-    """com.microsoft GroupQueryAttention, no rotary, past_key/past_value [batch, 2, P, 8]."""
+def ms_gqa(
+    name: str, *, batch: int, past: int, seed: int, note: str, window: int = -1, **attrs
+) -> Case:
+    """com.microsoft GroupQueryAttention, past_key/past_value [batch, 2, P, 8]; with
+    `window`, local_window_size (the query and `window` keys before it)."""
     b = Builder(name, seed=seed)
     x = hidden_input(b, batch=batch)
     past_k = b.input("past_key", F32, [batch, KVH, "P", D])
@@ -772,6 +814,8 @@ def ms_gqa(name: str, *, batch: int, past: int, seed: int, note: str) -> Case:
         _n=3,
         num_heads=H,
         kv_num_heads=KVH,
+        local_window_size=window,
+        **attrs,
     )
     b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [batch, "S", E])
     b.output(pk, F32, [batch, KVH, None, D], name="present_key")
@@ -788,13 +832,196 @@ def ms_gqa(name: str, *, batch: int, past: int, seed: int, note: str) -> Case:
         name,
         m,
         1,
-        expect("causal", kv_heads=KVH, cross=True),
+        # a window counts positions in the cache, which seqlens_k (data) sets: a bias tensor
+        expect("bias" if window > 0 else "causal_padding", kv_heads=KVH, cross=True),
         feeds,
         True,
         "com.microsoft GroupQueryAttention: 3-D q [B,S,32] k/v [B,S,16], past [B,2,P,8], "
         "seqlens_k = P+S-1 (int32 [B]), total_sequence_length = P+S (int32 scalar), "
-        "causal; cross=True because kv length P+S != S statically; " + note,
+        "causal, and padding: seqlens_k, a data input, says which cache slots are valid; "
+        "cross=True because kv length P+S != S statically; " + note,
     )
+
+
+# ------------------------------------------- 6b com.microsoft ops as ORT's optimizers write them
+
+PAST_DIM, TOTAL = "past", "past+S"  # named as attnrewrite.inputs sizes them: PAST, PAST + n
+
+
+def _key_lengths(total: int) -> np.ndarray:
+    """mask_index [B]: the second sequence's last two keys are padding."""
+    return np.array([total, total - 2], np.int32)
+
+
+def _ends_and_starts(total: int) -> np.ndarray:
+    """mask_index [2B]: exclusive ends then inclusive starts (left padding of row 1)."""
+    return np.array([total, total, 0, 2], np.int32)
+
+
+def _per_query(total: int) -> np.ndarray:
+    """mask_index [B, S, T] of 0/1 with the first key always visible (S = T - PAST)."""
+    mask = (np.random.default_rng(total).random((B, total - PAST, total)) > 0.3).astype(np.int32)
+    mask[..., 0] = 1
+    return mask
+
+
+# form -> (shape, feed from the key length T); None: auto_feeds' 0/1 padding of row 1
+MASK_FORMS: dict[str, tuple[list, Callable[[int], np.ndarray] | None]] = {
+    "lengths": ([B], _key_lengths),
+    "ends_starts": ([2 * B], _ends_and_starts),
+    "raw": ([B, TOTAL], None),
+    "per_query": ([B, "S", TOTAL], _per_query),
+}
+
+
+def ms_packed_attention(
+    name: str, seed: int, *, mask: str | None, causal: bool, bias: bool = False, note: str
+) -> Case:
+    """com.microsoft Attention: x [B, S, E] @ W [E, 3E] + b, mask_index in one of
+    MASK_FORMS, and past [2, B, H, P, d] -> present, or (onnxruntime takes no past with it)
+    an attention_bias [1, H, S, S]."""
+    b = Builder(name, seed=seed)
+    x = hidden_input(b)
+    past = "" if bias else b.input("past", F32, [2, B, H, PAST_DIM, D])
+    keys, cached = ("S", 0) if bias else (TOTAL, PAST)
+    overrides = {}
+    mask_name = ""
+    if mask is not None:
+        shape, feed = MASK_FORMS[mask]
+        mask_name = b.input("mask_index", I32, [keys if d == TOTAL else d for d in shape])
+        if feed is not None:
+            overrides["mask_index"] = lambda n, f=feed: f(cached + n)
+    bias_name = b.input("attention_bias", F32, [1, H, "S", "S"]) if bias else ""
+    inputs = [x, b.weight(E, 3 * E), b.weight(3 * E, scale=0.1), mask_name, past, bias_name]
+    attrs = {"num_heads": H, "unidirectional": int(causal)}
+    outputs = b.op("Attention", *inputs, _domain=MS, _n=1 if bias else 2, **attrs)
+    y = outputs if bias else outputs[0]
+    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
+    if not bias:
+        b.output(outputs[1], F32, [2, B, H, TOTAL, D], name="present")
+    m = b.model(domains={MS: 1})
+    kind = ("causal_" if causal else "") + ("bias" if bias or mask == "per_query" else "padding")
+    if mask is None and not bias:
+        kind = "causal" if causal else "none"
+    feeds = auto_feeds(m, seed, **overrides)
+    return Case(name, m, 1, expect(kind, cross=not bias), feeds, True, note)
+
+
+def ms_multihead(
+    name: str,
+    seed: int,
+    *,
+    mask: str | None = None,
+    causal: bool = False,
+    past: bool = False,
+    cross: bool = False,
+    heads_first: bool = False,
+    note: str,
+) -> Case:
+    """com.microsoft MultiHeadAttention as ORT's optimizer writes it: q, k, v projections
+    without their bias, the packed bias [3E] as input 3; a key padding mask, a KV cache
+    (past_key/past_value -> present_key/present_value) or cross attention (keys from
+    another sequence, also as [B, H, L, d])."""
+    b = Builder(name, seed=seed)
+    x = hidden_input(b)
+    source = b.input("encoder", F32, [B, "T", E]) if cross else x
+    q, k, v = linear(b, x, E, E), linear(b, source, E, E), linear(b, source, E, E)
+    packed_bias = "" if heads_first else b.weight(3 * E, scale=0.1)
+    if heads_first:  # keys and values handed over per head, as a decoder's cross cache
+        k, v = split_heads(b, k), split_heads(b, v)
+    overrides = {}
+    mask_name = ""
+    if mask is not None:
+        shape, feed = MASK_FORMS[mask]
+        if not past:  # without a cache the key length is S (or T)
+            shape = [d if d != TOTAL else ("T" if cross else "S") for d in shape]
+        mask_name = b.input("key_padding_mask", I32, shape)
+        extra = CROSS_EXTRA if cross else 0  # keys: P + S with a cache, T = S + 3 across
+        if feed is not None:
+            overrides["key_padding_mask"] = lambda n, f=feed: f((PAST if past else extra) + n)
+    pasts = [b.input(n, F32, [B, H, PAST_DIM, D]) for n in ("past_key", "past_value")]
+    pasts = pasts if past else ["", ""]
+    outputs = 3 if past else 1
+    inputs = [q, k, v, packed_bias, mask_name, "", *pasts]
+    attrs = {"num_heads": H, "unidirectional": int(causal)}
+    result = b.op("MultiHeadAttention", *inputs, _domain=MS, _n=outputs, **attrs)
+    y = result[0] if past else result
+    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
+    if past:
+        b.output(result[1], F32, [B, H, TOTAL, D], name="present_key")
+        b.output(result[2], F32, [B, H, TOTAL, D], name="present_value")
+    m = b.model(domains={MS: 1})
+    kind = ("causal_" if causal else "") + ("padding" if mask else "")
+    kind = {"": "none", "causal_": "causal"}.get(kind, kind)
+    if mask == "per_query":
+        kind = "causal_bias" if causal else "bias"
+    feeds = auto_feeds(m, seed, **overrides)
+    return Case(name, m, 1, expect(kind, cross=past or cross), feeds, True, note)
+
+
+@register
+def ms_optimizer_forms() -> list[Case]:
+    return [
+        ms_packed_attention(
+            "ms_attention_lengths_past",
+            50,
+            mask="lengths",
+            causal=True,
+            note="Attention (GPT-2 as ORT fuses it): mask_index [B] key lengths, past/present",
+        ),
+        ms_packed_attention(
+            "ms_attention_ends_starts",
+            51,
+            mask="ends_starts",
+            causal=False,
+            note="Attention: mask_index [2B] (ends, then starts: left padding), past",
+        ),
+        ms_packed_attention(
+            "ms_attention_raw_mask_bias",
+            52,
+            mask="raw",
+            causal=True,
+            bias=True,
+            note="Attention: raw mask [B, S], attention_bias [1, H, S, S], causal",
+        ),
+        ms_packed_attention(
+            "ms_attention_per_query_mask",
+            53,
+            mask="per_query",
+            causal=False,
+            note="Attention: mask_index [B, S, P+S] (a mask per query)",
+        ),
+        ms_multihead(
+            "ms_mha_bias_lengths",
+            54,
+            mask="lengths",
+            note="MultiHeadAttention with the packed bias input and key lengths [B] (BERT as "
+            "ORT's optimizer writes it with use_multi_head_attention)",
+        ),
+        ms_multihead(
+            "ms_mha_bias_past_causal",
+            55,
+            mask="raw",
+            causal=True,
+            past=True,
+            note="MultiHeadAttention: bias, raw key padding mask [B, P+S], past_key/past_value "
+            "-> present_key/present_value, unidirectional",
+        ),
+        ms_multihead(
+            "ms_mha_cross",
+            56,
+            cross=True,
+            mask="raw",
+            note="MultiHeadAttention cross attention: keys from a T-long encoder output",
+        ),
+        ms_multihead(
+            "ms_mha_cross_heads_first",
+            57,
+            cross=True,
+            heads_first=True,
+            note="MultiHeadAttention cross attention with keys/values as [B, H, T, d]",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- 7 BERT-style padding
