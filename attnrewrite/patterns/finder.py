@@ -517,9 +517,13 @@ def _with_data_part(
 
 
 def _per_query_data(values: Sequence[ir.Value], graph: ir.Graph) -> bool:
-    """Whether the data inputs the values read include one of rank 3 or more."""
+    """Whether the data inputs the values read include one with a query axis: rank 3 or
+    more, its next-to-last axis not 1 ([B, S, T] is, [B, 1, 1, T] is not)."""
     names = {name for value in values for name in ev.data_inputs(value, graph)}
-    return any(v.name in names and v.shape is not None and len(v.shape) >= 3 for v in graph.inputs)
+    return any(
+        v.name in names and v.shape is not None and len(v.shape) >= 3 and v.shape[-2] != 1
+        for v in graph.inputs
+    )
 
 
 def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> AttentionMatch:
