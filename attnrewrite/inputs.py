@@ -95,6 +95,18 @@ def generate_inputs(
         ]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         feeds[value.name] = _fill(value.name.lower(), shape, dtype, vocab.get(value.name), rng)
+    return _full_caches(feeds, seq_len)
+
+
+# GroupQueryAttention's cache lengths, as past + n plus this offset: every cache full
+CACHE_LENGTHS = {"seqlens_k": -1, "total_sequence_length": 0}
+
+
+def _full_caches(feeds: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+    past = next((a.shape[-2] for k, a in feeds.items() if "past" in k.lower() and a.ndim == 4), 0)
+    for name, offset in CACHE_LENGTHS.items():
+        if name in feeds:
+            feeds[name] = np.full_like(feeds[name], past + seq_len + offset)
     return feeds
 
 

@@ -92,6 +92,8 @@ class Spec:
     seqlens: str = ""  # GroupQueryAttention's cache: valid keys per sequence - 1
     total: str = ""  # its total_sequence_length: S for a first prompt
     window: int = -1  # its local_window_size
+    rotary: tuple[str, str] = ("", "")  # its cos_cache, sin_cache [max length, rotary dim / 2]
+    interleaved: bool = False  # rotate (x0, x1) pairs, not the two halves
     present: tuple[str, str] = ("", "")  # output names of the keys and values (with past)
 
 
@@ -296,15 +298,15 @@ def _multihead(node: onnx.NodeProto, shapes: Shapes) -> Spec | str:
 
 
 def _group_query(node: onnx.NodeProto, shapes: Shapes) -> Spec | str:
-    """GroupQueryAttention without rotary: q [B, S, H*d], k, v [B, S, Hkv*d], past
-    [B, Hkv, P, d]. After the step seqlens_k[b] + 1 keys are valid; a first prompt (S equal
-    to total_sequence_length) ignores the past. The keys are the past then the new ones
-    (the present), stale past slots hidden: that present is onnxruntime's wherever every
-    sequence's cache is full (seqlens_k = P + S - 1), as in a batch without padding."""
+    """GroupQueryAttention: q [B, S, H*d], k, v [B, S, Hkv*d], past [B, Hkv, P, d], rotary
+    embedding from cos/sin caches at the tokens' positions. After the step seqlens_k[b] + 1
+    keys are valid; a first prompt (S equal to total_sequence_length) ignores the past. The
+    keys are the past then the new ones (the present), stale past slots hidden: that
+    present is onnxruntime's wherever every sequence's cache is full (seqlens_k = P + S - 1),
+    as in a batch without padding."""
     reason = _refused(
         node,
         {
-            "do_rotary": "rotary embedding",
             "softcap": "softcap",
             "smooth_softmax": "smooth softmax",
             "qk_output": "its qk output",
@@ -312,8 +314,6 @@ def _group_query(node: onnx.NodeProto, shapes: Shapes) -> Spec | str:
             "sliding_window_cache": "a window-sized cache",
         },
         {
-            7: "cos_cache",
-            8: "sin_cache",
             9: "position_ids",
             11: "head_sink",
             12: "k_scale",
@@ -325,6 +325,8 @@ def _group_query(node: onnx.NodeProto, shapes: Shapes) -> Spec | str:
     )
     if not _attr(node, "causal", 1):
         reason = "GroupQueryAttention without causal is not written out"
+    if bool(_attr(node, "do_rotary")) != bool(_input(node, 7) and _input(node, 8)):
+        reason = reason or "GroupQueryAttention with rotary caches but no do_rotary (or back)"
     if not _input(node, 1) or not _input(node, 3):
         reason = reason or "GroupQueryAttention with packed qkv or without past is not written out"
     if reason:
@@ -343,6 +345,8 @@ def _group_query(node: onnx.NodeProto, shapes: Shapes) -> Spec | str:
         seqlens=node.input[5],
         total=node.input[6],
         window=int(_attr(node, "local_window_size", -1)),
+        rotary=(_input(node, 7), _input(node, 8)) if _attr(node, "do_rotary") else ("", ""),
+        interleaved=bool(_attr(node, "rotary_interleaved")),
         present=(_output(node, 1), _output(node, 2)),
     )
 
@@ -368,6 +372,13 @@ def _write(node: onnx.NodeProto, spec: Spec, dtype: np.dtype) -> list[onnx.NodeP
         key, value = spec.key, spec.value
     else:
         key, value = _heads(w, spec.key, spec.kv_heads), _heads(w, spec.value, spec.kv_heads)
+    cached = _cached(w, spec, query) if spec.seqlens else ""
+    if spec.rotary[0]:  # the new tokens sit at positions cached + s
+        steps = w.op(
+            "Range", w.const(0), w.op("Squeeze", w.dims(query, 2, 3), w.const([0])), w.const(1)
+        )
+        positions = w.op("Add", w.op("Reshape", cached, w.const([-1, 1])), steps)  # [B, S]
+        query, key = (_rotate(w, spec, x, positions) for x in (query, key))
     present_key, present_value = spec.present
     if spec.past_key:
         key = w.op("Concat", spec.past_key, key, axis=2, out=present_key or None)
@@ -390,7 +401,7 @@ def _write(node: onnx.NodeProto, spec: Spec, dtype: np.dtype) -> list[onnx.NodeP
         scores = w.op("Add", scores, spec.attention_bias)
     if spec.seqlens:  # hidden outright, as onnxruntime's kernel leaves them out
         lowest = w.float(np.finfo(w.dtype).min)
-        for hidden in _cache_hidden(w, spec, query):
+        for hidden in _cache_hidden(w, spec, query, cached):
             scores = w.op("Where", hidden, lowest, scores)
     probs = w.op("Softmax", scores, axis=-1)
     entry = w.nodes[-1].metadata_props.add()
@@ -511,13 +522,54 @@ def _causal(w: Writer, spec: Spec, query: str, key: str) -> str:
     return w.op("Where", future, w.float(spec.filter_value), w.float(0.0))
 
 
-def _cache_hidden(w: Writer, spec: Spec, query: str) -> list[str]:
+def _cached(w: Writer, spec: Spec, query: str) -> str:
+    """GroupQueryAttention's keys per sequence before this step, int64 [B]: seqlens_k + 1 - S,
+    or 0 for a first prompt (S equal to total_sequence_length)."""
+    int64 = onnx.TensorProto.INT64
+    q_len = w.op("Squeeze", w.dims(query, 2, 3), w.const([0]))
+    prompt = w.op("Equal", w.op("Reshape", w.op("Cast", spec.total, to=int64), w.const([])), q_len)
+    cached = w.op("Sub", w.op("Add", w.op("Cast", spec.seqlens, to=int64), w.const(1)), q_len)
+    return w.op("Where", prompt, w.const(0), cached)
+
+
+def _rotate(w: Writer, spec: Spec, x: str, positions: str) -> str:
+    """Rotary embedding of x [B, h, S, d] at `positions` [B, S]: its first 2r channels (r,
+    the caches' width) turned by cos/sin; halves (x1, x2) -> (x1 c - x2 s, x2 c + x1 s), or,
+    interleaved, each pair (x0, x1) the same way."""
+    cos, sin = (
+        w.op("Unsqueeze", w.op("Gather", table, positions, axis=0), w.const([1]))
+        for table in spec.rotary
+    )  # [B, 1, S, r]
+    half = w.dims(spec.rotary[0], 1, 2)
+    width = w.op("Mul", half, w.const([2]))
+    turned = w.op("Slice", x, w.const([0]), width, w.const([3]))
+    rest = w.op("Slice", x, width, w.const([2**62]), w.const([3]))
+    if spec.interleaved:  # [..., r, 2]: pairs
+        pairs = w.op("Reshape", turned, w.op("Concat", w.dims(x, 0, 3), half, w.const([2]), axis=0))
+        first, second = (
+            w.op("Squeeze", part, w.const([4]))
+            for part in w.ops("Split", pairs, w.const([1, 1]), n=2, axis=4)
+        )
+    else:
+        first, second = w.ops("Split", turned, w.op("Concat", half, half, axis=0), n=2, axis=3)
+    new_first = w.op("Sub", w.op("Mul", first, cos), w.op("Mul", second, sin))
+    new_second = w.op("Add", w.op("Mul", second, cos), w.op("Mul", first, sin))
+    if spec.interleaved:
+        stacked = w.op(
+            "Concat", *(w.op("Unsqueeze", p, w.const([4])) for p in (new_first, new_second)), axis=4
+        )
+        turned = w.op("Reshape", stacked, w.op("Concat", w.dims(x, 0, 3), width, axis=0))
+    else:
+        turned = w.op("Concat", new_first, new_second, axis=3)
+    return w.op("Concat", turned, rest, axis=3)
+
+
+def _cache_hidden(w: Writer, spec: Spec, query: str, cached: str) -> list[str]:
     """GroupQueryAttention's hidden keys among [past P | new S], as masks the finder can
     classify: the future, new token t for queries s < t [S, P + S]; stale past slots, j at
     or past the sequence's cached length c, [B, 1, 1, P + S]; with local_window_size W,
     all but the W latest keys (the query's own included), [B, 1, S, P + S] (positions: the
     query c + s, past slot j, new token c + t)."""
-    int64 = onnx.TensorProto.INT64
     q_len = w.op("Squeeze", w.dims(query, 2, 3), w.const([0]))
     past_len = w.op("Squeeze", w.dims(spec.past_key, 2, 3), w.const([0]))
     kv_len = w.op("Add", past_len, q_len)
@@ -525,13 +577,11 @@ def _cache_hidden(w: Writer, spec: Spec, query: str) -> list[str]:
     steps = w.op("Unsqueeze", w.op("Range", w.const(0), q_len, w.const(1)), w.const([1]))
     new = w.op("Sub", cols, past_len)  # t for new tokens, negative for past slots
     hidden = [w.op("Greater", new, steps)]
-    prompt = w.op("Equal", w.op("Reshape", w.op("Cast", spec.total, to=int64), w.const([])), q_len)
-    cached = w.op("Sub", w.op("Add", w.op("Cast", spec.seqlens, to=int64), w.const(1)), q_len)
-    cached = w.op("Reshape", w.op("Where", prompt, w.const(0), cached), w.const([-1, 1, 1, 1]))
+    cached = w.op("Reshape", cached, w.const([-1, 1, 1, 1]))
     in_past = w.op("Less", cols, past_len)
     hidden.append(w.op("And", in_past, w.op("GreaterOrEqual", cols, cached)))
     if spec.window > 0:
-        position = w.op("Where", in_past, w.op("Add", cols, w.const(0)), w.op("Add", cached, new))
+        position = w.op("Where", in_past, cols, w.op("Add", cached, new))
         earliest = w.op("Sub", w.op("Add", cached, steps), w.const(spec.window - 1))
         hidden.append(w.op("Less", position, earliest))
     return hidden

@@ -767,6 +767,7 @@ def ms_contrib_ops() -> list[Case]:
             note="softcap: not written out, refused with the reason",
         )
     )
+    cases += [ms_gqa_rotary(interleaved) for interleaved in (0, 1)]
     b = Builder("ms_decoder_masked_mha", seed=49)
     x = hidden_input(b)
     pasts = [b.input(n, F32, [B, H, "M", D]) for n in ("past_key", "past_value")]
@@ -841,6 +842,47 @@ def ms_gqa(
         "causal, and padding: seqlens_k, a data input, says which cache slots are valid; "
         "cross=True because kv length P+S != S statically; " + note,
     )
+
+
+def ms_gqa_rotary(interleaved: int) -> Case:
+    """GroupQueryAttention with do_rotary (cos/sin caches [64, 8]) as onnxruntime-genai writes
+    Llama-like models: 2 query heads, 1 kv head, head size 16 (the kernel's rotary needs a
+    multiple of 16), batch 1 decoding over a past of P = 3."""
+    name = f"ms_groupqueryattention_rotary{'_interleaved' if interleaved else ''}"
+    heads, kv_heads, size = 2, 1, 16
+    b = Builder(name, seed=60 + interleaved)
+    x = hidden_input(b, batch=1)
+    pasts = [b.input(n, F32, [1, kv_heads, "P", size]) for n in ("past_key", "past_value")]
+    seqlens = b.input("seqlens_k", I32, [1])
+    total = b.input("total_sequence_length", I32, [])
+    angles = np.arange(BUFFER)[:, None] / 10000 ** (np.arange(0, size, 2) / size)
+    caches = [b.const(f(angles), np.float32, "rotary") for f in (np.cos, np.sin)]
+    q = linear(b, x, E, heads * size)
+    k, v = linear(b, x, E, kv_heads * size), linear(b, x, E, kv_heads * size)
+    y, pk, pv = b.op(
+        "GroupQueryAttention",
+        *(q, k, v, *pasts, seqlens, total, *caches),
+        _domain=MS,
+        _n=3,
+        num_heads=heads,
+        kv_num_heads=kv_heads,
+        do_rotary=1,
+        rotary_interleaved=interleaved,
+    )
+    b.output(b.op("MatMul", y, b.weight(heads * size, E), _out="y"), F32, [1, "S", E])
+    b.output(pk, F32, [1, kv_heads, None, size], name="present_key")
+    b.output(pv, F32, [1, kv_heads, None, size], name="present_value")
+    m = b.model(domains={MS: 1})
+    feeds = auto_feeds(
+        m,
+        60,
+        seqlens_k=lambda n: np.full([1], PAST + n - 1, np.int32),
+        total_sequence_length=lambda n: np.array(PAST + n, np.int32),
+    )
+    expected = expect("causal_padding", q_heads=heads, kv_heads=kv_heads, head_dim=size, cross=True)
+    expected["scale"] = float(size**-0.5)
+    note = "rotary at the tokens' positions in the cache (P + s), halves or interleaved pairs"
+    return Case(name, m, 1, expected, feeds, True, note)
 
 
 # ------------------------------------------- 6b com.microsoft ops as ORT's optimizers write them
