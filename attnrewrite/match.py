@@ -20,6 +20,10 @@ from typing import Protocol
 
 import onnx_ir as ir
 
+# Node metadata left by substitute.contrib, which writes com.microsoft ops out on load:
+FUSED_FROM = "attnrewrite.fused_from"  # on the Softmax written for an op: "domain:op"
+NOT_EXPANDED = "attnrewrite.not_expanded"  # on an op left as it was: why
+
 
 class MaskKind(StrEnum):
     """What the additive mask computes, classified by evaluating it (never by node names)."""

@@ -20,6 +20,7 @@ import onnx_ir as ir
 from attnrewrite import evaluate as ev
 from attnrewrite.loading import default_opset
 from attnrewrite.match import (
+    FUSED_FROM,
     RESHAPES,
     AttentionMatch,
     Bias,
@@ -50,7 +51,6 @@ from attnrewrite.patterns.operands import (
 from attnrewrite.patterns.probs import merged_heads, walk_probs
 from attnrewrite.patterns.scores import PASS_THROUGH, walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
-from attnrewrite.substitute.contrib import FUSED_FROM
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,17 @@ import math
 
 import onnx_ir as ir
 
-from attnrewrite.match import AttentionMatch, Bias, Layout, MaskKind, Operand, Refusal
+from attnrewrite.match import (
+    NOT_EXPANDED,
+    AttentionMatch,
+    Bias,
+    Layout,
+    MaskKind,
+    Operand,
+    Refusal,
+)
 from attnrewrite.patterns.graph_utils import float_attr, int_attr, is_op, rank_of, static_dim
 from attnrewrite.patterns.operands import ungroup_kv
-from attnrewrite.substitute.contrib import NOT_EXPANDED
 
 MS = "com.microsoft"
 

@@ -32,11 +32,10 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from attnrewrite.inputs import generate_inputs
+from attnrewrite.match import FUSED_FROM, NOT_EXPANDED
 
 MS_DOMAIN = "com.microsoft"
 PROBE_LENGTH = 7  # sequence length of the run that finds ranks shape inference left unknown
-FUSED_FROM = "attnrewrite.fused_from"  # metadata on the Softmax: the op it was written from
-NOT_EXPANDED = "attnrewrite.not_expanded"  # metadata on an op left as is: why
 
 
 @dataclass
