@@ -252,7 +252,8 @@ def _report_line(result: dict, files: Sequence[Path]) -> str:
         text += f", top-1 agreement {logits[0]['top1_agreement']:.1%}"
     text += (
         f"; {latency['original_ms']:.1f} -> {latency['rewritten_ms']:.1f} ms "
-        f"(medians of {latency['repeats']} runs)"
+        f"(medians of {latency['repeats']} runs); peak memory "
+        f"{result['memory']['peak_rss_mb'] / 1024:.1f} GiB"
     )
     return f"{text} -> {', '.join(str(f) for f in files)}"
 

@@ -60,8 +60,9 @@ def run_with_outputs(
 ) -> dict[str, np.ndarray]:
     """All graph outputs plus the named intermediate values. A path is read here (external
     data in memory: models under 2 GB); a loaded model is run as it is, not read again."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+    path = None if isinstance(model, onnx.ModelProto) else model
+    if path is not None:
+        model = onnx.load(str(path))
     names = [o.name for o in model.graph.output]
     added = [name for name in dict.fromkeys(extra) if name not in names]
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in added)
@@ -69,9 +70,13 @@ def run_with_outputs(
         serialized = model.SerializeToString()
     finally:
         del model.graph.output[len(model.graph.output) - len(added) :]
+    if path is not None:
+        del model  # read here: the weights live on in onnxruntime's copy only
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False  # one run: give every buffer back when it is freed
     session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    del serialized
     wanted = {i.name for i in session.get_inputs()}
     names += added
     outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
