@@ -97,10 +97,9 @@ def exported_model(checkpoint: Checkpoint, announce: Callable[[str], None]) -> E
     folder = cache_folder(checkpoint)
     if (folder / RECORD_FILE).is_file():
         return Exported.read(folder)
-    announce(
-        f"exporting {checkpoint.source} to ONNX (torch.onnx, eager attention; once, "
-        f"cached in {folder})"
-    )
     from attnrewrite.ingest.exporter import export_checkpoint  # torch only from here
 
-    return export_checkpoint(checkpoint, folder, checkpoint.name)
+    def announce_cached(line: str) -> None:
+        announce(f"{line}, once: later runs read it from this cache")
+
+    return export_checkpoint(checkpoint, folder, checkpoint.name, announce_cached)

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,52 +52,49 @@ MAX_RELATIVE_ERROR = 1e-3  # float32 export against torch; above it the export i
 MEMORY_COPIES = 3  # float32 weights held at once: torch's, the exporter's, onnxruntime's
 
 
-def export_checkpoint(checkpoint: Checkpoint, out_dir: Path, name: str) -> Exported:
+def export_checkpoint(
+    checkpoint: Checkpoint, out_dir: Path, name: str, announce: Callable[[str], None]
+) -> Exported:
     """Write `out_dir/NAME.onnx`, `tokenizer.json` and `export.json`, atomically; a failure
-    is one line and leaves nothing behind."""
+    is one line and leaves nothing behind. `announce` is told once the checkpoint is known
+    to be supported, before the minutes the export takes."""
     _require_packages(checkpoint)
     started = time.perf_counter()
-    with library_output(show=False), contextlib.redirect_stdout(io.StringIO()):
-        _quiet_transformers()
+    with _libraries_quiet():
         config = _load_config(checkpoint)
         auto_class = _auto_class(checkpoint, config)
         parameters = _require_memory(checkpoint, auto_class, config)
+    announce(f"exporting {checkpoint.source} to ONNX (torch.onnx, eager attention) into {out_dir}")
+    with _libraries_quiet(), staged_directory(out_dir) as staging:
         model = _load_model(checkpoint, auto_class)
         wrapper = LogitsOnly(model)
-        with staged_directory(out_dir) as staging:
-            path = staging / f"{name}.onnx"
-            exporting = time.perf_counter()
-            _export(checkpoint, wrapper, config, path, parameters)
-            export_seconds = time.perf_counter() - exporting
-            check = _check(checkpoint, wrapper, path)
-            missing_tokenizer = _save_tokenizer(checkpoint, staging / TOKENIZER_FILE)
-            record = {
-                "source": str(checkpoint.source),
-                "onnx": path.name,
-                "architecture": type(model).__name__,
-                "parameters": parameters,
-                "inputs": wrapper.input_names,
-                "attention": "eager",
-                "use_cache": False,
-                "export_seconds": round(export_seconds, 1),
-                "seconds": round(time.perf_counter() - started, 1),
-                "check": {
-                    "batch": CHECK_SHAPE[0],
-                    "seq_len": CHECK_SHAPE[1],
-                    "max_relative_error": check,
-                    "tolerance": MAX_RELATIVE_ERROR,
-                },
-                "tokenizer": None if missing_tokenizer else TOKENIZER_FILE,
-                **({"tokenizer_note": missing_tokenizer} if missing_tokenizer else {}),
-                "versions": {
-                    "attnrewrite": __version__,
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "transformers": _transformers_version(),
-                    "onnx": onnx.__version__,
-                },
-            }
-            (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        path = staging / f"{name}.onnx"
+        exporting = time.perf_counter()
+        _export(checkpoint, wrapper, config, path, parameters)
+        export_seconds = time.perf_counter() - exporting
+        check = _check(checkpoint, wrapper, path)
+        missing_tokenizer = _save_tokenizer(checkpoint, staging / TOKENIZER_FILE)
+        record = {
+            "source": str(checkpoint.source),
+            "onnx": path.name,
+            "architecture": type(model).__name__,
+            "parameters": parameters,
+            "inputs": wrapper.input_names,
+            "attention": "eager",
+            "use_cache": False,
+            "export_seconds": round(export_seconds, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+            "check": {
+                "batch": CHECK_SHAPE[0],
+                "seq_len": CHECK_SHAPE[1],
+                "max_relative_error": check,
+                "tolerance": MAX_RELATIVE_ERROR,
+            },
+            "tokenizer": None if missing_tokenizer else TOKENIZER_FILE,
+            **({"tokenizer_note": missing_tokenizer} if missing_tokenizer else {}),
+            "versions": _versions(),
+        }
+        (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     tokenizer = None if missing_tokenizer else out_dir / TOKENIZER_FILE
     return Exported(out_dir / path.name, tokenizer, record)
 
@@ -129,12 +127,16 @@ def _require_packages(checkpoint: Checkpoint) -> None:
         )
 
 
-def _quiet_transformers() -> None:
-    """No progress bars or advice from transformers: the command prints its own lines."""
+@contextlib.contextmanager
+def _libraries_quiet() -> Iterator[None]:
+    """No progress bars, prints or advice from transformers and the exporter: the command
+    prints its own lines, and failures arrive as exceptions."""
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    with library_output(show=False), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _sources(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -311,7 +313,13 @@ def _save_tokenizer(checkpoint: Checkpoint, path: Path) -> str | None:
     return None
 
 
-def _transformers_version() -> str:
+def _versions() -> dict[str, str]:
     import transformers
 
-    return transformers.__version__
+    return {
+        "attnrewrite": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+    }
