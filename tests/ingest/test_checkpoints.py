@@ -217,6 +217,16 @@ def test_unreadable_or_unsupported_checkpoints_are_one_line(
     assert message in stderr
 
 
+def test_a_folder_with_one_gguf_file_names_it(tmp_path: Path) -> None:
+    (tmp_path / "model.Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
+    checkpoint = checkpoint_of(tmp_path)
+    assert checkpoint is not None and checkpoint.source == (tmp_path / "model.Q8_0.gguf").resolve()
+    assert checkpoint.name == "model.Q8_0"
+    (tmp_path / "other.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(AttnRewriteError, match=r"2 \.gguf files, name one"):
+        checkpoint_of(tmp_path)
+
+
 def test_missing_packages_name_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CACHE_VARIABLE, str(tmp_path / "cache"))
     (tmp_path / "model").mkdir()
