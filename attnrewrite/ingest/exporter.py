@@ -4,10 +4,9 @@
     batch and sequence axes, attention_mask as an input) -> onnxruntime against torch at
     another batch and length -> tokenizer.json
 
-Eager attention makes the exporter write attention as MatMul/Softmax/MatMul, which the
-finder matches; sdpa would be exported the same way by the dynamo exporter today, but eager
-is what every transformers model implements. Weights above 1 GB go to `NAME.onnx.data`
-beside the model (protobuf cannot hold 2 GB).
+Eager attention is the implementation every transformers model has, and the exporter
+writes it as MatMul/Softmax/MatMul, which the finder matches. Weights above 1 GB go to
+`NAME.onnx.data` beside the model (one protobuf cannot hold 2 GB).
 """
 
 from __future__ import annotations
