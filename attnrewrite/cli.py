@@ -121,6 +121,13 @@ def _add_gates(parser: argparse.ArgumentParser, auto: bool) -> None:
         f"||rewritten - original|| / ||original||, on the report's inputs.{budget}",
     )
     gates.add_argument(
+        "--costs",
+        type=Path,
+        metavar="FILE",
+        help="--method auto: a table of measured node costs (ms), read where it exists and "
+        "written back with what this run timed: plans become repeatable and skip the timing",
+    )
+    gates.add_argument(
         "--min-top1",
         type=_fraction,
         metavar="P",
@@ -344,6 +351,8 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
     _quiet_libraries()
     if args.method == "auto":
         return _run_auto(args, console)
+    if args.costs is not None:
+        raise AttnRewriteError("--costs applies to --method auto")
     gates = _verdict_gates(args)
     if gates.any() and not args.report:
         raise AttnRewriteError(
@@ -495,6 +504,7 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
         calibration,
         verify=not args.no_verify,
         verify_seq_len=args.verify_seq_len,
+        costs=args.costs,
     )
     console.print(outcome.summary, highlight=False, soft_wrap=True)
     if target is not None:

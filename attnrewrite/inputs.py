@@ -17,6 +17,11 @@ PADDED_POSITIONS = 2
 
 
 SHAPE_ONLY_OPS = frozenset({"Reshape", "Cast", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
+# ops that look ids up in a table: (ids input, table input) pairs
+LOOKUPS = {
+    "Gather": ((1, 0),),
+    "EmbedLayerNormalization": ((0, 2), (1, 4)),  # onnxruntime's fused BERT embedding
+}
 
 
 def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
@@ -37,13 +42,14 @@ def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
             following = []
             for name in frontier:
                 for node in readers.get(name, []):
-                    if (
-                        node.op_type == "Gather"
-                        and node.input[1] == name
-                        and node.input[0] in tables
-                    ):
-                        found.append(tables[node.input[0]])
-                    elif node.op_type in SHAPE_ONLY_OPS and node.input[0] == name:
+                    found += [
+                        tables[node.input[table]]
+                        for ids, table in LOOKUPS.get(node.op_type, ())
+                        if len(node.input) > table
+                        and node.input[ids] == name
+                        and node.input[table] in tables
+                    ]
+                    if node.op_type in SHAPE_ONLY_OPS and node.input[0] == name:
                         following.append(node.output[0])
             frontier = following
         if found:
@@ -89,6 +95,18 @@ def generate_inputs(
         ]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         feeds[value.name] = _fill(value.name.lower(), shape, dtype, vocab.get(value.name), rng)
+    return _full_caches(feeds, seq_len)
+
+
+# GroupQueryAttention's cache lengths, as past + n plus this offset: every cache full
+CACHE_LENGTHS = {"seqlens_k": -1, "total_sequence_length": 0}
+
+
+def _full_caches(feeds: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+    past = next((a.shape[-2] for k, a in feeds.items() if "past" in k.lower() and a.ndim == 4), 0)
+    for name, offset in CACHE_LENGTHS.items():
+        if name in feeds:
+            feeds[name] = np.full_like(feeds[name], past + seq_len + offset)
     return feeds
 
 

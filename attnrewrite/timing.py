@@ -26,6 +26,19 @@ def median_ms(run: Callable[[], object], repeats: int, number: int = 1) -> float
     return 1e3 * float(np.median(times))
 
 
+def best_ms(run: Callable[[], object], repeats: int) -> float:
+    """Fastest wall time of one ``run()`` in milliseconds over ``repeats`` calls after one
+    warm-up call: what the work itself costs, when other load comes and goes (the planner
+    compares candidates timed minutes apart on a shared machine)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
 def interleaved_ms(runs: Sequence[Callable[[], object]], repeats: int) -> list[list[float]]:
     """Wall times (ms) of each run over ``repeats`` rounds of one call each, after one warm-up
     call each. Load that comes and goes on a shared machine then hits every run alike, so

@@ -83,7 +83,8 @@ class Parity:
     outputs: tuple[Difference, ...]
     blocks: tuple[Difference, ...]
     tolerance: float
-    seq_len: int
+    seq_len: int  # the query length the blocks ran at: a fixed-length model keeps its own
+    requested_seq_len: int
 
     @property
     def worst(self) -> float:
@@ -95,6 +96,7 @@ class Parity:
     def describe(self) -> dict[str, object]:
         return {
             "seq_len": self.seq_len,
+            "requested_seq_len": self.requested_seq_len,
             "tolerance": self.tolerance,
             "max_relative_error": self.worst,
             "outputs": [d.describe() for d in self.outputs],
@@ -115,4 +117,5 @@ def compare(
     outputs = tuple(difference(n, reference[n], candidate[n]) for n in graph_outputs)
     block_diffs = tuple(difference(n, reference[n], candidate[n]) for n in blocks)
     tolerance = tolerance_for(original)
-    return Parity(outputs, block_diffs, tolerance, seq_len)
+    ran_at = {reference[n].shape[-2] for n in blocks if np.ndim(reference[n]) >= 2}
+    return Parity(outputs, block_diffs, tolerance, max(ran_at, default=seq_len), seq_len)

@@ -72,7 +72,7 @@ def test_verification_failure_names_the_block_and_exits_1(tmp_path, monkeypatch,
     def off_by_one_percent(b, sig, inputs, params):
         return b.op("Mul", exact_body(b, sig, inputs, params), b.const(1.01, "float32"))
 
-    broken = Method("exact", MethodBody("ExactAttention", off_by_one_percent))
+    broken = Method("exact", MethodBody("ExactAttention", off_by_one_percent), {"chunks": 1})
     monkeypatch.setattr(
         "attnrewrite.substitute.methods.get_method", lambda name, params=None: broken
     )

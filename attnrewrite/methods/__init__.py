@@ -180,6 +180,7 @@ METHODS: dict[str, Method] = {
                 _param("block", 64, "m, finest block size (near field)"),
                 _param("coarse", 1, "p, summaries per coarse group (must divide block)"),
                 _param("levels", 0, "coarse levels used (0: all); the coarsest takes the rest"),
+                _param("sinks", 4, "s, first keys always attended exactly, never pooled"),
             ),
             full_bias=False,
             window=False,

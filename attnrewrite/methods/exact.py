@@ -166,7 +166,7 @@ def attention(
     is_causal: bool,
     bias: Tensor | None = None,
     window: int | None = None,
-    chunks: int = 8,
+    chunks: int = 4,
 ) -> Tensor:
     """softmax(scale q k^T + bias + causal/window mask) v, exactly.
 

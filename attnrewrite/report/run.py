@@ -78,6 +78,9 @@ def plan_of(record: dict) -> dict | None:
         "calibration_seq_len": auto["calibration_seq_len"],
         "cost_seq_len": auto["cost_seq_len"],
         "relative_cost": auto["relative_cost"],
+        "predicted_ms": auto["predicted_ms"],
+        "original_ms": auto["original_ms"],
+        "flops_removed": auto["flops_removed"],
         "held_out": auto["held_out"],
         "heads": [
             {
@@ -86,7 +89,8 @@ def plan_of(record: dict) -> dict | None:
                 "method": h["method"],
                 "params": h["params"],
                 "calibration_error": h["error"],
-                "cost_flops": h["cost_flops"],
+                "cost_ms": h["cost_ms"],
+                "flops": h["flops"],
                 "relative_cost": h["relative_cost"],
             }
             for h in auto["heads"]

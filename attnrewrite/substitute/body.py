@@ -130,9 +130,11 @@ def key_weights(b: Body, sig: Signature, mask: ir.Value, dtype: ir.DataType) -> 
     if sig.bias == "keep":
         weights = b.op("Cast", row, to=dtype)
     else:
-        floor = np.finfo(sig.dtype.numpy()).min / 2
-        hidden = b.op("LessOrEqual", row, b.const(floor, sig.dtype.numpy()))
+        # compared in `dtype`: the mask may arrive in another type than q (fp16 scores
+        # upcast to float32 before the mask is added)
         logits = b.op("Cast", row, to=dtype)
+        floor = np.finfo(sig.dtype.numpy()).min / 2
+        hidden = b.op("LessOrEqual", logits, b.const(floor, dtype.numpy()))
         zero = b.const(0.0, dtype.numpy())
         top = b.reduce("ReduceMax", b.op("Where", hidden, b.lowest(dtype), logits), [-1])
         top = b.op("Where", b.op("LessOrEqual", top, b.lowest(dtype)), zero, top)

@@ -38,6 +38,7 @@ def test_resolve_coerces_cli_strings_and_validates():
         "block": 32,
         "coarse": 1,
         "levels": 2,
+        "sinks": 4,
     }
     assert get("convbasis").resolve({"tol": "0.5"})["tol"] == 0.5
     with pytest.raises(ValueError, match="power of two"):
@@ -71,7 +72,7 @@ def test_capability_flags_tell_the_truth():
 
 @pytest.mark.parametrize(
     ("name", "params"),
-    [("multipole", {"block": 4}), ("convbasis", {"bases": 6}), ("window", {"width": 5})],
+    [("multipole", {"block": 8}), ("convbasis", {"bases": 6}), ("window", {"width": 5})],
 )
 @pytest.mark.parametrize("causal", [True, False])
 def test_exact_up_to_is_the_length_up_to_which_a_method_is_exact(name, params, causal):
