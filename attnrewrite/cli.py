@@ -38,6 +38,11 @@ METHOD_NAMES = tuple(references.METHODS)
 EXIT_BAD_INPUT = 2
 EXIT_VERIFICATION = 1
 TUNE_NEEDS_TVM = 'tune needs TVM: pip install -e ".[tvm]"'
+MODEL_HELP = (
+    "an ONNX model, a .pt2 program, a transformers checkpoint folder (config.json + "
+    "safetensors) or a .gguf file; the last two are exported to ONNX once and cached "
+    "($ATTNREWRITE_CACHE, default ~/.cache/attnrewrite), their tokenizer used for --text"
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -61,7 +66,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "node computing the chosen method. Subcommands: inspect MODEL; report ORIGINAL REWRITTEN; "
         "tune KERNEL|MODEL.onnx --target T.",
     )
-    parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
+    parser.add_argument(
+        "model", type=Path, help=f"the model to rewrite (never modified): {MODEL_HELP}"
+    )
     parser.add_argument(
         "--method",
         required=True,
@@ -202,7 +209,7 @@ def report_parser() -> argparse.ArgumentParser:
         prog="attnrewrite report",
         description="Compare a rewritten model with its original: end to end, per block, speed.",
     )
-    parser.add_argument("original", type=Path)
+    parser.add_argument("original", type=Path, help=MODEL_HELP)
     parser.add_argument("rewritten", type=Path)
     parser.add_argument("-o", "--out", type=Path, help="report folder (default: the rewritten's)")
     _add_input_options(parser)
@@ -212,8 +219,8 @@ def report_parser() -> argparse.ArgumentParser:
 
 def run_report(argv: Sequence[str], console: Console) -> int:
     args = report_parser().parse_args(argv)
-    for path in (args.original, args.rewritten):
-        _require_file(path)
+    args.original = _model_path(args.original, args)
+    _require_file(args.rewritten)
     _quiet_libraries()
     from attnrewrite.report.run import report
 
@@ -292,9 +299,31 @@ def _given_params(args: argparse.Namespace, method: str) -> dict[str, str]:
 
 def inspect_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="attnrewrite inspect", description="List what the finder sees.")
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", type=Path, help=MODEL_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
+
+
+def _model_path(path: Path, args: argparse.Namespace) -> Path:
+    """The ONNX (or .pt2) file a command reads. A transformers checkpoint folder or a .gguf
+    file is exported to ONNX first, once, into a cache (attnrewrite.ingest; what happens and
+    where it lives is said on stderr), and its tokenizer becomes --text's default."""
+    from attnrewrite.ingest import checkpoint_of, exported_model  # torch only for an export
+
+    checkpoint = checkpoint_of(path)
+    if checkpoint is None:
+        _require_file(path)
+        return path
+    status = Console(stderr=True)
+
+    def say(line: str) -> None:
+        status.print(line, highlight=False, soft_wrap=True)
+
+    exported = exported_model(checkpoint, say)
+    say(exported.summary())
+    if getattr(args, "tokenizer", None) is None and exported.tokenizer is not None:
+        args.tokenizer = str(exported.tokenizer)
+    return exported.onnx
 
 
 def _require_file(path: Path) -> None:
@@ -319,7 +348,7 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
             f"unknown method '{args.method}'; choose one of {', '.join(METHOD_NAMES)}, "
             "or auto (per head, within --max-error)"
         )
-    _require_file(args.model)
+    args.model = _model_path(args.model, args)
     _quiet_libraries()
     if args.method == "auto":
         return _run_auto(args, console)
@@ -535,7 +564,7 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
     does. Cells wrap rather than being cut, and output that is not a terminal gets the
     tables' full width."""
     args = inspect_parser().parse_args(argv)
-    _require_file(args.model)
+    args.model = _model_path(args.model, args)
     _quiet_libraries()
     if args.model.suffix == ".pt2":
         from attnrewrite.torch.pt2 import inspect_pt2  # FX code only for .pt2 inputs
