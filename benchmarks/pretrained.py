@@ -36,7 +36,7 @@ from attnrewrite.report.metrics import logits_metrics, relative_l2
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.timing import cpu_session, session_feeds
 
-EXAMPLE = Path(__file__).parents[1] / "examples" / "smollm2" / "out"
+EXAMPLE = Path(__file__).parents[1] / "examples" / "smollm2"
 SINGLE = (
     Candidate("exact"),
     Candidate("window", {"width": 128, "sinks": 4}),
