@@ -52,7 +52,7 @@ from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
 F32 = ir.DataType.FLOAT
-CHUNK_PAIRS = 1 << 15  # query-key pairs per head in one Loop iteration (bounds its memory)
+CHUNK_PAIRS = 1 << 17  # query-key pairs per head in one Loop iteration (bounds its memory)
 
 
 def limits(sig: Signature, params: Params) -> str | None:
@@ -92,15 +92,24 @@ class _Mask:
 
 
 def _masked(
-    b: Body, scores: ir.Value, allowed: ir.Value, mask: tuple[ir.Value | None, ir.Value | None]
+    b: Body,
+    scores: ir.Value,
+    allowed: ir.Value,
+    mask: tuple[ir.Value | None, ir.Value | None],
+    shared: bool = False,
 ) -> ir.Value:
-    """Scores plus the mask's logits where allowed (and kept), -inf elsewhere."""
+    """Scores plus the mask's logits where allowed (and kept), -inf elsewhere. A ``shared``
+    pattern (the same for every batch entry and head) without a mask becomes a small additive
+    tensor: a broadcast Add is much cheaper than a broadcast Where on the scores."""
     logits, keep = mask
+    minus_inf = b.const(-np.inf, np.float32)
+    if shared and logits is None and keep is None:
+        return b.op("Add", scores, b.op("Where", allowed, b.const(0.0, np.float32), minus_inf))
     if keep is not None:
         allowed = b.op("And", allowed, keep)
     if logits is not None:
         scores = b.op("Add", scores, logits)
-    return b.op("Where", allowed, scores, b.const(-np.inf, np.float32))
+    return b.op("Where", allowed, scores, minus_inf)
 
 
 def _no_nan(b: Body, probs: ir.Value) -> ir.Value:
@@ -142,18 +151,34 @@ def _estimate(
     scores = b.op(
         "MatMul", b.op("Gather", scaled, rows, axis=2), b.op("Transpose", key, perm=[0, 1, 3, 2])
     )  # [B, H, L, Skv]
-    # p_r - j: the offset of key j from row r, and the key on row r's diagonal at offset j
+    # p_r - j: the offset of key j from row r
     positions = b.op("Add", rows, b.op("Sub", kv_len, q_len))
     rel = b.op("Sub", unsqueeze(b, positions, 1), keys)  # [L, Skv]
     seen = b.op("GreaterOrEqual", rel, b.const(0))
     allowed = seen if window is None else b.op("And", seen, b.op("Less", rel, window))
     at = (None, None) if mask is None else mask.at(b, unsqueeze(b, rows, 1), keys, 4)
-    probs = _no_nan(b, b.op("Softmax", _masked(b, scores, allowed, at), axis=-1))
+    probs = _no_nan(b, b.op("Softmax", _masked(b, scores, allowed, at, shared=True), axis=-1))
     columns = b.reduce("ReduceSum", probs, [2], keepdims=0)
-    index = b.op("Expand", b.op("Max", rel, b.const(0)), b.op("Shape", probs))
-    on_diagonal = b.op("GatherElements", probs, index, axis=3)
-    on_diagonal = b.op("Where", seen, on_diagonal, b.const(0.0, np.float32))
-    return columns, b.reduce("ReduceSum", on_diagonal, [2], keepdims=0)
+    # Diagonal sums by skewing (the last row is at key Skv - 1, so row r sits at Skv - L + r):
+    # with L zero columns in front and a zero row below, the flat probabilities read from
+    # position 1 in rows of W + 1 (W = Skv + L) put offset o = Skv - 1 - c in column c.
+    n_last = b.op("Sub", q_len, first)
+    width = b.op("Add", kv_len, n_last)
+    pads = b.op("Concat", b.const([0, 0, 0]), vec(b, n_last), b.const([0, 0, 1, 0]), axis=0)
+    flat = b.op("Reshape", b.op("Pad", probs, pads), b.const([0, 0, -1]))
+    end = b.op("Add", b.op("Mul", n_last, b.op("Add", width, b.const(1))), b.const(1))
+    skewed = b.op("Slice", flat, b.const([1]), vec(b, end), b.const([2]))
+    rows_shape = b.op(
+        "Concat", b.const([0, 0]), vec(b, n_last), vec(b, b.op("Add", width, b.const(1))), axis=0
+    )
+    skewed = b.op(
+        "Slice", b.op("Reshape", skewed, rows_shape), b.const([0]), vec(b, kv_len), b.const([3])
+    )
+    by_column = b.reduce("ReduceSum", skewed, [2], keepdims=0)  # column c: offset Skv - 1 - c
+    diagonals = b.op(
+        "Slice", by_column, b.const([-1]), b.const([-(2**62)]), b.const([2]), b.const([-1])
+    )
+    return columns, diagonals
 
 
 class _Chunks:
@@ -251,14 +276,19 @@ class _Step:
         self.rows = unsqueeze(lb, rows, 2)
 
     def _allowed(
-        self, allowed: ir.Value, rel: ir.Value, keys: ir.Value, scores: ir.Value
+        self,
+        allowed: ir.Value,
+        rel: ir.Value,
+        keys: ir.Value,
+        scores: ir.Value,
+        shared: bool = False,
     ) -> ir.Value:
         """Scores masked to ``allowed`` pairs, a model window and the model's mask."""
         lb, c = self.lb, self.c
         if c.window is not None:
             allowed = lb.op("And", allowed, lb.op("Less", rel, c.window))
         at = (None, None) if c.mask is None else c.mask.at(lb, self.rows, keys, 5)
-        return _masked(lb, scores, allowed, at)
+        return _masked(lb, scores, allowed, at, shared)
 
     def _in_range(self, keys: ir.Value) -> ir.Value:
         lb = self.lb
@@ -285,7 +315,7 @@ class _Step:
         near = lb.op("And", lb.op("GreaterOrEqual", rel, lb.const(0)), lb.op("Less", rel, c.width))
         allowed = lb.op("And", near, self._in_range(cols))
         return (
-            self._allowed(allowed, rel, cols, scores),
+            self._allowed(allowed, rel, cols, scores, shared=True),
             2 * c.w,
             lambda p: lb.op("MatMul", p, values),
         )
