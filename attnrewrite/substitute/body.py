@@ -181,7 +181,7 @@ def key_weights(b: Body, sig: Signature, mask: ir.Value, dtype: ir.DataType) -> 
     on its own diagonal row instead (the query at the key's position sees it). Matches the
     torch references' ``key_weights`` (shifted by the largest unmasked logit).
     """
-    row = _own_rows(b, mask) if sig.window else _last_row(b, mask)
+    row = _own_rows(b, mask) if sig.window else last_row(b, mask)
     if sig.bias == "keep":
         weights = b.op("Cast", row, to=dtype)
     else:
@@ -197,7 +197,8 @@ def key_weights(b: Body, sig: Signature, mask: ir.Value, dtype: ir.DataType) -> 
     return to_rank4(b, weights, sig.rank)  # broadcasts right-aligned, as the mask did
 
 
-def _last_row(b: Body, mask: ir.Value) -> ir.Value:
+def last_row(b: Body, mask: ir.Value) -> ir.Value:
+    """The mask's last query row, [..., 1, Skv]: all of a key-wise mask."""
     return b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
 
 

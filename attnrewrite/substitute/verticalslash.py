@@ -41,6 +41,7 @@ from attnrewrite.substitute.body import (
     dim,
     dims,
     from_rank4,
+    last_row,
     mask_as_rank4,
     mask_logits,
     repeat_kv,
@@ -69,7 +70,7 @@ class _Mask:
     def __init__(self, b: Body, sig: Signature, mask: ir.Value, query: ir.Value) -> None:
         self.sig = sig
         if sig.keywise and not sig.window:  # its last row holds every key's bias
-            mask = b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
+            mask = last_row(b, mask)
         mask = mask_as_rank4(b, mask)
         batches, heads, self.rows, self.cols = (dim(b, mask, axis) for axis in range(4))
         self.flat = b.op("Reshape", mask, b.const([-1]))

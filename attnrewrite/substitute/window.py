@@ -38,6 +38,7 @@ from attnrewrite.substitute.body import (
     dim,
     dims,
     from_rank4,
+    last_row,
     mask_as_rank4,
     mask_logits,
     repeat_kv,
@@ -118,7 +119,7 @@ def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Par
         # the early keys from that row: then the mask is read element by element too.
         per_key = sig.keywise and not sig.window
         if per_key:
-            mask = b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
+            mask = last_row(b, mask)
         mask = mask_as_rank4(b, mask)
         m_rows, m_cols = dim(b, mask, 2), dim(b, mask, 3)
         flat = b.op("Reshape", mask, b.const([0, 0, -1]))  # [Bm, Hm, rows * cols]

@@ -13,7 +13,6 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec
 from attnrewrite.methods import verticalslash
 from attnrewrite.substitute.methods import get_method
@@ -21,12 +20,11 @@ from attnrewrite.substitute.signature import Signature
 from tests.bodies.harness import (
     SMALL,
     body_error,
-    function_model,
     layer_output,
+    rank3_error,
     reference,
     relative_error,
     rewrite_layer,
-    run_onnx,
 )
 
 TOL = 1e-5
@@ -181,28 +179,8 @@ def test_cost_is_linear_in_length() -> None:
 
 @pytest.mark.parametrize("mask", ["none", "keep", "keep_keys"])
 def test_rank3_operands_and_boolean_masks(mask) -> None:
-    """[B*H, S, d] operands, as some exporters write them, with or without a boolean mask
-    (True = attend) per query or per key, through the function directly."""
-    params = PARAMS["all_parts"]
-    method = get_method("verticalslash", params)
-    bias, keywise = ("none", False) if mask == "none" else ("keep", mask == "keep_keys")
-    sig = Signature(3, ir.DataType.FLOAT, bias, keywise, True, False, False, False, False)
-    model = function_model(method, sig, True)
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
-    feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}
-    keep = None
-    if mask != "none":
-        keep = torch.rand(3, 1 if keywise else 21, 50, generator=gen) > 0.3
-        feeds["mask"] = keep.numpy()
-    ref = references.get("verticalslash")(
-        *(x[None].double() for x in (q, k, v)),
-        scale=0.3,
-        is_causal=True,
-        bias=None if keep is None else keep[None],
-        **params,
-    )[0]
-    assert relative_error(ref.numpy(), run_onnx(model, feeds)) <= TOL
+    """[B*H, S, d] operands without a mask or with a boolean one, through the function."""
+    assert rank3_error("verticalslash", PARAMS["all_parts"], True, mask) <= TOL
 
 
 def test_bidirectional_blocks_stay_exact() -> None:
