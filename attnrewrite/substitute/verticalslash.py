@@ -228,7 +228,7 @@ class _Chunks:
         # Query blocks of w rows by key position (the window method's layout): `lead` rows
         # pad the first block; m blocks per Loop iteration.
         self.w = max(self.n_local, 1)
-        per_row = 2 * self.n_local + self.n_vertical + self.n_slash - self.n_local
+        per_row = self.n_local + self.n_vertical + self.n_slash  # keys: 2 local + v + s - local
         self.m = max(1, CHUNK_PAIRS // (per_row * self.w))
         self.width = b.const(self.w)
         self.offset = b.op("Sub", kv_len, self.q_len)
