@@ -29,7 +29,12 @@ FORMS = (
     "bert_eager_ts17_ortattention",
     "distilbert_eager_ts12_ortmha",
 )
-PARAMS = {"convbasis": {"bases": 4}, "polysketch": {"block": 4}, "multipole": {"block": 4}}
+PARAMS = {
+    "convbasis": {"bases": 4},
+    "polysketch": {"block": 4},
+    "multipole": {"block": 4},
+    "verticalslash": {"vertical": 2, "slash": 3, "local": 2, "sinks": 1},
+}
 
 
 def _form(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -35,6 +35,7 @@ PARAMS = {
     "polysketch": {"sketch_size": 8, "block": 4},
     "multipole": {"block": 4},
     "window": {"width": 4, "sinks": 1},
+    "verticalslash": {"vertical": 2, "slash": 3, "last": 4, "sinks": 1, "local": 2},
 }
 
 
