@@ -54,10 +54,13 @@ def interleaved_ms(runs: Sequence[Callable[[], object]], repeats: int) -> list[l
     return times
 
 
-def cpu_session(path: Path, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session with ``threads`` intra-op threads and quiet logging."""
+def cpu_session(path: Path, threads: int, arena: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session with ``threads`` intra-op threads and quiet logging. Without
+    the arena, a session gives its buffers back after each run: several sessions of a large
+    model at long context then fit in memory side by side."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    options.enable_cpu_mem_arena = arena
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

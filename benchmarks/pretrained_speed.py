@@ -14,6 +14,13 @@ For plans, the planner's prediction is checked: it times each attention node alo
 predicted whole-model time is the original's measured time minus the original attention's
 predicted time plus the plan's; the table gives predicted and measured speed-ups and their
 ratio. A model whose attention scores would not fit in memory at n is skipped and says so.
+Sessions run without onnxruntime's memory arena (each gives its buffers back after a run), so
+all of a length's models fit side by side at 8k.
+
+Planning at 8k takes longer than the timing: `--plans` times auto rewrites made before
+(folders of `attnrewrite --method auto`, or of this benchmark at a shorter length), labelled
+with the length they were planned at, instead of planning at each n; `--methods` picks the
+single methods (conv-basis at 8k takes minutes per forward).
 Writes benchmarks/results/pretrained_speed_<n>.json.
 """
 
@@ -40,14 +47,18 @@ from attnrewrite.report.inputs import from_text
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.timing import cpu_session, interleaved_ms, session_feeds
 
-METHODS = (
-    Candidate("exact"),
-    Candidate("window", {"width": 128, "sinks": 4}),
-    Candidate("multipole", {}),
-    Candidate("multipole", {"block": 256}),
-    Candidate("polysketch", {}),
-    Candidate("convbasis", {}),
-)
+METHODS = {
+    c.label: c
+    for c in (
+        Candidate("exact"),
+        Candidate("window", {"width": 128, "sinks": 4}),
+        Candidate("window", {"width": 512, "sinks": 4}),
+        Candidate("multipole", {}),
+        Candidate("multipole", {"block": 256}),
+        Candidate("polysketch", {}),
+        Candidate("convbasis", {}),
+    )
+}
 BUDGETS = (3e-2, 1e-2)
 
 
@@ -79,6 +90,12 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=9, help="for onnxruntime's optimizer")
     parser.add_argument("--hidden", type=int, default=576, help="for onnxruntime's optimizer")
     parser.add_argument("--costs", type=Path, help="the planner's cost table (kept between runs)")
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="LABEL"
+    )
+    parser.add_argument(
+        "--plans", type=Path, nargs="+", help="auto rewrites to time instead of planning at n"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     console = Console()
@@ -95,26 +112,21 @@ def main() -> None:
             if fits:
                 rows.append({"config": "original", "path": args.model})
                 rows.append({"config": "original + ORT optimizer", "path": optimized})
-            for cand in METHODS:
+            for label in args.methods:
+                cand = METHODS[label]
                 out = folder / f"{n}-{cand.label}"
                 rewrite_model(args.model, get_method(cand.method, cand.params), out, verify=False)
                 rows.append({"config": cand.label, "path": out / MODEL_FILE})
-            calibration = from_text(signature, calibration_text, str(args.tokenizer), n, 2)
-            with Planner(args.model, calibration, costs=args.costs) as planner:
-                for budget in args.budgets:
-                    plan, record = planner.plan(budget)
-                    out = folder / f"{n}-auto-{budget}"
-                    planner.rewrite(plan, record, out, verify=False)
-                    rows.append(
-                        {
-                            "config": f"auto max-error={budget:g}",
-                            "path": out / MODEL_FILE,
-                            "won": record["won"],
-                            "flops_removed": record["flops_removed"],
-                            "predicted_attention_ms": record["predicted_ms"],
-                            "original_attention_ms": record["original_ms"],
-                        }
-                    )
+            if args.plans:
+                rows += [plan_row(plan / MODEL_FILE, plan_record(plan), n) for plan in args.plans]
+            else:
+                calibration = from_text(signature, calibration_text, str(args.tokenizer), n, 2)
+                with Planner(args.model, calibration, costs=args.costs) as planner:
+                    for budget in args.budgets:
+                        plan, record = planner.plan(budget)
+                        out = folder / f"{n}-auto-{budget}"
+                        planner.rewrite(plan, record, out, verify=False)
+                        rows.append(plan_row(out / MODEL_FILE, record, n))
             time_rows(rows, held.feeds, args.repeats, args.threads)
             finish(rows, n, fits)
             print_table(console, n, rows, fits)
@@ -132,10 +144,34 @@ def main() -> None:
             path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
+def plan_record(folder: Path) -> dict:
+    """The planner's record kept in an auto rewrite's rewrite.json."""
+    record = json.loads((folder / "rewrite.json").read_text()).get("auto")
+    if record is None:
+        raise SystemExit(f"{folder} is not an auto rewrite (rewrite.json has no 'auto')")
+    return record
+
+
+def plan_row(path: Path, record: dict, n: int) -> dict:
+    """A plan's row; its predicted attention time holds at the length it was priced at only."""
+    planned_at = record["cost_seq_len"]
+    row = {
+        "config": f"auto max-error={record['max_error']:g}"
+        + ("" if planned_at == n else f" (planned at {planned_at})"),
+        "path": path,
+        "won": record["won"],
+        "flops_removed": record["flops_removed"],
+    }
+    if planned_at == n:
+        row["predicted_attention_ms"] = record["predicted_ms"]
+        row["original_attention_ms"] = record["original_ms"]
+    return row
+
+
 def time_rows(rows: list[dict], feeds: dict, repeats: int, threads: int) -> None:
     runs = []
     for row in rows:
-        session = cpu_session(row["path"], threads)
+        session = cpu_session(row["path"], threads, arena=False)
         runs.append(functools.partial(session.run, None, session_feeds(session, feeds)))
     for row, times in zip(rows, interleaved_ms(runs, repeats), strict=True):
         row["median_ms"] = float(np.median(times))
