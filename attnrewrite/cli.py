@@ -1,8 +1,9 @@
 """Command line: `attnrewrite MODEL --method M [-o OUT] [--report]`, `attnrewrite inspect MODEL`
 `attnrewrite report ORIGINAL REWRITTEN` and `attnrewrite tune KERNEL|MODEL.onnx --target T`.
 
-Bad input and bad options end with one line on stderr and exit status 2; a rewrite that
-fails its verification exits 1.
+Every failure ends at one boundary (attnrewrite.boundary): one line on stderr, exit status 2
+for bad input, bad options or a library failing on the input, 1 for a rewrite that fails its
+verification. `-o` is written only when the whole command succeeded (attnrewrite.export).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -18,18 +20,20 @@ import onnxruntime
 from rich.console import Console
 from rich.table import Table
 
-from attnrewrite import __version__
+from attnrewrite import __version__, boundary
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError, VerificationError
-from attnrewrite.export import new_folder_name
+from attnrewrite.export import check_output_folder, new_folder_name, output_folder
 from attnrewrite.inputs import dimension_size, generate_inputs
 from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
 from attnrewrite.plan.auto import auto_rewrite
 from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
 from attnrewrite.substitute.methods import METHOD_NAMES, Method, get_method
 
-EXIT_BAD_INPUT = 2
-EXIT_VERIFICATION = 1
+MAX_REPEATS = 1000
+MAX_BATCH = 1024
+MAX_SEQ_LEN = 1 << 16  # report, calibration and compiled-library inputs
+MAX_VERIFY_SEQ_LEN = 1 << 12
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -39,11 +43,24 @@ class OneLineParser(argparse.ArgumentParser):
         raise AttnRewriteError(message)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an int in [low, high]."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    parser.add_argument(
+        "--verbose", action="store_true", help="let the libraries' warnings reach stderr"
+    )
 
 
 def rewrite_parser() -> argparse.ArgumentParser:
@@ -59,10 +76,13 @@ def rewrite_parser() -> argparse.ArgumentParser:
     )
     _add_method_params(parser)
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a non-empty output folder (never merged)"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity run")
     parser.add_argument(
         "--verify-seq-len",
-        type=_positive_int,
+        type=_int_in(1, MAX_VERIFY_SEQ_LEN),
         default=VERIFY_SEQ_LEN,
         help=f"sequence length of the parity run (default {VERIFY_SEQ_LEN}: unlike export lengths)",
     )
@@ -72,6 +92,7 @@ def rewrite_parser() -> argparse.ArgumentParser:
         help="--method auto: error budget (relative L2 per head, then end to end on held-out)",
     )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
+    _add_common_flags(parser)
     lowering = parser.add_argument_group("compiled library through TVM (needs the tvm extra)")
     lowering.add_argument("--target", help="also compile for llvm (this CPU) or cuda")
     lowering.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
@@ -92,16 +113,16 @@ def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser)
     group.add_argument("--tokenizer", help="with --text: a tokenizer.json, or 'bytes' (UTF-8)")
     group.add_argument(
         "--seq-len",
-        type=_positive_int,
+        type=_int_in(1, MAX_SEQ_LEN),
         default=REPORT_SEQ_LEN,
         help="target sequence length: of generated/text report and calibration inputs, and of "
         f"auto's cost model (default {REPORT_SEQ_LEN}; a --calib file sets its own)",
     )
     group.add_argument(
-        "--batch", type=_positive_int, default=REPORT_BATCH, help="report batch size"
+        "--batch", type=_int_in(1, MAX_BATCH), default=REPORT_BATCH, help="report batch size"
     )
     group.add_argument(
-        "--repeats", type=_positive_int, default=5, help="timed runs per model (median)"
+        "--repeats", type=_int_in(1, MAX_REPEATS), default=5, help="timed runs per model (median)"
     )
 
 
@@ -120,6 +141,7 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("rewritten", type=Path)
     parser.add_argument("-o", "--out", type=Path, help="report folder (default: the rewritten's)")
     _add_input_options(parser)
+    _add_common_flags(parser)
     return parser
 
 
@@ -129,27 +151,36 @@ def run_report(argv: Sequence[str], console: Console) -> int:
         if not path.is_file():
             raise AttnRewriteError(f"no such file: {path}")
     out_dir = args.out or args.rewritten.parent
-    result, files = report(
-        args.original,
-        args.rewritten,
-        out_dir,
-        _input_choice(args).load(args.original),
-        repeats=args.repeats,
-    )
+    for path in (args.original, args.rewritten):
+        if out_dir.resolve() == path.resolve() or out_dir.resolve().is_relative_to(path.resolve()):
+            raise AttnRewriteError(f"report folder {out_dir} would overwrite the input {path}")
+    with boundary.about(args.original, args.rewritten):
+        inputs = _input_choice(args).load(args.original)
+        result, files = report(args.original, args.rewritten, out_dir, inputs, repeats=args.repeats)
     console.print(_report_line(result, files), highlight=False, soft_wrap=True)
     return 0
 
 
 def _report_line(result: dict, files: Sequence[Path]) -> str:
     summary, latency = result["summary"], result["latency"]
-    text = f"report: worst output rel L2 {summary['worst_output_relative_l2']:.2e}"
+    text = f"report: worst output rel L2 {_number(summary['worst_output_relative_l2'], '.2e')}"
     if summary["worst_block"] is not None:
-        text += f", worst block {summary['worst_block']} ({summary['worst_block_relative_l2']:.2e})"
+        worst = _number(summary["worst_block_relative_l2"], ".2e")
+        text += f", worst block {summary['worst_block']} ({worst})"
     logits = [o["logits"] for o in result["outputs"] if o["logits"]]
     if logits:
-        text += f", top-1 agreement {logits[0]['top1_agreement']:.1%}"
-    text += f"; {latency['original_ms']:.1f} -> {latency['rewritten_ms']:.1f} ms"
+        text += f", top-1 agreement {_number(logits[0]['top1_agreement'], '.1%')}"
+    original, rewritten = (
+        _number(latency["original_ms"], ".1f"),
+        _number(latency["rewritten_ms"], ".1f"),
+    )
+    text += f"; {original} -> {rewritten} ms"
     return f"{text} -> {', '.join(str(f) for f in files)}"
+
+
+def _number(value: float | None, spec: str) -> str:
+    """A metric as the report writes it: null (not finite) reads "n/a"."""
+    return "n/a" if value is None else format(value, spec)
 
 
 ALIASES = {"bases": ["--k"]}  # the conv-basis paper's name for the number of bases
@@ -188,11 +219,17 @@ def inspect_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="attnrewrite inspect", description="List what the finder sees.")
     parser.add_argument("model", type=Path)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_common_flags(parser)
     return parser
 
 
 def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
+    with boundary.about(args.model):
+        return _rewrite(args, console)
+
+
+def _rewrite(args: argparse.Namespace, console: Console) -> int:
     if args.method == "auto":
         return _run_auto(args, console)
     if args.max_error is not None:
@@ -201,29 +238,52 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
     if args.model.suffix == ".pt2":
         return _run_pt2(args, method, out_dir, console)
-    inputs = _input_choice(args).load(args.model) if args.report else None
     sweep = Sweep.parse(args.sweep, {"k": "bases"}) if args.sweep else None
     if sweep is not None and sweep.param not in method.params:
         raise AttnRewriteError(f"--sweep {sweep.param}: not a parameter of {method.name}")
     if sweep is not None and not args.report:
         raise AttnRewriteError("--sweep needs --report")
     target = _target(args)
-    outcome = rewrite_model(args.model, method, out_dir, not args.no_verify, args.verify_seq_len)
-    console.print(outcome.summary, highlight=False, soft_wrap=True)
-    if target is not None:
-        console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
-    if inputs is not None:
-        result, files = report(
-            args.model,
-            out_dir / MODEL_FILE,
-            out_dir,
-            inputs,
-            method={"name": method.name, "params": method.params},
-            sweep=sweep,
-            repeats=args.repeats,
-        )
-        console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+    with _output(args, out_dir, console) as (staging, say):
+        inputs = _input_choice(args).load(args.model) if args.report else None
+        verify = not args.no_verify
+        outcome = rewrite_model(args.model, method, staging, verify, args.verify_seq_len)
+        say(outcome.summary)
+        if target is not None:
+            say(_compile(staging, target, args))
+        if inputs is not None:
+            result, files = report(
+                args.model,
+                staging / MODEL_FILE,
+                staging,
+                inputs,
+                method={"name": method.name, "params": method.params},
+                sweep=sweep,
+                repeats=args.repeats,
+            )
+            say(_report_line(result, files))
     return 0
+
+
+@contextmanager
+def _output(
+    args: argparse.Namespace, out_dir: Path, console: Console
+) -> Iterator[tuple[Path, Callable[[str], None]]]:
+    """The staging folder a command writes into (it becomes `out_dir` when the command
+    succeeds, see export.output_folder), and `say`, which prints a line; lines and errors
+    name `out_dir`, not the staging folder."""
+    sources = [p for p in (args.model, args.inputs, args.text) if p is not None]
+    check_output_folder(out_dir, args.force, sources)
+    with output_folder(out_dir, args.force, keep_on=(VerificationError,)) as staging:
+
+        def say(text: str) -> None:
+            console.print(text.replace(str(staging), str(out_dir)), highlight=False, soft_wrap=True)
+
+        try:
+            yield staging, say
+        except AttnRewriteError as err:
+            err.args = (str(err).replace(str(staging), str(out_dir)),)
+            raise
 
 
 def _target(args: argparse.Namespace) -> str | None:
@@ -259,8 +319,7 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
     except Exception as err:  # TVM's frontends and passes raise many types: all mean "cannot"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AttnRewriteError(
-            f"{out_dir / MODEL_FILE} is written, but TVM could not compile it for {target}: "
-            f"{reason[:300]}"
+            f"TVM could not compile the rewritten model for {target}: {reason[:300]}"
         ) from None
     shapes = ", ".join(f"{k}={v}" for k, v in dims.items())
     built = f"compiled for {target} ({shapes}) -> {folder}"
@@ -303,8 +362,9 @@ def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: C
         )
     from attnrewrite.torch.pt2 import rewrite_pt2  # FX code only for .pt2 inputs
 
-    _, summary = rewrite_pt2(args.model, method.name, method.params, out_dir)
-    console.print(summary, highlight=False, soft_wrap=True)
+    with _output(args, out_dir, console) as (staging, say):
+        _, summary = rewrite_pt2(args.model, method.name, method.params, staging)
+        say(summary)
     return 0
 
 
@@ -318,23 +378,24 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
         raise AttnRewriteError(f"no such file: {args.model}")
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-auto")
     target = _target(args)
-    calibration = _input_choice(args).load(args.model)
-    outcome = auto_rewrite(
-        args.model,
-        out_dir,
-        args.max_error,
-        calibration,
-        verify=not args.no_verify,
-        verify_seq_len=args.verify_seq_len,
-    )
-    console.print(outcome.summary, highlight=False, soft_wrap=True)
-    if target is not None:
-        console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
-    if args.report:
-        result, files = report(
-            args.model, out_dir / MODEL_FILE, out_dir, calibration, repeats=args.repeats
+    with _output(args, out_dir, console) as (staging, say):
+        calibration = _input_choice(args).load(args.model)
+        outcome = auto_rewrite(
+            args.model,
+            staging,
+            args.max_error,
+            calibration,
+            verify=not args.no_verify,
+            verify_seq_len=args.verify_seq_len,
         )
-        console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+        say(outcome.summary)
+        if target is not None:
+            say(_compile(staging, target, args))
+        if args.report:
+            result, files = report(
+                args.model, staging / MODEL_FILE, staging, calibration, repeats=args.repeats
+            )
+            say(_report_line(result, files))
     return 0
 
 
@@ -356,6 +417,11 @@ def run_tune(argv: Sequence[str]) -> int:
 
 def run_inspect(argv: Sequence[str], console: Console) -> int:
     args = inspect_parser().parse_args(argv)
+    with boundary.about(args.model):
+        return _inspect(args, console)
+
+
+def _inspect(args: argparse.Namespace, console: Console) -> int:
     if args.model.suffix == ".pt2":
         from attnrewrite.torch.pt2 import inspect_pt2  # FX code only for .pt2 inputs
 
@@ -396,8 +462,10 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     console = Console()
-    onnxruntime.set_default_logger_severity(3)  # errors only: warnings are not for users
-    try:
+    verbose = "--verbose" in args
+    onnxruntime.set_default_logger_severity(2 if verbose else 3)
+
+    def command() -> int:
         if args and args[0] == "inspect":
             return run_inspect(args[1:], console)
         if args and args[0] == "report":
@@ -405,12 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] == "tune":
             return run_tune(args[1:])
         return run_rewrite(args, console)
-    except VerificationError as err:
-        print(f"attnrewrite: error: {err}", file=sys.stderr)
-        return EXIT_VERIFICATION
-    except AttnRewriteError as err:
-        print(f"attnrewrite: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+    return boundary.run(command, debug="--debug" in args, verbose=verbose)
 
 
 if __name__ == "__main__":
