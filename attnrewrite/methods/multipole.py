@@ -48,6 +48,7 @@ from torch import Tensor
 
 from attnrewrite.methods.exact import (
     check_inputs,
+    check_int,
     compute_dtype,
     expand_kv,
     key_weights,
@@ -56,12 +57,14 @@ from attnrewrite.methods.exact import (
     window_binds,
 )
 
+MAX_LEVELS = 20  # levels double the group: 20 reach a million tokens (the body shifts by it)
+
 
 def validate(*, block: int, coarse: int, levels: int) -> None:
     """Every level must split its groups into ``coarse`` equal parts."""
-    for name, val, least in (("block", block, 1), ("coarse", coarse, 1), ("levels", levels, 0)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < least:
-            raise ValueError(f"multipole {name} must be an int >= {least}, got {val!r}")
+    check_int("multipole", "block", block, 1)
+    check_int("multipole", "coarse", coarse, 1)
+    check_int("multipole", "levels", levels, 0, MAX_LEVELS)
     if block % coarse:
         raise ValueError(f"multipole coarse={coarse} must divide block={block}")
 

@@ -19,6 +19,7 @@ from attnrewrite.substitute.methods import get_method
 
 REPORT_SEQ_LEN = 64  # small models often have 64 positions: pass the target length
 REPORT_BATCH = 2
+MAX_SWEEP = 16  # values of --sweep: each is a rewrite and a report run
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Sweep:
         items = tuple(v.strip() for v in values.split(",") if v.strip())
         if not sep or not name.strip() or not items:
             raise AttnRewriteError(f"--sweep expects NAME=V1,V2,...; got '{text}'")
+        if len(items) > MAX_SWEEP:
+            raise AttnRewriteError(f"--sweep takes at most {MAX_SWEEP} values, got {len(items)}")
         name = name.strip().lstrip("-").replace("-", "_")
         return cls(aliases.get(name, name), items)
 
