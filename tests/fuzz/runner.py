@@ -118,6 +118,8 @@ def _start(case: Case, folder: Path) -> tuple[int, _Running]:
     case.setup(box)
     logs = folder / "logs"
     logs.mkdir()
+    for name in ("stdout", "stderr"):  # there even when a signal kills the child at once
+        (logs / name).touch()
     argv = [box.fill(a) for a in case.argv]
     before = snapshot(box.root)
     watch = OpenWatch(box.outside)

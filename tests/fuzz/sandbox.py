@@ -159,8 +159,9 @@ def integrity_problems(
         problems.append(f"read outside the model's folder: {sorted(opened_outside)}")
     allowed = [p.relative_to(box.root) for p in outputs if p.is_relative_to(box.root)]
 
-    def may_write(rel: str) -> bool:
-        return kept and any(Path(rel).is_relative_to(a) for a in allowed)
+    def may_write(rel: str) -> bool:  # in an output folder, or a folder created to hold one
+        path = Path(rel)
+        return kept and any(path.is_relative_to(a) or a.is_relative_to(path) for a in allowed)
 
     for rel, entry in before.items():
         inputs = Path(rel).parts[0] in ("model", "outside")  # never changed, whatever -o says
