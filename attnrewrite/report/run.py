@@ -128,6 +128,8 @@ def report(
         repeats=repeats,
         sweep=sweep_part,
     )
+    if rewritten.parent == out_dir:  # beside the report: named so, wherever the folder moves
+        result["models"]["rewritten"] = rewritten.name
     return result, write_report(result, out_dir)
 
 
