@@ -31,7 +31,7 @@ import operator
 import re
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -284,43 +284,41 @@ def _target_allowed(target: str) -> bool:
     return module == "torch" and re.fullmatch(r"sym_[a-z_]+", name) is not None
 
 
-def _parse(text: str) -> ast.AST | str:
+def _plain_problem(text: str, rule: Callable[[ast.AST], str | None]) -> str | None:
+    """`text` parsed as one expression of arithmetic, comparisons and accepted constants, every
+    other node passing `rule` (which names what is wrong, or returns None)."""
     if len(text) > MAX_EXPRESSION:
         return f"longer than {MAX_EXPRESSION} characters"
     try:
-        return ast.parse(text, mode="eval")
+        tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return "not an expression"
+    for node in ast.walk(tree):
+        if isinstance(node, PURE_NODES):
+            continue
+        problem = _constant_problem(node.value) if isinstance(node, ast.Constant) else rule(node)
+        if problem:
+            return problem
+    return None
 
 
 def _expression_problem(text: str) -> str | None:
     """A sympy expression as torch writes it: Mul(Integer(2), Symbol('s0', positive=True))."""
-    tree = _parse(text)
-    if isinstance(tree, str):
-        return tree
-    for node in ast.walk(tree):
-        if isinstance(node, PURE_NODES):
-            continue
-        if isinstance(node, ast.keyword):
-            if not (node.arg and node.arg.isidentifier() and not node.arg.startswith("_")):
-                return "an odd keyword"
-        elif isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id in EXPRESSION_FUNCTIONS):
-                return "calls something other than sympy arithmetic"
-            if node.func.id == "Pow" and not _small_power(node):
-                return "a power too large to evaluate"
-        elif isinstance(node, ast.Name):
-            if not (
-                node.id in EXPRESSION_FUNCTIONS | EXPRESSION_NAMES or SYMBOL.fullmatch(node.id)
-            ):
-                return f"names {node.id!r}"
-        elif isinstance(node, ast.Constant):
-            problem = _constant_problem(node.value)
-            if problem:
-                return problem
-        else:
-            return f"holds a {type(node).__name__}"
-    return None
+    return _plain_problem(text, _sympy_node_problem)
+
+
+def _sympy_node_problem(node: ast.AST) -> str | None:
+    if isinstance(node, ast.keyword):
+        ok = node.arg and node.arg.isidentifier() and not node.arg.startswith("_")
+        return None if ok else "an odd keyword"
+    if isinstance(node, ast.Call):
+        if not (isinstance(node.func, ast.Name) and node.func.id in EXPRESSION_FUNCTIONS):
+            return "calls something other than sympy arithmetic"
+        return None if node.func.id != "Pow" or _small_power(node) else "a power too large"
+    if isinstance(node, ast.Name):
+        known = node.id in EXPRESSION_FUNCTIONS | EXPRESSION_NAMES or SYMBOL.fullmatch(node.id)
+        return None if known else f"names {node.id!r}"
+    return f"holds a {type(node).__name__}"
 
 
 def _small_power(node: ast.Call) -> bool:
@@ -347,39 +345,24 @@ def _constant_problem(value: object) -> str | None:
 
 def _guard_problem(text: str) -> str | None:
     """A guard compares input sizes: L['x'].size()[1] <= 15, Max(...), math.floor(...)."""
-    tree = _parse(text)
-    if isinstance(tree, str):
-        return tree
-    for node in ast.walk(tree):
-        if isinstance(node, (*PURE_NODES, ast.Subscript, ast.Slice)):
-            continue
-        if isinstance(node, ast.Call):
-            func = node.func
-            method = isinstance(func, ast.Attribute) and func.attr in GUARD_METHODS
-            named = isinstance(func, ast.Name) and func.id in EXPRESSION_FUNCTIONS
-            in_math = (
-                isinstance(func, ast.Attribute)
-                and isinstance(func.value, ast.Name)
-                and func.value.id == "math"
-                and not func.attr.startswith("_")
-            )
-            if not (method or named or in_math) or node.keywords:
-                return "calls something other than a size"
-        elif isinstance(node, ast.Attribute):
-            if not (node.attr in GUARD_METHODS or node.attr.isidentifier()) or node.attr.startswith(
-                "_"
-            ):
-                return f"reads attribute {node.attr!r}"
-        elif isinstance(node, ast.Name):
-            if node.id not in {"L", "math"} | EXPRESSION_FUNCTIONS:
-                return f"names {node.id!r}"
-        elif isinstance(node, ast.Constant):
-            problem = _constant_problem(node.value)
-            if problem:
-                return problem
-        else:
-            return f"holds a {type(node).__name__}"
-    return None
+    return _plain_problem(text, _guard_node_problem)
+
+
+def _guard_node_problem(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Subscript | ast.Slice):
+        return None
+    if isinstance(node, ast.Call):
+        func = node.func
+        method = isinstance(func, ast.Attribute) and func.attr in GUARD_METHODS
+        named = isinstance(func, ast.Name) and func.id in EXPRESSION_FUNCTIONS
+        in_math = isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "math"
+        ok = (method or named or in_math) and not node.keywords
+        return None if ok else "calls something other than a size"
+    if isinstance(node, ast.Attribute):
+        return None if not node.attr.startswith("_") else f"reads attribute {node.attr!r}"
+    if isinstance(node, ast.Name):
+        return None if node.id in {"L", "math"} | EXPRESSION_FUNCTIONS else f"names {node.id!r}"
+    return f"holds a {type(node).__name__}"
 
 
 def _treespec_problem(text: str) -> str | None:

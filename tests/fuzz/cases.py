@@ -81,6 +81,12 @@ def command(rng: random.Random, model: str = "{model}") -> tuple[str, ...]:
 Family = Callable[[random.Random], Case]
 
 
+def pick(scenarios: tuple[tuple[Family, int], ...], rng: random.Random) -> Case:
+    """A case of one of the (scenario, weight) pairs, chosen by weight."""
+    makers, weights = zip(*scenarios, strict=True)
+    return rng.choices(makers, weights)[0](rng)
+
+
 def families() -> dict[str, tuple[Family, int]]:
     """family -> (case maker, weight in a case list)."""
     from tests.fuzz import bytes_damage, hostile, protobuf_damage, pt2_payloads, unusual

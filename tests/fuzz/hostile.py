@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tests.fuzz.cases import METHODS, OUT, Case, command, write_files
+from tests.fuzz.cases import METHODS, OUT, Case, command, pick, write_files
 from tests.fuzz.sandbox import Sandbox
 from tests.fuzz.seeds import onnx_seeds
 
@@ -116,24 +116,18 @@ def odd_output(rng: random.Random) -> Case:
         elif kind == "stale-staging":
             (box.cwd / ".out.abc123").mkdir()
 
-    if kind == "input":
-        out = "{model}"
-    elif kind == "inside-input":
-        out = "{model}/sub"
-    elif kind.startswith("input-folder"):
-        out = "{dir}"
-    elif kind == "nested":
-        out = "{cwd}/a/b/c"
-    elif kind == "under-file":
-        out = "{cwd}/f/out"
-    elif kind == "proc":
-        out = "/proc/attnrewrite-out"
-    elif kind == "long-name":
-        out = "{cwd}/" + "x" * 300
-    elif kind == "empty-string":
-        out = ""
-    elif kind == "dot":
-        out = "."
+    out = {
+        "input": "{model}",
+        "inside-input": "{model}/sub",
+        "input-folder": "{dir}",
+        "input-folder-force": "{dir}",
+        "nested": "{cwd}/a/b/c",
+        "under-file": "{cwd}/f/out",
+        "proc": "/proc/attnrewrite-out",
+        "long-name": "{cwd}/" + "x" * 300,
+        "empty-string": "",
+        "dot": ".",
+    }.get(kind, out)
     argv = ["{model}", "--method", rng.choice(["exact", "window"]), "-o", out]
     if force:
         argv.append("--force")
@@ -327,5 +321,4 @@ SCENARIOS = (
 
 
 def make(rng: random.Random) -> Case:
-    scenarios, weights = zip(*SCENARIOS, strict=True)
-    return rng.choices(scenarios, weights)[0](rng)
+    return pick(SCENARIOS, rng)

@@ -12,7 +12,7 @@ import onnx
 import onnx.version_converter
 
 from tests.corpus.chain import chained_layers
-from tests.fuzz.cases import METHODS, OUT, Case, command, write_files
+from tests.fuzz.cases import METHODS, OUT, Case, command, pick, write_files
 from tests.fuzz.seeds import onnx_seeds
 
 
@@ -163,5 +163,4 @@ SCENARIOS = (
 
 
 def make(rng: random.Random) -> Case:
-    scenarios, weights = zip(*SCENARIOS, strict=True)
-    return rng.choices(scenarios, weights)[0](rng)
+    return pick(SCENARIOS, rng)
