@@ -121,27 +121,25 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _stderr_to_null() -> Iterator[None]:
-    """fd 2 to /dev/null, sys.stderr to a copy of the old fd 2; only when sys.stderr is the
-    process's fd 2 (not when a test captures it)."""
-    try:
-        real = sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):
-        real = False
-    if not real:
-        yield
-        return
+    """fd 2 to /dev/null; when sys.stderr writes to fd 2, it moves to a copy of the old fd 2
+    (a test's captured sys.stderr is left as it is)."""
     ours = sys.stderr
     ours.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all: nothing to hide
+        yield
+        return
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)
     os.close(null)
-    sys.stderr = io.TextIOWrapper(
-        io.FileIO(saved, "w", closefd=False),
-        encoding=ours.encoding,
-        errors="backslashreplace",
-        line_buffering=True,
-    )
+    if _writes_to_fd2(ours):
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(saved, "w", closefd=False),
+            encoding=ours.encoding,
+            errors="backslashreplace",
+            line_buffering=True,
+        )
     try:
         yield
     finally:
@@ -149,3 +147,10 @@ def _stderr_to_null() -> Iterator[None]:
         sys.stderr = ours
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _writes_to_fd2(stream: object) -> bool:
+    try:
+        return stream.fileno() == 2  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -3,7 +3,9 @@
 
 Every failure ends at one boundary (attnrewrite.boundary): one line on stderr, exit status 2
 for bad input, bad options or a library failing on the input, 1 for a rewrite that fails its
-verification. `-o` is written only when the whole command succeeded (attnrewrite.export).
+verification; a report whose verdict fails a gate (--max-error, --min-top1, --require-speedup)
+exits 3, after writing everything. `-o` is written only when the whole command succeeded
+(attnrewrite.export.output_folder).
 """
 
 from __future__ import annotations
@@ -14,26 +16,33 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-import onnxruntime
 from rich.console import Console
 from rich.table import Table
 
 from attnrewrite import __version__, boundary
 from attnrewrite import methods as references
+from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN, VERIFY_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError, VerificationError
-from attnrewrite.export import check_output_folder, new_folder_name, output_folder
-from attnrewrite.inputs import dimension_size, generate_inputs
-from attnrewrite.pipeline import MODEL_FILE, VERIFY_SEQ_LEN, inspect_model, rewrite_model
-from attnrewrite.plan.auto import auto_rewrite
-from attnrewrite.report.run import REPORT_BATCH, REPORT_SEQ_LEN, InputChoice, Sweep, report
-from attnrewrite.substitute.methods import METHOD_NAMES, Method, get_method
+
+if TYPE_CHECKING:
+    import onnx
+
+    from attnrewrite.match import FindResult
+    from attnrewrite.report.run import InputChoice
+    from attnrewrite.report.verdict import Gates
+    from attnrewrite.substitute.methods import Method
+
+# onnx, onnxruntime, torch and TVM take seconds to import: each command imports what it
+# uses when it runs, so --version, --help and errors about the arguments answer at once.
+METHOD_NAMES = tuple(references.METHODS)
 
 MAX_REPEATS = 1000
 MAX_BATCH = 1024
 MAX_SEQ_LEN = 1 << 16  # report, calibration and compiled-library inputs
 MAX_VERIFY_SEQ_LEN = 1 << 12
+TUNE_NEEDS_TVM = 'tune needs TVM: pip install -e ".[tvm]"'
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,7 +68,9 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     parser.add_argument(
-        "--verbose", action="store_true", help="let the libraries' warnings reach stderr"
+        "--verbose",
+        action="store_true",
+        help="let the libraries' warnings and logs reach stderr (TVM's compiler among them)",
     )
 
 
@@ -72,7 +83,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
     parser.add_argument(
-        "--method", required=True, help=f"one of {', '.join(METHOD_NAMES)}, or auto (per head)"
+        "--method",
+        required=True,
+        help=f"one of {', '.join(METHOD_NAMES)}, or auto (per head, within --max-error)",
     )
     _add_method_params(parser)
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
@@ -86,11 +99,6 @@ def rewrite_parser() -> argparse.ArgumentParser:
         default=VERIFY_SEQ_LEN,
         help=f"sequence length of the parity run (default {VERIFY_SEQ_LEN}: unlike export lengths)",
     )
-    parser.add_argument(
-        "--max-error",
-        type=float,
-        help="--method auto: error budget (relative L2 per head, then end to end on held-out)",
-    )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
     _add_common_flags(parser)
     lowering = parser.add_argument_group("compiled library through TVM (needs the tvm extra)")
@@ -102,12 +110,88 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "--sweep", metavar="NAME=V1,V2", help="also rewrite at each value of one method parameter"
     )
     _add_input_options(reporting)
+    _add_gates(parser, auto=True)
     return parser
+
+
+def _add_gates(parser: argparse.ArgumentParser, auto: bool) -> None:
+    """The verdict's gates: checked on the report's measurements, exit 3 when one fails."""
+    budget = (
+        " With --method auto it is also the planning budget: the plan's end-to-end error "
+        "(relative L2 of every output, and top-1 disagreement for logits) stays within E on "
+        "the calibration rows and on held-out rows; a single head may err more, as its "
+        "error is diluted in the model."
+        if auto
+        else ""
+    )
+    gates = parser.add_argument_group(
+        "verdict (exit 3 when a gate fails, after every file is written)"
+    )
+    gates.add_argument(
+        "--max-error",
+        type=_positive_float,
+        metavar="E",
+        help="largest end-to-end error accepted: the worst output's relative L2, "
+        f"||rewritten - original|| / ||original||, on the report's inputs.{budget}",
+    )
+    gates.add_argument(
+        "--costs",
+        type=Path,
+        metavar="FILE",
+        help="--method auto: a table of measured node costs (ms), read where it exists and "
+        "written back with what this run timed: plans become repeatable and skip the timing",
+    )
+    gates.add_argument(
+        "--min-top1",
+        type=_fraction,
+        metavar="P",
+        help="lowest top-1 agreement accepted on logits (0.99 or 99%%)",
+    )
+    gates.add_argument(
+        "--require-speedup",
+        type=_positive_float,
+        nargs="?",
+        const=1.0,
+        metavar="X",
+        help="require the rewritten model to be X times as fast as the original "
+        "(default 1: faster at all), timed in the report",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1 (or 100%), got {text}")
+    return value
+
+
+def _verdict_gates(args: argparse.Namespace) -> Gates:
+    from attnrewrite.report.verdict import Gates
+
+    return Gates(args.max_error, args.min_top1, args.require_speedup)
 
 
 def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     group.add_argument(
-        "--inputs", "--calib", type=Path, help="report/calibration inputs from a .npz"
+        "--inputs",
+        "--calib",
+        type=Path,
+        metavar="NPZ",
+        help="report and calibration inputs: a .npz with one array per model input, named as "
+        "the input, e.g. np.savez('batch.npz', input_ids=ids, attention_mask=mask) with int64 "
+        "[batch, seq] arrays for a language model (a missing or misshapen one is named in the "
+        "error). Rows are sequences: --method auto chooses on the first half of the rows and "
+        "checks on the second, so give at least 2 (README: Calibration inputs)",
     )
     group.add_argument("--text", type=Path, help="report inputs: token ids of this text file")
     group.add_argument("--tokenizer", help="with --text: a tokenizer.json, or 'bytes' (UTF-8)")
@@ -127,6 +211,8 @@ def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser)
 
 
 def _input_choice(args: argparse.Namespace) -> InputChoice:
+    from attnrewrite.report.run import InputChoice
+
     if args.inputs is not None and args.text is not None:
         raise AttnRewriteError("choose one of --inputs and --text")
     return InputChoice(args.inputs, args.text, args.tokenizer, args.seq_len, args.batch)
@@ -141,6 +227,7 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("rewritten", type=Path)
     parser.add_argument("-o", "--out", type=Path, help="report folder (default: the rewritten's)")
     _add_input_options(parser)
+    _add_gates(parser, auto=False)
     _add_common_flags(parser)
     return parser
 
@@ -148,17 +235,38 @@ def report_parser() -> argparse.ArgumentParser:
 def run_report(argv: Sequence[str], console: Console) -> int:
     args = report_parser().parse_args(argv)
     for path in (args.original, args.rewritten):
-        if not path.is_file():
-            raise AttnRewriteError(f"no such file: {path}")
+        _require_file(path)
     out_dir = args.out or args.rewritten.parent
     for path in (args.original, args.rewritten):
         if out_dir.resolve() == path.resolve() or out_dir.resolve().is_relative_to(path.resolve()):
             raise AttnRewriteError(f"report folder {out_dir} would overwrite the input {path}")
+    _quiet_libraries(args.verbose)
+    from attnrewrite.report.run import report
+
     with boundary.about(args.original, args.rewritten):
         inputs = _input_choice(args).load(args.original)
-        result, files = report(args.original, args.rewritten, out_dir, inputs, repeats=args.repeats)
-    console.print(_report_line(result, files), highlight=False, soft_wrap=True)
-    return 0
+        gates = _verdict_gates(args)
+        result, files = report(
+            args.original, args.rewritten, out_dir, inputs, repeats=args.repeats, gates=gates
+        )
+    return _print_report(result, files, _printer(console))
+
+
+def _print_report(result: dict, files: Sequence[Path], say: Callable[[str], None]) -> int:
+    """The report's summary, its warnings, and the verdict as the last line: exit 3 when a
+    gate failed."""
+    from attnrewrite.report.verdict import EXIT_GATE_FAILED
+
+    say(_report_line(result, files))
+    verdict = result["verdict"]
+    for warning in verdict["warnings"]:
+        say(f"warning: {warning}")
+    say(f"verdict: {verdict['line']}")
+    return 0 if verdict["passed"] else EXIT_GATE_FAILED
+
+
+def _printer(console: Console) -> Callable[[str], None]:
+    return lambda text: console.print(text, highlight=False, soft_wrap=True)
 
 
 def _report_line(result: dict, files: Sequence[Path]) -> str:
@@ -170,11 +278,8 @@ def _report_line(result: dict, files: Sequence[Path]) -> str:
     logits = [o["logits"] for o in result["outputs"] if o["logits"]]
     if logits:
         text += f", top-1 agreement {_number(logits[0]['top1_agreement'], '.1%')}"
-    original, rewritten = (
-        _number(latency["original_ms"], ".1f"),
-        _number(latency["rewritten_ms"], ".1f"),
-    )
-    text += f"; {original} -> {rewritten} ms"
+    before, after = (_number(latency[k], ".1f") for k in ("original_ms", "rewritten_ms"))
+    text += f"; {before} -> {after} ms (medians of {latency['repeats']} runs)"
     return f"{text} -> {', '.join(str(f) for f in files)}"
 
 
@@ -223,6 +328,21 @@ def inspect_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_file(path: Path) -> None:
+    """A missing input is reported before any library is imported."""
+    if not path.is_file():
+        raise AttnRewriteError(
+            f"no such file: {path}" if not path.exists() else f"not a file: {path}"
+        )
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """onnxruntime logs errors only (warnings too with --verbose)."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(2 if verbose else 3)
+
+
 def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
     with boundary.about(args.model):
@@ -230,10 +350,28 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
 
 
 def _rewrite(args: argparse.Namespace, console: Console) -> int:
+    if args.method not in (*METHOD_NAMES, "auto"):
+        raise AttnRewriteError(
+            f"unknown method '{args.method}'; choose one of {', '.join(METHOD_NAMES)}, "
+            "or auto (per head, within --max-error)"
+        )
+    _require_file(args.model)
+    _quiet_libraries(args.verbose)
     if args.method == "auto":
         return _run_auto(args, console)
-    if args.max_error is not None:
-        raise AttnRewriteError("--max-error applies to --method auto")
+    if args.costs is not None:
+        raise AttnRewriteError("--costs applies to --method auto")
+    gates = _verdict_gates(args)
+    if gates.any() and not args.report:
+        raise AttnRewriteError(
+            "--max-error, --min-top1 and --require-speedup are checked on the accuracy report: "
+            "add --report"
+        )
+    from attnrewrite.export import new_folder_name
+    from attnrewrite.pipeline import MODEL_FILE, rewrite_model
+    from attnrewrite.report.run import Sweep, report
+    from attnrewrite.substitute.methods import get_method
+
     method = get_method(args.method, _given_params(args, args.method))
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
     if args.model.suffix == ".pt2":
@@ -251,33 +389,37 @@ def _rewrite(args: argparse.Namespace, console: Console) -> int:
         say(outcome.summary)
         if target is not None:
             say(_compile(staging, target, args))
-        if inputs is not None:
-            result, files = report(
-                args.model,
-                staging / MODEL_FILE,
-                staging,
-                inputs,
-                method={"name": method.name, "params": method.params},
-                sweep=sweep,
-                repeats=args.repeats,
-            )
-            say(_report_line(result, files))
-    return 0
+        if inputs is None:
+            return 0
+        result, files = report(
+            args.model,
+            staging / MODEL_FILE,
+            staging,
+            inputs,
+            method={"name": method.name, "params": method.params},
+            sweep=sweep,
+            repeats=args.repeats,
+            gates=gates,
+        )
+        return _print_report(result, files, say)
 
 
 @contextmanager
 def _output(
     args: argparse.Namespace, out_dir: Path, console: Console
 ) -> Iterator[tuple[Path, Callable[[str], None]]]:
-    """The staging folder a command writes into (it becomes `out_dir` when the command
-    succeeds, see export.output_folder), and `say`, which prints a line; lines and errors
-    name `out_dir`, not the staging folder."""
+    """The staging folder a command writes into (it becomes `out_dir` when the command ends
+    without an error, see export.output_folder), and `say`, which prints a line; lines and
+    errors name `out_dir`, not the staging folder."""
+    from attnrewrite.export import check_output_folder, output_folder
+
     sources = [p for p in (args.model, args.inputs, args.text) if p is not None]
     check_output_folder(out_dir, args.force, sources)
     with output_folder(out_dir, args.force, keep_on=(VerificationError,)) as staging:
+        shown = _printer(console)
 
         def say(text: str) -> None:
-            console.print(text.replace(str(staging), str(out_dir)), highlight=False, soft_wrap=True)
+            shown(text.replace(str(staging), str(out_dir)))
 
         try:
             yield staging, say
@@ -305,7 +447,11 @@ def _target(args: argparse.Namespace) -> str | None:
 
 def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
     """The rewritten model compiled for `target` at the --batch / --seq-len shapes."""
+    import onnx
+
+    from attnrewrite.inputs import dimension_size
     from attnrewrite.lower import build  # TVM only when asked for
+    from attnrewrite.pipeline import MODEL_FILE
 
     model = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
     dims = {
@@ -333,6 +479,7 @@ def _check_compiled(
     """The library against onnxruntime on the rewritten model (attnrewrite.lower.check)."""
     import tvm
 
+    from attnrewrite.inputs import generate_inputs
     from attnrewrite.lower.check import CHECK, check_artifact, library_tolerance
 
     if args.no_verify:
@@ -370,12 +517,15 @@ def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: C
 
 def _run_auto(args: argparse.Namespace, console: Console) -> int:
     if args.max_error is None:
-        raise AttnRewriteError("--method auto needs --max-error (e.g. 1e-2)")
+        raise AttnRewriteError("--method auto needs --max-error, its error budget (e.g. 1e-2)")
     _given_params(args, "auto")
     if args.sweep:
         raise AttnRewriteError("--sweep does not apply to --method auto")
-    if not args.model.is_file():
-        raise AttnRewriteError(f"no such file: {args.model}")
+    from attnrewrite.export import new_folder_name
+    from attnrewrite.pipeline import MODEL_FILE
+    from attnrewrite.plan.auto import auto_rewrite
+    from attnrewrite.report.run import report
+
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-auto")
     target = _target(args)
     with _output(args, out_dir, console) as (staging, say):
@@ -387,16 +537,23 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
             calibration,
             verify=not args.no_verify,
             verify_seq_len=args.verify_seq_len,
+            costs=args.costs,
         )
         say(outcome.summary)
         if target is not None:
             say(_compile(staging, target, args))
-        if args.report:
-            result, files = report(
-                args.model, staging / MODEL_FILE, staging, calibration, repeats=args.repeats
-            )
-            say(_report_line(result, files))
-    return 0
+        if not args.report:
+            return 0
+        result, files = report(
+            args.model,
+            staging / MODEL_FILE,
+            staging,
+            calibration,
+            method=outcome.report["method"],
+            repeats=args.repeats,
+            gates=_verdict_gates(args),
+        )
+        return _print_report(result, files, say)
 
 
 def run_tune(argv: Sequence[str]) -> int:
@@ -404,19 +561,43 @@ def run_tune(argv: Sequence[str]) -> int:
     attnrewrite.lower.tune) or `attnrewrite tune MODEL.onnx --dim name=value ...` (every
     function of a model, attnrewrite.lower.tune_model): meta_schedule records into
     attnrewrite/targets/."""
-    whole_model = bool(argv) and str(argv[0]).endswith(".onnx")
+    if not argv:
+        raise AttnRewriteError(
+            "tune needs a kernel (conv_basis, irfft, rfft, scan) or a MODEL.onnx; "
+            "see attnrewrite tune --help"
+        )
+    if argv[0] in ("-h", "--help"):
+        return _tune_help()
+    whole_model = str(argv[0]).endswith(".onnx")
     try:
         if whole_model:
             from attnrewrite.lower.tune_model import main as tune_main
         else:
             from attnrewrite.lower.tune import main as tune_main
     except ImportError:
-        raise AttnRewriteError('tune needs TVM: pip install -e ".[tvm]"') from None
+        raise AttnRewriteError(TUNE_NEEDS_TVM) from None
     return tune_main(list(argv))
 
 
+def _tune_help() -> int:
+    """Both forms of `tune`, each with its own options."""
+    try:
+        from attnrewrite.lower import tune, tune_model
+    except ImportError:
+        raise AttnRewriteError(TUNE_NEEDS_TVM) from None
+    forms = (tune.arguments(), tune_model.arguments())
+    print("attnrewrite tune has two forms: one kernel, or every function of a model.\n")
+    print("\n\n".join(form.format_help() for form in forms), end="")
+    return 0
+
+
 def run_inspect(argv: Sequence[str], console: Console) -> int:
+    """What the finder sees; a model without attention says so and exits 2, as the rewrite
+    does. Cells wrap rather than being cut, and output that is not a terminal gets the
+    tables' full width."""
     args = inspect_parser().parse_args(argv)
+    _require_file(args.model)
+    _quiet_libraries(args.verbose)
     with boundary.about(args.model):
         return _inspect(args, console)
 
@@ -427,6 +608,8 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
 
         console.print_json(json.dumps(inspect_pt2(args.model)))
         return 0
+    from attnrewrite.pipeline import inspect_model, no_attention
+
     found = inspect_model(args.model)
     if args.json:
         payload = {
@@ -434,36 +617,56 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
             "not_rewritten": [r.describe() for r in found.refusals],
         }
         console.print_json(json.dumps(payload))
-        return 0
-    table = Table(title=f"{len(found.matches)} attention block(s) in {args.model}")
-    for column in ("anchor", "graph", "mask", "heads/kv", "scale", "q/kv len", "variant"):
-        table.add_column(column)
-    for m in found.matches:
-        table.add_row(
-            m.anchor,
-            m.graph_name,
-            m.mask.value + (f" w={m.window}" if m.window else ""),
-            f"{m.q_heads}/{m.kv_heads}",
-            f"{m.scale:.4g} ({m.scale_source})",
-            f"{m.q_len}/{m.kv_len}",
-            " ".join(m.variant),
+    else:
+        _print_findings(found, args.model, console)
+    if not found.matches:
+        raise no_attention(args.model, found)
+    return 0
+
+
+def _print_findings(found: FindResult, model: Path, console: Console) -> None:
+    if not console.is_terminal:
+        console = Console(width=UNBOUNDED)
+    if found.matches:
+        table = _table(
+            f"{len(found.matches)} attention block(s) in {model}",
+            ("anchor", "graph", "mask", "heads/kv", "scale", "q/kv len", "variant"),
         )
-    console.print(table)
+        for m in found.matches:
+            table.add_row(
+                m.anchor,
+                m.graph_name,
+                m.mask.value + (f" w={m.window}" if m.window else ""),
+                f"{m.q_heads}/{m.kv_heads}",
+                f"{m.scale:.4g} ({m.scale_source})",
+                f"{m.q_len}/{m.kv_len}",
+                " ".join(m.variant),
+            )
+        console.print(table)
     if found.refusals:
-        refused = Table(title=f"{len(found.refusals)} Softmax/attention op(s) not rewritten")
-        for column in ("node", "op", "graph", "reason"):
-            refused.add_column(column)
+        refused = _table(
+            f"{len(found.refusals)} Softmax/attention op(s) not rewritten",
+            ("node", "op", "graph", "reason"),
+        )
         for r in found.refusals:
             refused.add_row(r.anchor, r.op_type, r.graph_name, r.reason)
         console.print(refused)
-    return 0
+
+
+UNBOUNDED = 10_000  # columns: a table printed to a file or a pipe is never cut or wrapped
+
+
+def _table(title: str, columns: Sequence[str]) -> Table:
+    """A table whose long names fold onto more lines instead of ending in '...'."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     console = Console()
-    verbose = "--verbose" in args
-    onnxruntime.set_default_logger_severity(2 if verbose else 3)
 
     def command() -> int:
         if args and args[0] == "inspect":
@@ -474,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tune(args[1:])
         return run_rewrite(args, console)
 
-    return boundary.run(command, debug="--debug" in args, verbose=verbose)
+    return boundary.run(command, debug="--debug" in args, verbose="--verbose" in args)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import onnx_ir as ir
 import onnxruntime
 
 from attnrewrite import __version__
+from attnrewrite.defaults import VERIFY_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import save_model, staged_directory
 from attnrewrite.inputs import generate_inputs
@@ -31,7 +32,6 @@ from attnrewrite.verify import Parity, compare
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "rewrite.json"
-VERIFY_SEQ_LEN = 11  # deliberately unlike common export lengths (8, 16, 128)
 VERIFY_BATCHES = (2, 1)
 
 
@@ -63,7 +63,7 @@ def rewrite_model(
     model = load_model(path, min_opset=min_opset or method.body.min_opset)
     found = find_attention(model)
     if not found.matches:
-        raise AttnRewriteError(f"no softmax attention found in {path}: {_why_none(found)}")
+        raise no_attention(path, found)
     result = substitute(model, found.matches, method, plans)
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
     report = {**rewrite_report(path, method, found, result), **(extra or {})}
@@ -83,6 +83,11 @@ def rewrite_model(
     if parity is not None and not _passed(parity, strict):
         raise VerificationError(_failure(parity, strict, out_dir))
     return RewriteOutcome(out_dir, report, summary)
+
+
+def no_attention(path: Path, found: FindResult) -> AttnRewriteError:
+    """The error for a model with nothing to rewrite, saying why its Softmaxes are not."""
+    return AttnRewriteError(f"no softmax attention found in {path}: {_why_none(found)}")
 
 
 def _why_none(found: FindResult) -> str:

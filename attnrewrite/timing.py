@@ -5,7 +5,7 @@ compare."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,34 @@ def median_ms(run: Callable[[], object], repeats: int, number: int = 1) -> float
             run()
         times.append((time.perf_counter() - start) / number)
     return 1e3 * float(np.median(times))
+
+
+def best_ms(run: Callable[[], object], repeats: int) -> float:
+    """Fastest wall time of one ``run()`` in milliseconds over ``repeats`` calls after one
+    warm-up call: what the work itself costs, when other load comes and goes (the planner
+    compares candidates timed minutes apart on a shared machine)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
+def interleaved_ms(runs: Sequence[Callable[[], object]], repeats: int) -> list[list[float]]:
+    """Wall times (ms) of each run over ``repeats`` rounds of one call each, after one warm-up
+    call each. Load that comes and goes on a shared machine then hits every run alike, so
+    the numbers of models compared in one report compare."""
+    for run in runs:
+        run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, out in zip(runs, times, strict=True):
+            start = time.perf_counter()
+            run()
+            out.append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 def cpu_session(path: Path, threads: int) -> ort.InferenceSession:

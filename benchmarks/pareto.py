@@ -34,7 +34,7 @@ from attnrewrite.loading import load_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import MODEL_FILE, rewrite_model
 from attnrewrite.plan.auto import Planner
-from attnrewrite.plan.candidates import EXACT, Candidate
+from attnrewrite.plan.candidates import ORIGINAL, Candidate
 from attnrewrite.plan.search import COST_RESOLUTION, uniform_plans
 from attnrewrite.report.build import compare_models
 from attnrewrite.report.inputs import from_text
@@ -53,6 +53,7 @@ SINGLE = [
     ("polysketch", {}),
     ("convbasis", {"bases": 16}),
 ]
+CANDIDATES = tuple(Candidate(name, params) for name, params in SINGLE if name != "exact")
 BUDGETS = [0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01, 1e-3]
 
 
@@ -102,7 +103,7 @@ def mark(rows: list[dict]) -> None:
         if row["kind"] == "single" and row["config"] != "exact":
             autos = [o for o in rows if o["kind"] == "auto"]
             row["dominated_cost"] = any(
-                no_worse(o, row, "relative_cost", COST_RESOLUTION) for o in autos
+                no_worse(o, row, "relative_flops", COST_RESOLUTION) for o in autos
             )
             row["dominated_latency"] = any(no_worse(o, row, "latency_ms") for o in autos)
 
@@ -112,7 +113,7 @@ def matched_budgets(planner: Planner) -> list[float]:
     budget at which that method is itself an admissible plan, so the auto plan there is
     comparable with it."""
     budgets = []
-    for plan in uniform_plans(planner.options):
+    for plan in uniform_plans(planner.options, planner.baseline):
         groups = plan.groups()
         budgets.append(
             max(max(e.error(groups).values()) for e in (planner.choosing, planner.checking))
@@ -144,14 +145,14 @@ def main() -> None:
                         "n": n,
                         "kind": "single",
                         "config": name + "".join(f" {k}={v}" for k, v in params.items()),
-                        "relative_cost": cand.cost(n, head_dim, True)
-                        / EXACT.cost(n, head_dim, True),
+                        "relative_flops": cand.flops(n, head_dim, True)
+                        / ORIGINAL.flops(n, head_dim, True),
                         **errors(folder / MODEL_FILE, evaluation),
                     }
                 )
                 paths.append(folder / MODEL_FILE)
                 console.print(rows[-1])
-            planner = Planner(EXAMPLE, calibration)
+            planner = Planner(EXAMPLE, calibration, candidates=CANDIDATES)
             seen: dict[tuple, float] = {}
             for budget in sorted({*BUDGETS, *matched_budgets(planner)}, reverse=True):
                 plan, record = planner.plan(budget)
@@ -166,13 +167,15 @@ def main() -> None:
                         "n": n,
                         "kind": "auto",
                         "config": f"auto max-error={budget:.4g}",
-                        "relative_cost": plan.relative_cost,
+                        "relative_flops": 1.0 - record["flops_removed"],
+                        "predicted_time": plan.relative_cost,
                         **errors(folder / MODEL_FILE, evaluation),
                         "won": plan.won,
                     }
                 )
                 paths.append(folder / MODEL_FILE)
                 console.print(rows[-1])
+            planner.close()
             timed = latencies(paths, evaluation.feeds, args.repeats)
             for row, ms in zip(rows, timed, strict=True):
                 row["latency_ms"] = ms
@@ -195,7 +198,7 @@ def main() -> None:
             r["config"],
             f"{r['relative_l2']:.3g}",
             f"{r['top1_agreement']:.1%}",
-            f"{r['relative_cost']:.3f}",
+            f"{r['relative_flops']:.3f}",
             f"{r['latency_ms']:.1f}",
             "*" if r["pareto"] else "",
             dominated,

@@ -52,6 +52,7 @@ def test_debug_adds_the_traceback(tmp_path, capsys) -> None:
 NOISY = """
     import logging, os, sys, warnings
     import attnrewrite.cli as cli
+    import attnrewrite.pipeline as pipeline
 
     def noisy_rewrite(*args, **kwargs):
         warnings.warn("a library warning")
@@ -59,7 +60,7 @@ NOISY = """
         os.write(2, b"a C++ library writing to fd 2\\n")
         raise RuntimeError("the library gave up")
 
-    cli.rewrite_model = noisy_rewrite
+    pipeline.rewrite_model = noisy_rewrite  # the command imports it when it runs
     sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -61,7 +61,7 @@ def test_default_output_folder_is_new_and_named_after_model_and_method(tmp_path,
 
 def test_inspect_reports_why_a_softmax_was_not_rewritten(tmp_path, capsys) -> None:
     source = _save(CASES["probs_second_consumer"].model, tmp_path / "m.onnx")
-    assert main(["inspect", str(source), "--json"]) == 0
+    assert main(["inspect", str(source), "--json"]) == 2  # no attention, as the rewrite says
     payload = json.loads(capsys.readouterr().out)
     assert payload["matches"] == []
     (refusal,) = payload["not_rewritten"]
@@ -72,8 +72,10 @@ def test_verification_failure_names_the_block_and_exits_1(tmp_path, monkeypatch,
     def off_by_one_percent(b, sig, inputs, params):
         return b.op("Mul", exact_body(b, sig, inputs, params), b.const(1.01, "float32"))
 
-    broken = Method("exact", MethodBody("ExactAttention", off_by_one_percent))
-    monkeypatch.setattr("attnrewrite.cli.get_method", lambda name, params=None: broken)
+    broken = Method("exact", MethodBody("ExactAttention", off_by_one_percent), {"chunks": 1})
+    monkeypatch.setattr(
+        "attnrewrite.substitute.methods.get_method", lambda name, params=None: broken
+    )
     source = _save(CASES["rotary_qknorm"].model, tmp_path / "rope.onnx")
     assert main([str(source), "--method", "exact", "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err

@@ -68,7 +68,7 @@ def test_a_failure_after_the_rewrite_leaves_nothing(model, tmp_path, monkeypatch
     def failing_report(*args, **kwargs):
         raise RuntimeError("rendering failed")
 
-    monkeypatch.setattr("attnrewrite.cli.report", failing_report)
+    monkeypatch.setattr("attnrewrite.report.run.report", failing_report)
     before = _tree(tmp_path)
     argv = [str(model), "--method", "exact", "--report", "--seq-len", "8", "--repeats", "1"]
     assert main([*argv, "-o", str(tmp_path / "a" / "b" / "out")]) == 2

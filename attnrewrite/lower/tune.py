@@ -191,8 +191,11 @@ def target_of(args: argparse.Namespace, parser: argparse.ArgumentParser):
     return make_target(f"cuda:{args.arch}" if args.arch else args.target)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="attnrewrite tune")
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnrewrite tune",
+        description="Tune one kernel (FFT stages, conv-basis kernel, block scan) at given sizes.",
+    )
     parser.add_argument("kernel", choices=sorted(KERNELS))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument(
@@ -206,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=fft.DTYPES)
     parser.add_argument("--trials", type=int, default=32)
     add_target_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     target = target_of(args, parser)
     runner = rpc_runner(args.rpc, args.rpc_workers) if args.rpc else None

@@ -127,8 +127,11 @@ def parse_dims(items: list[str]) -> dict[str, int]:
     return dims
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="attnrewrite tune MODEL.onnx")
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnrewrite tune MODEL.onnx",
+        description="Tune every function of a model at fixed shapes (--dim per symbolic dim).",
+    )
     parser.add_argument("model", type=Path)
     parser.add_argument("--dim", action="append", default=[], help="name=value, per symbolic dim")
     parser.add_argument("--trials", type=int, default=200, help="measured candidates in all")
@@ -141,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         "batch); the records so far are merged",
     )
     add_target_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     target = target_of(args, parser)
     try:

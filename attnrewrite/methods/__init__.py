@@ -1,25 +1,26 @@
-"""Reference maths of every attention method, by name, with a parameter spec.
+"""Registry of the attention methods: names, parameters and what each method can honour.
 
-Every method has the signature of :func:`attnrewrite.methods.exact.attention`, plus keyword
-parameters of its own, whose defaults live in the function signature (the single source) and
-whose checks live in the module's ``validate``. The registry adds what a caller needs beyond
-the function: the parameter list with types and help, conversion of CLI strings, and what the
-method can honour, so the tool can keep a block exact before calling it (the functions also
-raise ValueError for anything they cannot honour).
+The registry imports no torch, so the command line can list the methods and their options
+(and answer --help) without it. Each method's maths lives in ``attnrewrite.methods.<name>``
+(float64-capable torch references, loaded on first use): its ``attention`` function, whose
+signature repeats the defaults declared here (tests/methods/test_registry.py keeps them
+equal), and its ``validate``, which checks a full set of parameters. The registry adds what
+a caller needs beyond the function: parameter types and help, conversion of CLI strings,
+and what the method can honour, so the tool can keep a block exact before calling it (the
+functions also raise ValueError for anything they cannot honour).
 """
 
 from __future__ import annotations
 
-import inspect
+import importlib
+import math
 import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import Tensor
-
-from attnrewrite.methods import convbasis, exact, multipole, polysketch
-from attnrewrite.methods import window as sliding
+if TYPE_CHECKING:
+    from torch import Tensor
 
 COMMON = ("q", "k", "v", "scale", "is_causal", "bias", "window")
 
@@ -43,21 +44,45 @@ class Param:
             raise ValueError(f"{self.name}={value!r} is not a valid {self.kind.__name__}") from err
 
 
+def _param(name: str, default: int | float | str, help: str) -> Param:
+    return Param(name, default, type(default), help)
+
+
 @dataclass(frozen=True)
 class Method:
-    """A method: its reference function, parameters and capabilities.
+    """A method: its parameters, its capabilities, and (loaded on first use) its reference.
 
     ``full_bias``: accepts a bias that varies per query (otherwise only key-wise biases such as
     padding masks). ``window``: honours a causal sliding window narrower than the keys.
+    ``exact_up_to``: for given parameters, the longest key sequence the method computes exactly
+    by construction, with or without a causal mask (inf for exact; None when no length is, as
+    for PolySketch's fitted kernel): a report at that length has not exercised the
+    approximation. (A causal window is exact a little further: its sinks add keys.)
     """
 
     name: str
-    attention: Callable[..., Tensor]
-    validate: Callable[..., None]
     params: tuple[Param, ...]
     full_bias: bool
     window: bool
-    summary: str
+    exact_up_to: Callable[[Mapping[str, object]], float | None] = lambda params: None
+
+    @property
+    def module(self) -> types.ModuleType:
+        """attnrewrite.methods.<name>: the torch reference (imports torch)."""
+        return importlib.import_module(f"{__name__}.{self.name}")
+
+    @property
+    def attention(self) -> Callable[..., Tensor]:
+        return self.module.attention
+
+    @property
+    def validate(self) -> Callable[..., None]:
+        return self.module.validate
+
+    @property
+    def summary(self) -> str:
+        """The first line of the reference module's docstring."""
+        return (self.module.__doc__ or "").strip().splitlines()[0]
 
     def resolve(self, given: Mapping[str, object] | None = None) -> dict[str, object]:
         """All parameters: defaults filled in, strings converted, values validated."""
@@ -98,76 +123,78 @@ class Method:
         )
 
 
-def _params(fn: Callable[..., Tensor], helps: Mapping[str, str]) -> tuple[Param, ...]:
-    """Parameters read from the signature, so defaults cannot drift from the code."""
-    hints = typing.get_type_hints(fn)
-    return tuple(
-        Param(name, par.default, hints[name], helps[name])
-        for name, par in inspect.signature(fn).parameters.items()
-        if name not in COMMON
-    )
-
-
-def _method(module: types.ModuleType, helps: Mapping[str, str], **flags: object) -> Method:
-    """Registry entry of a method module."""
-    name = module.__name__.rsplit(".", 1)[-1]
-    summary = (module.__doc__ or "").strip().splitlines()[0]
-    return Method(
-        name=name,
-        attention=module.attention,
-        validate=module.validate,
-        params=_params(module.attention, helps),
-        summary=summary,
-        **flags,
-    )
-
-
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        _method(exact, {}, full_bias=True, window=True),
-        _method(
-            convbasis,
-            {
-                "bases": "k, conv bases per triangle (k >= n is exact)",
-                "probe": "T, entries probed per column to find change points",
-                "recovery": "change-point search: topk (vectorised) or binary (paper's)",
-                "tol": "binary only: max pre-exp deviation before a new basis starts",
-            },
+        Method(
+            "exact",
+            (
+                _param(
+                    "chunks",
+                    8,
+                    "causal query chunks, each against only the keys it sees (1: whole)",
+                ),
+            ),
             full_bias=True,
             window=True,
+            exact_up_to=lambda p: math.inf,
         ),
-        _method(
-            polysketch,
-            {
-                "degree": "p, even polynomial degree",
-                "sketch_size": "r, sketch width (r^2 features after self-tensoring)",
-                "block": "block size of the causal scan, a power of two",
-                "variant": "sketch | mixed (exact diagonal blocks) | exact_poly (no sketch)",
-                "fit": "softmax_fit (training-free fit to the head) | none (paper's LN kernel)",
-                "seed": "seed of the sketch and of the fit's samples",
-            },
+        Method(
+            "convbasis",
+            (
+                _param("bases", 16, "k, conv bases per triangle (k >= n is exact)"),
+                _param("probe", 8, "T, entries probed per column to find change points"),
+                _param(
+                    "recovery", "topk", "change-point search: topk (vectorised) or binary (paper's)"
+                ),
+                _param("tol", 0.25, "binary only: max pre-exp deviation before a new basis starts"),
+            ),
+            full_bias=True,
+            window=True,
+            exact_up_to=lambda p: p["bases"],  # one basis per position
+        ),
+        Method(
+            "polysketch",
+            (
+                _param("degree", 4, "p, even polynomial degree"),
+                _param("sketch_size", 32, "r, sketch width (r^2 features after self-tensoring)"),
+                _param("block", 256, "block size of the causal scan, a power of two"),
+                _param(
+                    "variant",
+                    "mixed",
+                    "sketch | mixed (exact diagonal blocks) | exact_poly (no sketch)",
+                ),
+                _param(
+                    "fit",
+                    "softmax_fit",
+                    "softmax_fit (training-free fit to the head) | none (paper's LN kernel)",
+                ),
+                _param("seed", 0, "seed of the sketch and of the fit's samples"),
+            ),
             full_bias=False,
             window=False,
         ),
-        _method(
-            multipole,
-            {
-                "block": "m, finest block size (near field)",
-                "coarse": "p, summaries per coarse group (must divide block)",
-                "levels": "coarse levels used (0: all); the coarsest takes the rest",
-            },
+        Method(
+            "multipole",
+            (
+                _param("block", 64, "m, finest block size (near field)"),
+                _param("coarse", 1, "p, summaries per coarse group (must divide block)"),
+                _param("levels", 0, "coarse levels used (0: all); the coarsest takes the rest"),
+                _param("sinks", 4, "s, first keys always attended exactly, never pooled"),
+            ),
             full_bias=False,
             window=False,
+            exact_up_to=lambda p: 2 * p["block"],  # two blocks are all near field
         ),
-        _method(
-            sliding,
-            {
-                "width": "w, keys in the local band around each query",
-                "sinks": "s, first keys always visible (attention sinks)",
-            },
+        Method(
+            "window",
+            (
+                _param("width", 64, "w, keys in the local band around each query"),
+                _param("sinks", 4, "s, first keys always visible (attention sinks)"),
+            ),
             full_bias=True,
             window=True,
+            exact_up_to=lambda p: p["width"],  # every key in the band (causal: + sinks)
         ),
     )
 }

@@ -3,8 +3,8 @@
 The causal score matrix H (pre-exp) is modelled as a sum of k "conv" matrices: column j's
 profile, read from the diagonal down (distance t = position - j), is S_i, the full profile of the
 last change-point column j_i <= j. Then M o exp(H) is k-conv too, with bases
-b~_1 = exp(S_1), b~_i = exp(S_i) - exp(S_{i-1}) on the trailing m_i = n - j_i rows (METHODS.md's
-derived claim; tests/methods/test_convbasis.py checks it), and Y = sum_i conv(b~_i, m_i) [V w, w]
+b~_1 = exp(S_1), b~_i = exp(S_i) - exp(S_{i-1}) on the trailing m_i = n - j_i rows (derived in
+docs/methods.md; tests/methods/test_convbasis.py checks it), and Y = sum_i conv(b~_i, m_i) [V w, w]
 is k causal convolutions. They are applied in the telescoped form, the same sum regrouped by
 column segment: Y = sum_i conv(exp(S_i), [V w, w] on columns [j_i, j_{i+1})), k rfft products at
 a 5-smooth length >= 2n summed in the frequency domain and inverted once; O = Y[:, :dv] / Y[:, dv].
@@ -35,7 +35,7 @@ entries of its column, which costs T n d to scan (T = 1..32 gave the same topk e
 heads); recovery = "topk".
 
 With k >= n every column is its own basis: exact to float rounding (binary: with tol = 0). The
-error bound (derived in METHODS.md, true, tested): if every modelled pre-exp entry is within
+error bound (derived in docs/methods.md, true, tested): if every modelled pre-exp entry is within
 eps, |O~ - O|_inf <= (e^(2 eps) - 1) |V|_inf.
 
 Extensions. Bidirectional: lower part plus strictly-upper part, the latter as J (strictly lower

@@ -169,6 +169,9 @@ def dense_attention(
     return masked_softmax_av(logits, v.to(ct)).to(q.dtype)
 
 
+MAX_CHUNKS = 64  # more query chunks only add nodes: the skipped work is already ~(c-1)/2c
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -178,10 +181,63 @@ def attention(
     is_causal: bool,
     bias: Tensor | None = None,
     window: int | None = None,
+    chunks: int = 4,
 ) -> Tensor:
-    """softmax(scale q k^T + bias + causal/window mask) v, exactly."""
-    return dense_attention(q, k, v, scale=scale, is_causal=is_causal, bias=bias, window=window)
+    """softmax(scale q k^T + bias + causal/window mask) v, exactly.
+
+    Causal attention is computed in ``chunks`` query chunks, each against only the keys it can
+    see (and, with a model window, not those before it): the same numbers as the full masked
+    matrix, with about (chunks - 1) / (2 chunks) of its work and memory skipped. The ONNX body
+    does the same; bidirectional attention has nothing to skip and is computed whole.
+    """
+    validate(chunks=chunks)
+    check_inputs(q, k, v, bias, is_causal, window)
+    sq, skv = q.shape[2], k.shape[2]
+    if not is_causal or chunks == 1:
+        return dense_attention(q, k, v, scale=scale, is_causal=is_causal, bias=bias, window=window)
+    parts = []
+    for start, end, key_start, key_end in chunk_bounds(sq, skv, chunks, window):
+        if key_end == key_start:  # queries left of every key see nothing: zeros, as whole
+            parts.append(q.new_zeros((*q.shape[:2], end - start, v.shape[-1])))
+            continue
+        part_bias = None
+        if bias is not None:
+            part_bias = as_4d(bias)
+            if part_bias.shape[-2] == sq:
+                part_bias = part_bias[..., start:end, :]
+            if part_bias.shape[-1] == skv:
+                part_bias = part_bias[..., key_start:key_end]
+        parts.append(
+            dense_attention(
+                q[:, :, start:end],
+                k[:, :, key_start:key_end],
+                v[:, :, key_start:key_end],
+                scale=scale,
+                is_causal=True,
+                bias=part_bias,
+                window=window,
+            )
+        )
+    return torch.cat(parts, dim=2)
 
 
-def validate() -> None:
-    """Exact attention has no parameters; kept so every method validates the same way."""
+def chunk_bounds(
+    sq: int, skv: int, chunks: int, window: int | None
+) -> list[tuple[int, int, int, int]]:
+    """(query start, end, key start, end) of each causal chunk, bottom-right aligned: query i
+    sits at key position i + skv - sq and sees keys up to it (and from position - window + 1)."""
+    size = -(-sq // chunks)
+    offset = skv - sq
+    bounds = []
+    for index in range(chunks):
+        start, end = min(index * size, sq), min((index + 1) * size, sq)
+        key_end = max(min(end + offset, skv), 0)
+        key_start = 0 if window is None else min(max(start + offset - window + 1, 0), key_end)
+        bounds.append((start, end, key_start, key_end))
+    return bounds
+
+
+def validate(*, chunks: int) -> None:
+    """Query chunks of causal attention: an int from 1 (the full matrix) to MAX_CHUNKS."""
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= MAX_CHUNKS:
+        raise ValueError(f"exact chunks must be an int from 1 to {MAX_CHUNKS}, got {chunks!r}")

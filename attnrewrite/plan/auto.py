@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.loading import load_model
+from attnrewrite.loading import default_opset, load_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, rewrite_model
 from attnrewrite.plan.calibrate import capture
-from attnrewrite.plan.candidates import DEFAULT_CANDIDATES, Candidate
+from attnrewrite.plan.candidates import ORIGINAL, Candidate, default_candidates
 from attnrewrite.plan.choose import HeadChoice, measure
 from attnrewrite.plan.choose import options as head_options
 from attnrewrite.plan.evaluate import EndToEnd
+from attnrewrite.plan.measure import Bench
 from attnrewrite.plan.search import Plan, Trial, admissible, exact_plan
+from attnrewrite.plan.workspace import Workspace
 from attnrewrite.progress import steps
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.substitute.methods import BODIES, get_method
@@ -54,40 +56,82 @@ def split_rows(inputs: ReportInputs) -> tuple[ReportInputs, ReportInputs]:
 class Planner:
     """Everything a plan is chosen from, measured once: the model and its blocks, each head's
     options, and the two end-to-end evaluators. `plan(budget)` can then be asked for many
-    budgets (the Pareto benchmark does) without calibrating again.
+    budgets (the Pareto benchmark does) without calibrating again. A planner holds a
+    workspace folder (the model's weights, once): use it in a `with` block, or `close()` it.
 
     Errors are measured at the calibration inputs' length, so that is the target length: a
     plan chosen at 64 tokens says nothing about 4096 (a 64-token multipole block is exact
-    there). Costs may be taken at a longer `seq_len` (what the plan will run at) only when
-    the user says so explicitly; the report then states both lengths."""
+    there). Costs are measured at `seq_len` (default: that length), the length the plan will
+    run at; the report then states both lengths."""
 
     def __init__(
         self,
         path: Path,
         calibration: ReportInputs,
         seq_len: int | None = None,
-        candidates: Sequence[Candidate] = DEFAULT_CANDIDATES,
+        candidates: Sequence[Candidate] | None = None,
+        threads: int = 0,
+        costs: Path | None = None,
     ) -> None:
-        usable = [c for c in candidates if c.method in BODIES]
-        self.path, self.calibration, self.candidates = path, calibration, candidates
+        """`costs`: a cost table file, read where it exists and written back extended."""
+        self.path, self.calibration = path, calibration
+        self.calibration_len = int(calibration.describe()["seq_len"])
+        self.cost_len = seq_len or self.calibration_len
+        self.candidates = tuple(
+            default_candidates(self.cost_len) if candidates is None else candidates
+        )
+        usable = [c for c in self.candidates if c.method in BODIES]
         self.min_opset = 17 if any(c.method == "convbasis" for c in usable) else None
+        choose_on, held_out = split_rows(calibration)
         model = load_model(path, min_opset=self.min_opset or 13)
         found = find_attention(model)
         if not found.matches:
             raise AttnRewriteError(f"no softmax attention found in {path}")
-        choose_on, held_out = split_rows(calibration)
-        blocks = capture(model, found.matches, choose_on.feeds)
+        self.outputs = [m.describe()["output"] for m in found.matches]
+        self.workspace = Workspace(model, found.matches, threads)
+        del model, found  # the workspace holds the model from here on
+        try:
+            self._measure(usable, choose_on, held_out, threads, costs)
+        except BaseException:
+            self.close()
+            raise
+
+    def _measure(
+        self,
+        usable: Sequence[Candidate],
+        choose_on: ReportInputs,
+        held_out: ReportInputs,
+        threads: int,
+        costs: Path | None,
+    ) -> None:
+        captured = capture(self.workspace, choose_on.feeds)
+        bench = Bench(default_opset(self.workspace.base), threads)
+        if costs is not None and costs.exists():
+            bench.load(costs)
         self.measured = []
-        with steps("measuring candidates per head", len(blocks)) as advance:
-            for block in blocks:
-                self.measured.append(measure(block, usable))
+        with steps("measuring candidates per head", len(captured.blocks)) as advance:
+            for block in captured.blocks:
+                self.measured.append(measure(bench, block, usable, self.cost_len))
                 advance(f"block {block.index}")
-        self.calibration_len = int(calibration.describe()["seq_len"])
-        self.cost_len = seq_len or self.calibration_len
-        self.options = [c for m in self.measured for c in head_options(m, self.cost_len)]
-        self.outputs = {b.index: found.matches[b.index].describe()["output"] for b in blocks}
-        self.choosing = EndToEnd(model, found.matches, choose_on)
-        self.checking = EndToEnd(model, found.matches, held_out)
+        self.options = [c for m in self.measured for c in head_options(m, bench, self.cost_len)]
+        if costs is not None:
+            bench.save(costs)
+        self.baseline = sum(m.original.ms(m.block.heads) for m in self.measured)
+        self.baseline_flops = sum(
+            m.block.heads * ORIGINAL.flops(self.cost_len, m.block.q.shape[-1], m.block.is_causal)
+            for m in self.measured
+        )
+        self.choosing = EndToEnd(self.workspace, choose_on, captured.outputs)
+        self.checking = EndToEnd(self.workspace, held_out)
+
+    def __enter__(self) -> Planner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.workspace.close()
 
     def plan(self, budget: float) -> tuple[Plan, dict[str, object]]:
         """The cheapest plan found within `budget` on both halves, and its record for
@@ -95,9 +139,9 @@ class Planner:
         check_budget(budget)
         rounds: list[dict[str, object]] = []
         trials: list[Trial] = []
-        exact = exact_plan(self.options)
+        exact = exact_plan(self.options, self.baseline)
         for plan in admissible(
-            self.options, lambda p: self.choosing.error(p.groups()), budget, trials
+            self.options, lambda p: self.choosing.error(p.groups()), budget, trials, self.baseline
         ):
             held = self.checking.error(plan.groups())
             rounds.append(
@@ -116,6 +160,10 @@ class Planner:
             "cost_seq_len": self.cost_len,
             "calibration": self.calibration.describe(),
             "relative_cost": plan.relative_cost,
+            "predicted_ms": plan.cost,
+            "exact_ms": exact.cost,
+            "original_ms": self.baseline,
+            "flops_removed": 1.0 - plan.flops / self.baseline_flops,
             "held_out": held,
             "rounds": rounds,
             "trials": [_trial(t) for t in trials],
@@ -164,23 +212,24 @@ def auto_rewrite(
     budget: float,
     calibration: ReportInputs,
     seq_len: int | None = None,
-    candidates: Sequence[Candidate] = DEFAULT_CANDIDATES,
+    candidates: Sequence[Candidate] | None = None,
     verify: bool = True,
     verify_seq_len: int = VERIFY_SEQ_LEN,
+    costs: Path | None = None,
 ) -> RewriteOutcome:
     """`--method auto`: calibrate, plan for `budget`, write the rewritten model."""
     check_budget(budget)  # before calibrating, which takes a while
-    planner = Planner(path, calibration, seq_len, candidates)
-    plan, record = planner.plan(budget)
-    return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)
+    with Planner(path, calibration, seq_len, candidates, costs=costs) as planner:
+        plan, record = planner.plan(budget)
+        return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)
 
 
 def _plan_line(plan: Plan, held: Mapping[str, float]) -> str:
     won = ", ".join(f"{label} {n}" for label, n in sorted(plan.won.items(), key=lambda x: -x[1]))
     return (
-        f"\nplan for {len(plan.picks)} heads: {won}; predicted attention cost "
-        f"{plan.relative_cost:.2f}x exact; held-out rel L2 {held['relative_l2']:.2g}, "
-        f"top-1 disagreement {held['top1_disagreement']:.1%}"
+        f"\nplan for {len(plan.picks)} heads: {won}; predicted attention time "
+        f"{plan.relative_cost:.2f}x the original's (measured per node); held-out rel L2 "
+        f"{held['relative_l2']:.2g}, top-1 disagreement {held['top1_disagreement']:.1%}"
     )
 
 
@@ -201,6 +250,7 @@ def _describe(pick: HeadChoice, output: str, exact: HeadChoice) -> dict[str, obj
         "method": pick.candidate.method,
         "params": pick.candidate.params,
         "error": float(np.float64(pick.error)),
-        "cost_flops": pick.cost,
+        "cost_ms": pick.cost,
+        "flops": pick.flops,
         "relative_cost": pick.cost / exact.cost,
     }

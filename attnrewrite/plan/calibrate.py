@@ -3,21 +3,20 @@
 The model is exact-rewritten in memory: each attnrewrite node's inputs are then exactly the
 canonical operands ([B, H, S, d] after the layout adapters, scale and mask as matched), so
 exposing them as graph outputs and running onnxruntime captures what every candidate method
-will be fed, without re-implementing any part of the model.
+will be fed, without re-implementing any part of the model. The same run gives the model's
+outputs (exact attention, chunked: the original's numbers) and each block's exact output, the
+references the planner measures candidates and plans against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import onnx_ir as ir
-import onnxruntime as ort
 
-from attnrewrite.errors import AttnRewriteError
 from attnrewrite.match import AttentionMatch
-from attnrewrite.patterns import find_attention
+from attnrewrite.plan.workspace import Workspace
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
 from attnrewrite.substitute.signature import Signature
@@ -25,75 +24,62 @@ from attnrewrite.substitute.signature import Signature
 
 @dataclass(frozen=True)
 class BlockOperands:
-    """One block's operands on the calibration batch, and how it attends."""
+    """One block's operands on the calibration batch, how it attends, and its exact output."""
 
     index: int  # position in the finder's matches
     q: np.ndarray
     k: np.ndarray
     v: np.ndarray
     mask: np.ndarray | None
+    exact: np.ndarray  # the block's exact attention output [B, Hq, Sq, dv]
+    signature: Signature
     scale: float
-    is_causal: bool
     window: int | None
-    keywise: bool
+
+    @property
+    def heads(self) -> int:
+        return self.q.shape[1]
+
+    @property
+    def is_causal(self) -> bool:
+        return self.signature.causal
 
 
-def copy_with_matches(
-    model: ir.Model, matches: Sequence[AttentionMatch]
-) -> tuple[ir.Model, list[AttentionMatch]]:
-    """A deep copy of `model` and its attention blocks, in the order of `matches` (matches
-    point into their own graph, so a copy must be searched again; the finder is
-    deterministic)."""
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    copied = list(find_attention(copy).matches)
-    if [m.anchor for m in copied] != [m.anchor for m in matches]:
-        raise ValueError("a copy of the model shows different attention blocks")
-    return copy, copied
+@dataclass(frozen=True)
+class Capture:
+    blocks: list[BlockOperands]
+    outputs: list[np.ndarray]  # the model's outputs with exact attention
 
 
-def run(
-    model: ir.Model, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None = None
-) -> list[np.ndarray]:
-    """Run an in-memory model in onnxruntime (CPU) on the feeds it takes; a model that does
-    not run on these inputs is one clear error, not an onnxruntime traceback."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        runner = ort.InferenceSession(
-            ir.serde.serialize_model(model).SerializeToString(), options, ["CPUExecutionProvider"]
-        )
-        known = {i.name for i in runner.get_inputs()}
-        return runner.run(names, {k: v for k, v in feeds.items() if k in known})
-    except Exception as err:  # onnxruntime raises several types, all meaning "cannot run"
-        raise AttnRewriteError(
-            f"the model does not run on the calibration inputs: {str(err).splitlines()[0]}"
-        ) from None
+def plannable(match: AttentionMatch) -> bool:
+    """Main-graph rank-4 blocks can be split per head; others keep the method given."""
+    return match.graph_name == "main" and match.rank == 4
 
 
-def capture(
-    model: ir.Model, matches: Sequence[AttentionMatch], feeds: Mapping[str, np.ndarray]
-) -> list[BlockOperands]:
-    """Operands of every rank-4 main-graph block (others cannot be split per head)."""
-    copy, copied = copy_with_matches(model, matches)
-    result = substitute(copy, copied, get_method("exact"))
-    values = {v.name: v for v in copy.graph.inputs}
-    values |= {v.name: v for node in copy.graph for v in node.outputs}
+def capture(workspace: Workspace, feeds: Mapping[str, np.ndarray]) -> Capture:
+    """Operands and exact outputs of every plannable block, and the model's outputs."""
+    copy, copied = workspace.copy()
+    wanted = [i for i, m in enumerate(copied) if plannable(m)]
+    result = substitute(copy, [copied[i] for i in wanted], get_method("exact"))
     nodes = {node.name: node for node in copy.graph}
-    wanted: list[tuple[int, list[str]]] = []
-    for rewritten in result.rewritten:
-        if rewritten.match.graph_name == "main" and rewritten.match.rank == 4:
-            inputs = nodes[rewritten.node].inputs
-            wanted.append((copied.index(rewritten.match), [v.name for v in inputs if v]))
-    names = sorted({name for _, group in wanted for name in group})
-    for name in names:
-        if values[name] not in copy.graph.outputs:
-            copy.graph.outputs.append(values[name])
-    arrays = run(copy, feeds, names)
-    by_name = dict(zip(names, arrays, strict=True))
+    groups: list[tuple[int, list[str]]] = []
+    extra = []
+    for rewritten in result.rewritten:  # a block whose rewrite failed is not planned
+        index = copied.index(rewritten.match)
+        node = nodes[rewritten.node]
+        groups.append((index, [v.name for v in (*node.inputs, node.outputs[0]) if v]))
+        extra += [v for v in (*node.inputs, node.outputs[0]) if v is not None]
+    outputs = [o.name for o in copy.graph.outputs]
+    for value in dict.fromkeys(extra):
+        if not value.is_graph_output():
+            copy.graph.outputs.append(value)
+    names = list(dict.fromkeys([*outputs, *(v.name for v in extra)]))
+    arrays = dict(zip(names, workspace.run(copy, feeds, names), strict=True))
     blocks = []
-    for index, group in wanted:
-        match = matches[index]
-        q, k, v, *mask = (by_name[name] for name in group)
+    for index, group in groups:
+        match = copied[index]
+        *operands, exact = (arrays[name] for name in group)
+        q, k, v, *mask = operands
         blocks.append(
             BlockOperands(
                 index=index,
@@ -101,10 +87,10 @@ def capture(
                 k=k,
                 v=v,
                 mask=mask[0] if mask else None,
+                exact=exact,
+                signature=Signature.of(match),
                 scale=float(match.scale),
-                is_causal=match.mask.is_causal,
                 window=match.window,
-                keywise=Signature.of(match).keywise,
             )
         )
-    return blocks
+    return Capture(blocks, [arrays[name] for name in outputs])

@@ -1,11 +1,9 @@
-"""What the planner may put on a head, and what each costs at the target length.
+"""What the planner may put on a head, and how much attention work each does at a length.
 
-Costs are floating-point operations per head for one sequence of length n (head dim d), from
-the operation counts of each method's ONNX body, times the method's measured inefficiency in
-onnxruntime relative to exact attention's MatMuls (EFFICIENCY). Without that factor the flop
-counts were off by 30-80x for conv-basis (onnxruntime's DFT in float64 and a Loop over bases)
-and by 0.7-2x for the others; `python benchmarks/cost_model.py RESULT.json` prints predicted
-against measured speed-ups for a benchmark run (numbers in benchmarks/RESULTS.md).
+The planner ranks candidates by their measured time (plan.measure); the flop counts here say
+how much of exact attention's work a plan removes, the number a user compares across machines.
+`ORIGINAL` is attention as exported models compute it, the whole masked score matrix; `EXACT`
+is the same attention in causal chunks (methods.exact), what a head kept exact runs.
 """
 
 from __future__ import annotations
@@ -29,22 +27,19 @@ class Candidate:
     def resolved(self) -> dict[str, object]:
         return references.get(self.method).resolve(self.params)
 
-    def cost(self, n: int, d: int, causal: bool) -> float:
-        """Flop-equivalents per head at length n: flops times the measured inefficiency."""
-        return self.flops(n, d, causal) * EFFICIENCY.get(self.method, 1.0)
-
     def flops(self, n: int, d: int, causal: bool) -> float:
         """Flops per head at length n (the model's shapes, not only the asymptotics)."""
         p = self.resolved()
         if self.method == "exact":
-            return 4.0 * n * n * d
+            chunks = p["chunks"] if causal else 1
+            return 4.0 * n * n * d * (chunks + 1) / (2 * chunks)
         if self.method == "window":
             reach = (2 if causal else 3) * p["width"]  # key blocks each query block gathers
             return 4.0 * n * (reach + p["sinks"]) * d
         if self.method == "multipole":
             levels = max(0, math.ceil(math.log2(max(n / p["block"], 1))) - 1)
             near = (2 if causal else 3) * p["block"]
-            far = (2 if causal else 4) * p["coarse"] * levels
+            far = (2 if causal else 4) * p["coarse"] * levels + p["sinks"]
             return 4.0 * n * (near + far) * d + 2.0 * n * d * levels
         if self.method == "polysketch":
             r, b = p["sketch_size"], p["block"]
@@ -60,21 +55,22 @@ class Candidate:
         raise ValueError(f"no cost model for {self.method}")
 
 
-# Measured time per flop against exact attention's, one layer on 2 CPU threads at 4k-16k
-# (benchmarks/cost_model.py on the attention_layer results; causal / bidirectional spread):
-# conv-basis 30-80, multipole 1.2-2.1, PolySketch 0.7-1.7, window ~1.5.
-EFFICIENCY = {"convbasis": 40.0, "multipole": 1.5, "polysketch": 1.0, "window": 1.5}
-
-DEFAULT_CANDIDATES = (
-    Candidate("window", {"width": 32, "sinks": 4}),
-    Candidate("window", {"width": 64, "sinks": 4}),
-    Candidate("window", {"width": 128, "sinks": 4}),
-    Candidate("multipole", {"block": 32}),
-    Candidate("multipole", {"block": 64}),
-    Candidate("multipole", {"block": 128}),
-    Candidate("polysketch", {}),
-    Candidate("polysketch", {"sketch_size": 64}),
-    Candidate("convbasis", {"bases": 16}),
-    Candidate("convbasis", {"bases": 64}),
-)
+ORIGINAL = Candidate("exact", {"chunks": 1})
 EXACT = Candidate("exact")
+# Chunking skips up to half of causal attention's work but adds nodes: which count is fastest
+# depends on the length (tiny-lm, 4 layers: at n = 128, 8 chunks cost 33 ms against 19; at
+# 2048, 395-510 ms against 540-810 for the whole matrix), so the planner times them all.
+EXACT_CHUNKS = tuple(Candidate("exact", {"chunks": c}) for c in (1, 4, 8, 16))
+
+
+def default_candidates(n: int) -> tuple[Candidate, ...]:
+    """What the planner tries at target length n: streaming heads (sinks + a recent window,
+    DuoAttention's choice) and multipole at sizes well below n (a window or block of n / 2 or
+    more is exact attention at greater cost), PolySketch and conv-basis at their defaults."""
+    sizes = [s for s in (32, 64, 128, 256, 512, 1024) if 4 * s <= n]
+    return (
+        *(Candidate("window", {"width": s, "sinks": 4}) for s in sizes),
+        *(Candidate("multipole", {"block": s}) for s in sizes if s <= 256),
+        Candidate("polysketch", {}),
+        Candidate("convbasis", {"bases": 16}),
+    )

@@ -1,8 +1,9 @@
-"""Measure every candidate on every head: what each head could get, at what error and cost.
+"""What each head could get: every candidate measured on every head, its error and its cost.
 
-Errors are measured by the methods' torch references in float64 on the captured operands:
-relative Frobenius error of each head's attention output against exact attention, over the
-whole calibration batch.
+Errors and costs are measured (plan.measure): the candidate's node on the block's captured
+operands against the block's exact output, and its time at the target length. A candidate the
+method cannot honour on a block (a mask it cannot carry, a body that fails) gets no option
+there, with the reason kept for rewrite.json.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from attnrewrite import methods as references
 from attnrewrite.plan.calibrate import BlockOperands
-from attnrewrite.plan.candidates import EXACT, Candidate
+from attnrewrite.plan.candidates import EXACT_CHUNKS, ORIGINAL, Candidate
+from attnrewrite.plan.measure import Bench, Cost
+from attnrewrite.substitute.methods import get_method
 
 
 @dataclass(frozen=True)
@@ -24,62 +25,74 @@ class HeadChoice:
     head: int
     candidate: Candidate
     error: float  # measured relative error of this head's output (0 for exact)
-    cost: float  # flops at the target length
+    cost: float  # measured ms per head at the target length (the node's fixed part apart)
+    fixed: float = 0.0  # measured ms of a node of this candidate whatever its heads
+    flops: float = 0.0  # attention work per head at the target length
 
 
 @dataclass(frozen=True)
-class HeadErrors:
-    """errors[c][h]: candidate c on head h (inf where the method cannot honour the block)."""
+class BlockOptions:
+    """errors[c][h]: candidate c on head h (inf where the method cannot run on the block)."""
 
     block: BlockOperands
     candidates: tuple[Candidate, ...]
     errors: np.ndarray
+    costs: dict[str, Cost]  # candidate label -> its node's cost on this block
+    original: Cost  # attention as the exported model computes it (the whole score matrix)
     reasons: dict[str, str]  # candidate label -> why it cannot run on this block
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float64)
-
-
-def measure(block: BlockOperands, candidates: Sequence[Candidate]) -> HeadErrors:
-    q, k, v = (_tensor(x) for x in (block.q, block.k, block.v))
-    bias = None
-    if block.mask is not None:
-        mask = block.mask[..., -1:, :] if block.keywise else block.mask
-        bias = torch.from_numpy(mask) if mask.dtype == np.bool_ else _tensor(mask)
-    common = {
-        "scale": block.scale,
-        "is_causal": block.is_causal,
-        "bias": bias,
-        "window": block.window,
-    }
-    exact = references.get("exact")(q, k, v, **common)
-    norms = torch.linalg.vector_norm(exact, dim=(0, 2, 3)).numpy()
-    errors = np.full((len(candidates), q.shape[1]), np.inf)
-    reasons = {}
+def measure(
+    bench: Bench, block: BlockOperands, candidates: Sequence[Candidate], seq_len: int
+) -> BlockOptions:
+    errors = np.full((len(candidates), block.heads), np.inf)
+    costs, reasons = {}, {}
     for row, cand in enumerate(candidates):
-        try:
-            out = references.get(cand.method)(q, k, v, **common, **cand.params)
-        except ValueError as err:
-            reasons[cand.label] = str(err)
+        why = get_method(cand.method, cand.params).limit(block.signature)
+        if why is not None:
+            reasons[cand.label] = why
             continue
-        diff = torch.linalg.vector_norm(out - exact, dim=(0, 2, 3)).numpy()
-        errors[row] = np.where(norms > 0, diff / np.where(norms > 0, norms, 1.0), diff)
-    return HeadErrors(block, tuple(candidates), errors, reasons)
+        try:
+            errors[row] = bench.errors(cand, block)
+            costs[cand.label] = bench.cost(cand, block, seq_len)
+        except Exception as err:  # onnxruntime raises several types: the block keeps exact
+            reasons[cand.label] = f"{cand.label} did not run: {str(err).splitlines()[0][:200]}"
+            errors[row] = np.inf
+    return BlockOptions(
+        block,
+        tuple(candidates),
+        errors,
+        costs,
+        bench.cost(ORIGINAL, block, seq_len),
+        reasons,
+    )
 
 
-def options(measured: HeadErrors, seq_len: int) -> list[list[HeadChoice]]:
-    """Per head: exact, then every candidate that ran on it, with its error and cost."""
+def options(measured: BlockOptions, bench: Bench, seq_len: int) -> list[list[HeadChoice]]:
+    """Per head: exact, then every candidate that ran on it, with its error and costs."""
     block = measured.block
     d = block.q.shape[-1]
-    costs = [c.cost(seq_len, d, block.is_causal) for c in measured.candidates]
-    exact_cost = EXACT.cost(seq_len, d, block.is_causal)
+
+    def choice(head: int, cand: Candidate, error: float, cost: Cost) -> HeadChoice:
+        flops = cand.flops(seq_len, d, block.is_causal)
+        return HeadChoice(block.index, head, cand, error, cost.per_head_ms, cost.fixed_ms, flops)
+
+    exact, exact_cost = fastest_exact(bench, block, seq_len)
     per_head = []
-    for head in range(measured.errors.shape[1]):
-        choices = [HeadChoice(block.index, head, EXACT, 0.0, exact_cost)]
+    for head in range(block.heads):
+        choices = [choice(head, exact, 0.0, exact_cost)]
         for row, cand in enumerate(measured.candidates):
             error = float(measured.errors[row, head])
             if np.isfinite(error):
-                choices.append(HeadChoice(block.index, head, cand, error, costs[row]))
+                choices.append(choice(head, cand, error, measured.costs[cand.label]))
         per_head.append(choices)
     return per_head
+
+
+def fastest_exact(bench: Bench, block: BlockOperands, seq_len: int) -> tuple[Candidate, Cost]:
+    """Exact attention in the number of causal chunks that runs fastest on this block at
+    `seq_len` (bidirectional attention has nothing to chunk)."""
+    if not block.is_causal:
+        return ORIGINAL, bench.cost(ORIGINAL, block, seq_len)
+    timed = [(cand, bench.cost(cand, block, seq_len)) for cand in EXACT_CHUNKS]
+    return min(timed, key=lambda pair: pair[1].ms(block.heads))

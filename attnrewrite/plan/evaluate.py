@@ -1,9 +1,9 @@
-"""End-to-end error of a per-head plan, measured in memory.
+"""End-to-end error of a per-head plan.
 
-The planner tries many plans. Each is substituted into a copy of the model it already loaded
-and searched, and run in onnxruntime on fixed inputs against the original's outputs (run once):
-no files written, no model read or searched again per plan, and a plan tried twice is looked
-up, not run again.
+The planner tries many plans. Each is substituted into a copy of the model (the workspace's:
+graph only, weights shared, blocks moved over rather than searched again) and run in
+onnxruntime on fixed inputs against the model's exact outputs (from the capture run): a plan
+tried twice is looked up, not run again.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import onnx_ir as ir
 
-from attnrewrite.match import AttentionMatch
-from attnrewrite.plan.calibrate import copy_with_matches, run
+from attnrewrite.plan.workspace import Workspace
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.report.metrics import logits_metrics, relative_l2
 from attnrewrite.substitute.methods import get_method
@@ -28,14 +26,21 @@ class EndToEnd:
     worst relative L2 over the outputs and, for logits, the top-1 disagreement."""
 
     def __init__(
-        self, model: ir.Model, matches: Sequence[AttentionMatch], inputs: ReportInputs
+        self,
+        workspace: Workspace,
+        inputs: ReportInputs,
+        reference: Sequence[np.ndarray] | None = None,
     ) -> None:
-        self.model, self.matches, self.inputs = model, matches, inputs
-        self.reference = self._run(model)
+        """`reference`: the model's outputs on `inputs` (by default from a run with exact
+        attention, chunked: the original's numbers to float rounding, at a fraction of the
+        original's time and memory at long context)."""
+        self.workspace, self.inputs = workspace, inputs
+        if reference is None:
+            copy, copied = workspace.copy()
+            substitute(copy, copied, get_method("exact"))
+            reference = workspace.run(copy, inputs.feeds)
+        self.reference = reference
         self._seen: dict[tuple, dict[str, float]] = {}
-
-    def _run(self, model: ir.Model) -> list[np.ndarray]:
-        return run(model, self.inputs.feeds)
 
     def error(self, plans: Groups) -> dict[str, float]:
         key = tuple(
@@ -46,9 +51,9 @@ class EndToEnd:
             )
         )
         if key not in self._seen:
-            copy, copied = copy_with_matches(self.model, self.matches)
+            copy, copied = self.workspace.copy()
             substitute(copy, copied, get_method("exact"), plans)
-            self._seen[key] = self._compare(self._run(copy))
+            self._seen[key] = self._compare(self.workspace.run(copy, self.inputs.feeds))
         return self._seen[key]
 
     def _compare(self, outputs: Sequence[np.ndarray]) -> dict[str, float]:

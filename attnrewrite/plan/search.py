@@ -38,16 +38,23 @@ PRICES = tuple(float(p) for p in np.logspace(-2, 6, 33))  # lambda of the trade-
 class Plan:
     picks: tuple[HeadChoice, ...]
     origin: str  # how it was made: "trade-off lambda=...", "uniform <candidate>", "exact"
-    exact_cost: float  # of exact attention on every head, for relative costs
+    baseline: float  # cost of the original attention on every head, for relative costs
 
     @property
     def cost(self) -> float:
-        return sum(p.cost for p in self.picks)
+        """Predicted attention time: every head's share, plus each node's fixed part once
+        (one node per block and candidate)."""
+        nodes = {(p.block, p.candidate.label): p.fixed for p in self.picks}
+        return sum(p.cost for p in self.picks) + sum(nodes.values())
 
     @property
     def relative_cost(self) -> float:
-        """Predicted attention cost against exact attention's (cost model units)."""
-        return self.cost / self.exact_cost
+        """Predicted attention time against the original attention's."""
+        return self.cost / self.baseline
+
+    @property
+    def flops(self) -> float:
+        return sum(p.flops for p in self.picks)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -74,36 +81,38 @@ class Plan:
         }
 
 
-def _exact_cost(options: Sequence[Sequence[HeadChoice]]) -> float:
-    return sum(choices[0].cost for choices in options)  # options start with exact
+Options = Sequence[Sequence[HeadChoice]]  # per head: exact first, then each candidate
 
 
-def exact_plan(options: Sequence[Sequence[HeadChoice]]) -> Plan:
-    """Exact attention on every head: within any budget, up to float rounding."""
-    return Plan(tuple(choices[0] for choices in options), "exact", _exact_cost(options))
+def exact_plan(options: Options, baseline: float | None = None) -> Plan:
+    """Exact attention on every head: within any budget, up to float rounding. Costs are
+    relative to `baseline`, by default this plan's own cost."""
+    picks = tuple(choices[0] for choices in options)
+    plan = Plan(picks, "exact", 1.0)
+    return Plan(picks, "exact", plan.cost if baseline is None else baseline)
 
 
-def trade_off_family(options: Sequence[Sequence[HeadChoice]]) -> list[Plan]:
+def trade_off_family(options: Options, baseline: float | None = None) -> list[Plan]:
     """Plans for increasing prices of error, cheapest first, duplicates dropped, ending with
     exact everywhere."""
     plans: list[Plan] = []
-    exact_cost = _exact_cost(options)
+    exact = exact_plan(options, baseline)
     for price in (0.0, *PRICES):
         picks = tuple(
             min(choices, key=lambda c, base=choices[0].cost: c.cost / base + price * c.error**2)
             for choices in options
         )
-        plan = Plan(picks, f"trade-off lambda={price:.3g}", exact_cost)
+        plan = Plan(picks, f"trade-off lambda={price:.3g}", exact.baseline)
         if not plans or plans[-1].key != plan.key:
             plans.append(plan)
-    exact = exact_plan(options)
     if plans[-1].key != exact.key:
         plans.append(exact)
     return plans
 
 
-def uniform_plans(options: Sequence[Sequence[HeadChoice]]) -> list[Plan]:
+def uniform_plans(options: Options, baseline: float | None = None) -> list[Plan]:
     """One plan per candidate: that candidate wherever it ran, exact elsewhere."""
+    base = exact_plan(options, baseline).baseline
     labels = dict.fromkeys(c.candidate.label for choices in options for c in choices[1:])
     plans = []
     for label in labels:
@@ -111,7 +120,7 @@ def uniform_plans(options: Sequence[Sequence[HeadChoice]]) -> list[Plan]:
             next((c for c in choices if c.candidate.label == label), choices[0])
             for choices in options
         )
-        plans.append(Plan(picks, f"uniform {label}", _exact_cost(options)))
+        plans.append(Plan(picks, f"uniform {label}", base))
     return sorted(plans, key=lambda p: p.cost)
 
 
@@ -123,10 +132,11 @@ class Trial:
 
 
 def admissible(
-    options: Sequence[Sequence[HeadChoice]],
+    options: Options,
     error_of: Callable[[Plan], dict[str, float]],
     budget: float,
     trials: list[Trial],
+    baseline: float | None = None,
 ) -> Iterator[Plan]:
     """Plans within `budget`, cheapest first, ending with exact everywhere; every plan
     evaluated is appended to `trials`.
@@ -146,7 +156,7 @@ def admissible(
             trials.append(Trial(plan, measured, errors[plan.key] <= budget))
         return errors[plan.key]
 
-    family = trade_off_family(options)
+    family = trade_off_family(options, baseline)
     exact = family[-1]
     errors[exact.key] = 0.0  # exact everywhere is within any budget (up to float rounding)
     low, high = 0, len(family) - 1
@@ -156,7 +166,8 @@ def admissible(
             high = middle
         else:
             low = middle + 1
-    pool = {p.key: p for p in (*family[high:], *uniform_plans(options)) if p.cost <= exact.cost}
+    uniform = uniform_plans(options, baseline)
+    pool = {p.key: p for p in (*family[high:], *uniform) if p.cost <= exact.cost}
     remaining = sorted(pool.values(), key=lambda p: p.cost)
     while remaining:
         tied = [p for p in remaining if p.cost <= remaining[0].cost * (1 + COST_RESOLUTION)]

@@ -7,6 +7,7 @@ come from the models themselves, not from a re-implementation.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -23,7 +24,7 @@ from attnrewrite.errors import AttnRewriteError
 from attnrewrite.report import metrics
 from attnrewrite.report.inputs import ReportInputs, graph_inputs
 from attnrewrite.substitute.body import DOMAIN
-from attnrewrite.timing import cpu_session, median_ms, session_feeds
+from attnrewrite.timing import cpu_session, interleaved_ms, median_ms, session_feeds
 from attnrewrite.verify import run_with_outputs
 
 SCHEMA_VERSION = 1
@@ -117,6 +118,23 @@ def latency_ms(path: Path, feeds: Mapping[str, np.ndarray], repeats: int, thread
     return median_ms(lambda: session.run(None, feeds), repeats)
 
 
+def latencies(
+    paths: Sequence[Path], feeds: Mapping[str, np.ndarray], repeats: int, threads: int
+) -> list[dict[str, object]]:
+    """Per model its median and its fastest and slowest run (ms), every model timed in the
+    same rounds (timing.interleaved_ms); a path given twice is one model, timed once."""
+    unique = list(dict.fromkeys(paths))
+    runs = []
+    for path in unique:
+        session = cpu_session(path, threads)
+        runs.append(functools.partial(session.run, None, session_feeds(session, feeds)))
+    stats = {
+        path: {"median_ms": float(np.median(times)), "range_ms": [min(times), max(times)]}
+        for path, times in zip(unique, interleaved_ms(runs, repeats), strict=True)
+    }
+    return [stats[path] for path in paths]
+
+
 def compare_models(
     original: Path, rewritten: Path, inputs: ReportInputs
 ) -> tuple[list[dict], list[dict], list[Block]]:
@@ -186,14 +204,26 @@ def build_report(
     threads: int = 0,
     sweep: Mapping | None = None,
     plan: Mapping | None = None,
+    sweep_models: Sequence[Path] = (),
 ) -> dict:
     """The whole report; `fallbacks` maps block output names to why they kept exact, `plan`
-    is `--method auto`'s per-head plan (report.run.plan_of)."""
+    is `--method auto`'s per-head plan (report.run.plan_of), `sweep_models` the model of
+    each sweep point, timed in the same rounds as the original and the rewritten one."""
     outputs, blocks, _ = compare_models(original, rewritten, inputs)
     for row in blocks:
         row["fallback"] = (fallbacks or {}).get(row["output"])
-    original_ms = latency_ms(original, inputs.feeds, repeats, threads)
-    rewritten_ms = latency_ms(rewritten, inputs.feeds, repeats, threads)
+    timed_paths = [original, rewritten, *sweep_models]
+    timed = latencies(timed_paths, inputs.feeds, repeats, threads)
+    (before, after), points = timed[:2], timed[2:]
+    original_ms, rewritten_ms = before["median_ms"], after["median_ms"]
+    if sweep is not None:
+        sweep = {
+            **sweep,
+            "points": [
+                {**p, "rewritten_ms": t["median_ms"], "rewritten_range_ms": t["range_ms"]}
+                for p, t in zip(sweep["points"], points, strict=True)
+            ],
+        }
     worst = max(blocks, key=lambda b: b["relative_l2"], default=None)
     return _strict_json(
         {
@@ -211,6 +241,9 @@ def build_report(
                 "speedup": original_ms / rewritten_ms if rewritten_ms > 0 else None,
                 "repeats": repeats,
                 "threads": threads or (os.cpu_count() or 1),
+                "original_range_ms": before["range_ms"],
+                "rewritten_range_ms": after["range_ms"],
+                "models_timed_together": len(dict.fromkeys(timed_paths)),
             },
             "sweep": dict(sweep) if sweep is not None else None,
             "plan": dict(plan) if plan is not None else None,
@@ -240,9 +273,8 @@ def _method_of(blocks: Sequence[dict]) -> dict | None:
     return {"name": chosen[0]["method"], "params": chosen[0]["params"]} if chosen else None
 
 
-def sweep_point(
-    original: Path, rewritten: Path, inputs: ReportInputs, value: object, repeats: int, threads: int
-) -> dict:
+def sweep_point(original: Path, rewritten: Path, inputs: ReportInputs, value: object) -> dict:
+    """The accuracy of one sweep point; build_report adds its timing."""
     outputs, blocks, _ = compare_models(original, rewritten, inputs)
     logits = [o["logits"] for o in outputs if o["logits"] is not None]
     return {
@@ -250,5 +282,4 @@ def sweep_point(
         "outputs_relative_l2": max((o["relative_l2"] for o in outputs), default=0.0),
         "top1_agreement": logits[0]["top1_agreement"] if logits else None,
         "blocks_relative_l2": [b["relative_l2"] for b in blocks],
-        "rewritten_ms": latency_ms(rewritten, inputs.feeds, repeats, threads),
     }

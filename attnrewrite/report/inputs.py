@@ -64,11 +64,25 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in model.graph.input if v.name not in initializers]
 
 
+def _signature(model: onnx.ModelProto) -> str:
+    """`input_ids int64 [batch, seq], attention_mask int64 [batch, seq]`."""
+    parts = []
+    for value in graph_inputs(model):
+        tensor = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        dims = ", ".join(d.dim_param or str(d.dim_value) for d in tensor.shape.dim)
+        parts.append(f"{value.name} {dtype} [{dims}]")
+    return ", ".join(parts)
+
+
 def check_fits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str) -> None:
     """Every model input present with its rank, element type and fixed sizes."""
     for value in graph_inputs(model):
         if value.name not in feeds:
-            raise AttnRewriteError(f"{label} has no input '{value.name}' that the model needs")
+            raise AttnRewriteError(
+                f"{label} has no input '{value.name}' that the model needs (it holds "
+                f"{', '.join(sorted(feeds)) or 'nothing'}; the model takes {_signature(model)})"
+            )
         array = feeds[value.name]
         tensor = value.type.tensor_type
         want = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)

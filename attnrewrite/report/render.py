@@ -50,6 +50,13 @@ def fmt_ms(value: float | None) -> str:
     return NA if value is None else f"{value:.2f} ms"
 
 
+def fmt_timing(median: float | None, spread: Sequence[float] | None) -> str:
+    """A median latency with the fastest and slowest run: `12.30 ms (11.92–13.05)`."""
+    if median is None or not spread:
+        return fmt_ms(median)
+    return f"{fmt_ms(median)} ({spread[0]:.2f}–{spread[1]:.2f})"
+
+
 def fmt_speedup(value: float | None) -> str:
     """A speed-up factor: 1.52×."""
     return NA if value is None else f"{value:.2f}×"
@@ -109,7 +116,9 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str]]:
     worst_output = max(
         report.get("outputs", []), key=lambda o: _sort_key(o["relative_l2"]), default=None
     )
-    items = [
+    verdict = report.get("verdict")
+    items = [("Verdict", verdict["line"])] if verdict else []
+    items += [
         ("Method", fmt_method(report.get("method"))),
         (
             "Worst output relative L2",
@@ -217,14 +226,14 @@ def blocks_table(report: dict[str, Any]) -> Table:
 
 
 def latency_table(report: dict[str, Any]) -> Table:
-    """Original and rewritten latency in one row."""
+    """Original and rewritten latency in one row: medians, with the fastest and slowest run."""
     latency = report.get("latency") or {}
     header = ["Original", "Rewritten", "Speed-up", "Repeats", "Threads"]
     if not latency:
         return header, [], []
     row = [
-        fmt_ms(latency.get("original_ms")),
-        fmt_ms(latency.get("rewritten_ms")),
+        fmt_timing(latency.get("original_ms"), latency.get("original_range_ms")),
+        fmt_timing(latency.get("rewritten_ms"), latency.get("rewritten_range_ms")),
         fmt_speedup(latency.get("speedup")),
         str(latency.get("repeats", NA)),
         str(latency.get("threads", NA)),
@@ -232,24 +241,47 @@ def latency_table(report: dict[str, Any]) -> Table:
     return header, [row], [False]
 
 
+def latency_note(report: dict[str, Any]) -> str:
+    """How the latencies were taken, so numbers in different tables can be compared."""
+    latency = report.get("latency") or {}
+    together = latency.get("models_timed_together")
+    rounds = (
+        f" All {together} models of this report (original, rewritten"
+        + (", sweep points" if report.get("sweep") else "")
+        + ") were timed in the same rounds, one run each per round, so their numbers compare."
+        if together
+        else ""
+    )
+    return (
+        f"Wall time of one run in onnxruntime on {latency.get('threads', '?')} thread(s): the "
+        f"median of {latency.get('repeats', '?')} runs after a warm-up, with the fastest and "
+        f"slowest run in brackets.{rounds}"
+    )
+
+
 def sweep_table(report: dict[str, Any]) -> Table | None:
     """One row per sweep point, or None without a sweep."""
     sweep = report.get("sweep")
     if not sweep:
         return None
+    original_ms = (report.get("latency") or {}).get("original_ms")
     header = [sweep["param"], "Outputs relative L2", "Top-1", "Worst block relative L2"]
-    header += ["Rewritten", "Status"]
+    header += ["Rewritten", "Speed-up", "Status"]
     rows, flags = [], []
     for point in sweep["points"]:
         worst = max(point.get("blocks_relative_l2") or [], key=_sort_key, default=None)
         flagged = is_flagged(point["outputs_relative_l2"]) or is_flagged(worst)
+        point_ms = point.get("rewritten_ms")
+        speedup = original_ms / point_ms if original_ms and point_ms else None
+        same = " = the rewritten model" if point.get("same_model_as_rewritten") else ""
         rows.append(
             [
-                str(point["value"]),
+                f"{point['value']}{same}",
                 fmt_error(point["outputs_relative_l2"]),
                 fmt_fraction(point.get("top1_agreement")),
                 fmt_error(worst),
-                fmt_ms(point.get("rewritten_ms")),
+                fmt_timing(point_ms, point.get("rewritten_range_ms")),
+                fmt_speedup(speedup),
                 WARNING if flagged else "ok",
             ]
         )
@@ -296,16 +328,33 @@ def plan_note(report: dict[str, Any]) -> str:
         f"Per-head plan for a budget of {plan['max_error']:g}, chosen on calibration inputs at "
         f"n={plan['calibration_seq_len']} and checked on held-out rows (relative L2 "
         f"{fmt_error(held['relative_l2'])}, top-1 disagreement "
-        f"{fmt_fraction(held['top1_disagreement'])}); predicted attention cost "
-        f"{plan['relative_cost']:.2f}x exact at n={plan['cost_seq_len']}. Errors are the worst "
-        "head of each group: at calibration (the head alone, on exact inputs), and here (in "
-        "the rewritten model, so earlier blocks' errors are included)."
+        f"{fmt_fraction(held['top1_disagreement'])}); predicted attention time "
+        f"{plan['relative_cost']:.2f}x the original's at n={plan['cost_seq_len']} (each node "
+        f"timed alone: {plan['predicted_ms']:.1f} against {plan['original_ms']:.1f} ms), "
+        f"{fmt_fraction(plan['flops_removed'])} of its attention flops removed. The budget bounds "
+        "the whole model's error (relative L2 of every output, top-1 disagreement of logits), "
+        "not each head's: a head's error is diluted by the rest of its block and the model, so "
+        "heads above the budget are expected. Errors are the worst head of each group: at "
+        "calibration (the head alone, on exact inputs), and here (in the rewritten model, so "
+        "earlier blocks' errors are included)."
     )
 
 
 def flagged_blocks(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Blocks whose relative L2 error is flagged."""
     return [b for b in report.get("blocks", []) if is_flagged(b["relative_l2"])]
+
+
+def warnings(report: dict[str, Any]) -> list[str]:
+    """What the reader must not miss: flagged blocks, then the verdict's warnings."""
+    found = []
+    flagged = flagged_blocks(report)
+    if flagged:
+        names = ", ".join(
+            f"#{b['index']} {b['name']} ({fmt_error(b['relative_l2'])})" for b in flagged
+        )
+        found.append(f"{len(flagged)} block(s) above relative L2 {WARN_RELATIVE_L2}: {names}")
+    return found + list((report.get("verdict") or {}).get("warnings", []))
 
 
 def environment_line(report: dict[str, Any]) -> str:
@@ -344,15 +393,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"## attnrewrite report: {fmt_method(report.get('method'))}", ""]
     lines += [f"- **{label}:** {value}" for label, value in headline(report)]
     lines += ["", measured_note(report), ""]
-    flagged = flagged_blocks(report)
-    if flagged:
-        names = ", ".join(
-            f"#{b['index']} {b['name']} ({fmt_error(b['relative_l2'])})" for b in flagged
-        )
-        lines += [
-            f"> {WARNING}: {len(flagged)} block(s) above relative L2 {WARN_RELATIVE_L2}: {names}",
-            "",
-        ]
+    for warning in warnings(report):
+        lines += [f"> {WARNING}: {warning}", ""]
     lines += ["### Outputs", "", _md_table(outputs_table(report)), ""]
     lines += ["### Attention blocks", ""]
     blocks = blocks_table(report)
@@ -360,7 +402,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     plan = plan_table(report)
     if plan is not None:
         lines += ["### Per-head plan", "", plan_note(report), "", _md_table(plan), ""]
-    lines += ["### Latency", "", _md_table(latency_table(report)), ""]
+    lines += ["### Latency", "", latency_note(report), "", _md_table(latency_table(report)), ""]
     sweep = sweep_table(report)
     if sweep is not None:
         lines += [f"### Sweep over `{report['sweep']['param']}`", "", _md_table(sweep), ""]
@@ -391,11 +433,16 @@ def _figure_svg(figure: Any) -> str:
     return buffer.getvalue()
 
 
-def _set_error_scale(axes: Any, values: Sequence[float]) -> None:
-    """Log scale when positive errors span more than two decades."""
+def _error_axis(axes: Any, values: Sequence[float | None]) -> None:
+    """A linear axis from 0, so a small rise never looks like a large one; a log axis (said
+    in the label) when positive errors span more than two decades."""
     finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     if finite and max(finite) / min(finite) > 100:
         axes.set_yscale("log")
+        axes.set_ylabel("relative L2 (log scale)")
+    else:
+        axes.set_ylim(bottom=0)
+        axes.set_ylabel("relative L2")
 
 
 def _finite(values: Sequence[float | None]) -> list[float]:
@@ -413,8 +460,8 @@ def plot_block_bars(blocks: Sequence[dict[str, Any]]) -> Any:
     axes.bar(positions, _finite(errors), color=colors)
     axes.set_xticks(list(positions), [str(b["index"]) for b in blocks])
     axes.axhline(WARN_RELATIVE_L2, color="#c0392b", linestyle="--", linewidth=1, label="warning")
-    _set_error_scale(axes, [*errors, WARN_RELATIVE_L2])
-    axes.set(xlabel="block index", ylabel="relative L2", title="Error per attention block")
+    _error_axis(axes, [*errors, WARN_RELATIVE_L2])
+    axes.set(xlabel="block index", title="Error per attention block")
     axes.legend(loc="best", fontsize="small")
     return figure
 
@@ -429,8 +476,8 @@ def plot_block_line(blocks: Sequence[dict[str, Any]]) -> Any:
     )
     axes.axhline(WARN_RELATIVE_L2, color="#c0392b", linestyle="--", linewidth=1)
     axes.xaxis.get_major_locator().set_params(integer=True)
-    _set_error_scale(axes, [b["relative_l2"] for b in ordered])
-    axes.set(xlabel="layer (block index)", ylabel="relative L2", title="Error vs depth")
+    _error_axis(axes, [b["relative_l2"] for b in ordered])
+    axes.set(xlabel="layer (block index)", title="Error vs depth")
     return figure
 
 
@@ -476,8 +523,8 @@ def plot_sweep_error(sweep: dict[str, Any]) -> Any:
     axes.axhline(WARN_RELATIVE_L2, color="#c0392b", linestyle="--", linewidth=1)
     if labels:
         axes.set_xticks(x, labels)
-    _set_error_scale(axes, [*outputs, *worst])
-    axes.set(xlabel=sweep["param"], ylabel="relative L2", title=f"Error vs {sweep['param']}")
+    _error_axis(axes, [*outputs, *worst])
+    axes.set(xlabel=sweep["param"], title=f"Error vs {sweep['param']}")
     axes.legend(loc="best", fontsize="small")
     return figure
 
@@ -606,15 +653,8 @@ def render_html(report: dict[str, Any]) -> str:
         f'<ul class="headline">{items}</ul>',
         f'<p class="note">{_esc(measured_note(report))}</p>',
     ]
-    flagged = flagged_blocks(report)
-    if flagged:
-        names = ", ".join(
-            f"#{b['index']} {b['name']} ({fmt_error(b['relative_l2'])})" for b in flagged
-        )
-        parts.append(
-            f'<p class="warn-text">{_esc(WARNING)}: {len(flagged)} block(s) above relative L2 '
-            f"{WARN_RELATIVE_L2}: {_esc(names)}</p>"
-        )
+    for warning in warnings(report):
+        parts.append(f'<p class="warn-text">{_esc(WARNING)}: {_esc(warning)}</p>')
     plots = _html_plots(report)
     if plots:
         parts += ["<h2>Plots</h2>", plots]
@@ -626,7 +666,8 @@ def render_html(report: dict[str, Any]) -> str:
     if plan is not None:
         parts += ["<h2>Per-head plan</h2>", f'<p class="note">{_esc(plan_note(report))}</p>']
         parts.append(_html_table(plan))
-    parts += ["<h2>Latency</h2>", _html_table(latency_table(report))]
+    parts += ["<h2>Latency</h2>", f'<p class="note">{_esc(latency_note(report))}</p>']
+    parts.append(_html_table(latency_table(report)))
     sweep = sweep_table(report)
     if sweep is not None:
         parts += [f"<h2>Sweep over {_esc(report['sweep']['param'])}</h2>", _html_table(sweep)]

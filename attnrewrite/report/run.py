@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.loading import load_proto
 from attnrewrite.pipeline import rewrite_model
@@ -15,10 +15,9 @@ from attnrewrite.progress import steps
 from attnrewrite.report.build import build_report, sweep_point
 from attnrewrite.report.inputs import ReportInputs, from_npz, from_text, generated
 from attnrewrite.report.render import write_report
+from attnrewrite.report.verdict import Gates, judge
 from attnrewrite.substitute.methods import get_method
 
-REPORT_SEQ_LEN = 64  # small models often have 64 positions: pass the target length
-REPORT_BATCH = 2
 MAX_SWEEP = 16  # values of --sweep: each is a rewrite and a report run
 
 
@@ -83,6 +82,9 @@ def plan_of(record: dict) -> dict | None:
         "calibration_seq_len": auto["calibration_seq_len"],
         "cost_seq_len": auto["cost_seq_len"],
         "relative_cost": auto["relative_cost"],
+        "predicted_ms": auto["predicted_ms"],
+        "original_ms": auto["original_ms"],
+        "flops_removed": auto["flops_removed"],
         "held_out": auto["held_out"],
         "heads": [
             {
@@ -91,7 +93,8 @@ def plan_of(record: dict) -> dict | None:
                 "method": h["method"],
                 "params": h["params"],
                 "calibration_error": h["error"],
-                "cost_flops": h["cost_flops"],
+                "cost_ms": h["cost_ms"],
+                "flops": h["flops"],
                 "relative_cost": h["relative_cost"],
             }
             for h in auto["heads"]
@@ -107,47 +110,61 @@ def report(
     method: dict | None = None,
     sweep: Sweep | None = None,
     repeats: int = 5,
+    gates: Gates | None = None,
 ) -> tuple[dict, list[Path]]:
-    """Compare, optionally sweep, and write report.json/.md/.html into `out_dir`."""
-    sweep_part = None
-    if sweep is not None:
-        if method is None:
-            raise AttnRewriteError("--sweep needs the method the model was rewritten with")
-        sweep_part = {
-            "param": sweep.param,
-            "points": list(_sweep_points(original, inputs, method, sweep, repeats)),
-        }
+    """Compare, optionally sweep, judge against `gates`, and write report.json/.md/.html into
+    `out_dir`. The sweep's models live until every model has been timed, in the same rounds."""
+    if sweep is not None and method is None:
+        raise AttnRewriteError("--sweep needs the method the model was rewritten with")
     record = _rewrite_record(rewritten)
-    result = build_report(
-        original,
-        rewritten,
-        inputs,
-        method=method,
-        fallbacks=fallbacks_of(record),
-        plan=plan_of(record),
-        repeats=repeats,
-        sweep=sweep_part,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep_part, sweep_models = None, []
+        if sweep is not None and method is not None:
+            points, sweep_models = _sweep_points(
+                original, rewritten, inputs, method, sweep, Path(tmp)
+            )
+            sweep_part = {"param": sweep.param, "points": points}
+        result = build_report(
+            original,
+            rewritten,
+            inputs,
+            method=method,
+            fallbacks=fallbacks_of(record),
+            plan=plan_of(record),
+            repeats=repeats,
+            sweep=sweep_part,
+            sweep_models=sweep_models,
+        )
     if rewritten.parent == out_dir:  # beside the report: named so, wherever the folder moves
         result["models"]["rewritten"] = rewritten.name
+    result["verdict"] = judge(result, gates or Gates())
     return result, write_report(result, out_dir)
 
 
 def _sweep_points(
-    original: Path, inputs: ReportInputs, method: dict, sweep: Sweep, repeats: int
-) -> Sequence[dict]:
-    points = []
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        steps(f"sweeping {sweep.param}", len(sweep.values)) as advance,
-    ):
+    original: Path,
+    rewritten: Path,
+    inputs: ReportInputs,
+    method: dict,
+    sweep: Sweep,
+    folder: Path,
+) -> tuple[list[dict], list[Path]]:
+    """Each point's accuracy and model; the point with the rewritten model's own parameters
+    is that model, not a second copy timed apart."""
+    points, models = [], []
+    with steps(f"sweeping {sweep.param}", len(sweep.values)) as advance:
         for index, value in enumerate(sweep.values):
             params = {**method.get("params", {}), sweep.param: value}
             chosen = get_method(method["name"], params)
-            folder = Path(tmp) / str(index)
-            rewrite_model(original, chosen, folder, verify=False)
-            point = sweep_point(original, folder / "model.onnx", inputs, value, repeats, 0)
+            model = folder / str(index) / "model.onnx"
+            if chosen.params == method.get("params"):
+                model = rewritten
+            else:
+                rewrite_model(original, chosen, model.parent, verify=False)
+            point = sweep_point(original, model, inputs, value)
             point["value"] = chosen.params[sweep.param]
+            point["same_model_as_rewritten"] = model == rewritten
             points.append(point)
+            models.append(model)
             advance(f"{sweep.param}={value}")
-    return points
+    return points, models

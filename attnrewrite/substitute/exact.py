@@ -1,5 +1,15 @@
 """The exact method: the same attention, one node. Its parity with the original model
-proves the match captured q, k, v, scale and mask."""
+proves the match captured q, k, v, scale and mask.
+
+Causal attention is computed in ``chunks`` query chunks (reference:
+`attnrewrite.methods.exact`): chunk c of ceil(Sq / chunks) queries multiplies only the keys its
+last query can see (and, with a model window, none before its first query's window), so about
+(chunks - 1) / (2 chunks) of the score matrix, its softmax and its memory are never computed.
+Each chunk is the plain masked softmax of its rows, so the outputs are the same numbers.
+Chunk bounds are computed at run time (Slice clamps them), so every length works; chunks past
+the queries are empty tensors. The causal mask is one small additive [rows, keys] tensor per
+chunk (a broadcast Add of 0 / lowest is 2-3x cheaper than a broadcast Where on the scores).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,15 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from attnrewrite.substitute.body import Body, Params, causal_allowed, repeat_kv, swap_last_two
+from attnrewrite.substitute.body import (
+    Body,
+    Params,
+    dim,
+    repeat_kv,
+    swap_last_two,
+    unsqueeze,
+    vec,
+)
 from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
@@ -15,24 +33,92 @@ from attnrewrite.substitute.signature import Signature
 def exact_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     """softmax(scale * q k^T + mask) v, with the original's softmax precision."""
     query, key, value = inputs[:3]
+    mask = inputs[3] if sig.bias != "none" else None
     scale = b.float_attr("scale")
     if sig.dtype != ir.DataType.FLOAT:
         scale = b.op("Cast", scale, to=sig.dtype)
     scaled = b.op("Mul", query, scale)
     if sig.kv_repeat:
         key, value = repeat_kv(b, key, query), repeat_kv(b, value, query)
+    chunks = int(params["chunks"])
+    if not sig.causal:
+        return _attend(b, sig, scaled, key, value, mask, None)
+    if chunks == 1:
+        rows = Rows(b.const(0), dim(b, query, -2), b.const(0), dim(b, key, -2))
+        return _attend(b, sig, scaled, key, value, mask, rows)
+    q_len, kv_len = dim(b, query, -2), dim(b, key, -2)
+    size = b.op("Div", b.op("Add", q_len, b.const(chunks - 1)), b.const(chunks))
+    offset = b.op("Sub", kv_len, q_len)
+    zero = b.const(0)
+    outputs = []
+    for index in range(chunks):
+        start = b.op("Min", b.op("Mul", size, b.const(index)), q_len)
+        end = b.op("Min", b.op("Mul", size, b.const(index + 1)), q_len)
+        key_end = b.op("Max", b.op("Min", b.op("Add", end, offset), kv_len), zero)
+        key_start = zero
+        if sig.window:
+            first = b.op("Sub", b.op("Add", start, offset), b.int_attr("window"))
+            key_start = b.op("Min", b.op("Max", b.op("Add", first, b.const(1)), zero), key_end)
+        rows = Rows(start, end, key_start, key_end)
+        outputs.append(
+            _attend(
+                b,
+                sig,
+                _slice(b, scaled, start, end),
+                _slice(b, key, key_start, key_end),
+                _slice(b, value, key_start, key_end),
+                None if mask is None else _mask_part(b, mask, rows),
+                rows,
+            )
+        )
+    return b.op("Concat", *outputs, axis=-2)
+
+
+class Rows:
+    """Which queries [start, end) and keys [key_start, key_end) one causal chunk covers."""
+
+    def __init__(
+        self, start: ir.Value, end: ir.Value, key_start: ir.Value, key_end: ir.Value
+    ) -> None:
+        self.start, self.end, self.key_start, self.key_end = start, end, key_start, key_end
+
+
+def _slice(b: Body, x: ir.Value, start: ir.Value, end: ir.Value) -> ir.Value:
+    return b.op("Slice", x, vec(b, start), vec(b, end), b.const([-2]))
+
+
+def _attend(
+    b: Body,
+    sig: Signature,
+    scaled: ir.Value,
+    key: ir.Value,
+    value: ir.Value,
+    mask: ir.Value | None,
+    rows: Rows | None,
+) -> ir.Value:
+    """Masked softmax attention of these queries on these keys (rows: their causal bounds;
+    the mask already cut to them)."""
     scores = b.op("MatMul", scaled, b.op("Transpose", key, perm=swap_last_two(sig.rank)))
     compute = sig.compute_dtype
     if compute != sig.dtype:
         scores = b.op("Cast", scores, to=compute)
     keep = None
     if sig.bias == "additive":
-        scores = b.op("Add", scores, b.op("Cast", inputs[3], to=compute))
+        scores = b.op("Add", scores, b.op("Cast", mask, to=compute))
     elif sig.bias == "keep":
-        keep = inputs[3]
-    if sig.causal:
-        allowed = causal_allowed(b, query, key, sig.window)
-        keep = allowed if keep is None else b.op("And", keep, allowed)
+        keep = mask
+    if rows is not None:
+        allowed = _causal(b, sig, rows)
+        if keep is None:
+            hidden = b.op(
+                "Where",
+                allowed,
+                b.op("Cast", b.const(0.0, "float32"), to=compute),
+                b.lowest(compute),
+            )
+            scores = b.op("Add", scores, hidden)
+        else:
+            keep = b.op("And", keep, allowed)
     if keep is not None:
         scores = b.op("Where", keep, scores, b.lowest(compute))
     probs = b.op("Softmax", scores, axis=-1)
@@ -44,4 +130,30 @@ def exact_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Para
     return b.op("MatMul", probs, value)
 
 
-BODY = MethodBody("ExactAttention", exact_body)
+def _causal(b: Body, sig: Signature, rows: Rows) -> ir.Value:
+    """Bool [rows, keys]: query i (key position i + Skv - Sq) sees key j <= its position, and
+    j > position - window under a model window."""
+    offset = b.op("Sub", rows.key_end, rows.end)  # = Skv - Sq while the chunk has keys
+    positions = b.op("Add", b.op("Range", rows.start, rows.end, b.const(1)), offset)
+    cols = b.op("Range", rows.key_start, rows.key_end, b.const(1))
+    last = unsqueeze(b, positions, 1)
+    allowed = b.op("Not", b.op("Greater", cols, last))
+    if sig.window:
+        allowed = b.op(
+            "And", allowed, b.op("Greater", cols, b.op("Sub", last, b.int_attr("window")))
+        )
+    return allowed
+
+
+def _mask_part(b: Body, mask: ir.Value, rows: Rows) -> ir.Value:
+    """The mask's entries for this chunk: its rows [start, end) and keys [key_start, key_end),
+    an axis of size 1 (broadcast) read at 0."""
+    last_row = b.op("Sub", dim(b, mask, -2), b.const(1))
+    last_col = b.op("Sub", dim(b, mask, -1), b.const(1))
+    row_index = b.op("Min", b.op("Range", rows.start, rows.end, b.const(1)), last_row)
+    col_index = b.op("Min", b.op("Range", rows.key_start, rows.key_end, b.const(1)), last_col)
+    picked = b.op("Gather", mask, row_index, axis=-2)
+    return b.op("Gather", picked, col_index, axis=-1)
+
+
+BODY = MethodBody("ExactAttention", exact_body, structural=("chunks",))

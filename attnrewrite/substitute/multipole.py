@@ -92,6 +92,7 @@ def _chunks(
 
 def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     m, coarse, levels = int(params["block"]), int(params["coarse"]), int(params["levels"])
+    n_sinks = int(params["sinks"])
     operands = inputs[:3] if sig.dtype == F32 else [b.op("Cast", x, to=F32) for x in inputs[:3]]
     query, key, value = (to_rank4(b, x, sig.rank) for x in operands)
     if sig.kv_repeat:
@@ -133,11 +134,19 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
         allowed = b.op("And", unsqueeze(b, valid, 1), seen)  # [nq, m, S*m]
     else:
         allowed = unsqueeze(b, valid, 1)  # [nq, 1, S*m]
-    weights = None
+    weights = None  # per-key weights [Bw, Hw, Skv] (the mask's, sinks taken out), or none
     if sig.bias != "none":
         w4 = key_weights(b, sig, inputs[3], F32)
         w4 = b.op("Add", w4, b.const(np.zeros((1, 1, 1, 1)), np.float32))  # rank 4
         weights = b.op("Squeeze", w4, b.const([2]))  # [Bw, Hw, Skv]
+    sink_idx = sink_bias = None
+    if n_sinks:
+        positions = b.op("Range", zero, kv_len, one)
+        pooled = b.op("Cast", b.op("GreaterOrEqual", positions, b.const(n_sinks)), to=F32)
+        sink_idx, sink_bias = _sinks(b, sig, n_sinks, weights, kv_len, qpos if sig.causal else None)
+        pooled = b.op("Reshape", pooled, b.const([1, 1, -1]))
+        weights = pooled if weights is None else b.op("Mul", weights, pooled)
+    if weights is not None:
         gathered = unsqueeze(b, b.op("Gather", weights, near_idx, axis=2), 3)
         near_bias = b.op("Log", b.op("Mul", gathered, b.op("Cast", allowed, to=F32)))
     else:
@@ -242,6 +251,12 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
         b.op("Add", b.op("Range", zero, b.op("Squeeze", n_far, b.const([0])), one), kv_len),
     )
     every = b.op("Concat", near_idx, far_idx, axis=1)  # [nq, S*m + K]
+    if sink_idx is not None:  # then the sinks: [nq, S*m + K + sinks]
+        per_block = b.op("Concat", vec(b, nq), b.const([1]), axis=0)
+        every = b.op("Concat", every, b.op("Expand", unsqueeze(b, sink_idx, 0), per_block), axis=1)
+        lead_dims = b.op("Slice", b.op("Shape", bias), b.const([0]), b.const([-1]))
+        sink_shape = b.op("Concat", lead_dims, b.const([n_sinks]), axis=0)
+        bias = b.op("Concat", bias, b.op("Expand", sink_bias, sink_shape), axis=-1)
 
     def interactions(tokens: ir.Value, weighted: ir.Value) -> ir.Value:
         mean = b.op("Div", between(prefix(chunk_sums(weighted), 4)), safe)
@@ -275,9 +290,34 @@ def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: 
     return from_rank4(b, out, sig.rank)
 
 
+def _sinks(
+    b: Body,
+    sig: Signature,
+    n_sinks: int,
+    weights: ir.Value | None,
+    kv_len: ir.Value,
+    qpos: ir.Value | None,
+) -> tuple[ir.Value, ir.Value]:
+    """Token indices [sinks] of the sink keys and their logit bias: [.., nq, m, sinks] (causal:
+    -inf where the query may not see the sink yet), or [.., 1, 1, sinks]; the mask's weight
+    enters as its log, a sink past the keys gets -inf."""
+    idx = b.op("Range", b.const(0), b.const(n_sinks), b.const(1))
+    valid = b.op("Cast", b.op("Less", idx, kv_len), to=F32)  # [sinks]
+    clamped = b.op("Min", idx, b.op("Sub", kv_len, b.const(1)))
+    if qpos is not None:
+        seen = b.op("LessOrEqual", b.op("Reshape", idx, b.const([1, 1, -1])), unsqueeze(b, qpos, 2))
+        valid = b.op("Mul", valid, b.op("Cast", seen, to=F32))  # [nq, m, sinks]
+    else:
+        valid = b.op("Reshape", valid, b.const([1, 1, -1]))
+    if weights is not None:
+        own = unsqueeze(b, b.op("Gather", weights, clamped, axis=2), 2)  # [Bw, Hw, 1, sinks]
+        valid = b.op("Mul", valid, unsqueeze(b, own, 2))
+    return clamped, b.op("Log", valid)
+
+
 BODY = MethodBody(
     "MultipoleAttention",
     multipole_body,
-    structural=("block", "coarse", "levels"),
+    structural=("block", "coarse", "levels", "sinks"),
     limits=limits,
 )

@@ -90,6 +90,8 @@ def _rewrite_block(
 ) -> Rewritten | Failed:
     """The method (or the per-head plan) where it can, exact with the reason where not."""
     sig = Signature.of(match)
+    if groups and len(groups) == 1 and sorted(groups[0].heads) == list(range(match.q_heads or 0)):
+        method, groups = groups[0].method, None  # one method for every head: one plain node
     try:
         if groups:
             safe = [

@@ -440,6 +440,19 @@ def strip_repeat(k: fx.Node, v: fx.Node) -> tuple[fx.Node, fx.Node, bool]:
     return k, v, False
 
 
+def whole_slices_skipped(x: object) -> object:
+    """Through slices that keep the whole axis: `kv[:, :, None]` traced with dynamic shapes
+    leaves them between the unsqueeze and the expand (static tracing drops them)."""
+    while (
+        isinstance(x, fx.Node)
+        and x.target is aten.slice.Tensor
+        and isinstance(x.args[0], fx.Node)
+        and shape(x) == shape(x.args[0])
+    ):
+        x = x.args[0]
+    return x
+
+
 def unrepeat(x: fx.Node) -> tuple[fx.Node, int]:
     """reshape(expand(unsqueeze(kv, 2))) or repeat_interleave(kv, g, 1) -> (kv, g)."""
     if x.target is aten.repeat_interleave.self_int:
@@ -453,7 +466,7 @@ def unrepeat(x: fx.Node) -> tuple[fx.Node, int]:
     expand = x.args[0]
     if not isinstance(expand, fx.Node) or expand.target is not aten.expand.default:
         return x, 1
-    unsq = expand.args[0]
+    unsq = whole_slices_skipped(expand.args[0])
     if not isinstance(unsq, fx.Node):
         return x, 1
     es, out = shape(expand), shape(x)

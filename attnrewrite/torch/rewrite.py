@@ -23,7 +23,7 @@ from attnrewrite.match import MaskKind, Refusal, describe_block
 from attnrewrite.methods.exact import as_4d, bias_logits, positions_mask
 from attnrewrite.torch.block import AttentionBlock, fold_causal
 from attnrewrite.torch.find import IGNORED_USERS, Candidate, find, shape
-from attnrewrite.torch.trace import ExampleInputs, split_inputs, trace
+from attnrewrite.torch.trace import AUTO, ExampleInputs, split_inputs, trace
 
 GRAPH = "main"
 
@@ -140,7 +140,7 @@ def rewrite(
     method: str = "exact",
     *,
     strict: bool | None = None,
-    dynamic_shapes: Any = None,
+    dynamic_shapes: Any = AUTO,
     **params: object,
 ) -> TorchRewrite:
     """Trace `model` on `example_inputs` (a dict of keyword arguments, a tuple of positional
@@ -148,10 +148,14 @@ def rewrite(
     ``attnrewrite.methods``). A block whose mask the method cannot honour runs exact attention
     and says why (``matches[i].fallback``).
 
+    ``dynamic_shapes`` (torch.export's): by default every axis of every tensor input is
+    dynamic where the model allows (see trace.py), so the result runs at any sequence length
+    and batch size; None traces the example's shapes only.
+
     Masks stay exact at any input: one computed from the inputs (padding) is always passed on
     as a tensor (folded to its key-wise part when causal); one computed from shapes alone is
-    replaced by is_causal / window only for static shapes (with ``dynamic_shapes``, torch.export's,
-    it is kept as a tensor too). Whether the method can run a block is decided on the example:
+    replaced by is_causal / window only when every shape is static (otherwise it is kept as
+    a tensor too). Whether the method can run a block is decided on the example:
     a mask that is key-wise there but varies per query at another input makes a method without
     full-bias support raise ValueError at that call (loudly, never a silent approximation)."""
     try:
@@ -175,8 +179,9 @@ def rewrite(
     gm.graph.lint()
     gm.recompile()
     records = _probe(gm, blocks, example_inputs)
+    dynamic = bool(program.range_constraints)  # some input axis stayed symbolic
     matches = tuple(
-        _settle(block, cand, rec, method, resolved, dynamic_shapes is not None)
+        _settle(block, cand, rec, method, resolved, dynamic)
         for block, cand, rec in zip(blocks, candidates, records, strict=True)
     )
     signature = None if isinstance(model, torch.export.ExportedProgram) else _signature(model)

@@ -19,10 +19,10 @@ from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec, attention_layer
 from attnrewrite.loading import prepare_proto
 from attnrewrite.patterns import find_attention
-from attnrewrite.substitute.body import build_function
 from attnrewrite.substitute.methods import Method, get_method
 from attnrewrite.substitute.rewrite import SubstituteResult, substitute
 from attnrewrite.substitute.signature import Signature
+from attnrewrite.substitute.standalone import node_model
 
 SMALL = {"heads": 2, "kv_heads": 2, "head_dim": 8}  # layers small enough for many lengths
 SMALL_SPECS = {
@@ -126,39 +126,7 @@ def body_error(
     return relative_error(reference(spec, method, params, feeds), out)
 
 
-def function_model(
-    method: Method, sig: Signature, causal: bool, opset: int = 18
-) -> onnx.ModelProto:
-    """One node of the method over graph inputs query/key/value[/mask], through its function."""
-    overload = method.overload(sig)
-    function = build_function(
-        method.op_type, sig, opset, method.attributes(), method.body.build, method.params, overload
-    )
-    names = ["query", "key", "value"] + (["mask"] if sig.bias != "none" else [])
-    node = onnx.helper.make_node(
-        method.op_type,
-        names,
-        ["output"],
-        domain="attnrewrite",
-        scale=0.3,
-        is_causal=int(causal),
-        **method.params,
-    )
-    node.overload = overload
-    tensor = onnx.TensorProto.FLOAT
-    types = {"mask": onnx.TensorProto.BOOL if sig.bias == "keep" else tensor}
-    graph = onnx.helper.make_graph(
-        [node],
-        "direct",
-        [onnx.helper.make_tensor_value_info(n, types.get(n, tensor), None) for n in names],
-        [onnx.helper.make_tensor_value_info("output", tensor, None)],
-    )
-    return onnx.helper.make_model(
-        graph,
-        opset_imports=[
-            onnx.helper.make_opsetid("", opset),
-            onnx.helper.make_opsetid("attnrewrite", 1),
-        ],
-        functions=[ir.serde.serialize_function(function)],
-        ir_version=10,
-    )
+def function_model(method: Method, sig: Signature, opset: int = 18) -> onnx.ModelProto:
+    """One node of the method over graph inputs query/key/value[/mask], through its function
+    (scale 0.3)."""
+    return node_model(method, sig, scale=0.3, opset=opset)

@@ -31,6 +31,8 @@ PARAMS = {
     "block4": {"block": 4},
     "block4_coarse2_levels2": {"block": 4, "coarse": 2, "levels": 2},
     "block6_coarse3_levels1": {"block": 6, "coarse": 3, "levels": 1},
+    "block4_no_sinks": {"block": 4, "sinks": 0},
+    "block4_sinks11": {"block": 4, "coarse": 2, "sinks": 11},  # sinks across several blocks
 }
 # (q_len, kv_len): a single token, small odd, several levels, KV cache, queries before keys
 LENGTHS = [(1, None), (7, None), (203, None), (5, 9), (3, 100), (9, 5)]
@@ -114,7 +116,7 @@ def test_rank3_operands(causal) -> None:
     """[B*H, S, d] operands, as some exporters write them, through the function directly."""
     method = get_method("multipole", {"block": 4, "coarse": 2})
     sig = Signature(3, ir.DataType.FLOAT, "none", False, causal, False, False, False, False)
-    model = function_model(method, sig, causal)
+    model = function_model(method, sig)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
     feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}

@@ -152,7 +152,7 @@ def test_rank3_operands_and_boolean_masks(causal, mask) -> None:
     method = get_method("window", params)
     bias, keywise = ("none", False) if mask == "none" else ("keep", mask == "keep_keys")
     sig = Signature(3, ir.DataType.FLOAT, bias, keywise, causal, False, False, False, False)
-    model = function_model(method, sig, causal)
+    model = function_model(method, sig)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
     feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}

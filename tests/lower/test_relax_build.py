@@ -78,15 +78,25 @@ def test_symbolic_dims_must_be_given(rewritten, tmp_path):
         build(rewritten, "llvm", tmp_path, dims={"seq": 11})
 
 
-def test_command_line_compiles_and_attnrewrite_load_runs(tmp_path) -> None:
-    """`attnrewrite MODEL --method exact --target llvm` then `attnrewrite.load(out).run`."""
+def test_command_line_compiles_and_attnrewrite_load_runs(tmp_path, capfd) -> None:
+    """`attnrewrite MODEL --method exact --target llvm` then `attnrewrite.load(out).run`;
+    TVM's own warnings (written by its C++ code to stderr) are not shown."""
     import attnrewrite
     from attnrewrite.cli import main
 
     out = tmp_path / "out"
     args = [str(EXAMPLE), "--method", "exact", "-o", str(out), "--target", "llvm"]
     assert main([*args, "--seq-len", "11", "--batch", "2"]) == 0
+    assert capfd.readouterr().err == ""
     inputs = feeds()
     got = attnrewrite.load(out).run(inputs)[0]
     want = ort.InferenceSession(str(out / "model.onnx")).run(None, inputs)[0]
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_verbose_shows_what_tvm_writes_to_stderr(tmp_path, capfd) -> None:
+    from attnrewrite.cli import main
+
+    args = [str(EXAMPLE), "--method", "exact", "-o", str(tmp_path / "out"), "--target", "llvm"]
+    assert main([*args, "--seq-len", "11", "--batch", "2", "--no-verify", "--verbose"]) == 0
+    assert "Warning: Detected pow(x, y)" in capfd.readouterr().err  # the compiler's C++ log

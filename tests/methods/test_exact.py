@@ -120,3 +120,27 @@ def test_malformed_calls_raise(shapes, kwargs, message):
     kwargs = {"is_causal": False, **kwargs}
     with pytest.raises(ValueError, match=message):
         exact.attention(q, k, v, scale=1.0, **kwargs)
+
+
+@pytest.mark.parametrize("chunks", [2, 5, 64])
+@pytest.mark.parametrize(
+    ("sq", "skv", "window"), [(24, 24, None), (5, 24, None), (24, 5, None), (10, 24, 6)]
+)
+def test_causal_chunks_compute_the_whole_matrix(chunks, sq, skv, window):
+    """Chunked causal attention is the whole masked matrix, bias cut per chunk included."""
+    q, k, v = rand_qkv(sq=sq, skv=skv)
+    bias = padding(skv, left=[2, 0], right=[0, 1])
+    whole = exact.attention(
+        q, k, v, scale=SCALE, is_causal=True, bias=bias, window=window, chunks=1
+    )
+    out = exact.attention(
+        q, k, v, scale=SCALE, is_causal=True, bias=bias, window=window, chunks=chunks
+    )
+    torch.testing.assert_close(out, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunks", [0, 65, 2.0, True])
+def test_chunks_out_of_range_are_refused(chunks):
+    q, k, v = rand_qkv()
+    with pytest.raises(ValueError, match="chunks"):
+        exact.attention(q, k, v, scale=SCALE, is_causal=True, chunks=chunks)

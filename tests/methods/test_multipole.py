@@ -110,3 +110,29 @@ def test_bad_parameters_raise(kwargs, message):
     q, k, v = rand_qkv()
     with pytest.raises(ValueError, match=message):
         multipole.attention(q, k, v, scale=1.0, is_causal=True, **kwargs)
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_sinks_converge_to_exact_as_they_cover_the_keys(is_causal):
+    q, k, v = rand_qkv(sq=40, skv=40)
+    ref = exact.attention(q, k, v, scale=SCALE, is_causal=is_causal)
+    errors = [
+        rel_err(
+            multipole.attention(q, k, v, scale=SCALE, is_causal=is_causal, block=4, sinks=s), ref
+        )
+        for s in (0, 8, 24, 40)
+    ]
+    assert errors[-1] < 1e-12 and errors[0] > 0.05
+    assert errors == sorted(errors, reverse=True), errors
+
+
+def test_sinks_keep_an_attention_sink_out_of_the_averages():
+    """A first key that takes most of the mass (trained LMs' attention sink) is averaged away
+    inside a far summary; as a sink it is attended exactly."""
+    q, k, v = local_qkv(256, amp=2.0)
+    k[..., 0, :] = q.mean(dim=2) * 10.0  # key 0 scores high for every query
+    v[..., 0, :] = 5.0
+    ref = exact.attention(q, k, v, scale=SCALE, is_causal=True)
+    pooled = rel_err(multipole.attention(q, k, v, scale=SCALE, is_causal=True, sinks=0), ref)
+    kept = rel_err(multipole.attention(q, k, v, scale=SCALE, is_causal=True, sinks=1), ref)
+    assert kept < 0.1 * pooled, (kept, pooled)

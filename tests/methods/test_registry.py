@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 
 import pytest
 import torch
@@ -21,12 +22,14 @@ def test_every_method_module_is_registered():
 
 
 def test_parameters_mirror_the_signatures():
+    """The registry declares the parameters without torch; the signatures repeat them."""
     for method in METHODS.values():
         sig = inspect.signature(method.attention).parameters
+        hints = typing.get_type_hints(method.attention)
         assert [p.name for p in method.params] == [n for n in sig if n not in COMMON]
         for p in method.params:
             assert p.default == sig[p.name].default
-            assert isinstance(p.default, p.kind) and p.help
+            assert hints[p.name] is p.kind and isinstance(p.default, p.kind) and p.help
             method.validate(**method.resolve())  # the defaults are valid
 
 
@@ -35,6 +38,7 @@ def test_resolve_coerces_cli_strings_and_validates():
         "block": 32,
         "coarse": 1,
         "levels": 2,
+        "sinks": 4,
     }
     assert get("convbasis").resolve({"tol": "0.5"})["tol"] == 0.5
     with pytest.raises(ValueError, match="power of two"):
@@ -64,3 +68,27 @@ def test_capability_flags_tell_the_truth():
             else:
                 with pytest.raises(ValueError):
                     method(q, k, v, scale=0.5, is_causal=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("multipole", {"block": 8}), ("convbasis", {"bases": 6}), ("window", {"width": 5})],
+)
+@pytest.mark.parametrize("causal", [True, False])
+def test_exact_up_to_is_the_length_up_to_which_a_method_is_exact(name, params, causal):
+    method = get(name)
+    resolved = method.resolve(params)
+    limit = int(method.exact_up_to(resolved))
+    beyond = limit + 1 + (resolved["sinks"] if name == "window" and causal else 0)
+    exact = get("exact")
+    for n, is_exact in ((limit, True), (beyond, False)):
+        q, k, v = rand_qkv(sq=n, skv=n)
+        out = method(q, k, v, scale=0.5, is_causal=causal, **params)
+        ref = exact(q, k, v, scale=0.5, is_causal=causal)
+        error = float((out - ref).norm() / ref.norm())
+        assert (error < 1e-12) == is_exact, (n, error)
+
+
+def test_exact_up_to_for_exact_and_polysketch():
+    assert get("exact").exact_up_to({}) == float("inf")
+    assert get("polysketch").exact_up_to(get("polysketch").resolve()) is None

@@ -43,12 +43,13 @@ def exact_report(tmp_path_factory) -> tuple[dict, Path]:
     return json.loads((out / "report.json").read_text()), tmp
 
 
-def test_report_follows_the_schema_and_exact_blocks_are_zero(exact_report) -> None:
+def test_report_follows_the_schema_and_exact_blocks_are_float_rounding(exact_report) -> None:
     report, tmp = exact_report
     jsonschema.validate(report, SCHEMA)
     assert report["inputs"]["source"] == "npz" and report["inputs"]["seq_len"] == 24
     assert len(report["blocks"]) == 2
-    assert all(b["relative_l2"] == 0.0 and b["method"] == "exact" for b in report["blocks"])
+    # chunked causal attention multiplies other matrix shapes: rounding, not 0
+    assert all(b["relative_l2"] <= 1e-6 and b["method"] == "exact" for b in report["blocks"])
     assert all(len(b["heads"]) == 4 for b in report["blocks"])
     assert (tmp / "exact" / "report.md").is_file() and (tmp / "exact" / "report.html").is_file()
 

@@ -25,21 +25,24 @@ def batch(labels: bool = True, padding: bool = True, seed: int = 0) -> dict[str,
     return out
 
 
-def transformer(arch: str, impl: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+def transformer(
+    arch: str, impl: str, dtype: torch.dtype = torch.float32, use_cache: bool = False
+) -> nn.Module:
+    """A one-layer model of `arch`; use_cache=True is transformers' default (a KV cache out)."""
     import transformers as T
 
     torch.manual_seed(0)
     if arch == "gpt2":
         cfg = T.GPT2Config(
             vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=1, n_head=2, n_inner=32,
-            use_cache=False, attn_implementation=impl,
+            use_cache=use_cache, attn_implementation=impl,
         )  # fmt: skip
         model = T.GPT2LMHeadModel(cfg)
     elif arch == "llama":  # grouped-query: 4 query heads share 2 kv heads
         cfg = T.LlamaConfig(
             vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-            use_cache=False, attn_implementation=impl,
+            use_cache=use_cache, attn_implementation=impl,
         )  # fmt: skip
         model = T.LlamaForCausalLM(cfg)
     elif arch == "bert":

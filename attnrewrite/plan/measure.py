@@ -1,0 +1,162 @@
+"""Every candidate's node on every block's captured operands, in onnxruntime: the error it
+makes on each head, and the time it takes.
+
+Errors: the node the rewrite would write (substitute.standalone), run on the block's captured
+q, k, v and mask, against the block's exact output; relative L2 per head over the batch. The
+bodies match their float64 references to 1e-5 (tests/bodies), so this is the reference's error
+as it will run, at a fraction of the reference's cost at long context.
+
+Costs: the same node timed on operands of the block's shapes at the target length, over one
+head and over all of them: time = fixed + per_head * heads, the fixed part being what a node
+costs whatever its width (the split penalty of a per-head plan). A flop count predicted
+conv-basis 30-80x too fast (onnxruntime's DFT) and said nothing of that overhead. Timings
+differ from run to run; a cost table kept in a file (`--costs`) makes plans repeatable and
+spares the timing on a second run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from attnrewrite.errors import AttnRewriteError
+from attnrewrite.plan.calibrate import BlockOperands
+from attnrewrite.plan.candidates import Candidate
+from attnrewrite.substitute.methods import get_method
+from attnrewrite.substitute.signature import Signature
+from attnrewrite.substitute.standalone import input_names, node_model
+from attnrewrite.timing import best_ms
+
+REPEATS = 3
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Time of one node of a candidate over h heads of a block: fixed_ms + per_head_ms * h."""
+
+    fixed_ms: float
+    per_head_ms: float
+
+    def ms(self, heads: int) -> float:
+        return self.fixed_ms + self.per_head_ms * heads
+
+
+class Bench:
+    """Candidate nodes in onnxruntime, one session per (candidate, signature, scale, window)."""
+
+    def __init__(self, opset: int, threads: int = 0, repeats: int = REPEATS) -> None:
+        self.opset, self.threads, self.repeats = opset, threads, repeats
+        self._sessions: dict[tuple, ort.InferenceSession] = {}
+        self.costs: dict[str, Cost] = {}  # what cost() measured or loaded, by node and shapes
+
+    def load(self, path: Path) -> None:
+        """Costs measured earlier (a file `save` wrote): those nodes are not timed again."""
+        try:
+            table = json.loads(path.read_text())
+            self.costs.update({k: Cost(**v) for k, v in table["costs"].items()})
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise AttnRewriteError(
+                f"{path} is not a cost table written by attnrewrite ({err})"
+            ) from None
+
+    def save(self, path: Path) -> None:
+        """Write every cost known so far (atomically: a failed write leaves the old file)."""
+        table = {"costs": {k: dataclasses.asdict(v) for k, v in sorted(self.costs.items())}}
+        staging = path.with_name(f".{path.name}.tmp")
+        staging.write_text(json.dumps(table, indent=1) + "\n")
+        os.replace(staging, path)
+
+    def _session(
+        self, candidate: Candidate, sig: Signature, scale: float, window: int | None, mask: str
+    ) -> ort.InferenceSession:
+        key = (candidate.label, sig, scale, window, mask)
+        if key not in self._sessions:
+            self._sessions[key] = self._new_session(candidate, sig, scale, window, mask)
+        return self._sessions[key]
+
+    def _new_session(
+        self, candidate: Candidate, sig: Signature, scale: float, window: int | None, mask: str
+    ) -> ort.InferenceSession:
+        method = get_method(candidate.method, candidate.params)
+        model = node_model(
+            method,
+            sig,
+            scale=scale,
+            window=window,
+            opset=self.opset,
+            mask_dtype=np.dtype(mask) if mask else None,
+        )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = self.threads
+        return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+
+    def _run(
+        self,
+        candidate: Candidate,
+        block: BlockOperands,
+        operands: Sequence[np.ndarray],
+        sig: Signature,
+    ) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+        mask = str(operands[3].dtype) if len(operands) > 3 else ""
+        session = self._session(candidate, sig, block.scale, block.window, mask)
+        return session, dict(zip(input_names(sig), operands, strict=True))
+
+    def errors(self, candidate: Candidate, block: BlockOperands) -> np.ndarray:
+        """Relative L2 error of each head's output against exact attention, [heads]."""
+        operands = [block.q, block.k, block.v] + ([block.mask] if block.mask is not None else [])
+        session, feeds = self._run(candidate, block, operands, block.signature)
+        out = session.run(None, feeds)[0].astype(np.float64)
+        exact = block.exact.astype(np.float64)
+        diff = np.linalg.norm((out - exact).transpose(1, 0, 2, 3).reshape(block.heads, -1), axis=1)
+        norm = np.linalg.norm(exact.transpose(1, 0, 2, 3).reshape(block.heads, -1), axis=1)
+        return np.where(norm > 0, diff / np.where(norm > 0, norm, 1.0), diff)
+
+    def cost(self, candidate: Candidate, block: BlockOperands, seq_len: int) -> Cost:
+        """The candidate's node timed over one head and over all heads of `block` at
+        `seq_len` (batch 1, key and value heads repeated as a per-head plan feeds them).
+        Blocks of the same shapes share the measurement."""
+        mask = "none" if block.mask is None else f"{block.mask.dtype}/{block.mask.shape[-2] == 1}"
+        key = (
+            f"{candidate.label} {block.signature.overload} heads={block.heads} "
+            f"d={block.q.shape[-1]}/{block.v.shape[-1]} mask={mask} n={seq_len} "
+            f"threads={self.threads}"
+        )
+        if key not in self.costs:
+            self.costs[key] = self._timed(candidate, block, seq_len)
+        return self.costs[key]
+
+    def _timed(self, candidate: Candidate, block: BlockOperands, seq_len: int) -> Cost:
+        sig = dataclasses.replace(block.signature, kv_repeat=False)
+        times = []
+        for heads in (1, block.heads):
+            operands = _synthetic(block, heads, seq_len)
+            session, feeds = self._run(candidate, block, operands, sig)
+            times.append(best_ms(lambda s=session, f=feeds: s.run(None, f), self.repeats))
+        one, every = times
+        per_head = max((every - one) / max(block.heads - 1, 1), 0.0)
+        return Cost(max(one - per_head, 0.0), per_head)
+
+
+def _synthetic(block: BlockOperands, heads: int, seq_len: int) -> list[np.ndarray]:
+    """Random operands shaped like the block's at `seq_len` (its mask all visible)."""
+    rng = np.random.default_rng(0)
+    d, dv = block.q.shape[-1], block.v.shape[-1]
+    dtype = block.q.dtype
+    q = rng.standard_normal((1, heads, seq_len, d)).astype(dtype)
+    k = rng.standard_normal((1, heads, seq_len, d)).astype(dtype)
+    v = rng.standard_normal((1, heads, seq_len, dv)).astype(dtype)
+    if block.mask is None:
+        return [q, k, v]
+    rows = 1 if block.signature.keywise or block.mask.shape[-2] == 1 else seq_len
+    mask = np.zeros((1, 1, rows, seq_len), dtype=block.mask.dtype)
+    if block.mask.dtype == np.bool_:
+        mask[:] = True
+    return [q, k, v, mask]
