@@ -131,7 +131,7 @@ METHODS: dict[str, Method] = {
             (
                 _param(
                     "chunks",
-                    8,
+                    4,
                     "causal query chunks, each against only the keys it sees (1: whole)",
                 ),
             ),
