@@ -8,9 +8,10 @@ one line on stderr and an exit status.
     130  interrupted by SIGINT, 143 by SIGTERM: the stack unwinds, so staging folders are
          removed, and nothing is written
 
-Libraries stay quiet unless --verbose: Python warnings and logging are off, and file
-descriptor 2 (where C++ libraries write) goes to /dev/null while sys.stderr keeps the
-terminal for our own lines and progress bars. --debug prints the traceback too.
+Libraries stay quiet unless --verbose: Python warnings and logging are off, and both file
+descriptor 2 (where C++ libraries write) and sys.stderr (where some Python libraries print)
+go to /dev/null; our progress bars reach the user through `user_stderr`, and the final line
+is printed once stderr is back. --debug prints the traceback too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
+from typing import TextIO
 from pathlib import Path
 
 from attnrewrite.errors import AttnRewriteError, VerificationError
@@ -119,10 +121,19 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
             logging.disable(logging.NOTSET)
 
 
+_TERMINAL: list[TextIO] = []  # the user's stderr while the libraries' goes to /dev/null
+
+
+def user_stderr() -> TextIO:
+    """Where our own progress goes: the user's stderr, also while the libraries are quiet."""
+    return _TERMINAL[-1] if _TERMINAL else sys.stderr
+
+
 @contextlib.contextmanager
 def _stderr_to_null() -> Iterator[None]:
-    """fd 2 to /dev/null; when sys.stderr writes to fd 2, it moves to a copy of the old fd 2
-    (a test's captured sys.stderr is left as it is)."""
+    """fd 2 and sys.stderr to /dev/null (libraries print from C++ and from Python), the
+    user's stderr kept for `user_stderr`: a copy of the old fd 2, or the stream a test
+    captures."""
     ours = sys.stderr
     ours.flush()
     try:
@@ -133,18 +144,23 @@ def _stderr_to_null() -> Iterator[None]:
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)
     os.close(null)
+    terminal = ours
     if _writes_to_fd2(ours):
-        sys.stderr = io.TextIOWrapper(
+        terminal = io.TextIOWrapper(
             io.FileIO(saved, "w", closefd=False),
             encoding=ours.encoding,
             errors="backslashreplace",
             line_buffering=True,
         )
+    _TERMINAL.append(terminal)
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed below, when ours is back
     try:
         yield
     finally:
-        sys.stderr.flush()
+        sys.stderr.close()
         sys.stderr = ours
+        _TERMINAL.pop()
+        terminal.flush()
         os.dup2(saved, 2)
         os.close(saved)
 

@@ -38,7 +38,7 @@ from tests.fuzz.sandbox import (
     snapshot,
 )
 
-TIME_LIMIT_S = 90.0
+TIME_LIMIT_S = 600.0  # a deep model with a large body runs minutes (1,000 polysketch blocks: 3)
 MEMORY_LIMIT_BYTES = 4 << 30
 POLL_S = 0.02
 PAGE = os.sysconf("SC_PAGE_SIZE")
