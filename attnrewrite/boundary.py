@@ -26,8 +26,8 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TextIO
 from pathlib import Path
+from typing import TextIO
 
 from attnrewrite.errors import AttnRewriteError, VerificationError
 

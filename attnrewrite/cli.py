@@ -43,6 +43,11 @@ MAX_BATCH = 1024
 MAX_SEQ_LEN = 1 << 16  # report, calibration and compiled-library inputs
 MAX_VERIFY_SEQ_LEN = 1 << 12
 TUNE_NEEDS_TVM = 'tune needs TVM: pip install -e ".[tvm]"'
+MODEL_HELP = (
+    "an ONNX model, a .pt2 program, a transformers checkpoint folder (config.json + "
+    "safetensors) or a .gguf file; the last two are exported to ONNX once and cached "
+    "($ATTNREWRITE_CACHE, default ~/.cache/attnrewrite), their tokenizer used for --text"
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -81,7 +86,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "node computing the chosen method. Subcommands: inspect MODEL; report ORIGINAL REWRITTEN; "
         "tune KERNEL|MODEL.onnx --target T.",
     )
-    parser.add_argument("model", type=Path, help="the ONNX model to rewrite (never modified)")
+    parser.add_argument(
+        "model", type=Path, help=f"the model to rewrite (never modified): {MODEL_HELP}"
+    )
     parser.add_argument(
         "--method",
         required=True,
@@ -223,7 +230,7 @@ def report_parser() -> argparse.ArgumentParser:
         prog="attnrewrite report",
         description="Compare a rewritten model with its original: end to end, per block, speed.",
     )
-    parser.add_argument("original", type=Path)
+    parser.add_argument("original", type=Path, help=MODEL_HELP)
     parser.add_argument("rewritten", type=Path)
     parser.add_argument("-o", "--out", type=Path, help="report folder (default: the rewritten's)")
     _add_input_options(parser)
@@ -234,8 +241,8 @@ def report_parser() -> argparse.ArgumentParser:
 
 def run_report(argv: Sequence[str], console: Console) -> int:
     args = report_parser().parse_args(argv)
-    for path in (args.original, args.rewritten):
-        _require_file(path)
+    args.original = _model_path(args.original, args)
+    _require_file(args.rewritten)
     out_dir = args.out or args.rewritten.parent
     for path in (args.original, args.rewritten):
         if out_dir.resolve() == path.resolve() or out_dir.resolve().is_relative_to(path.resolve()):
@@ -280,6 +287,7 @@ def _report_line(result: dict, files: Sequence[Path]) -> str:
         text += f", top-1 agreement {_number(logits[0]['top1_agreement'], '.1%')}"
     before, after = (_number(latency[k], ".1f") for k in ("original_ms", "rewritten_ms"))
     text += f"; {before} -> {after} ms (medians of {latency['repeats']} runs)"
+    text += f"; peak memory {result['memory']['peak_rss_mb'] / 1024:.1f} GiB"
     return f"{text} -> {', '.join(str(f) for f in files)}"
 
 
@@ -322,10 +330,32 @@ def _given_params(args: argparse.Namespace, method: str) -> dict[str, str]:
 
 def inspect_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="attnrewrite inspect", description="List what the finder sees.")
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", type=Path, help=MODEL_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _add_common_flags(parser)
     return parser
+
+
+def _model_path(path: Path, args: argparse.Namespace) -> Path:
+    """The ONNX (or .pt2) file a command reads. A transformers checkpoint folder or a .gguf
+    file is exported to ONNX first, once, into a cache (attnrewrite.ingest; what happens and
+    where it lives is said on stderr), and its tokenizer becomes --text's default."""
+    from attnrewrite.ingest import checkpoint_of, exported_model  # torch only for an export
+
+    checkpoint = checkpoint_of(path)
+    if checkpoint is None:
+        _require_file(path)
+        return path
+    status = Console(file=boundary.user_stderr())
+
+    def say(line: str) -> None:
+        status.print(line, highlight=False, soft_wrap=True)
+
+    exported = exported_model(checkpoint, say)
+    say(exported.summary())
+    if getattr(args, "tokenizer", None) is None and exported.tokenizer is not None:
+        args.tokenizer = str(exported.tokenizer)
+    return exported.onnx
 
 
 def _require_file(path: Path) -> None:
@@ -355,7 +385,7 @@ def _rewrite(args: argparse.Namespace, console: Console) -> int:
             f"unknown method '{args.method}'; choose one of {', '.join(METHOD_NAMES)}, "
             "or auto (per head, within --max-error)"
         )
-    _require_file(args.model)
+    args.model = _model_path(args.model, args)
     _quiet_libraries(args.verbose)
     if args.method == "auto":
         return _run_auto(args, console)
@@ -596,7 +626,7 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
     does. Cells wrap rather than being cut, and output that is not a terminal gets the
     tables' full width."""
     args = inspect_parser().parse_args(argv)
-    _require_file(args.model)
+    args.model = _model_path(args.model, args)
     _quiet_libraries(args.verbose)
     with boundary.about(args.model):
         return _inspect(args, console)

@@ -20,6 +20,11 @@ PADDED_POSITIONS = 2
 
 
 SHAPE_ONLY_OPS = frozenset({"Reshape", "Cast", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
+# ops that look ids up in a table: (ids input, table input) pairs
+LOOKUPS = {
+    "Gather": ((1, 0),),
+    "EmbedLayerNormalization": ((0, 2), (1, 4)),  # onnxruntime's fused BERT embedding
+}
 
 
 def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
@@ -40,13 +45,14 @@ def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
             following = []
             for name in frontier:
                 for node in readers.get(name, []):
-                    if (
-                        node.op_type == "Gather"
-                        and node.input[1] == name
-                        and node.input[0] in tables
-                    ):
-                        found.append(tables[node.input[0]])
-                    elif node.op_type in SHAPE_ONLY_OPS and node.input[0] == name:
+                    found += [
+                        tables[node.input[table]]
+                        for ids, table in LOOKUPS.get(node.op_type, ())
+                        if len(node.input) > table
+                        and node.input[ids] == name
+                        and node.input[table] in tables
+                    ]
+                    if node.op_type in SHAPE_ONLY_OPS and node.input[0] == name:
                         following.append(node.output[0])
             frontier = following
         if found:
@@ -103,10 +109,23 @@ def generate_inputs(
     total = sum(array_bytes(f"input '{n}'", s, d) for n, (s, d) in planned.items())
     shapes = ", ".join(f"{n} {s}" for n, (s, _) in planned.items())
     check_bytes(f"the generated inputs ({shapes[:200]})", total)
-    return {
+    feeds = {
         name: _fill(name.lower(), shape, dtype, vocab.get(name), rng)
         for name, (shape, dtype) in planned.items()
     }
+    return _full_caches(feeds, seq_len)
+
+
+# GroupQueryAttention's cache lengths, as past + n plus this offset: every cache full
+CACHE_LENGTHS = {"seqlens_k": -1, "total_sequence_length": 0}
+
+
+def _full_caches(feeds: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+    past = next((a.shape[-2] for k, a in feeds.items() if "past" in k.lower() and a.ndim == 4), 0)
+    for name, offset in CACHE_LENGTHS.items():
+        if name in feeds:
+            feeds[name] = np.full_like(feeds[name], past + seq_len + offset)
+    return feeds
 
 
 def _fill(

@@ -14,6 +14,8 @@ import onnx_ir as ir
 
 from attnrewrite.budget import check_bytes, size_text
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.repair import deserialize, repair
+from attnrewrite.substitute.contrib import expand_contrib_attention
 
 MIN_OPSET = 11  # oldest opset read; older models are converted to REWRITE_OPSET on load
 REWRITE_OPSET = 13  # Softmax reduces over one axis from here on; bodies read attribute refs
@@ -104,6 +106,7 @@ def prepare_proto(
     ops, e.g. DFT) and infer shapes so the finder knows ranks."""
     if proto.ir_version == 0 or not proto.graph.node:
         raise AttnRewriteError(f"{label} is not an ONNX model (no IR version or no graph nodes)")
+    proto = repair(proto, label)
     opset = default_opset(proto)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise AttnRewriteError(
@@ -118,11 +121,17 @@ def prepare_proto(
                 f"{label} uses opset {opset} and could not be converted to opset "
                 f"{target}: {str(err).splitlines()[0]}"
             ) from err
-    # The finder copes with missing shapes: inference is a help, not a requirement.
+    proto = _infer_shapes(proto)
+    expanded = expand_contrib_attention(proto)  # needs the ranks, and gives new values
+    return proto if expanded is proto else _infer_shapes(expanded)
+
+
+def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The finder copes with missing shapes: inference is a help, not a requirement."""
     with contextlib.suppress(onnx.shape_inference.InferenceError, ValueError):
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     return proto
 
 
 def load_model(path: Path, min_opset: int = REWRITE_OPSET) -> ir.Model:
-    return ir.serde.deserialize_model(load_proto(path, min_opset))
+    return deserialize(load_proto(path, min_opset), str(path))

@@ -20,6 +20,10 @@ from typing import Protocol
 
 import onnx_ir as ir
 
+# Node metadata left by substitute.contrib, which writes com.microsoft ops out on load:
+FUSED_FROM = "attnrewrite.fused_from"  # on the Softmax written for an op: "domain:op"
+NOT_EXPANDED = "attnrewrite.not_expanded"  # on an op left as it was: why
+
 
 class MaskKind(StrEnum):
     """What the additive mask computes, classified by evaluating it (never by node names)."""
@@ -90,6 +94,19 @@ class Bias:
     value: ir.Value | None = None
     steps: tuple[ScoreStep, ...] = ()
     boolean_keep: bool = False  # value is a boolean mask, True = attend
+
+    @property
+    def reshapes(self) -> bool:
+        return reshapes_scores(self.steps)
+
+
+RESHAPES = frozenset({"Reshape", "Flatten"})  # score steps that regroup whole key rows
+
+
+def reshapes_scores(steps: Sequence[ScoreStep]) -> bool:
+    """Whether the steps reshape the scores: replayed on zero, they then need the scores'
+    shape, and give the bias back in it."""
+    return any(step.node.op_type in RESHAPES for step in steps)
 
 
 class BlockFacts(Protocol):

@@ -26,6 +26,7 @@ from attnrewrite.inputs import generate_inputs
 from attnrewrite.loading import load_model
 from attnrewrite.match import FindResult
 from attnrewrite.patterns import find_attention
+from attnrewrite.repair import repairs
 from attnrewrite.substitute.methods import Method
 from attnrewrite.substitute.rewrite import HeadGroup, SubstituteResult, substitute
 from attnrewrite.verify import Parity, compare
@@ -66,7 +67,8 @@ def rewrite_model(
         raise no_attention(path, found)
     result = substitute(model, found.matches, method, plans)
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
-    report = {**rewrite_report(path, method, found, result), **(extra or {})}
+    repaired = {"repaired_on_load": notes} if (notes := repairs(model)) else {}
+    report = {**rewrite_report(path, method, found, result), **repaired, **(extra or {})}
     # exact everywhere must reproduce the original; approximations must stay finite
     strict = all(
         r.method.name == "exact" and all(g.method.name == "exact" for g in r.groups)
@@ -79,7 +81,7 @@ def rewrite_model(
             parity = _verify(path, staging / MODEL_FILE, result, seq_len)
             report["verification"] = {"passed": _passed(parity, strict), **parity.describe()}
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    summary = _summary(report, parity, out_dir, strict)
+    summary = _summary(report, parity, out_dir, strict, seq_len)
     if parity is not None and not _passed(parity, strict):
         raise VerificationError(_failure(parity, strict, out_dir))
     return RewriteOutcome(out_dir, report, summary)
@@ -99,15 +101,19 @@ def _why_none(found: FindResult) -> str:
 
 
 def _verify(original: Path, rewritten: Path, result: SubstituteResult, seq_len: int) -> Parity:
+    """Both models at `seq_len`, or beyond the widest window a block keeps (where the window
+    changes anything); at `seq_len` if the models cannot run there."""
     original_model, rewritten_model = onnx.load(str(original)), onnx.load(str(rewritten))
     blocks = [r.output for r in result.rewritten if r.match.graph_name == "main"]
+    widest = max((r.match.window or 0 for r in result.rewritten), default=0)
     error = ""
-    for batch in VERIFY_BATCHES:  # some exported graphs only run at batch 1
-        feeds = generate_inputs(original_model, seq_len, batch=batch)
-        try:
-            return compare(original_model, rewritten_model, feeds, blocks, seq_len)
-        except Exception as err:  # onnxruntime raises several types: all mean "could not run"
-            error = str(err).splitlines()[0]
+    for length in dict.fromkeys((max(seq_len, widest + 2), seq_len)):
+        for batch in VERIFY_BATCHES:  # some exported graphs only run at batch 1
+            feeds = generate_inputs(original_model, length, batch=batch)
+            try:
+                return compare(original_model, rewritten_model, feeds, blocks, length)
+            except Exception as err:  # onnxruntime raises several types: "could not run"
+                error = str(err).splitlines()[0]
     raise AttnRewriteError(
         f"verification could not run the models at sequence length {seq_len} ({error}); "
         "try --seq-len or --no-verify"
@@ -188,7 +194,7 @@ def _groups(groups: Sequence[HeadGroup]) -> list[dict[str, object]]:
     ]
 
 
-def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool) -> str:
+def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool, asked: int) -> str:
     counts = report["summary"]
     line = (
         f"rewrote {counts['rewritten']}/{counts['attention_blocks']} attention blocks with "
@@ -196,15 +202,26 @@ def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool) -
     )
     if counts["kept_exact"]:
         line += f" ({counts['kept_exact']} kept exact: the method cannot honour their mask)"
+    if report.get("repaired_on_load"):
+        line += f" (input repaired on load: {'; '.join(report['repaired_on_load'])})"
     if counts["not_rewritten"]:
         line += (
             f", {counts['not_rewritten']} softmax/attention op(s) not rewritten (see rewrite.json)"
         )
     if parity is not None and strict:
-        line += f"; verified at n={parity.seq_len}: max rel error {parity.worst:.1e}"
+        line += f"; verified at {_length(parity, asked)}: max rel error {parity.worst:.1e}"
     elif parity is not None:
         line += (
-            f"; runs with finite outputs at n={parity.seq_len} (rel error there "
+            f"; runs with finite outputs at {_length(parity, asked)} (rel error there "
             f"{parity.worst:.1e}; --report measures accuracy at your length)"
         )
     return f"{line} -> {out_dir / MODEL_FILE}"
+
+
+def _length(parity: Parity, asked: int) -> str:
+    """The length the blocks ran at, and why when it is not the one asked for."""
+    if parity.seq_len == asked:
+        return f"n={asked}"
+    if parity.seq_len == parity.requested_seq_len:
+        return f"n={parity.seq_len} (beyond the widest window; {asked} asked)"
+    return f"n={parity.seq_len} (the model's own length; {asked} asked)"

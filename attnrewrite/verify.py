@@ -61,8 +61,9 @@ def run_with_outputs(
 ) -> dict[str, np.ndarray]:
     """All graph outputs plus the named intermediate values. A path is read here (external
     data in memory: models under 2 GB); a loaded model is run as it is, not read again."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+    path = None if isinstance(model, onnx.ModelProto) else model
+    if path is not None:
+        model = onnx.load(str(path))
     if model.functions:  # onnxruntime's own inlining grows faster than the graph: 1,000
         model = onnx.inliner.inline_local_functions(model)  # blocks take 106 s, this 2 s
     names = [o.name for o in model.graph.output]
@@ -72,12 +73,16 @@ def run_with_outputs(
         serialized = model.SerializeToString()
     finally:
         del model.graph.output[len(model.graph.output) - len(added) :]
+    if path is not None:
+        del model  # read here: the weights live on in onnxruntime's copy only
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # the graphs as written: a comparison needs no fusions, and onnxruntime's optimizer grows
     # faster than the graph (1,000 rewritten blocks: minutes per model)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False  # one run: give every buffer back when it is freed
     session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    del serialized
     wanted = {i.name for i in session.get_inputs()}
     names += added
     outputs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
@@ -89,7 +94,8 @@ class Parity:
     outputs: tuple[Difference, ...]
     blocks: tuple[Difference, ...]
     tolerance: float
-    seq_len: int
+    seq_len: int  # the query length the blocks ran at: a fixed-length model keeps its own
+    requested_seq_len: int
 
     @property
     def worst(self) -> float:
@@ -101,6 +107,7 @@ class Parity:
     def describe(self) -> dict[str, object]:
         return {
             "seq_len": self.seq_len,
+            "requested_seq_len": self.requested_seq_len,
             "tolerance": self.tolerance,
             "max_relative_error": self.worst,
             "outputs": [d.describe() for d in self.outputs],
@@ -121,4 +128,5 @@ def compare(
     outputs = tuple(difference(n, reference[n], candidate[n]) for n in graph_outputs)
     block_diffs = tuple(difference(n, reference[n], candidate[n]) for n in blocks)
     tolerance = tolerance_for(original)
-    return Parity(outputs, block_diffs, tolerance, seq_len)
+    ran_at = {reference[n].shape[-2] for n in blocks if np.ndim(reference[n]) >= 2}
+    return Parity(outputs, block_diffs, tolerance, max(ran_at, default=seq_len), seq_len)

@@ -2,8 +2,11 @@
 
     python benchmarks/attention_layer.py                      # n = 1k, 4k, 16k, 64k; both masks
     python benchmarks/attention_layer.py --lengths 1024 4096 --methods convbasis --repeats 3
+    python benchmarks/attention_layer.py --lengths 1024 8192 --methods exact verticalslash \
+        --masks causal --heads 9 --kv-heads 3         # SmolLM2's layout (GQA)
 
-The layer is `attnrewrite.layers.attention_layer` (B=1, 8 heads, d=64, causal or bidirectional),
+The layer is `attnrewrite.layers.attention_layer` (B=1, 8 heads unless --heads / --kv-heads say
+otherwise, d=64, causal or bidirectional),
 written in standard ops as an exporter writes it; each method's version is that layer rewritten
 by the tool. Every (model, n) runs in a child process with its own memory limit, so a variant
 that exhausts memory is recorded as such instead of taking the run down; the child reports the
@@ -59,9 +62,10 @@ def build(spec: LayerSpec, method: str, folder: Path) -> Path:
     return path
 
 
-def child(model: Path, n: int, repeats: int, threads: int, causal: bool) -> dict:
+def child(model: Path, n: int, args: argparse.Namespace) -> dict:
     """Time one model at length n in this process (run as a child of the runner)."""
-    feeds = LayerSpec(causal=causal).inputs(1, n)
+    feeds = _spec(args, not args.bidirectional).inputs(1, n)
+    repeats, threads = args.repeats, args.threads
     before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     median_ms = latency_ms(model, feeds, repeats, threads)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before_mb
@@ -80,6 +84,10 @@ def measure(model: Path, n: int, args: argparse.Namespace, causal: bool) -> dict
         str(args.repeats),
         "--threads",
         str(args.threads),
+        "--heads",
+        str(args.heads),
+        "--kv-heads",
+        str(args.kv_heads),
         *([] if causal else ["--bidirectional"]),
     ]
     limit = int(args.memory_gb * 2**30)
@@ -119,6 +127,8 @@ def main() -> None:
     parser.add_argument("--masks", nargs="+", default=["causal", "bidirectional"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=8, help="query heads")
+    parser.add_argument("--kv-heads", type=int, help="key/value heads (GQA; default: --heads)")
     parser.add_argument("--memory-gb", type=float, default=24.0, help="per-child memory cap")
     parser.add_argument("--timeout", type=float, default=900.0, help="per-child seconds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention_layer.json"))
@@ -126,12 +136,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bidirectional", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.kv_heads = args.kv_heads or args.heads
     if args.child:
-        print(
-            json.dumps(
-                child(args.child, args.n, args.repeats, args.threads, not args.bidirectional)
-            )
-        )
+        print(json.dumps(child(args.child, args.n, args)))
         return
 
     console = Console()
@@ -139,7 +146,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for mask in args.masks:
             causal = mask == "causal"
-            spec = LayerSpec(causal=causal)
+            spec = _spec(args, causal)
             for method in (ORIGINAL, *args.methods):
                 model = build(spec, method, Path(tmp))
                 for n in args.lengths:
@@ -147,7 +154,9 @@ def main() -> None:
                     rows.append({"method": method, "causal": causal, "n": n, **result})
                     console.print(f"{mask:>13} {method:>10} n={n:>6}: {_cell(result)}")
 
-    table = Table(title=f"one attention layer, B=1, 8 heads, d=64, {args.threads} threads (ms)")
+    kv = f" ({args.kv_heads} kv)" if args.kv_heads != args.heads else ""
+    heads = f"{args.heads} heads{kv}"
+    table = Table(title=f"one attention layer, B=1, {heads}, d=64, {args.threads} threads (ms)")
     table.add_column("mask")
     table.add_column("n", justify="right")
     for method in (ORIGINAL, *args.methods):
@@ -175,7 +184,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "threads": args.threads,
         },
-        "layer": {"batch": 1, "heads": 8, "head_dim": 64},
+        "layer": {"batch": 1, "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": 64},
         "repeats": args.repeats,
         "results": rows,
         "growth_exponent_4k_to_max": exponents,
@@ -183,6 +192,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     console.print(f"wrote {args.out}")
+
+
+def _spec(args: argparse.Namespace, causal: bool) -> LayerSpec:
+    return LayerSpec(causal=causal, heads=args.heads, kv_heads=args.kv_heads)
 
 
 def _cell(result: dict, base: float | None = None) -> str:

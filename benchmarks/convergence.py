@@ -1,6 +1,7 @@
 """Error of each approximate method against exact attention along its accuracy knob.
 
     python benchmarks/convergence.py            # prints the table, writes JSON
+    python benchmarks/convergence.py --methods verticalslash window --out /tmp/vs.json
 
 Three kinds of head, float64, causal, n = 256, d = 32, 4 heads: "random" (i.i.d. normal q, k at
 scale 1/sqrt(d): content heads), "recency" (scores depend on distance: q_i . k_j ~ 8 cos(0.05
@@ -38,8 +39,12 @@ KNOBS = {
     "multipole": ("block", [8, 16, 32, 64, 128, 256]),
     "window": ("width", [8, 16, 32, 64, 128, 256]),
     "polysketch": ("sketch_size", [8, 16, 32, 64, 128, 256, 512]),
+    "verticalslash": ("slash", [8, 16, 32, 64, 128, 256]),
 }
-EXTRA = {"polysketch": {"block": 16}}  # blocks smaller than n, so the far field is sketched
+EXTRA = {
+    "polysketch": {"block": 16},  # blocks smaller than n, so the far field is sketched
+    "verticalslash": {"vertical": 8, "local": 8},  # 8 columns (4 sinks), 8 local diagonals
+}
 
 
 def heads(kind: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -71,7 +76,9 @@ def error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/convergence.json"))
+    parser.add_argument("--methods", nargs="+", choices=list(KNOBS), default=list(KNOBS))
     args = parser.parse_args()
+    knobs = {name: KNOBS[name] for name in args.methods}
     rows = []
     for kind in ("random", "recency", "trained"):
         q, k, v = heads(kind)
@@ -80,7 +87,7 @@ def main() -> None:
         fitted = methods.get("polysketch")(
             q, k, v, scale=scale, is_causal=True, variant="exact_poly", **EXTRA["polysketch"]
         )
-        for name, (knob, values) in KNOBS.items():
+        for name, (knob, values) in knobs.items():
             for value in values:
                 params = {knob: value, **EXTRA.get(name, {})}
                 out = methods.get(name)(q, k, v, scale=scale, is_causal=True, **params)
@@ -91,7 +98,7 @@ def main() -> None:
     table = Table(title=f"relative error vs exact attention, causal, n={N} (float64)")
     for col in ("method", "knob", "value", "random", "recency", "trained"):
         table.add_column(col)
-    for name, (knob, values) in KNOBS.items():
+    for name, (knob, values) in knobs.items():
         for value in values:
             cells = {r["heads"]: r for r in rows if r["method"] == name and r[knob] == value}
             fmt = [

@@ -31,7 +31,13 @@ def test_relative_links_resolve_inside_the_repository(doc: str) -> None:
 def test_the_methods_maths_is_in_the_repository() -> None:
     text = (ROOT / "docs" / "methods.md").read_text()
     headings = [line for line in text.splitlines() if line.startswith("## ")]
-    for name in ("conv-basis", "PolySketch", "Fast Multipole Attention", "Sliding window"):
+    for name in (
+        "conv-basis",
+        "PolySketch",
+        "Fast Multipole Attention",
+        "Sliding window",
+        "Vertical-slash",
+    ):
         assert any(name in h for h in headings), name
     assert "docs/methods.md" in (ROOT / "README.md").read_text()
 

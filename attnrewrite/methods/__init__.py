@@ -54,6 +54,7 @@ class Method:
 
     ``full_bias``: accepts a bias that varies per query (otherwise only key-wise biases such as
     padding masks). ``window``: honours a causal sliding window narrower than the keys.
+    ``bidirectional``: computes non-causal attention (otherwise causal only).
     ``exact_up_to``: for given parameters, the longest key sequence the method computes exactly
     by construction, with or without a causal mask (inf for exact; None when no length is, as
     for PolySketch's fitted kernel): a report at that length has not exercised the
@@ -64,6 +65,7 @@ class Method:
     params: tuple[Param, ...]
     full_bias: bool
     window: bool
+    bidirectional: bool = True
     exact_up_to: Callable[[Mapping[str, object]], float | None] = lambda params: None
 
     @property
@@ -195,6 +197,22 @@ METHODS: dict[str, Method] = {
             full_bias=True,
             window=True,
             exact_up_to=lambda p: p["width"],  # every key in the band (causal: + sinks)
+        ),
+        Method(
+            "verticalslash",
+            (
+                _param("vertical", 64, "key columns kept per head, sinks included"),
+                _param(
+                    "slash", 128, "diagonals (query - key offsets) kept per head, local included"
+                ),
+                _param("last", 64, "last queries whose attention ranks the columns and diagonals"),
+                _param("sinks", 4, "first keys always kept as columns"),
+                _param("local", 64, "offsets 0 .. local-1 always kept (the recent window)"),
+            ),
+            full_bias=True,
+            window=True,
+            bidirectional=False,
+            exact_up_to=lambda p: max(p["vertical"], p["slash"]),  # every key or every offset
         ),
     )
 }

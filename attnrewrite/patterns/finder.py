@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -19,6 +20,8 @@ import onnx_ir as ir
 from attnrewrite import evaluate as ev
 from attnrewrite.loading import default_opset
 from attnrewrite.match import (
+    FUSED_FROM,
+    RESHAPES,
     AttentionMatch,
     Bias,
     FindResult,
@@ -29,7 +32,14 @@ from attnrewrite.match import (
     ScoreStep,
 )
 from attnrewrite.patterns import fused, masks
-from attnrewrite.patterns.graph_utils import all_graphs, numpy_dtype, rank_of, static_dim
+from attnrewrite.patterns.evaluations import Evaluations, LongSample
+from attnrewrite.patterns.graph_utils import (
+    all_graphs,
+    consumers,
+    numpy_dtype,
+    rank_of,
+    static_dim,
+)
 from attnrewrite.patterns.operands import (
     Factor,
     is_scalar,
@@ -38,12 +48,9 @@ from attnrewrite.patterns.operands import (
     ungroup_kv,
     upstream_scale,
 )
-from attnrewrite.patterns.probs import walk_probs
-from attnrewrite.patterns.scores import walk_scores
+from attnrewrite.patterns.probs import merged_heads, walk_probs
+from attnrewrite.patterns.scores import PASS_THROUGH, walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
-
-SIZES = (6, 9)  # sequence lengths at which scales and masks are evaluated
-BATCHES = (2, 1)
 
 
 @dataclass(frozen=True)
@@ -65,48 +72,9 @@ class Candidate:
     nan_guard: bool
     float32_softmax: bool
     shape_readers: tuple[ir.Node, ...]
-
-
-@dataclass
-class Evaluations:
-    """Values of main-graph tensors at each size in SIZES (None where not evaluable)."""
-
-    model: ir.Model
-    wanted: list[ir.Value] = field(default_factory=list)
-    results: list[dict[int, np.ndarray]] = field(default_factory=list)
-    error: str = ""
-
-    def can_evaluate(self, value: ir.Value) -> bool:
-        if ev.constant_of(value) is not None:
-            return True
-        owner = value.producer().graph if value.producer() is not None else value.graph
-        return owner is self.model.graph
-
-    def want(self, value: ir.Value) -> None:
-        if ev.constant_of(value) is None and self.can_evaluate(value):
-            self.wanted.append(value)
-
-    def run(self) -> None:
-        unique = list({id(v): v for v in self.wanted}.values())
-        if not unique:
-            return
-        for batch in BATCHES:  # some exported graphs only run at batch 1
-            try:
-                runs = [ev.evaluate(self.model, unique, seq_len, batch) for seq_len in SIZES]
-            except Exception as err:  # onnxruntime raises many types; all mean "not evaluable"
-                self.error = str(err).splitlines()[0]
-                continue
-            self.results = [dict(zip(map(id, unique), r, strict=True)) for r in runs]
-            return
-
-    def values(self, value: ir.Value) -> list[np.ndarray] | None:
-        """The value at each size, or None."""
-        const = ev.constant_of(value)
-        if const is not None:
-            return [const] * len(SIZES)
-        if not self.results or id(value) not in self.results[0]:
-            return None
-        return [r[id(value)] for r in self.results]
+    reshaped: tuple[ir.Value, ...]  # reshape outputs between Q.K^T and .V: keep the key axis
+    output: ir.Value
+    output_layout: Layout
 
 
 def find_attention(model: ir.Model) -> FindResult:
@@ -137,8 +105,9 @@ def find_attention(model: ir.Model) -> FindResult:
         _request(candidate, evaluations)
     for match in fused_matches:
         if match.bias is not None and match.bias.value is not None:
-            for value in (match.bias.value, match.q.value, match.k.value):
-                evaluations.want(value)
+            evaluations.want_mask([match.bias.value])
+            evaluations.want(match.q.value)
+            evaluations.want(match.k.value)
     evaluations.run()
     matches.extend(_classify_fused(match, evaluations) for match in fused_matches)
     for candidate in candidates:
@@ -178,7 +147,21 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         variant.append("probs:dropout")
     if rank_of(chain.qk.outputs[0]) == 3:
         variant.append("batched-3d")
+    reshaped = (*chain.reshaped, *(n.outputs[0] for n in probs.nodes if n.op_type in RESHAPES))
+    if reshaped:
+        variant.append("scores:reshaped")
     nodes = (chain.qk, *(s.node for s in chain.steps), *anchor.nodes, *probs.nodes, probs.pv)
+    output, output_layout = probs.pv.outputs[0], Layout.BHSD
+    fused_from = anchor.node.metadata_props.get(FUSED_FROM)
+    merged = merged_heads(probs.pv) if fused_from else None
+    if fused_from:  # written out on load from a com.microsoft op: its output is the block's
+        variant.insert(0, fused_from)
+    if merged:
+        nodes, output, output_layout = (*nodes, *merged), merged[1].outputs[0], Layout.BS_HD
+    steps = [step.node for step in chain.steps]
+    for reader in chain.reshaped_readers:
+        if _outlives(reader, nodes, steps):  # q and k cannot give it: it is not their shape
+            return f"the shape of reshaped scores is read by '{reader.name}' outside the block"
     return Candidate(
         anchor=anchor,
         graph_name=graph_name,
@@ -195,6 +178,9 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         nan_guard=probs.nan_guard,
         float32_softmax=chain.float32_upcast,
         shape_readers=chain.shape_readers,
+        reshaped=reshaped,
+        output=output,
+        output_layout=output_layout,
     )
 
 
@@ -207,7 +193,7 @@ def _split_steps(steps: Sequence[ScoreStep]) -> tuple[list[Factor], list[ScoreSt
         side = node.inputs[1 - step.score_input] if node.op_type in ("Mul", "Div") else None
         if side is not None and is_scalar(side):
             factors.append(Factor(side, node.op_type == "Div", node))
-        elif node.op_type not in ("Cast", "Identity"):
+        elif node.op_type not in PASS_THROUGH:
             first_mask = min(first_mask, i)
     return factors, list(steps[first_mask:])
 
@@ -229,12 +215,17 @@ def _request(candidate: Candidate, evaluations: Evaluations) -> None:
     for factor in (*candidate.factors, *candidate.upstream, *chain_factors):
         evaluations.want(factor.value)
     if bias_steps:
-        for value in _side_inputs(bias_steps):
-            evaluations.want(value)
+        evaluations.want_mask(_side_inputs(bias_steps))
+    if bias_steps or _unproven_reshapes(candidate):
         evaluations.want(candidate.qk.outputs[0])
+    for value in _unproven_reshapes(candidate):
+        evaluations.want(value)
 
 
 def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch | Refusal:
+    reshape_problem = _reshape_problem(candidate, evaluations)
+    if reshape_problem:
+        return _refuse(candidate, reshape_problem)
     chain_factors, bias_steps = _split_steps(candidate.steps)
     scale = 1.0
     runtime: list[tuple[ir.Value, bool]] = []
@@ -251,15 +242,16 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
     scale_source = "+".join(sorted(sources)) if sources else "none"
     upstream = _constant_product(candidate.upstream, evaluations)
 
-    kind, window, bias = MaskKind.NONE, None, None
+    kind, window, bias, checks = MaskKind.NONE, None, None, ()
     if bias_steps:
         classified = _classify(candidate, bias_steps, evaluations)
         if isinstance(classified, str):
             return _refuse(candidate, classified)
-        kind, window = classified
+        kind, window, checks = classified
         if kind.needs_tensor:
             bias = _bias_source(bias_steps)
     variant = (*candidate.variant, *(f"mask:{s.node.op_type.lower()}" for s in bias_steps[:1]))
+    variant = (*variant, *checks)
     if bias_steps and evaluations.values(candidate.qk.outputs[0]) is None:
         variant = (*variant, "mask:unclassified")
     q_value = candidate.q.value
@@ -271,7 +263,8 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         q=candidate.q,
         k=candidate.k,
         v=candidate.v,
-        output=candidate.pv.outputs[0],
+        output=candidate.output,
+        output_layout=candidate.output_layout,
         nodes=candidate.nodes,
         scale=scale,
         scale_source=scale_source,
@@ -286,11 +279,80 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         kv_len=static_dim(candidate.v.value, -2),
         rank=rank,
         kv_repeat="kv:repeat" in candidate.variant,
-        shape_readers=candidate.shape_readers,
+        shape_readers=_still_read(candidate, bias_steps if bias is not None else ()),
         runtime_factors=tuple(runtime),
         nan_guard=candidate.nan_guard,
         float32_softmax=candidate.float32_softmax,
     )
+
+
+def _unproven_reshapes(candidate: Candidate) -> list[ir.Value]:
+    """Reshape outputs whose key axis shape inference does not show to be the scores'."""
+    if not candidate.reshaped:
+        return []
+    scores = candidate.qk.outputs[0]
+    last = static_dim(scores, -1)
+    unproven = [v for v in candidate.reshaped if last is None or static_dim(v, -1) != last]
+    probs_in = candidate.pv.inputs[0]
+    same = rank_of(probs_in) is not None and rank_of(probs_in) == rank_of(scores)
+    if not same or any(
+        static_dim(probs_in, axis) is None or static_dim(probs_in, axis) != static_dim(scores, axis)
+        for axis in range(rank_of(scores) or 0)
+    ):
+        unproven.append(probs_in)
+    return unproven
+
+
+def _reshape_problem(candidate: Candidate, evaluations: Evaluations) -> str:
+    """Why the reshapes between Q.K^T and .V are not mere regroupings of whole key rows
+    (each keeps the key axis, and .V reads the probabilities in the scores' shape), or ""."""
+    unproven = _unproven_reshapes(candidate)
+    if not unproven:
+        return ""
+    scores = evaluations.values(candidate.qk.outputs[0])
+    if scores is None:
+        return "the scores are reshaped where the shapes cannot be evaluated"
+    probs_in = candidate.pv.inputs[0]
+    for value in unproven:
+        evaluated = evaluations.values(value)
+        if evaluated is None:
+            return "the scores are reshaped where the shapes cannot be evaluated"
+        for at, reference in zip(evaluated, scores, strict=True):
+            if value is probs_in and at.shape != reference.shape:
+                return f"the probabilities reach .V as {at.shape}, not in the scores' shape"
+            if at.shape[-1:] != reference.shape[-1:]:
+                return f"reshape to '{value.name}' does not keep the key axis"
+    return ""
+
+
+def _still_read(candidate: Candidate, kept: Sequence[ScoreStep]) -> tuple[ir.Node, ...]:
+    """Shape readers of the scores whose result outlives the rewrite (a mask used elsewhere,
+    or one the new node reads): they are re-routed to q and k. The others (a reshape target
+    inside the block) go with the block."""
+    return tuple(
+        reader
+        for reader in candidate.shape_readers
+        if _outlives(reader, candidate.nodes, [step.node for step in kept])
+    )
+
+
+def _outlives(reader: ir.Node, block: Sequence[ir.Node], kept: Sequence[ir.Node]) -> bool:
+    """Whether what `reader` computes reaches a graph output or a `kept` node other than
+    through the `block`'s nodes (which the rewrite removes)."""
+    inside = {id(node) for node in block}
+    kept_ids = {id(node) for node in kept}
+    stack, seen = [reader], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for out in node.outputs:
+            users = consumers(out)
+            if out.is_graph_output() or any(id(u) in kept_ids for u in users):
+                return True
+            stack.extend(u for u in users if id(u) not in inside)
+    return False
 
 
 def _constant_product(factors: Sequence[Factor], evaluations: Evaluations) -> float:
@@ -332,45 +394,94 @@ def _bias_source(steps: Sequence[ScoreStep]) -> Bias:
 
 def _classify(
     candidate: Candidate, steps: Sequence[ScoreStep], evaluations: Evaluations
-) -> tuple[MaskKind, int | None] | str:
-    side_values = {}
-    for i, step in enumerate(steps):
-        for j, value in enumerate(step.node.inputs):
-            if j != step.score_input and value is not None:
-                side_values[(i, j)] = evaluations.values(value)
-    scores = evaluations.values(candidate.qk.outputs[0])
-    if scores is None or any(v is None for v in side_values.values()):
-        return MaskKind.BIAS, None  # not evaluable (inside a Loop body): kept as a tensor
+) -> tuple[MaskKind, int | None, tuple[str, ...]] | str:
+    """Kind, window and variant tags of the mask the steps add, or why it is no mask."""
+    sides = {
+        (i, j): value
+        for i, step in enumerate(steps)
+        for j, value in enumerate(step.node.inputs)
+        if j != step.score_input and value is not None
+    }
+    side_values = {key: evaluations.values(value) for key, value in sides.items()}
+    scores = candidate.qk.outputs[0]
+    evaluated = evaluations.values(scores)
+    if evaluated is None or any(v is None for v in side_values.values()):
+        return MaskKind.BIAS, None, ()  # not evaluable (inside a Loop body): kept as a tensor
+    shapes = [a.shape for a in evaluated]
+    long = evaluations.at_length(list(sides.values()))
+    long_shape = _long_shape(long, scores, evaluations)
+    if long is not None and long_shape is not None:
+        side_values = {
+            key: [*values, at_long]
+            for (key, values), at_long in zip(side_values.items(), long.values, strict=True)
+        }
+        shapes.append(long_shape)
     for (i, j), values in side_values.items():
         node = steps[i].node
         if node.op_type == "Mul" and not all(np.isin(v, (0, 1)).all() for v in values):
             return f"scores are multiplied by '{node.inputs[j].name}', which is not a 0/1 mask"
     zero_dtype = numpy_dtype(steps[0].node.inputs[steps[0].score_input])
-    kinds = set()
-    for size in range(len(SIZES)):
-        bias = masks.replay_on_zero(steps, lambda i, j, s=size: side_values[(i, j)][s], zero_dtype)
-        q_len, kv_len = scores[size].shape[-2:]
-        kinds.add(masks.classify(bias, q_len, kv_len))
-    kind, window = kinds.pop() if len(kinds) == 1 else (MaskKind.BIAS, None)
+    found = []
+    for sample, shape in enumerate(shapes):
+        side = functools.partial(_side_at, side_values, sample)
+        bias = masks.replay_on_zero(steps, side, zero_dtype, shape)
+        found.append((*masks.classify(bias, *shape[-2:]), shape[-1]))
+    kind, window = masks.merge(found)
     graph = evaluations.model.graph
     data = {
         key
-        for key, values in side_values.items()
-        if ev.constant_of(value := steps[key[0]].node.inputs[key[1]]) is None
-        and ev.data_inputs(value, graph)
+        for key, value in sides.items()
+        if ev.constant_of(value) is None and ev.data_inputs(value, graph)
     }
-    if data and kind in (MaskKind.BIAS, MaskKind.CAUSAL_BIAS):
-        keywise = _keywise_data_part(steps, side_values, data, scores, zero_dtype)
-        if keywise is not None:
-            return masks.with_padding(keywise[0]), keywise[1]
-    return _with_data_part(kind, bool(data)), window
+    keywise = None
+    per_query = _per_query_data([sides[key] for key in data], graph)
+    if data and not per_query and kind in (MaskKind.BIAS, MaskKind.CAUSAL_BIAS):
+        keywise = _keywise_data_part(steps, side_values, data, shapes, zero_dtype)
+    if keywise is not None:
+        kind, window = masks.with_padding(keywise[0]), keywise[1]
+    else:
+        kind, window = _with_data_part(kind, window, bool(data), per_query)
+    return _unless_unchecked(kind, window, long, long_shape)
+
+
+def _side_at(
+    side_values: dict[tuple[int, int], list[np.ndarray]], sample: int, i: int, j: int
+) -> np.ndarray:
+    return side_values[(i, j)][sample]
+
+
+def _long_shape(
+    long: LongSample | None, value: ir.Value, evaluations: Evaluations
+) -> tuple[int, ...] | None:
+    if long is None or long.reason:
+        return None
+    return evaluations.shape_at(value, long.length)
+
+
+def _unless_unchecked(
+    kind: MaskKind, window: int | None, long: LongSample | None, long_shape: object
+) -> tuple[MaskKind, int | None, tuple[str, ...]]:
+    """The kind, or, when a window the mask may hold could not be looked for, the whole mask
+    as a tensor: exact stays exact, and no method reads a window into it that is not there."""
+    if long is None or long_shape is not None or kind not in UNCHECKED_AS:
+        return kind, window, ()
+    return UNCHECKED_AS[kind], None, ("mask:window-unchecked",)
+
+
+UNCHECKED_AS = {
+    MaskKind.NONE: MaskKind.BIAS,
+    MaskKind.PADDING: MaskKind.BIAS,
+    MaskKind.CAUSAL: MaskKind.CAUSAL_BIAS,
+    MaskKind.SLIDING_WINDOW: MaskKind.CAUSAL_BIAS,
+    MaskKind.CAUSAL_PADDING: MaskKind.CAUSAL_BIAS,
+}
 
 
 def _keywise_data_part(
     steps: Sequence[ScoreStep],
     side_values: dict[tuple[int, int], list[np.ndarray]],
     data: set[tuple[int, int]],
-    scores: list[np.ndarray],
+    shapes: list[tuple[int, ...]],
     dtype: np.dtype,
 ) -> tuple[MaskKind, int | None] | None:
     """The structural kind when every data input of the mask has one query row ([B, 1, 1,
@@ -378,27 +489,41 @@ def _keywise_data_part(
     for key in data:
         if any(v.ndim >= 2 and v.shape[-2] != 1 for v in side_values[key]):
             return None
-    kinds = set()
-    for size in range(len(SIZES)):
+    found = []
+    for sample, shape in enumerate(shapes):
 
-        def side(i: int, j: int, s: int = size) -> np.ndarray:
+        def side(i: int, j: int, s: int = sample) -> np.ndarray:
             values = side_values[(i, j)][s]
             return np.zeros_like(values) if (i, j) in data else values
 
-        bias = masks.replay_on_zero(steps, side, dtype)
-        kinds.add(masks.classify(bias, *scores[size].shape[-2:]))
-    if len(kinds) != 1:
-        return None
-    kind, window = kinds.pop()
+        bias = masks.replay_on_zero(steps, side, dtype, shape)
+        found.append((*masks.classify(bias, *shape[-2:]), shape[-1]))
+    kind, window = masks.merge(found)
     structural = (MaskKind.NONE, MaskKind.CAUSAL, MaskKind.SLIDING_WINDOW)
     return (kind, window) if kind in structural else None
 
 
-def _with_data_part(kind: MaskKind, data_dependent: bool) -> MaskKind:
-    """The final kind once we know whether the mask reads a data input (an attention mask)."""
+def _with_data_part(
+    kind: MaskKind, window: int | None, data_dependent: bool, per_query: bool = False
+) -> tuple[MaskKind, int | None]:
+    """The final kind once we know whether the mask reads a data input: an attention mask
+    over keys is padding on top of what the mask computes when it is all ones; an input
+    with a query axis ([B, S, T]) can hide anything, so the mask is a tensor."""
+    if per_query:
+        return (MaskKind.CAUSAL_BIAS if kind.is_causal else MaskKind.BIAS), None
     if kind == MaskKind.FULLY_MASKED:  # ones hide every key: the input means True = pad
-        return MaskKind.PADDING if data_dependent else MaskKind.BIAS
-    return masks.with_padding(kind) if data_dependent else kind
+        return (MaskKind.PADDING if data_dependent else MaskKind.BIAS), window
+    return (masks.with_padding(kind) if data_dependent else kind), window
+
+
+def _per_query_data(values: Sequence[ir.Value], graph: ir.Graph) -> bool:
+    """Whether the data inputs the values read include one with a query axis: rank 3 or
+    more, its next-to-last axis not 1 ([B, S, T] is, [B, 1, 1, T] is not)."""
+    names = {name for value in values for name in ev.data_inputs(value, graph)}
+    return any(
+        v.name in names and v.shape is not None and len(v.shape) >= 3 and v.shape[-2] != 1
+        for v in graph.inputs
+    )
 
 
 def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> AttentionMatch:
@@ -410,17 +535,26 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     q_at, k_at = evaluations.values(match.q.value), evaluations.values(match.k.value)
     if masks_at is None or q_at is None or k_at is None:
         return replace(match, variant=(*match.variant, "mask:unclassified"))
-    kinds = set()
-    for mask, q, k in zip(masks_at, q_at, k_at, strict=True):
+    lengths = [(q.shape[-2], k.shape[-2]) for q, k in zip(q_at, k_at, strict=True)]
+    long = evaluations.at_length([value])
+    q_long = _long_shape(long, match.q.value, evaluations)
+    k_long = _long_shape(long, match.k.value, evaluations)
+    if long is not None and q_long is not None and k_long is not None:
+        masks_at = [*masks_at, long.values[0]]
+        lengths.append((q_long[-2], k_long[-2]))
+    found = []
+    for mask, (q_len, kv_len) in zip(masks_at, lengths, strict=True):
         additive = np.where(mask, 0.0, -np.inf) if match.bias.boolean_keep else mask
-        kinds.add(masks.classify(additive, q.shape[-2], k.shape[-2]))
-    kind, window = kinds.pop() if len(kinds) == 1 else (MaskKind.BIAS, None)
+        found.append((*masks.classify(additive, q_len, kv_len), kv_len))
+    kind, window = masks.merge(found)
     if match.mask.is_causal and kind in (MaskKind.NONE, MaskKind.BIAS):
         kind = MaskKind.CAUSAL if kind == MaskKind.NONE else MaskKind.CAUSAL_BIAS
-    data = ev.constant_of(value) is None and bool(ev.data_inputs(value, evaluations.model.graph))
-    kind = _with_data_part(kind, data)
+    graph = evaluations.model.graph
+    data = ev.constant_of(value) is None and bool(ev.data_inputs(value, graph))
+    kind, window = _with_data_part(kind, window, data, data and _per_query_data([value], graph))
+    kind, window, checks = _unless_unchecked(kind, window, long, q_long and k_long)
     bias = match.bias if kind.needs_tensor else None
-    return replace(match, mask=kind, window=window, bias=bias)
+    return replace(match, mask=kind, window=window, bias=bias, variant=(*match.variant, *checks))
 
 
 def _refuse(candidate: Candidate, reason: str) -> Refusal:

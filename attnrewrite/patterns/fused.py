@@ -1,10 +1,12 @@
 """Fused attention ops written by exporters or earlier optimisation passes.
 
     ai.onnx Attention (opset 23+), 4-D [B,H,S,d] or 3-D [B,S,H*d]      -> q, k, v, mask
-    com.microsoft MultiHeadAttention, separate 3-D q, k, v             -> q, k, v
-    com.microsoft Attention / GroupQueryAttention                      -> refused, with why
+    com.microsoft attention ops left in the graph                       -> refused, with why
 
-Each rule reads the op's own attributes; nothing is evaluated.
+com.microsoft Attention, MultiHeadAttention and GroupQueryAttention are written out in
+standard ops on load (substitute.contrib) and found through their Softmax; those that
+could not be carry the reason. Each rule reads the op's own attributes; nothing is
+evaluated.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ import math
 
 import onnx_ir as ir
 
-from attnrewrite.match import AttentionMatch, Bias, Layout, MaskKind, Operand, Refusal
+from attnrewrite.match import (
+    NOT_EXPANDED,
+    AttentionMatch,
+    Bias,
+    Layout,
+    MaskKind,
+    Operand,
+    Refusal,
+)
 from attnrewrite.patterns.graph_utils import float_attr, int_attr, is_op, rank_of, static_dim
 from attnrewrite.patterns.operands import ungroup_kv
 
@@ -23,20 +33,28 @@ MS = "com.microsoft"
 def match_fused(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal | None:
     if is_op(node, "Attention"):
         return _onnx_attention(node, graph_name)
-    if is_op(node, "MultiHeadAttention", domain=MS):
-        return _ms_multihead(node, graph_name)
-    if is_op(node, "Attention", domain=MS):
-        return _refuse(
-            node, graph_name, "packed-weight com.microsoft Attention is not rewritten yet"
-        )
-    if is_op(node, "GroupQueryAttention", domain=MS):
-        return _refuse(
-            node,
-            graph_name,
-            "com.microsoft GroupQueryAttention carries its own KV-cache and rotary semantics "
-            "(seqlens_k, total_sequence_length); it is left as is",
-        )
+    if node.domain == MS and node.op_type in CONTRIB_ATTENTION:
+        # the ones written out on load are gone (see substitute.contrib); these stayed
+        reason = node.metadata_props.get(NOT_EXPANDED) or CONTRIB_ATTENTION[node.op_type]
+        return _refuse(node, graph_name, reason)
     return None
+
+
+CONTRIB_ATTENTION = {
+    "Attention": "com.microsoft Attention in this form is not written out",
+    "MultiHeadAttention": "com.microsoft MultiHeadAttention in this form is not written out",
+    "GroupQueryAttention": "com.microsoft GroupQueryAttention in this form is not written out",
+    "DecoderMaskedMultiHeadAttention": (
+        "com.microsoft DecoderMaskedMultiHeadAttention (one-token decoding over a shared, "
+        "beam-indexed cache) is not written out"
+    ),
+    "PackedAttention": "com.microsoft PackedAttention (a batch's tokens packed) is not written out",
+    "PackedMultiHeadAttention": (
+        "com.microsoft PackedMultiHeadAttention (tokens of a batch packed) is not written out"
+    ),
+    "SparseAttention": "com.microsoft SparseAttention (block-sparse layouts) is not written out",
+    "LongformerAttention": "com.microsoft LongformerAttention is not written out",
+}
 
 
 def _refuse(node: ir.Node, graph_name: str, reason: str) -> Refusal:
@@ -117,47 +135,4 @@ def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
         rank=4,
         kv_repeat=not (isinstance(q_heads, int) and q_heads == kv_heads),
         float32_softmax=int_attr(node, "softmax_precision", 0) == ir.DataType.FLOAT,
-    )
-
-
-def _ms_multihead(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
-    q, k, v = node.inputs[0], _input(node, 1), _input(node, 2)
-    unsupported = {3: "bias", 4: "key_padding_mask", 6: "past_key", 7: "past_value"}
-    for index, name in unsupported.items():
-        if _input(node, index) is not None:
-            return _refuse(node, graph_name, f"MultiHeadAttention with {name} is not rewritten yet")
-    if k is None or v is None or rank_of(q) != 3 or rank_of(k) != 3 or rank_of(v) != 3:
-        return _refuse(
-            node, graph_name, "MultiHeadAttention with packed q/k/v is not rewritten yet"
-        )
-    heads = int_attr(node, "num_heads")
-    hidden = static_dim(q, -1)
-    if not heads or not isinstance(hidden, int):
-        return _refuse(node, graph_name, "MultiHeadAttention head size is not static")
-    head_dim = hidden // heads
-    causal = bool(int_attr(node, "unidirectional", 0))
-    attention_bias = _input(node, 5)
-    kind = MaskKind.CAUSAL if causal else MaskKind.NONE
-    if attention_bias is not None:
-        kind = MaskKind.CAUSAL_BIAS if causal else MaskKind.BIAS
-    return AttentionMatch(
-        anchor=node.name or "",
-        graph_name=graph_name,
-        variant=("com.microsoft:MultiHeadAttention",),
-        q=Operand(q, Layout.BS_HD, heads),
-        k=Operand(k, Layout.BS_HD, heads),
-        v=Operand(v, Layout.BS_HD, heads),
-        output=node.outputs[0],
-        nodes=(node,),
-        scale=float_attr(node, "scale", 0.0) or 1.0 / math.sqrt(head_dim),
-        scale_source="attribute" if "scale" in node.attributes else "default",
-        mask=kind,
-        bias=Bias(value=attention_bias) if attention_bias is not None else None,
-        q_heads=heads,
-        kv_heads=heads,
-        head_dim=head_dim,
-        q_len=static_dim(q, -2),
-        kv_len=static_dim(k, -2),
-        output_layout=Layout.BS_HD,
-        rank=4,
     )

@@ -1,10 +1,15 @@
-"""Classify what an attention mask computes, from its values at small sizes.
+"""Classify what an attention mask computes, from its values at a few lengths.
 
 The bias is obtained by replaying the score steps on a zero score (see `scores`); its
-values at two sizes decide the kind: all zero -> none; very negative exactly above the
-bottom-right-aligned diagonal -> causal; also below a band -> sliding window; anything
+values at two small sizes decide the kind: all zero -> none; very negative exactly above
+the bottom-right-aligned diagonal -> causal; also below a band -> sliding window; anything
 else -> a bias tensor. A bias that depends on a data input (an attention mask) is padding
 on top of whatever it computes when that input is all ones.
+
+A window wider than the small sizes looks causal (or like no mask) there, so a mask whose
+constants could encode a wider one (an integer compared with positions, a stored causal
+table) is also evaluated at a length beyond them (`probe_length`), and the kinds seen at
+every length are merged (`merge`).
 """
 
 from __future__ import annotations
@@ -14,21 +19,32 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from attnrewrite.match import MaskKind, ScoreStep
+from attnrewrite.match import MaskKind, ScoreStep, reshapes_scores
+from attnrewrite.patterns.graph_utils import int_attr
 
-VERY_NEGATIVE = -1e4  # a score at or below this is masked (exp underflows to 0 in fp32)
+# A bias at or below this masks its key: exp underflows to 0 in fp32 for any score within
+# thousands of the row's largest. Half of the -10000 that onnxruntime's kernels and older
+# exporters add, so an attention bias added on top of that does not unmask it.
+VERY_NEGATIVE = -5e3
+MAX_PROBE = 4098  # longest length a mask is evaluated at: windows up to 4096 are found
+SENTINEL = 2**24  # integers this large are "to the end" markers (Slice ends), not windows
 
 
 def replay_on_zero(
-    steps: Sequence[ScoreStep], side: Callable[[int, int], np.ndarray], dtype: np.dtype
+    steps: Sequence[ScoreStep],
+    side: Callable[[int, int], np.ndarray],
+    dtype: np.dtype,
+    scores_shape: Sequence[int] = (),
 ) -> np.ndarray:
-    """Apply the steps to a zero score; `side(i, j)` is input j of step i."""
-    result = np.zeros((), dtype=dtype)
+    """Apply the steps to a zero score; `side(i, j)` is input j of step i. Steps that reshape
+    the scores need the zero in the scores' shape, and the bias is returned in it."""
+    reshapes = reshapes_scores(steps)
+    result = np.zeros(tuple(scores_shape) if reshapes else (), dtype=dtype)
     for i, step in enumerate(steps):
         node, at = step.node, step.score_input
         args = [result if j == at else side(i, j) for j in range(len(node.inputs))]
         result = _apply(node.op_type, node, args)
-    return np.asarray(result)
+    return np.reshape(result, scores_shape) if reshapes else np.asarray(result)
 
 
 def _apply(op: str, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
@@ -47,6 +63,13 @@ def _apply(op: str, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
             return args[0].astype(ir.DataType(int(node.attributes["to"].value)).numpy())
         if op == "Identity":
             return args[0]
+        if op == "Reshape":
+            keep = not int_attr(node, "allowzero", 0)  # 0 copies the input's dimension
+            dims = [args[0].shape[k] if d == 0 and keep else int(d) for k, d in enumerate(args[1])]
+            return np.reshape(args[0], dims)
+        if op == "Flatten":
+            axis = int_attr(node, "axis", 1) or 0
+            return np.reshape(args[0], (int(np.prod(args[0].shape[:axis])), -1))
     raise ValueError(f"cannot replay {op}")
 
 
@@ -80,3 +103,39 @@ def with_padding(kind: MaskKind) -> MaskKind:
         MaskKind.CAUSAL: MaskKind.CAUSAL_PADDING,
         MaskKind.SLIDING_WINDOW: MaskKind.CAUSAL_PADDING,
     }.get(kind, kind)
+
+
+def probe_length(constants: Sequence[np.ndarray], evaluated: int) -> int | None:
+    """A length beyond any window the mask's constants could encode, or None when none could
+    be wider than `evaluated`: integer scalars (a band width compared with position
+    differences) count +2, float or boolean tables (a stored causal buffer) their last axis.
+    It may exceed MAX_PROBE: the caller then cannot check the window."""
+    lengths = [0]
+    for const in constants:
+        if np.issubdtype(const.dtype, np.integer) and const.size == 1:
+            width = abs(int(np.ravel(const)[0]))
+            if width < SENTINEL:
+                lengths.append(width + 2)
+        elif const.ndim >= 2 and const.shape[-1] == const.shape[-2]:
+            lengths.append(const.shape[-1])
+    longest = max(lengths)
+    return longest if longest > evaluated else None
+
+
+def merge(found: Sequence[tuple[MaskKind, int | None, int]]) -> tuple[MaskKind, int | None]:
+    """One kind from (kind, window, key length) at several lengths: a window shows as plain
+    causal wherever the keys fit in it, so causal at short lengths and a window w at a long
+    one is that window; any other disagreement is a bias tensor."""
+    distinct = {(kind, window) for kind, window, _ in found}
+    if len(distinct) == 1:
+        return distinct.pop()
+    windowed = {(kind, window) for kind, window, _ in found if window is not None}
+    if len(windowed) == 1:
+        kind, window = windowed.pop()
+        plain = MaskKind.CAUSAL if kind == MaskKind.SLIDING_WINDOW else kind
+        if all(
+            (k, w) == (kind, window) or (k == plain and w is None and kv_len <= window)
+            for k, w, kv_len in found
+        ):
+            return kind, window
+    return MaskKind.BIAS, None

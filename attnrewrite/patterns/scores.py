@@ -1,6 +1,8 @@
 """Walk up from a Softmax input to the Q.K^T MatMul, through scale, mask and cast steps.
 
-Every step is elementwise in the scores, so the chain computes `f(raw)` with
+Every step is elementwise in the scores, or a reshape that keeps the key axis (BLOOM's
+[B*H, S, T] -> [B, H, S, T] view, the Flatten an opset converter puts before a Softmax):
+the finder checks that, see `RESHAPES`. So the chain computes `f(raw)` with
 `f(raw) = a * raw + f(0)` up to positions pushed to a very negative value: `a` is the
 product of the scalar factors, and replaying the non-scale steps on a zero score gives
 the additive bias (see `masks`). Which inputs of a step may carry the scores:
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from attnrewrite.match import ScoreStep
+from attnrewrite.match import RESHAPES, ScoreStep
 from attnrewrite.patterns.graph_utils import consumers, is_op
 
 SCORE_INPUTS: dict[str, tuple[int, ...]] = {
@@ -22,7 +24,7 @@ SCORE_INPUTS: dict[str, tuple[int, ...]] = {
     "Div": (0,),  # scores / sqrt(d)
     "Where": (1, 2),  # where(keep, scores, -inf), where(pad, -inf, scores)
 }
-PASS_THROUGH = frozenset({"Cast", "Identity"})  # fp16 models upcast around Softmax
+PASS_THROUGH = frozenset({"Cast", "Identity"}) | RESHAPES  # fp16 models upcast around Softmax
 MAX_STEPS = 16
 
 
@@ -32,6 +34,8 @@ class ScoreChain:
     steps: tuple[ScoreStep, ...]  # data-flow order, Q.K^T output first; casts included
     float32_upcast: bool
     shape_readers: tuple[ir.Node, ...]  # Shape nodes reading the scores (masks built from them)
+    reshaped: tuple[ir.Value, ...]  # outputs of reshape steps: must keep the key axis
+    reshaped_readers: tuple[ir.Node, ...]  # Shape nodes reading reshaped scores
 
 
 def walk_scores(softmax_input: ir.Value, softmax_nodes: tuple[ir.Node, ...]) -> ScoreChain | str:
@@ -43,9 +47,13 @@ def walk_scores(softmax_input: ir.Value, softmax_nodes: tuple[ir.Node, ...]) -> 
     chain = [qk, *(node for node, _ in links)]
     readers = [(node,) for node in chain[1:]] + [softmax_nodes]
     shape_readers: list[ir.Node] = []
+    reshaped_readers: list[ir.Node] = []
+    reshaped = False
     for node, allowed in zip(chain, readers, strict=True):
         value = node.outputs[0]
-        shape_readers += [n for n in consumers(value) if is_op(n, "Shape")]
+        reshaped = reshaped or node.op_type in RESHAPES
+        shapes = [n for n in consumers(value) if is_op(n, "Shape") and n not in allowed]
+        (reshaped_readers if reshaped else shape_readers).extend(shapes)
         others = [n for n in consumers(value) if n not in allowed and not is_op(n, "Shape")]
         if others or value.is_graph_output():
             who = f"node '{others[0].name}'" if others else "a graph output"
@@ -55,7 +63,8 @@ def walk_scores(softmax_input: ir.Value, softmax_nodes: tuple[ir.Node, ...]) -> 
         node.op_type == "Cast" and int(node.attributes["to"].value) == ir.DataType.FLOAT
         for node, _ in links
     ) and qk.outputs[0].dtype not in (None, ir.DataType.FLOAT)
-    return ScoreChain(qk, steps, upcast, tuple(shape_readers))
+    reshapes = tuple(node.outputs[0] for node, _ in links if node.op_type in RESHAPES)
+    return ScoreChain(qk, steps, upcast, tuple(shape_readers), reshapes, tuple(reshaped_readers))
 
 
 def _find_path(value: ir.Value, depth: int) -> tuple[ir.Node, list[tuple[ir.Node, int]]] | str:
@@ -66,8 +75,6 @@ def _find_path(value: ir.Value, depth: int) -> tuple[ir.Node, list[tuple[ir.Node
         return node, []
     if depth >= MAX_STEPS:
         return "no Q.K^T MatMul within reach of the Softmax input"
-    if is_op(node, "Flatten"):
-        return "softmax over flattened axes (a pre-opset-13 axis), not over the key axis"
     if is_op(node, *PASS_THROUGH):
         candidates: tuple[int, ...] = (0,)
     elif is_op(node, *SCORE_INPUTS):

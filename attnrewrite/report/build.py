@@ -11,6 +11,8 @@ import functools
 import math
 import os
 import platform
+import resource
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,14 @@ def rewritten_blocks(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> l
     return blocks
 
 
+def graph_only(path: Path) -> onnx.ModelProto:
+    """The model without its weights' bytes: what the comparison reads of its structure."""
+    proto = onnx.load(str(path), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        tensor.ClearField("raw_data")
+    return proto
+
+
 def check_same_signature(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> None:
     """The rewritten model must take the original's inputs and give its outputs."""
     ins = [(v.name, v.type.tensor_type.elem_type) for v in graph_inputs(original)]
@@ -139,14 +149,14 @@ def compare_models(
     original: Path, rewritten: Path, inputs: ReportInputs
 ) -> tuple[list[dict], list[dict], list[Block]]:
     """(outputs, blocks) metrics of the rewritten model against the original."""
-    original_proto, rewritten_proto = onnx.load(str(original)), onnx.load(str(rewritten))
+    original_proto, rewritten_proto = graph_only(original), graph_only(rewritten)
     check_same_signature(original_proto, rewritten_proto)
     blocks = rewritten_blocks(original_proto, rewritten_proto)
     extra = [b.output for b in blocks]
-    try:
-        reference = run_with_outputs(original_proto, inputs.feeds, extra)
+    try:  # one model in memory at a time, read by the run and freed after it
+        reference = run_with_outputs(original, inputs.feeds, extra)
         candidate = run_with_outputs(
-            rewritten_proto, inputs.feeds, [*extra, *(o for b in blocks for o in b.node_outputs)]
+            rewritten, inputs.feeds, [*extra, *(o for b in blocks for o in b.node_outputs)]
         )
     except Exception as err:  # onnxruntime raises several types, all meaning "cannot run"
         raise AttnRewriteError(
@@ -182,6 +192,12 @@ def compare_models(
             }
         )
     return outputs, block_rows, blocks
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (both models' runs included), in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
 def environment() -> dict:
@@ -245,6 +261,7 @@ def build_report(
                 "rewritten_range_ms": after["range_ms"],
                 "models_timed_together": len(dict.fromkeys(timed_paths)),
             },
+            "memory": {"peak_rss_mb": peak_rss_mb()},
             "sweep": dict(sweep) if sweep is not None else None,
             "plan": dict(plan) if plan is not None else None,
             "summary": {

@@ -131,6 +131,9 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("Speed-up", _speedup_text(latency)),
     ]
+    memory = report.get("memory")
+    if memory:
+        items.append(("Peak memory (this report)", f"{memory['peak_rss_mb'] / 1024:.2f} GiB"))
     if summary.get("worst_block"):
         value = summary.get("worst_block_relative_l2")
         flag = f" {WARNING}" if is_flagged(value) else ""

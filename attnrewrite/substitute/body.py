@@ -47,6 +47,41 @@ class Body:
         return self.const(np.finfo(dtype.numpy()).min, dtype.numpy())
 
 
+class LoopBody:
+    """The body graph of an ONNX Loop, recorded on its own tape: inputs (iteration, condition,
+    loop-carried values); its nodes may read any value of the enclosing function body. Names
+    carry the outer tape's length, so several loops in one function do not collide."""
+
+    def __init__(self, outer: Body, tag: str, carried: Sequence[ir.DataType] = ()) -> None:
+        self.b = Body(outer.opset)
+        self.tag = f"{tag}{len(outer.tape.nodes)}"
+        scalar = ir.Shape([])
+        self.iteration = ir.Value(
+            name=f"{self.tag}_iter", type=ir.TensorType(ir.DataType.INT64), shape=scalar
+        )
+        self.cond = ir.Value(
+            name=f"{self.tag}_cond", type=ir.TensorType(ir.DataType.BOOL), shape=scalar
+        )
+        self.carried = [
+            ir.Value(name=f"{self.tag}_in{i}", type=ir.TensorType(t)) for i, t in enumerate(carried)
+        ]
+
+    def graph(self, outputs: Sequence[ir.Value]) -> ir.Graph:
+        """The body: the condition passed through, then ``outputs`` (carried, then scanned)."""
+        cond = self.b.op("Identity", self.cond)
+        for index, node in enumerate(self.b.tape.nodes):
+            node.name = f"{self.tag}_{node.op_type}_{index}"
+            for position, out in enumerate(node.outputs):
+                suffix = f"_{position}" if position else ""
+                out.name = f"{self.tag}_{node.op_type.lower()}_{index}{suffix}"
+        return ir.Graph(
+            [self.iteration, self.cond, *self.carried],
+            [cond, *outputs],
+            nodes=self.b.tape.nodes,
+            name=f"{self.tag}_loop",
+        )
+
+
 def dim(b: Body, x: ir.Value, axis: int) -> ir.Value:
     """Dimension `axis` of x as an int64 scalar."""
     return b.op("Gather", b.op("Shape", x), b.const(axis))
@@ -117,6 +152,26 @@ def from_rank4(b: Body, x: ir.Value, rank: int) -> ir.Value:
     return x if rank == 4 else b.op("Squeeze", x, b.const([0]))
 
 
+def mask_as_rank4(b: Body, x: ir.Value) -> ir.Value:
+    """A mask of rank <= 4 with leading unit axes prepended (a Reshape: no copy)."""
+    shape = b.op("Shape", x)
+    missing = b.op("Sub", b.const([4]), b.op("Shape", shape))
+    ones = b.op("Slice", b.const([1, 1, 1, 1]), b.const([0]), missing)
+    return b.op("Reshape", x, b.op("Concat", ones, shape, axis=0))
+
+
+def mask_logits(b: Body, sig: Signature, x: ir.Value) -> tuple[ir.Value, ir.Value | None]:
+    """(float32 logits with masked entries -inf, None) of an additive mask; (None, keep) of a
+    boolean one. Entries at or below half the dtype's lowest count as masked (the reference's
+    convention)."""
+    if sig.bias == "keep":
+        return None, x
+    logits = b.op("Cast", x, to=ir.DataType.FLOAT)
+    floor = np.float32(np.finfo(sig.dtype.numpy()).min / 2)
+    hidden = b.op("LessOrEqual", logits, b.const(floor, np.float32))
+    return b.op("Where", hidden, b.const(-np.inf, np.float32), logits), None
+
+
 def key_weights(b: Body, sig: Signature, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
     """exp(key bias) per key, broadcastable to [B, H, 1, Skv], in `dtype` (masked keys: 0).
 
@@ -126,13 +181,15 @@ def key_weights(b: Body, sig: Signature, mask: ir.Value, dtype: ir.DataType) -> 
     on its own diagonal row instead (the query at the key's position sees it). Matches the
     torch references' ``key_weights`` (shifted by the largest unmasked logit).
     """
-    row = _own_rows(b, mask) if sig.window else _last_row(b, mask)
+    row = _own_rows(b, mask) if sig.window else last_row(b, mask)
     if sig.bias == "keep":
         weights = b.op("Cast", row, to=dtype)
     else:
-        floor = np.finfo(sig.dtype.numpy()).min / 2
-        hidden = b.op("LessOrEqual", row, b.const(floor, sig.dtype.numpy()))
+        # compared in `dtype`: the mask may arrive in another type than q (fp16 scores
+        # upcast to float32 before the mask is added)
         logits = b.op("Cast", row, to=dtype)
+        floor = np.finfo(sig.dtype.numpy()).min / 2
+        hidden = b.op("LessOrEqual", logits, b.const(floor, dtype.numpy()))
         zero = b.const(0.0, dtype.numpy())
         top = b.reduce("ReduceMax", b.op("Where", hidden, b.lowest(dtype), logits), [-1])
         top = b.op("Where", b.op("LessOrEqual", top, b.lowest(dtype)), zero, top)
@@ -140,7 +197,8 @@ def key_weights(b: Body, sig: Signature, mask: ir.Value, dtype: ir.DataType) -> 
     return to_rank4(b, weights, sig.rank)  # broadcasts right-aligned, as the mask did
 
 
-def _last_row(b: Body, mask: ir.Value) -> ir.Value:
+def last_row(b: Body, mask: ir.Value) -> ir.Value:
+    """The mask's last query row, [..., 1, Skv]: all of a key-wise mask."""
     return b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
 
 

@@ -41,6 +41,7 @@ import onnx_ir as ir
 
 from attnrewrite.substitute.body import (
     Body,
+    LoopBody,
     Params,
     from_rank4,
     key_weights,
@@ -329,13 +330,9 @@ class _Triangle:
         z = b.op("Cast", b.op("Transpose", z, perm=[0, 1, 2, 4, 3]), to=fft)
         zero = b.const(0.0, fft.numpy())
 
-        loop = Body(b.opset)
-        tag = f"cb{len(b.tape.nodes)}"
-        scalar = ir.Shape([])
-        it = ir.Value(name=f"{tag}_iter", type=ir.TensorType(ir.DataType.INT64), shape=scalar)
-        cond_in = ir.Value(name=f"{tag}_cond", type=ir.TensorType(ir.DataType.BOOL), shape=scalar)
-        acc_in = ir.Value(name=f"{tag}_acc", type=ir.TensorType(fft))
-        cross_in = ir.Value(name=f"{tag}_cross", type=ir.TensorType(fft))
+        body = LoopBody(b, "cb", carried=(fft, fft))
+        loop, it = body.b, body.iteration
+        acc_in, cross_in = body.carried
         lo = loop.op("Unsqueeze", loop.op("Gather", points, it, axis=2), loop.const([-1]))
         hi = loop.op("Unsqueeze", loop.op("Gather", ends, it, axis=2), loop.const([-1]))
         seg = loop.op("And", loop.op("GreaterOrEqual", idx, lo), loop.op("Less", idx, hi))
@@ -349,17 +346,6 @@ class _Triangle:
         kb = loop.op("Unsqueeze", loop.op("Gather", k_b, it, axis=2), loop.const([2]))
         acc_out = loop.op("Add", acc_in, loop.op("Mul", spec, ka))
         cross_out = loop.op("Add", cross_in, loop.op("Mul", spec, kb))
-        cond_out = loop.op("Identity", cond_in)
-        for index, node in enumerate(loop.tape.nodes):
-            node.name = f"{tag}_{node.op_type}_{index}"
-            for out in node.outputs:
-                out.name = f"{tag}_{node.op_type.lower()}_{index}"
-        body = ir.Graph(
-            [it, cond_in, acc_in, cross_in],
-            [cond_out, acc_out, cross_out],
-            nodes=loop.tape.nodes,
-            name=f"{tag}_loop",
-        )
 
         acc_shape = b.op(
             "Concat",
@@ -373,10 +359,10 @@ class _Triangle:
         acc, cross = b.tape.op_multi_out(
             "Loop",
             [o.dim(points, 2), b.const(True, np.bool_), start, start],
-            attributes={"body": body},
+            attributes={"body": body.graph([acc_out, cross_out])},
             num_outputs=2,
         )
-        acc.name, cross.name = f"{tag}_acc_out", f"{tag}_cross_out"
+        acc.name, cross.name = f"{body.tag}_acc_out", f"{body.tag}_cross_out"
         swap = b.op("Slice", cross, o.i(-1), o.i(-BIG), o.i(-1), o.i(-1))
         acc = b.op("Add", acc, swap)
         y = o.dft(acc, n_fft, axis=3, inverse=1, onesided=0)  # [B, H, P, N, 2]

@@ -46,7 +46,7 @@ class MethodBody:
     unsupported: Callable[[Params], str | None] = lambda params: None
 
 
-BODIES = ("exact", "convbasis", "polysketch", "multipole", "window")  # modules here, each a BODY
+BODIES = ("exact", "convbasis", "polysketch", "multipole", "window", "verticalslash")  # a BODY each
 METHOD_NAMES = BODIES
 
 

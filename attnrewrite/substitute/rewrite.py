@@ -142,7 +142,7 @@ def _rewrite_one(
     rerouted = [(r, _scores_shape(early, r, query, key)) for r in match.shape_readers]
     inputs = [query, key, _to_canonical(late, match.v)]
     if match.bias is not None:
-        inputs.append(_bias_value(late, match.bias))
+        inputs.append(_bias_value(late, match.bias, query, key))
     signature = Signature.of(match)
     if groups is None:
         out = _attention_node(late, model, match, method, signature, inputs, opset, name)
@@ -310,9 +310,7 @@ def _to_canonical(tape: ir.tape.Tape, operand: Operand) -> ir.Value:
 
 def _scores_shape(tape: ir.tape.Tape, reader: ir.Node, query: ir.Value, key: ir.Value) -> ir.Value:
     """What `reader` (a Shape of the scores) computes, from q and k: [..., Sq] + [Skv]."""
-    lead = tape.op("Slice", [tape.op("Shape", [query]), _ints(tape, [0]), _ints(tape, [-1])])
-    kv_len = tape.op("Slice", [tape.op("Shape", [key]), _ints(tape, [-2]), _ints(tape, [-1])])
-    shape = tape.op("Concat", [lead, kv_len], attributes={"axis": 0})
+    shape = _scores_dims(tape, query, key)
     start = reader.attributes.get("start")
     end = reader.attributes.get("end")
     if start is None and end is None:
@@ -324,19 +322,33 @@ def _scores_shape(tape: ir.tape.Tape, reader: ir.Node, query: ir.Value, key: ir.
     return tape.op("Slice", [shape, *bounds])
 
 
-def _bias_value(tape: ir.tape.Tape, bias: Bias) -> ir.Value:
-    """The bias tensor: as given, or the score steps replayed on a zero score."""
+def _scores_dims(tape: ir.tape.Tape, query: ir.Value, key: ir.Value) -> ir.Value:
+    """The shape of q @ k^T for canonical q, k: [..., Sq] + [Skv]."""
+    lead = tape.op("Slice", [tape.op("Shape", [query]), _ints(tape, [0]), _ints(tape, [-1])])
+    kv_len = tape.op("Slice", [tape.op("Shape", [key]), _ints(tape, [-2]), _ints(tape, [-1])])
+    return tape.op("Concat", [lead, kv_len], attributes={"axis": 0})
+
+
+def _bias_value(tape: ir.tape.Tape, bias: Bias, query: ir.Value, key: ir.Value) -> ir.Value:
+    """The bias tensor: as given, or the score steps replayed on a zero score (on zeros in
+    the scores' shape, and back to it, when the steps reshape the scores)."""
     if bias.value is not None:
         return bias.value
     first = bias.steps[0]
     score_in = first.node.inputs[first.score_input]
-    dtype = (score_in.dtype or ir.DataType.FLOAT).numpy()
-    current = tape.op("Constant", [], attributes={"value": ir.tensor(np.zeros((), dtype))})
+    zero = ir.tensor(
+        np.zeros(1 if bias.reshapes else (), (score_in.dtype or ir.DataType.FLOAT).numpy())
+    )
+    if bias.reshapes:
+        shape = _scores_dims(tape, query, key)
+        current = tape.op("ConstantOfShape", [shape], attributes={"value": zero})
+    else:
+        current = tape.op("Constant", [], attributes={"value": zero})
     for step in bias.steps:
         inputs = list(step.node.inputs)
         inputs[step.score_input] = current
         current = tape.op(step.node.op_type, inputs, attributes=dict(step.node.attributes))
-    return current
+    return tape.op("Reshape", [current, shape]) if bias.reshapes else current
 
 
 def _remove_dead(graph: ir.Graph | ir.Function, seeds: Sequence[ir.Node]) -> None:

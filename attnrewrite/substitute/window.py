@@ -38,6 +38,9 @@ from attnrewrite.substitute.body import (
     dim,
     dims,
     from_rank4,
+    last_row,
+    mask_as_rank4,
+    mask_logits,
     repeat_kv,
     to_rank4,
     unsqueeze,
@@ -53,26 +56,6 @@ def limits(sig: Signature, params: Params) -> str | None:
     if sig.rank not in (3, 4):
         return f"window supports rank 3 and 4 operands, not rank {sig.rank}"
     return None
-
-
-def _as_rank4(b: Body, x: ir.Value) -> ir.Value:
-    """A mask of rank <= 4 with leading unit axes prepended (a Reshape: no copy)."""
-    shape = b.op("Shape", x)
-    missing = b.op("Sub", b.const([4]), b.op("Shape", shape))
-    ones = b.op("Slice", b.const([1, 1, 1, 1]), b.const([0]), missing)
-    return b.op("Reshape", x, b.op("Concat", ones, shape, axis=0))
-
-
-def _mask_logits(b: Body, sig: Signature, x: ir.Value) -> tuple[ir.Value, ir.Value | None]:
-    """(float32 logits with masked entries -inf, None) of an additive mask; (None, keep) of a
-    boolean one. Entries at or below half the dtype's lowest count as masked (the reference's
-    convention)."""
-    if sig.bias == "keep":
-        return None, x
-    logits = b.op("Cast", x, to=F32)
-    floor = np.float32(np.finfo(sig.dtype.numpy()).min / 2)
-    hidden = b.op("LessOrEqual", logits, b.const(floor, np.float32))
-    return b.op("Where", hidden, b.const(-np.inf, np.float32), logits), None
 
 
 def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
@@ -136,8 +119,8 @@ def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Par
         # the early keys from that row: then the mask is read element by element too.
         per_key = sig.keywise and not sig.window
         if per_key:
-            mask = b.op("Slice", mask, b.const([-1]), b.const([2**62]), b.const([-2]))
-        mask = _as_rank4(b, mask)
+            mask = last_row(b, mask)
+        mask = mask_as_rank4(b, mask)
         m_rows, m_cols = dim(b, mask, 2), dim(b, mask, 3)
         flat = b.op("Reshape", mask, b.const([0, 0, -1]))  # [Bm, Hm, rows * cols]
         key_idx = b.op("Min", idx, b.op("Sub", m_cols, one))
@@ -149,7 +132,7 @@ def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Par
                 "Add", unsqueeze(b, b.op("Mul", rows, m_cols), 2), unsqueeze(b, key_idx, 1)
             )
             gathered = b.op("Gather", flat, flat_idx, axis=2)  # [Bm, Hm, nq, w, K]
-        logits, keep = _mask_logits(b, sig, gathered)
+        logits, keep = mask_logits(b, sig, gathered)
         if keep is not None:
             allowed = b.op("And", allowed, keep)
 

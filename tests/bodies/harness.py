@@ -130,3 +130,28 @@ def function_model(method: Method, sig: Signature, opset: int = 18) -> onnx.Mode
     """One node of the method over graph inputs query/key/value[/mask], through its function
     (scale 0.3)."""
     return node_model(method, sig, scale=0.3, opset=opset)
+
+
+def rank3_error(method: str, params: dict, causal: bool, mask: str) -> float:
+    """Relative error of the method's function on [B*H, S, d] operands, as some exporters write
+    them, against its float64 reference: no mask ("none"), or a boolean one (True = attend)
+    per query ("keep") or per key ("keep_keys")."""
+    chosen = get_method(method, params)
+    bias, keywise = ("none", False) if mask == "none" else ("keep", mask == "keep_keys")
+    sig = Signature(3, ir.DataType.FLOAT, bias, keywise, causal, False, False, False, False)
+    model = function_model(chosen, sig)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
+    feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}
+    keep = None
+    if mask != "none":
+        keep = torch.rand(3, 1 if keywise else 21, 50, generator=gen) > 0.3
+        feeds["mask"] = keep.numpy()
+    ref = references.get(method)(
+        *(x[None].double() for x in (q, k, v)),
+        scale=0.3,
+        is_causal=causal,
+        bias=None if keep is None else keep[None],
+        **params,
+    )[0]
+    return relative_error(ref.numpy(), run_onnx(model, feeds))

@@ -12,7 +12,6 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
@@ -20,11 +19,10 @@ from tests.bodies.harness import (
     SMALL,
     SMALL_SPECS,
     body_error,
-    function_model,
     layer_output,
+    rank3_error,
     reference,
     relative_error,
-    run_onnx,
 )
 
 TOL = 1e-5
@@ -146,28 +144,8 @@ def test_cost_is_linear_in_length() -> None:
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("mask", ["none", "keep", "keep_keys"])
 def test_rank3_operands_and_boolean_masks(causal, mask) -> None:
-    """[B*H, S, d] operands, as some exporters write them, with or without a boolean mask
-    (True = attend) per query or per key, through the function directly."""
-    params = {"width": 5, "sinks": 2}
-    method = get_method("window", params)
-    bias, keywise = ("none", False) if mask == "none" else ("keep", mask == "keep_keys")
-    sig = Signature(3, ir.DataType.FLOAT, bias, keywise, causal, False, False, False, False)
-    model = function_model(method, sig)
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, n, 8, generator=gen) for n in (21, 50, 50))
-    feeds = {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()}
-    keep = None
-    if mask != "none":
-        keep = torch.rand(3, 1 if keywise else 21, 50, generator=gen) > 0.3
-        feeds["mask"] = keep.numpy()
-    ref = references.get("window")(
-        *(x[None].double() for x in (q, k, v)),
-        scale=0.3,
-        is_causal=causal,
-        bias=None if keep is None else keep[None],
-        **params,
-    )[0]
-    assert relative_error(ref.numpy(), run_onnx(model, feeds)) <= TOL
+    """[B*H, S, d] operands without a mask or with a boolean one, through the function."""
+    assert rank3_error("window", {"width": 5, "sinks": 2}, causal, mask) <= TOL
 
 
 def test_structural_params_select_the_overload() -> None:

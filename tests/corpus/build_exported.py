@@ -124,6 +124,7 @@ def group(
     head_dim: int = HEAD_DIM,
     scale: float | None = None,
     cross: bool = False,
+    window: int | None = None,
 ) -> dict[str, Any]:
     if causal is None:
         causal = mask.startswith("causal") or mask == "sliding_window"
@@ -136,6 +137,7 @@ def group(
         "head_dim": head_dim,
         "scale": float(head_dim**-0.5 if scale is None else scale),
         "cross": cross,
+        **({"window": window} if window is not None else {}),
     }
 
 
@@ -185,6 +187,7 @@ class Spec:
     exporter: str  # "dynamo" | "torchscript"
     opset: int
     build: Callable[[], Built]
+    fusion: str = ""  # "attention" | "mha": then run through onnxruntime's optimizer
 
 
 def ids_like(batch: int, seq: int, g: torch.Generator) -> torch.Tensor:
@@ -307,6 +310,7 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
         _seeded()
         T = transformers
         kv = HEADS
+        mask = "causal_padding"
         common_llama = dict(
             vocab_size=VOCAB,
             hidden_size=HIDDEN,
@@ -356,6 +360,12 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
         elif arch == "phi":
             cfg = T.PhiConfig(partial_rotary_factor=0.5, **common_llama)
             model = T.PhiForCausalLM(cfg)
+        elif arch == "bloom":  # baddbmm(alibi, q, k^T) on [B*H, S, S], viewed 4-D for the mask
+            mask = "causal_bias"
+            cfg = T.BloomConfig(
+                vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, use_cache=False
+            )
+            model = T.BloomForCausalLM(cfg)
         else:
             raise ValueError(arch)
         model.eval()
@@ -366,16 +376,18 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
             dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
             make_inputs=lambda b, s, g: (ids_like(b, s, g), padding_mask(b, s, g)),
             inputs_desc={"input_ids": IDS_DESC, "attention_mask": MASK_DESC},
-            expected=expected(group(LAYERS, "causal_padding", kv_heads=kv)),
+            expected=expected(group(LAYERS, mask, kv_heads=kv)),
         )
 
     return build
 
 
 SLIDING_WINDOW = 4
+WIDE_WINDOW = 20  # wider than the lengths masks are first evaluated at (6, 9)
+BEYOND_WIDE = WIDE_WINDOW + 3
 
 
-def hf_qwen2_sliding(impl: str) -> Callable[[], Built]:
+def hf_qwen2_sliding(impl: str, window: int = SLIDING_WINDOW) -> Callable[[], Built]:
     def build() -> Built:
         _seeded()
         cfg = transformers.Qwen2Config(
@@ -387,7 +399,7 @@ def hf_qwen2_sliding(impl: str) -> Callable[[], Built]:
             num_key_value_heads=KV_HEADS_GQA,
             max_position_embeddings=MAX_POS,
             use_sliding_window=True,
-            sliding_window=SLIDING_WINDOW,
+            sliding_window=window,
             max_window_layers=0,  # every layer uses the sliding window
             use_cache=False,
             attn_implementation=impl,
@@ -401,8 +413,15 @@ def hf_qwen2_sliding(impl: str) -> Callable[[], Built]:
             dynamic={"input_ids": {0: "batch", 1: "seq"}},
             make_inputs=lambda b, s, g: (ids_like(b, s, g),),
             inputs_desc={"input_ids": IDS_DESC},
-            expected=expected(group(LAYERS, "sliding_window", kv_heads=KV_HEADS_GQA)),
-            notes=f"sliding window {SLIDING_WINDOW} on every layer, no attention_mask input",
+            expected=expected(
+                group(LAYERS, "sliding_window", kv_heads=KV_HEADS_GQA, window=window)
+            ),
+            notes=f"sliding window {window} on every layer, no attention_mask input",
+            **(
+                {"checks": [(EXPORT_BATCH, EXPORT_SEQ), (OTHER_BATCH, OTHER_SEQ), (1, BEYOND_WIDE)]}
+                if window > OTHER_SEQ
+                else {}
+            ),
         )
 
     return build
@@ -762,6 +781,21 @@ class Fp16Block(_QKVBlock):
         return self.merge(o, x)
 
 
+class Fp16MaskedBlock(_QKVBlock):
+    """fp16 attention whose scores are upcast to float32 before a float32 causal + padding
+    mask is added (HF eager attention with a float32 mask in a half-precision model)."""
+
+    def forward(self, x, attention_mask):
+        q, k, v = self.split(x)
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim**-0.5)
+        n = x.shape[1]
+        low = torch.finfo(torch.float32).min
+        causal = torch.full((n, n), low, device=x.device).triu(1)
+        padding = (1.0 - attention_mask[:, None, None, :].float()) * low
+        p = torch.softmax(scores.float() + causal + padding, dim=-1).to(q.dtype)
+        return self.merge(torch.matmul(p, v), x)
+
+
 class Stack(nn.Module):
     """HW_LAYERS blocks applied in sequence; the optional mask input goes to every block."""
 
@@ -938,6 +972,26 @@ def hw_fp16() -> Built:
     )
 
 
+def hw_fp16_mask() -> Built:
+    _seeded()
+    mod = Stack(lambda: Fp16MaskedBlock()).eval().half()
+    return Built(
+        module=mod,
+        input_names=["x", "attention_mask"],
+        output_names=["y"],
+        dynamic={**HW_X_DYN, "attention_mask": {0: "batch", 1: "seq"}},
+        make_inputs=lambda b, s, g: (_hidden(b, s, g, torch.float16), padding_mask(b, s, g)),
+        inputs_desc={
+            "x": f"hidden states float16 [batch, seq, {HW_DIM}]",
+            "attention_mask": MASK_DESC,
+        },
+        expected=expected(hw_group("causal_padding")),
+        atol=2e-2,
+        notes="float16 weights and activations; scores upcast to float32, then a float32 "
+        "causal + padding mask added, softmax, cast back",
+    )
+
+
 # --------------------------------------------------------------------------------------
 # the corpus
 # --------------------------------------------------------------------------------------
@@ -965,6 +1019,30 @@ def all_specs() -> list[Spec]:
             ex = std + ([("dynamo", 23)] if (arch, impl) in OPSET23 else [])
             add(f"{arch}_{impl}", "transformers", arch, impl, hf_causal_lm(arch, impl), ex)
         add(f"qwen2sw_{impl}", "transformers", "qwen2", impl, hf_qwen2_sliding(impl), std)
+        if impl == "eager":  # opset-12 exports (Softmax(axis=3), converted on load)
+            old = [("torchscript", 12)]
+            for arch in ("gpt2", "bert", "distilbert"):
+                build = (hf_causal_lm if arch == "gpt2" else hf_encoder)(arch, impl)
+                add(f"{arch}_{impl}", "transformers", arch, impl, build, old)
+        if impl == "eager":  # onnxruntime's optimizer fuses the TorchScript BERT exports
+            for arch, opset in (("bert", 17), ("distilbert", 12)):
+                for fusion in ("attention", "mha"):
+                    specs.append(
+                        Spec(
+                            f"{arch}_{impl}_ts{opset}_ort{fusion}",
+                            "transformers",
+                            arch,
+                            impl,
+                            "torchscript",
+                            opset,
+                            hf_encoder(arch, impl),
+                            fusion,
+                        )
+                    )
+        if impl == "eager":  # BLOOM has one attention implementation
+            add("bloom_eager", "transformers", "bloom", impl, hf_causal_lm("bloom", impl), std)
+        wide = hf_qwen2_sliding(impl, WIDE_WINDOW)
+        add(f"qwen2sw{WIDE_WINDOW}_{impl}", "transformers", "qwen2", impl, wide, std[:1])
         for arch in HF_ENCODERS:
             ex = std + ([("dynamo", 23)] if (arch, impl) in OPSET23 else [])
             add(f"{arch}_{impl}", "transformers", arch, impl, hf_encoder(arch, impl), ex)
@@ -981,6 +1059,7 @@ def all_specs() -> list[Spec]:
     add("hw_manual_padding", "handwritten", "manual", None, hw_manual("div_scores", "padding"), std)
     add("hw_mha", "handwritten", "nn.MultiheadAttention", None, hw_mha, std)
     add("hw_fp16", "handwritten", "manual_fp16", None, hw_fp16, std)
+    add("hw_fp16_mask", "handwritten", "manual_fp16", None, hw_fp16_mask, std)
     return specs
 
 
@@ -1063,7 +1142,30 @@ def export(spec: Spec, built: Built, args: tuple[torch.Tensor, ...]) -> onnx.Mod
         _export_ts(spec, built, args, buf)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return onnx.load_from_string(buf.getvalue())
+    model = onnx.load_from_string(buf.getvalue())
+    return ort_optimized(model, spec.fusion) if spec.fusion else model
+
+
+def ort_optimized(model: onnx.ModelProto, fusion: str) -> onnx.ModelProto:
+    """The model as onnxruntime's transformers optimizer rewrites it for BERT: fused
+    com.microsoft Attention (packed weights, mask_index from EmbedLayerNormalization), or
+    with `fusion` "mha" MultiHeadAttention with the input bias; SkipLayerNormalization,
+    BiasGelu etc. around them."""
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.use_multi_head_attention = fusion == "mha"
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    optimized = optimizer.optimize_model(
+        model,
+        "bert",
+        num_heads=HEADS,
+        hidden_size=HIDDEN,
+        optimization_options=options,
+        opt_level=0,
+    )
+    return optimized.model
 
 
 def _export_ts(spec: Spec, built: Built, args: tuple[torch.Tensor, ...], buf: io.BytesIO) -> None:
@@ -1214,6 +1316,8 @@ def build_one(spec: Spec) -> tuple[dict[str, Any] | None, dict[str, Any] | None,
         "verified_seq_lens": sorted({s for _, s in checks}),
         "verified_batch_sizes": sorted({b for b, _ in checks}),
     }
+    if spec.fusion:
+        entry["ort_optimizer"] = f"onnxruntime.transformers.optimizer, bert, {spec.fusion} fusion"
     if built.notes:
         entry["notes"] = built.notes
     row.update(

@@ -18,6 +18,7 @@ masked may not change the outputs that must not see it) and print a table.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -74,6 +75,7 @@ class Case:
     feeds: Callable[[int], dict[str, np.ndarray]]
     dynamic_seq: bool = True
     note: str = ""
+    lengths: tuple[int, ...] = ()  # where the rewrite is checked, beyond SEQ_DEFAULT/SEQ_OTHER
 
 
 def expect(
@@ -431,7 +433,7 @@ def pad_mask(shape, dtype) -> np.ndarray:
 
 
 def dims_for(n: int) -> dict[str, int]:
-    return {"S": n, "T": n + CROSS_EXTRA, "P": PAST, "B": B}
+    return {"S": n, "T": n + CROSS_EXTRA, "P": PAST, "B": B, PAST_DIM: PAST, TOTAL: PAST + n}
 
 
 def auto_feeds(
@@ -745,11 +747,54 @@ def ms_contrib_ops() -> list[Case]:
             note="batch 1 with a real past of P=3 (bottom-right causal)",
         )
     )
+    cases.append(
+        ms_gqa(
+            "ms_groupqueryattention_window",
+            batch=1,
+            past=PAST,
+            seed=47,
+            window=2,
+            note="local_window_size 2: each query sees itself and the key before it",
+        )
+    )
+    cases.append(
+        ms_gqa(
+            "ms_groupqueryattention_softcap",
+            batch=1,
+            past=PAST,
+            seed=48,
+            softcap=30.0,
+            note="softcap: not written out, refused with the reason",
+        )
+    )
+    cases += [ms_gqa_rotary(interleaved) for interleaved in (0, 1)]
+    b = Builder("ms_decoder_masked_mha", seed=49)
+    x = hidden_input(b)
+    pasts = [b.input(n, F32, [B, H, "M", D]) for n in ("past_key", "past_value")]
+    length = b.input("past_sequence_length", I32, [1])
+    q, k, v = (linear(b, x, E, E) for _ in range(3))
+    y, *_ = b.op(
+        "DecoderMaskedMultiHeadAttention",
+        *(q, k, v, "", "", *pasts, length),
+        _domain=MS,
+        _n=3,
+        num_heads=H,
+        past_present_share_buffer=1,
+    )
+    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
+    m = b.model(domains={MS: 1})
+    note = "one-token decoding over a shared, beam-indexed cache: refused with the reason"
+    cases.append(
+        Case("ms_decoder_masked_mha", m, 1, expect("causal"), auto_feeds(m, 49), True, note)
+    )
     return cases
 
 
-def ms_gqa(name: str, *, batch: int, past: int, seed: int, note: str) -> Case:
-    """com.microsoft GroupQueryAttention, no rotary, past_key/past_value [batch, 2, P, 8]."""
+def ms_gqa(
+    name: str, *, batch: int, past: int, seed: int, note: str, window: int = -1, **attrs
+) -> Case:
+    """com.microsoft GroupQueryAttention, past_key/past_value [batch, 2, P, 8]; with
+    `window`, local_window_size (the query and `window` keys before it)."""
     b = Builder(name, seed=seed)
     x = hidden_input(b, batch=batch)
     past_k = b.input("past_key", F32, [batch, KVH, "P", D])
@@ -770,6 +815,8 @@ def ms_gqa(name: str, *, batch: int, past: int, seed: int, note: str) -> Case:
         _n=3,
         num_heads=H,
         kv_num_heads=KVH,
+        local_window_size=window,
+        **attrs,
     )
     b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [batch, "S", E])
     b.output(pk, F32, [batch, KVH, None, D], name="present_key")
@@ -786,13 +833,237 @@ def ms_gqa(name: str, *, batch: int, past: int, seed: int, note: str) -> Case:
         name,
         m,
         1,
-        expect("causal", kv_heads=KVH, cross=True),
+        # a window counts positions in the cache, which seqlens_k (data) sets: a bias tensor
+        expect("bias" if window > 0 else "causal_padding", kv_heads=KVH, cross=True),
         feeds,
         True,
         "com.microsoft GroupQueryAttention: 3-D q [B,S,32] k/v [B,S,16], past [B,2,P,8], "
         "seqlens_k = P+S-1 (int32 [B]), total_sequence_length = P+S (int32 scalar), "
-        "causal; cross=True because kv length P+S != S statically; " + note,
+        "causal, and padding: seqlens_k, a data input, says which cache slots are valid; "
+        "cross=True because kv length P+S != S statically; " + note,
     )
+
+
+def ms_gqa_rotary(interleaved: int) -> Case:
+    """GroupQueryAttention with do_rotary (cos/sin caches [64, 8]) as onnxruntime-genai writes
+    Llama-like models: 2 query heads, 1 kv head, head size 16 (the kernel's rotary needs a
+    multiple of 16), batch 1 decoding over a past of P = 3."""
+    name = f"ms_groupqueryattention_rotary{'_interleaved' if interleaved else ''}"
+    heads, kv_heads, size = 2, 1, 16
+    b = Builder(name, seed=60 + interleaved)
+    x = hidden_input(b, batch=1)
+    pasts = [b.input(n, F32, [1, kv_heads, "P", size]) for n in ("past_key", "past_value")]
+    seqlens = b.input("seqlens_k", I32, [1])
+    total = b.input("total_sequence_length", I32, [])
+    angles = np.arange(BUFFER)[:, None] / 10000 ** (np.arange(0, size, 2) / size)
+    caches = [b.const(f(angles), np.float32, "rotary") for f in (np.cos, np.sin)]
+    q = linear(b, x, E, heads * size)
+    k, v = linear(b, x, E, kv_heads * size), linear(b, x, E, kv_heads * size)
+    y, pk, pv = b.op(
+        "GroupQueryAttention",
+        *(q, k, v, *pasts, seqlens, total, *caches),
+        _domain=MS,
+        _n=3,
+        num_heads=heads,
+        kv_num_heads=kv_heads,
+        do_rotary=1,
+        rotary_interleaved=interleaved,
+    )
+    b.output(b.op("MatMul", y, b.weight(heads * size, E), _out="y"), F32, [1, "S", E])
+    b.output(pk, F32, [1, kv_heads, None, size], name="present_key")
+    b.output(pv, F32, [1, kv_heads, None, size], name="present_value")
+    m = b.model(domains={MS: 1})
+    feeds = auto_feeds(
+        m,
+        60,
+        seqlens_k=lambda n: np.full([1], PAST + n - 1, np.int32),
+        total_sequence_length=lambda n: np.array(PAST + n, np.int32),
+    )
+    expected = expect("causal_padding", q_heads=heads, kv_heads=kv_heads, head_dim=size, cross=True)
+    expected["scale"] = float(size**-0.5)
+    note = "rotary at the tokens' positions in the cache (P + s), halves or interleaved pairs"
+    return Case(name, m, 1, expected, feeds, True, note)
+
+
+# ------------------------------------------- 6b com.microsoft ops as ORT's optimizers write them
+
+PAST_DIM, TOTAL = "past", "past+S"  # named as attnrewrite.inputs sizes them: PAST, PAST + n
+
+
+def _key_lengths(total: int) -> np.ndarray:
+    """mask_index [B]: the second sequence's last two keys are padding."""
+    return np.array([total, total - 2], np.int32)
+
+
+def _ends_and_starts(total: int) -> np.ndarray:
+    """mask_index [2B]: exclusive ends then inclusive starts (left padding of row 1)."""
+    return np.array([total, total, 0, 2], np.int32)
+
+
+def _per_query(total: int) -> np.ndarray:
+    """mask_index [B, S, T] of 0/1 with the first key always visible (S = T - PAST)."""
+    mask = (np.random.default_rng(total).random((B, total - PAST, total)) > 0.3).astype(np.int32)
+    mask[..., 0] = 1
+    return mask
+
+
+# form -> (shape, feed from the key length T); None: auto_feeds' 0/1 padding of row 1
+MASK_FORMS: dict[str, tuple[list, Callable[[int], np.ndarray] | None]] = {
+    "lengths": ([B], _key_lengths),
+    "ends_starts": ([2 * B], _ends_and_starts),
+    "raw": ([B, TOTAL], None),
+    "per_query": ([B, "S", TOTAL], _per_query),
+}
+
+
+def ms_packed_attention(
+    name: str, seed: int, *, mask: str | None, causal: bool, bias: bool = False, note: str
+) -> Case:
+    """com.microsoft Attention: x [B, S, E] @ W [E, 3E] + b, mask_index in one of
+    MASK_FORMS, and past [2, B, H, P, d] -> present, or (onnxruntime takes no past with it)
+    an attention_bias [1, H, S, S]."""
+    b = Builder(name, seed=seed)
+    x = hidden_input(b)
+    past = "" if bias else b.input("past", F32, [2, B, H, PAST_DIM, D])
+    keys, cached = ("S", 0) if bias else (TOTAL, PAST)
+    overrides = {}
+    mask_name = ""
+    if mask is not None:
+        shape, feed = MASK_FORMS[mask]
+        mask_name = b.input("mask_index", I32, [keys if d == TOTAL else d for d in shape])
+        if feed is not None:
+            overrides["mask_index"] = lambda n, f=feed: f(cached + n)
+    bias_name = b.input("attention_bias", F32, [1, H, "S", "S"]) if bias else ""
+    inputs = [x, b.weight(E, 3 * E), b.weight(3 * E, scale=0.1), mask_name, past, bias_name]
+    attrs = {"num_heads": H, "unidirectional": int(causal)}
+    outputs = b.op("Attention", *inputs, _domain=MS, _n=1 if bias else 2, **attrs)
+    y = outputs if bias else outputs[0]
+    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
+    if not bias:
+        b.output(outputs[1], F32, [2, B, H, TOTAL, D], name="present")
+    m = b.model(domains={MS: 1})
+    kind = ("causal_" if causal else "") + ("bias" if bias or mask == "per_query" else "padding")
+    if mask is None and not bias:
+        kind = "causal" if causal else "none"
+    feeds = auto_feeds(m, seed, **overrides)
+    return Case(name, m, 1, expect(kind, cross=not bias), feeds, True, note)
+
+
+def ms_multihead(
+    name: str,
+    seed: int,
+    *,
+    mask: str | None = None,
+    causal: bool = False,
+    past: bool = False,
+    cross: bool = False,
+    heads_first: bool = False,
+    note: str,
+) -> Case:
+    """com.microsoft MultiHeadAttention as ORT's optimizer writes it: q, k, v projections
+    without their bias, the packed bias [3E] as input 3; a key padding mask, a KV cache
+    (past_key/past_value -> present_key/present_value) or cross attention (keys from
+    another sequence, also as [B, H, L, d])."""
+    b = Builder(name, seed=seed)
+    x = hidden_input(b)
+    source = b.input("encoder", F32, [B, "T", E]) if cross else x
+    q, k, v = linear(b, x, E, E), linear(b, source, E, E), linear(b, source, E, E)
+    packed_bias = "" if heads_first else b.weight(3 * E, scale=0.1)
+    if heads_first:  # keys and values handed over per head, as a decoder's cross cache
+        k, v = split_heads(b, k), split_heads(b, v)
+    overrides = {}
+    mask_name = ""
+    if mask is not None:
+        shape, feed = MASK_FORMS[mask]
+        if not past:  # without a cache the key length is S (or T)
+            shape = [d if d != TOTAL else ("T" if cross else "S") for d in shape]
+        mask_name = b.input("key_padding_mask", I32, shape)
+        extra = CROSS_EXTRA if cross else 0  # keys: P + S with a cache, T = S + 3 across
+        if feed is not None:
+            overrides["key_padding_mask"] = lambda n, f=feed: f((PAST if past else extra) + n)
+    pasts = [b.input(n, F32, [B, H, PAST_DIM, D]) for n in ("past_key", "past_value")]
+    pasts = pasts if past else ["", ""]
+    outputs = 3 if past else 1
+    inputs = [q, k, v, packed_bias, mask_name, "", *pasts]
+    attrs = {"num_heads": H, "unidirectional": int(causal)}
+    result = b.op("MultiHeadAttention", *inputs, _domain=MS, _n=outputs, **attrs)
+    y = result[0] if past else result
+    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
+    if past:
+        b.output(result[1], F32, [B, H, TOTAL, D], name="present_key")
+        b.output(result[2], F32, [B, H, TOTAL, D], name="present_value")
+    m = b.model(domains={MS: 1})
+    kind = ("causal_" if causal else "") + ("padding" if mask else "")
+    kind = {"": "none", "causal_": "causal"}.get(kind, kind)
+    if mask == "per_query":
+        kind = "causal_bias" if causal else "bias"
+    feeds = auto_feeds(m, seed, **overrides)
+    return Case(name, m, 1, expect(kind, cross=past or cross), feeds, True, note)
+
+
+@register
+def ms_optimizer_forms() -> list[Case]:
+    return [
+        ms_packed_attention(
+            "ms_attention_lengths_past",
+            50,
+            mask="lengths",
+            causal=True,
+            note="Attention (GPT-2 as ORT fuses it): mask_index [B] key lengths, past/present",
+        ),
+        ms_packed_attention(
+            "ms_attention_ends_starts",
+            51,
+            mask="ends_starts",
+            causal=False,
+            note="Attention: mask_index [2B] (ends, then starts: left padding), past",
+        ),
+        ms_packed_attention(
+            "ms_attention_raw_mask_bias",
+            52,
+            mask="raw",
+            causal=True,
+            bias=True,
+            note="Attention: raw mask [B, S], attention_bias [1, H, S, S], causal",
+        ),
+        ms_packed_attention(
+            "ms_attention_per_query_mask",
+            53,
+            mask="per_query",
+            causal=False,
+            note="Attention: mask_index [B, S, P+S] (a mask per query)",
+        ),
+        ms_multihead(
+            "ms_mha_bias_lengths",
+            54,
+            mask="lengths",
+            note="MultiHeadAttention with the packed bias input and key lengths [B] (BERT as "
+            "ORT's optimizer writes it with use_multi_head_attention)",
+        ),
+        ms_multihead(
+            "ms_mha_bias_past_causal",
+            55,
+            mask="raw",
+            causal=True,
+            past=True,
+            note="MultiHeadAttention: bias, raw key padding mask [B, P+S], past_key/past_value "
+            "-> present_key/present_value, unidirectional",
+        ),
+        ms_multihead(
+            "ms_mha_cross",
+            56,
+            cross=True,
+            mask="raw",
+            note="MultiHeadAttention cross attention: keys from a T-long encoder output",
+        ),
+        ms_multihead(
+            "ms_mha_cross_heads_first",
+            57,
+            cross=True,
+            heads_first=True,
+            note="MultiHeadAttention cross attention with keys/values as [B, H, T, d]",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- 7 BERT-style padding
@@ -1184,6 +1455,21 @@ def softmax_axis_variants() -> list[Case]:
 
 
 @register
+def softmax_opset11_axis3_unknown_rank() -> Case:
+    """Opset 11, Softmax(axis=3), after a contrib op (com.microsoft Gelu) that shape
+    inference does not know: nothing downstream has a rank, and converting to opset 13
+    turns the Softmax into Flatten(axis=3) -> Softmax -> Reshape(Shape(scores)), which keeps
+    the key axis only if the scores have rank 4."""
+    name = "softmax_opset11_axis3_unknown_rank"
+    b = Builder(name, seed=40)
+    x = b.op("Gelu", hidden_input(b), _domain="com.microsoft")
+    out_proj(b, attend(b, *qkv_heads(b, x), softmax=lambda b, s: b.op("Softmax", s, axis=3)).ctx)
+    m = b.model(11, domains={"com.microsoft": 1})
+    note = "ranks known only by evaluation (the old exports ORT's optimizer left contrib ops in)"
+    return Case(name, m, 1, expect(), auto_feeds(m, 40), True, note)
+
+
+@register
 def softmax_opset11_rank4_axis1() -> Case:
     b = Builder("softmax_opset11_rank4_axis1", seed=28)
     x = hidden_input(b)
@@ -1280,7 +1566,66 @@ def bias_and_mask_variants() -> list[Case]:
             note="causal band: query i sees keys i-3..i (4 keys incl. itself), "
             "Mistral convention i - j < window",
         ),
+        *wide_window_cases(),
     ]
+
+
+WIDE = 20  # wider than the lengths a mask is first evaluated at (6 and 9)
+
+
+def local_band(b: Builder, s: str) -> str:
+    """Bidirectional band |i - j| < WIDE (Longformer-style local attention, no causality)."""
+    i, j = positions(b, s)
+    far = b.op("Not", b.op("Less", b.op("Abs", b.op("Sub", i, j)), b.int_scalar(WIDE)))
+    return b.op("Where", far, b.scalar(FMIN), b.scalar(0.0))
+
+
+def local_buffer(b: Builder, s: str) -> str:
+    """GPT-Neo local attention: a stored [1, 1, 64, 64] boolean band table, sliced to the
+    lengths read at run time, then Where(keep, scores, finfo.min)."""
+    rows = np.arange(BUFFER)[:, None]
+    cols = np.arange(BUFFER)[None, :]
+    band = ((cols <= rows) & (cols > rows - WIDE)).reshape(1, 1, BUFFER, BUFFER)
+    table = b.const(band, np.bool_, "local_buffer")
+    sq, sk = unsqueeze(b, seq_len(b, s, -2), 0), unsqueeze(b, seq_len(b, s, -1), 0)
+    start = b.op("Sub", sk, sq)
+    keep = b.op(
+        "Slice",
+        table,
+        b.op("Concat", start, b.ints(0), axis=0),
+        b.op("Concat", sk, sk, axis=0),
+        b.ints(2, 3),
+    )
+    return b.op("Where", keep, s, b.scalar(FMIN))
+
+
+def wide_window_cases() -> list[Case]:
+    """Windows wider than the first evaluation lengths: causal there, a window beyond."""
+    lengths = (6, 9, WIDE + 3)
+    cases = [
+        simple_case(
+            "sliding_window_wide",
+            expect("sliding_window", window=WIDE),
+            seed=35,
+            body=lambda b, x: attend(b, *qkv_heads(b, x), mask=add_bias(sliding_bias(WIDE))),
+            note=f"causal band of {WIDE} keys from Range/Sub/Less: plain causal at 6 and 9",
+        ),
+        simple_case(
+            "local_band_wide",
+            expect("bias"),
+            seed=36,
+            body=lambda b, x: attend(b, *qkv_heads(b, x), mask=add_bias(local_band)),
+            note=f"bidirectional band |i - j| < {WIDE}: no mask at all at 6 and 9",
+        ),
+        simple_case(
+            "local_buffer_wide",
+            expect("sliding_window", window=WIDE, scale=1.0),
+            seed=37,
+            body=lambda b, x: attend(b, *qkv_heads(b, x), scale=None, mask=local_buffer),
+            note=f"GPT-Neo local attention: stored band table of width {WIDE}, sliced",
+        ),
+    ]
+    return [dataclasses.replace(case, lengths=lengths) for case in cases]
 
 
 # --------------------------------------------------------------------------- 16 decomposed softmax
@@ -1454,6 +1799,49 @@ def classifier_softmax() -> Case:
     )
 
 
+# --------------------------------------------------------------------------- files to repair
+
+
+def _contrib_layer(name: str, seed: int) -> onnx.ModelProto:
+    """A causal layer whose input goes through com.microsoft Gelu first."""
+    b = Builder(name, seed=seed)
+    x = b.op("Gelu", hidden_input(b), _domain=MS)
+    out_proj(b, attend(b, *qkv_heads(b, x), mask=add_bias(causal_bias_range)).ctx)
+    return b.model(domains={MS: 1})
+
+
+@register
+def files_to_repair() -> list[Case]:
+    """Models onnxruntime runs but the ONNX standard refuses, each repaired on load."""
+    unsorted = _contrib_layer("repair_unsorted_nodes", 44)
+    nodes = list(unsorted.graph.node)
+    del unsorted.graph.node[:]
+    unsorted.graph.node.extend(reversed(nodes))
+
+    no_import = _contrib_layer("repair_contrib_import", 45)
+    del no_import.opset_import[1:]
+
+    twice = _contrib_layer("repair_duplicate_constants", 46)
+    scale = numpy_helper.from_array(np.array(1.0 / SCALE, np.float32))
+    div = next(n for n in twice.graph.node if n.op_type == "Div")
+    div.input[1] = "scale"
+    at = list(twice.graph.node).index(div)
+    for where in (at, 0):  # one Constant before its reader, an identical one at the top
+        twice.graph.node.insert(where, helper.make_node("Constant", [], ["scale"], value=scale))
+
+    notes = {
+        "repair_unsorted_nodes": "nodes in reverse order (onnxruntime sorts them itself)",
+        "repair_contrib_import": "com.microsoft node without the com.microsoft opset import",
+        "repair_duplicate_constants": "two identical Constant nodes write the scale",
+    }
+    models = {"repair_unsorted_nodes": unsorted, "repair_contrib_import": no_import}
+    models["repair_duplicate_constants"] = twice
+    return [
+        Case(name, m, 1, expect("causal"), auto_feeds(m, 44), True, notes[name])
+        for name, m in models.items()
+    ]
+
+
 def extra_output_case(name: str, which: str, seed: int) -> Case:
     b = Builder(name, seed=seed)
     x = hidden_input(b)
@@ -1485,6 +1873,30 @@ def scores_second_consumer() -> Case:
 @register
 def probs_second_consumer() -> Case:
     return extra_output_case("probs_second_consumer", "probs", 41)
+
+
+@register
+def training_graph() -> Case:
+    """A training graph (onnxruntime-training's gradient graph): SoftmaxGrad_13 reads the
+    probabilities to compute the scores' gradient from the output's gradient."""
+    name = "training_graph"
+    b = Builder(name, seed=43)
+    x = hidden_input(b)
+    a = attend(b, *qkv_heads(b, x))
+    out_proj(b, a.ctx)
+    grad_in = b.input("probs_grad", F32, [B, H, "S", "S"])
+    grad = b.op("SoftmaxGrad_13", grad_in, a.probs, _domain=MS, axis=-1)
+    b.output(grad, F32, [B, H, "S", "S"], name="scores_grad")
+    m = b.model(domains={MS: 1})
+    return Case(
+        name,
+        m,
+        0,
+        refuse("training graph"),
+        auto_feeds(m, 43),
+        True,
+        "NEGATIVE: gradient ops read the probabilities; only inference graphs are rewritten",
+    )
 
 
 @register

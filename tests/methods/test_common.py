@@ -24,6 +24,8 @@ APPROX = [
     ("multipole", {"block": 4}),
     ("multipole", {"block": 3, "coarse": 3, "levels": 1}),
     ("window", {"width": 5, "sinks": 2}),
+    ("verticalslash", {"vertical": 3, "slash": 4, "last": 5, "sinks": 1, "local": 2}),
+    ("verticalslash", {"vertical": 1, "slash": 2, "last": 1, "sinks": 0, "local": 0}),
 ]
 # Settings at which a method must reproduce exact attention.
 EXACT = [
@@ -31,6 +33,8 @@ EXACT = [
     ("convbasis", {"bases": 64, "recovery": "binary", "tol": 0.0}),
     ("multipole", {"block": 64}),
     ("window", {"width": 64, "sinks": 0}),
+    ("verticalslash", {"vertical": 2, "slash": 64, "sinks": 1, "local": 2}),
+    ("verticalslash", {"vertical": 64, "slash": 3, "sinks": 0, "local": 3}),
 ]
 # (Sq, Skv, is_causal): self-attention, KV-cache prefill, decode, cross-attention both ways.
 LAYOUTS = [
@@ -50,6 +54,8 @@ def ids(case: tuple[str, dict]) -> str:
 
 def run(case: tuple[str, dict], q: Tensor, k: Tensor, v: Tensor, **kwargs: object) -> Tensor:
     name, params = case
+    if not kwargs["is_causal"] and not METHODS[name].bidirectional:
+        pytest.skip(f"{name} is causal only (tests/methods/test_registry.py: it refuses)")
     return METHODS[name](q, k, v, scale=SCALE, **kwargs, **params)
 
 

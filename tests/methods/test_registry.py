@@ -15,7 +15,14 @@ from .test_inputs import F64, rand_qkv
 
 
 def test_every_method_module_is_registered():
-    assert set(METHODS) == {"exact", "convbasis", "polysketch", "multipole", "window"}
+    assert set(METHODS) == {
+        "exact",
+        "convbasis",
+        "polysketch",
+        "multipole",
+        "window",
+        "verticalslash",
+    }
     for name, method in METHODS.items():
         assert method.attention is getattr(methods, name).attention
         assert method.summary
@@ -68,6 +75,11 @@ def test_capability_flags_tell_the_truth():
             else:
                 with pytest.raises(ValueError):
                     method(q, k, v, scale=0.5, is_causal=True, **kwargs)
+        if method.bidirectional:
+            method(q, k, v, scale=0.5, is_causal=False)
+        else:
+            with pytest.raises(ValueError, match="causal only"):
+                method(q, k, v, scale=0.5, is_causal=False)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ def test_the_report_command_checks_the_same_gates(tmp_path, capsys) -> None:
 def test_an_approximation_exact_at_the_report_length_is_flagged(tmp_path, capsys) -> None:
     _, report = _rewrite(tmp_path, "--method", "multipole", "--block", "16")
     [warning] = [w for w in report["verdict"]["warnings"] if "never exercised" in w]
-    assert warning.startswith("multipole (block=16, coarse=1, levels=0, sinks=4) is exact for sequences")
+    assert warning.startswith("multipole (block=16, coarse=1, levels=0, sinks=4) is exact for")
     assert "n=24" in warning
     assert report["summary"]["worst_output_relative_l2"] < 1e-5  # exact indeed
     assert f"warning: {warning}" in capsys.readouterr().out
