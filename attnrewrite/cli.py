@@ -1,9 +1,11 @@
 """Command line: `attnrewrite MODEL --method M [-o OUT] [--report]`, `attnrewrite inspect MODEL`
 `attnrewrite report ORIGINAL REWRITTEN` and `attnrewrite tune KERNEL|MODEL.onnx --target T`.
 
-Bad input and bad options end with one line on stderr and exit status 2; a rewrite that
-fails its verification exits 1; a report whose verdict fails a gate (--max-error, --min-top1,
---require-speedup) exits 3, after writing everything.
+Every failure ends at one boundary (attnrewrite.boundary): one line on stderr, exit status 2
+for bad input, bad options or a library failing on the input, 1 for a rewrite that fails its
+verification; a report whose verdict fails a gate (--max-error, --min-top1, --require-speedup)
+exits 3, after writing everything. `-o` is written only when the whole command succeeded
+(attnrewrite.export.output_folder).
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from attnrewrite import __version__
+from attnrewrite import __version__, boundary
 from attnrewrite import methods as references
 from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN, VERIFY_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError, VerificationError
@@ -35,8 +38,10 @@ if TYPE_CHECKING:
 # uses when it runs, so --version, --help and errors about the arguments answer at once.
 METHOD_NAMES = tuple(references.METHODS)
 
-EXIT_BAD_INPUT = 2
-EXIT_VERIFICATION = 1
+MAX_REPEATS = 1000
+MAX_BATCH = 1024
+MAX_SEQ_LEN = 1 << 16  # report, calibration and compiled-library inputs
+MAX_VERIFY_SEQ_LEN = 1 << 12
 TUNE_NEEDS_TVM = 'tune needs TVM: pip install -e ".[tvm]"'
 MODEL_HELP = (
     "an ONNX model, a .pt2 program, a transformers checkpoint folder (config.json + "
@@ -52,11 +57,26 @@ class OneLineParser(argparse.ArgumentParser):
         raise AttnRewriteError(message)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an int in [low, high]."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="let the libraries' warnings and logs reach stderr (TVM's compiler among them)",
+    )
 
 
 def rewrite_parser() -> argparse.ArgumentParser:
@@ -76,20 +96,21 @@ def rewrite_parser() -> argparse.ArgumentParser:
     )
     _add_method_params(parser)
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: ./MODEL-METHOD)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a non-empty output folder (never merged)"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity run")
     parser.add_argument(
         "--verify-seq-len",
-        type=_positive_int,
+        type=_int_in(1, MAX_VERIFY_SEQ_LEN),
         default=VERIFY_SEQ_LEN,
         help=f"sequence length of the parity run (default {VERIFY_SEQ_LEN}: unlike export lengths)",
     )
     parser.add_argument("--version", action="version", version=f"attnrewrite {__version__}")
+    _add_common_flags(parser)
     lowering = parser.add_argument_group("compiled library through TVM (needs the tvm extra)")
     lowering.add_argument("--target", help="also compile for llvm (this CPU) or cuda")
     lowering.add_argument("--arch", help="with --target cuda: sm_80, sm_90, ...")
-    lowering.add_argument(
-        "--verbose", action="store_true", help="show TVM's own compiler warnings (hidden)"
-    )
     reporting = parser.add_argument_group("accuracy report (report.json, report.md, report.html)")
     reporting.add_argument("--report", action="store_true", help="write the accuracy report")
     reporting.add_argument(
@@ -183,16 +204,16 @@ def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser)
     group.add_argument("--tokenizer", help="with --text: a tokenizer.json, or 'bytes' (UTF-8)")
     group.add_argument(
         "--seq-len",
-        type=_positive_int,
+        type=_int_in(1, MAX_SEQ_LEN),
         default=REPORT_SEQ_LEN,
         help="target sequence length: of generated/text report and calibration inputs, and of "
         f"auto's cost model (default {REPORT_SEQ_LEN}; a --calib file sets its own)",
     )
     group.add_argument(
-        "--batch", type=_positive_int, default=REPORT_BATCH, help="report batch size"
+        "--batch", type=_int_in(1, MAX_BATCH), default=REPORT_BATCH, help="report batch size"
     )
     group.add_argument(
-        "--repeats", type=_positive_int, default=5, help="timed runs per model (median)"
+        "--repeats", type=_int_in(1, MAX_REPEATS), default=5, help="timed runs per model (median)"
     )
 
 
@@ -214,6 +235,7 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", type=Path, help="report folder (default: the rewritten's)")
     _add_input_options(parser)
     _add_gates(parser, auto=False)
+    _add_common_flags(parser)
     return parser
 
 
@@ -221,48 +243,57 @@ def run_report(argv: Sequence[str], console: Console) -> int:
     args = report_parser().parse_args(argv)
     args.original = _model_path(args.original, args)
     _require_file(args.rewritten)
-    _quiet_libraries()
+    out_dir = args.out or args.rewritten.parent
+    for path in (args.original, args.rewritten):
+        if out_dir.resolve() == path.resolve() or out_dir.resolve().is_relative_to(path.resolve()):
+            raise AttnRewriteError(f"report folder {out_dir} would overwrite the input {path}")
+    _quiet_libraries(args.verbose)
     from attnrewrite.report.run import report
 
-    out_dir = args.out or args.rewritten.parent
-    result, files = report(
-        args.original,
-        args.rewritten,
-        out_dir,
-        _input_choice(args).load(args.original),
-        repeats=args.repeats,
-        gates=_verdict_gates(args),
-    )
-    return _print_report(result, files, console)
+    with boundary.about(args.original, args.rewritten):
+        inputs = _input_choice(args).load(args.original)
+        gates = _verdict_gates(args)
+        result, files = report(
+            args.original, args.rewritten, out_dir, inputs, repeats=args.repeats, gates=gates
+        )
+    return _print_report(result, files, _printer(console))
 
 
-def _print_report(result: dict, files: Sequence[Path], console: Console) -> int:
+def _print_report(result: dict, files: Sequence[Path], say: Callable[[str], None]) -> int:
     """The report's summary, its warnings, and the verdict as the last line: exit 3 when a
     gate failed."""
     from attnrewrite.report.verdict import EXIT_GATE_FAILED
 
-    console.print(_report_line(result, files), highlight=False, soft_wrap=True)
+    say(_report_line(result, files))
     verdict = result["verdict"]
     for warning in verdict["warnings"]:
-        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
-    console.print(f"verdict: {verdict['line']}", highlight=False, soft_wrap=True)
+        say(f"warning: {warning}")
+    say(f"verdict: {verdict['line']}")
     return 0 if verdict["passed"] else EXIT_GATE_FAILED
+
+
+def _printer(console: Console) -> Callable[[str], None]:
+    return lambda text: console.print(text, highlight=False, soft_wrap=True)
 
 
 def _report_line(result: dict, files: Sequence[Path]) -> str:
     summary, latency = result["summary"], result["latency"]
-    text = f"report: worst output rel L2 {summary['worst_output_relative_l2']:.2e}"
+    text = f"report: worst output rel L2 {_number(summary['worst_output_relative_l2'], '.2e')}"
     if summary["worst_block"] is not None:
-        text += f", worst block {summary['worst_block']} ({summary['worst_block_relative_l2']:.2e})"
+        worst = _number(summary["worst_block_relative_l2"], ".2e")
+        text += f", worst block {summary['worst_block']} ({worst})"
     logits = [o["logits"] for o in result["outputs"] if o["logits"]]
     if logits:
-        text += f", top-1 agreement {logits[0]['top1_agreement']:.1%}"
-    text += (
-        f"; {latency['original_ms']:.1f} -> {latency['rewritten_ms']:.1f} ms "
-        f"(medians of {latency['repeats']} runs); peak memory "
-        f"{result['memory']['peak_rss_mb'] / 1024:.1f} GiB"
-    )
+        text += f", top-1 agreement {_number(logits[0]['top1_agreement'], '.1%')}"
+    before, after = (_number(latency[k], ".1f") for k in ("original_ms", "rewritten_ms"))
+    text += f"; {before} -> {after} ms (medians of {latency['repeats']} runs)"
+    text += f"; peak memory {result['memory']['peak_rss_mb'] / 1024:.1f} GiB"
     return f"{text} -> {', '.join(str(f) for f in files)}"
+
+
+def _number(value: float | None, spec: str) -> str:
+    """A metric as the report writes it: null (not finite) reads "n/a"."""
+    return "n/a" if value is None else format(value, spec)
 
 
 ALIASES = {"bases": ["--k"]}  # the conv-basis paper's name for the number of bases
@@ -301,6 +332,7 @@ def inspect_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="attnrewrite inspect", description="List what the finder sees.")
     parser.add_argument("model", type=Path, help=MODEL_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_common_flags(parser)
     return parser
 
 
@@ -314,7 +346,7 @@ def _model_path(path: Path, args: argparse.Namespace) -> Path:
     if checkpoint is None:
         _require_file(path)
         return path
-    status = Console(stderr=True)
+    status = Console(file=boundary.user_stderr())
 
     def say(line: str) -> None:
         status.print(line, highlight=False, soft_wrap=True)
@@ -334,22 +366,27 @@ def _require_file(path: Path) -> None:
         )
 
 
-def _quiet_libraries() -> None:
-    """onnxruntime logs errors only: its warnings are not for users."""
+def _quiet_libraries(verbose: bool) -> None:
+    """onnxruntime logs errors only (warnings too with --verbose)."""
     import onnxruntime
 
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(2 if verbose else 3)
 
 
 def run_rewrite(argv: Sequence[str], console: Console) -> int:
     args = rewrite_parser().parse_args(argv)
+    with boundary.about(args.model):
+        return _rewrite(args, console)
+
+
+def _rewrite(args: argparse.Namespace, console: Console) -> int:
     if args.method not in (*METHOD_NAMES, "auto"):
         raise AttnRewriteError(
             f"unknown method '{args.method}'; choose one of {', '.join(METHOD_NAMES)}, "
             "or auto (per head, within --max-error)"
         )
     args.model = _model_path(args.model, args)
-    _quiet_libraries()
+    _quiet_libraries(args.verbose)
     if args.method == "auto":
         return _run_auto(args, console)
     if args.costs is not None:
@@ -369,30 +406,56 @@ def run_rewrite(argv: Sequence[str], console: Console) -> int:
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-{method.name}")
     if args.model.suffix == ".pt2":
         return _run_pt2(args, method, out_dir, console)
-    inputs = _input_choice(args).load(args.model) if args.report else None
     sweep = Sweep.parse(args.sweep, {"k": "bases"}) if args.sweep else None
     if sweep is not None and sweep.param not in method.params:
         raise AttnRewriteError(f"--sweep {sweep.param}: not a parameter of {method.name}")
     if sweep is not None and not args.report:
         raise AttnRewriteError("--sweep needs --report")
     target = _target(args)
-    outcome = rewrite_model(args.model, method, out_dir, not args.no_verify, args.verify_seq_len)
-    console.print(outcome.summary, highlight=False, soft_wrap=True)
-    if target is not None:
-        console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
-    if inputs is not None:
+    with _output(args, out_dir, console) as (staging, say):
+        inputs = _input_choice(args).load(args.model) if args.report else None
+        verify = not args.no_verify
+        outcome = rewrite_model(args.model, method, staging, verify, args.verify_seq_len)
+        say(outcome.summary)
+        if target is not None:
+            say(_compile(staging, target, args))
+        if inputs is None:
+            return 0
         result, files = report(
             args.model,
-            out_dir / MODEL_FILE,
-            out_dir,
+            staging / MODEL_FILE,
+            staging,
             inputs,
             method={"name": method.name, "params": method.params},
             sweep=sweep,
             repeats=args.repeats,
             gates=gates,
         )
-        return _print_report(result, files, console)
-    return 0
+        return _print_report(result, files, say)
+
+
+@contextmanager
+def _output(
+    args: argparse.Namespace, out_dir: Path, console: Console
+) -> Iterator[tuple[Path, Callable[[str], None]]]:
+    """The staging folder a command writes into (it becomes `out_dir` when the command ends
+    without an error, see export.output_folder), and `say`, which prints a line; lines and
+    errors name `out_dir`, not the staging folder."""
+    from attnrewrite.export import check_output_folder, output_folder
+
+    sources = [p for p in (args.model, args.inputs, args.text) if p is not None]
+    check_output_folder(out_dir, args.force, sources)
+    with output_folder(out_dir, args.force, keep_on=(VerificationError,)) as staging:
+        shown = _printer(console)
+
+        def say(text: str) -> None:
+            shown(text.replace(str(staging), str(out_dir)))
+
+        try:
+            yield staging, say
+        except AttnRewriteError as err:
+            err.args = (str(err).replace(str(staging), str(out_dir)),)
+            raise
 
 
 def _target(args: argparse.Namespace) -> str | None:
@@ -419,7 +482,6 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
     from attnrewrite.inputs import dimension_size
     from attnrewrite.lower import build  # TVM only when asked for
     from attnrewrite.pipeline import MODEL_FILE
-    from attnrewrite.quiet import library_output
 
     model = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
     dims = {
@@ -429,13 +491,11 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
         if dim.dim_param
     }
     try:
-        with library_output(show=args.verbose):
-            folder = build(out_dir / MODEL_FILE, target, None, dims)
+        folder = build(out_dir / MODEL_FILE, target, None, dims)
     except Exception as err:  # TVM's frontends and passes raise many types: all mean "cannot"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AttnRewriteError(
-            f"{out_dir / MODEL_FILE} is written, but TVM could not compile it for {target}: "
-            f"{reason[:300]}"
+            f"TVM could not compile the rewritten model for {target}: {reason[:300]}"
         ) from None
     shapes = ", ".join(f"{k}={v}" for k, v in dims.items())
     built = f"compiled for {target} ({shapes}) -> {folder}"
@@ -479,8 +539,9 @@ def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: C
         )
     from attnrewrite.torch.pt2 import rewrite_pt2  # FX code only for .pt2 inputs
 
-    _, summary = rewrite_pt2(args.model, method.name, method.params, out_dir)
-    console.print(summary, highlight=False, soft_wrap=True)
+    with _output(args, out_dir, console) as (staging, say):
+        _, summary = rewrite_pt2(args.model, method.name, method.params, staging)
+        say(summary)
     return 0
 
 
@@ -497,31 +558,32 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
 
     out_dir = args.out or new_folder_name(Path.cwd() / f"{args.model.stem}-auto")
     target = _target(args)
-    calibration = _input_choice(args).load(args.model)
-    outcome = auto_rewrite(
-        args.model,
-        out_dir,
-        args.max_error,
-        calibration,
-        verify=not args.no_verify,
-        verify_seq_len=args.verify_seq_len,
-        costs=args.costs,
-    )
-    console.print(outcome.summary, highlight=False, soft_wrap=True)
-    if target is not None:
-        console.print(_compile(out_dir, target, args), highlight=False, soft_wrap=True)
-    if args.report:
+    with _output(args, out_dir, console) as (staging, say):
+        calibration = _input_choice(args).load(args.model)
+        outcome = auto_rewrite(
+            args.model,
+            staging,
+            args.max_error,
+            calibration,
+            verify=not args.no_verify,
+            verify_seq_len=args.verify_seq_len,
+            costs=args.costs,
+        )
+        say(outcome.summary)
+        if target is not None:
+            say(_compile(staging, target, args))
+        if not args.report:
+            return 0
         result, files = report(
             args.model,
-            out_dir / MODEL_FILE,
-            out_dir,
+            staging / MODEL_FILE,
+            staging,
             calibration,
             method=outcome.report["method"],
             repeats=args.repeats,
             gates=_verdict_gates(args),
         )
-        return _print_report(result, files, console)
-    return 0
+        return _print_report(result, files, say)
 
 
 def run_tune(argv: Sequence[str]) -> int:
@@ -565,7 +627,12 @@ def run_inspect(argv: Sequence[str], console: Console) -> int:
     tables' full width."""
     args = inspect_parser().parse_args(argv)
     args.model = _model_path(args.model, args)
-    _quiet_libraries()
+    _quiet_libraries(args.verbose)
+    with boundary.about(args.model):
+        return _inspect(args, console)
+
+
+def _inspect(args: argparse.Namespace, console: Console) -> int:
     if args.model.suffix == ".pt2":
         from attnrewrite.torch.pt2 import inspect_pt2  # FX code only for .pt2 inputs
 
@@ -630,7 +697,8 @@ def _table(title: str, columns: Sequence[str]) -> Table:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     console = Console()
-    try:
+
+    def command() -> int:
         if args and args[0] == "inspect":
             return run_inspect(args[1:], console)
         if args and args[0] == "report":
@@ -638,12 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] == "tune":
             return run_tune(args[1:])
         return run_rewrite(args, console)
-    except VerificationError as err:
-        print(f"attnrewrite: error: {err}", file=sys.stderr)
-        return EXIT_VERIFICATION
-    except AttnRewriteError as err:
-        print(f"attnrewrite: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+    return boundary.run(command, debug="--debug" in args, verbose="--verbose" in args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from attnrewrite.budget import array_bytes, check_bytes
+from attnrewrite.errors import AttnRewriteError
+
 DEFAULT_BATCH = 2
 DEFAULT_PAST = 3
 PADDED_POSITIONS = 2
@@ -81,10 +84,12 @@ def dimension_size(
 def generate_inputs(
     model: onnx.ModelProto, seq_len: int, batch: int = DEFAULT_BATCH, seed: int = 0
 ) -> dict[str, np.ndarray]:
+    """One array per graph input, sized and checked against the memory budget before any
+    is allocated."""
     rng = np.random.default_rng(seed)
     initializers = {init.name for init in model.graph.initializer}
     vocab = vocabulary_sizes(model.graph)
-    feeds = {}
+    planned = {}
     for value in model.graph.input:
         if value.name in initializers:
             continue
@@ -93,8 +98,21 @@ def generate_inputs(
             dimension_size(dim, axis, seq_len, batch)
             for axis, dim in enumerate(tensor_type.shape.dim)
         ]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        feeds[value.name] = _fill(value.name.lower(), shape, dtype, vocab.get(value.name), rng)
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        except (KeyError, ValueError):
+            raise AttnRewriteError(
+                f"input '{value.name}' has element type {tensor_type.elem_type}, which has no "
+                "array type to generate"
+            ) from None
+        planned[value.name] = (shape, dtype)
+    total = sum(array_bytes(f"input '{n}'", s, d) for n, (s, d) in planned.items())
+    shapes = ", ".join(f"{n} {s}" for n, (s, _) in planned.items())
+    check_bytes(f"the generated inputs ({shapes[:200]})", total)
+    feeds = {
+        name: _fill(name.lower(), shape, dtype, vocab.get(name), rng)
+        for name, (shape, dtype) in planned.items()
+    }
     return _full_caches(feeds, seq_len)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import google.protobuf.message
@@ -11,6 +12,7 @@ import onnx.shape_inference
 import onnx.version_converter
 import onnx_ir as ir
 
+from attnrewrite.budget import check_bytes, size_text
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.repair import deserialize, repair
 from attnrewrite.substitute.contrib import expand_contrib_attention
@@ -18,6 +20,7 @@ from attnrewrite.substitute.contrib import expand_contrib_attention
 MIN_OPSET = 11  # oldest opset read; older models are converted to REWRITE_OPSET on load
 REWRITE_OPSET = 13  # Softmax reduces over one axis from here on; bodies read attribute refs
 MAX_OPSET = onnx.defs.onnx_opset_version()
+MAX_PROTO_BYTES = 2 << 30  # protobuf's limit for one message
 
 
 def default_opset(model: onnx.ModelProto | ir.Model) -> int:
@@ -38,12 +41,62 @@ def load_proto(path: Path, min_opset: int = REWRITE_OPSET) -> onnx.ModelProto:
         raise AttnRewriteError(f"no such file: {path}")
     if not path.is_file():
         raise AttnRewriteError(f"not a file: {path}")
+    if path.stat().st_size > MAX_PROTO_BYTES:
+        raise AttnRewriteError(
+            f"{path} is {size_text(path.stat().st_size)}: an ONNX protobuf is at most 2 GiB "
+            "(larger weights live in external data files)"
+        )
     try:
-        proto = onnx.load(str(path))
-    except (google.protobuf.message.DecodeError, ValueError, OSError) as err:
+        proto = onnx.load(str(path), load_external_data=False)
+        check_bytes(f"the external data of {path}", external_data_bytes(proto, path.parent))
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except (
+        google.protobuf.message.DecodeError,
+        onnx.checker.ValidationError,
+        ValueError,
+        OSError,
+    ) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AttnRewriteError(f"{path} is not a readable ONNX model ({reason})") from err
     return prepare_proto(proto, str(path), min_opset)
+
+
+def external_data_bytes(proto: onnx.ModelProto, folder: Path) -> int:
+    """What loading the external data would allocate: each tensor's length, or the rest of
+    its file (onnx refuses locations outside `folder` and ranges past a file's end)."""
+    total = 0
+    for tensor in _tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        with contextlib.suppress(OSError, ValueError):
+            offset = int(info.get("offset") or 0)
+            rest = (folder / info.get("location", "")).stat().st_size - offset
+            total += max(int(info["length"]) if "length" in info else rest, 0)
+    return total
+
+
+def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a model holds: initializers and attribute values, in subgraphs and
+    functions too."""
+    nodes = [n for g in _graphs(proto.graph) for n in g.node]
+    nodes += [n for f in proto.functions for n in f.node]
+    yield from (init for g in _graphs(proto.graph) for init in g.initializer)
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
 
 
 def prepare_proto(

@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from attnrewrite.boundary import user_stderr
+
 
 @contextmanager
 def steps(description: str, total: int) -> Iterator[Callable[[str], None]]:
     """Yields `advance(what)`: one step done, `what` names the next."""
-    console = Console(stderr=True)
+    console = Console(file=user_stderr())  # also while the libraries' stderr is quiet
     if not console.is_terminal:
         yield lambda what: None
         return

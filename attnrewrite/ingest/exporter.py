@@ -28,12 +28,12 @@ import onnxruntime as ort
 import torch
 
 from attnrewrite import __version__
+from attnrewrite.boundary import quiet_libraries
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.export import EXTERNAL_DATA_BYTES, staged_directory
 from attnrewrite.ingest.cache import RECORD_FILE, TOKENIZER_FILE, Exported
 from attnrewrite.ingest.checkpoint import Checkpoint
 from attnrewrite.inputs import generate_inputs
-from attnrewrite.quiet import library_output
 from attnrewrite.verify import difference
 
 # architecture name suffix -> the transformers auto class that loads it; outputs logits
@@ -134,7 +134,7 @@ def _libraries_quiet() -> Iterator[None]:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    with library_output(show=False), contextlib.redirect_stdout(io.StringIO()):
+    with quiet_libraries(verbose=False), contextlib.redirect_stdout(io.StringIO()):
         yield
 
 

@@ -212,7 +212,7 @@ def build(
     executable = compile_relax(mod, target)
     out = Path(out_dir) if out_dir else model_path.parent / f"tvm-{target_name(target)}"
     meta = {
-        "model": str(model_path),
+        "model": os.path.relpath(model_path, out),  # the folder may be renamed or moved
         "target": target_name(target),
         "target_str": str(target),
         "dims": dict(dims or {}),

@@ -67,6 +67,7 @@ from torch import Tensor
 
 from attnrewrite.methods.exact import (
     check_inputs,
+    check_int,
     compute_dtype,
     expand_kv,
     key_weights,
@@ -80,9 +81,8 @@ FLOOR = -1e30  # masked scores: finite for probe differences, exp underflows to 
 
 def validate(*, bases: int, probe: int, recovery: str, tol: float) -> None:
     """Reject settings that would silently recover nothing."""
-    for name, val in (("bases", bases), ("probe", probe)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"convbasis {name} must be an int >= 1, got {val!r}")
+    check_int("convbasis", "bases", bases, 1)
+    check_int("convbasis", "probe", probe, 1)
     if recovery not in RECOVERIES:
         raise ValueError(f"convbasis recovery must be one of {RECOVERIES}, got {recovery!r}")
     if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0:

@@ -10,13 +10,28 @@ It also holds the conventions all methods share, so that "what a mask means" is 
 - bias: additive, broadcastable to [B, Hq, Sq, Skv]; entries at or below half the dtype's most
   negative value (finfo.min masks) count as -inf, a bool bias follows SDPA (True = attend);
 - a row with no visible key returns zeros, never NaN;
-- arithmetic runs in float64 for float64 inputs and float32 otherwise, the output has q's dtype.
+- arithmetic runs in float64 for float64 inputs and float32 otherwise, the output has q's dtype;
+- an integer parameter lies in a stated range, at most MAX_SIZE for sizes (block, width,
+  sinks, bases, probe): the ONNX bodies pad to whole blocks, so a size far above the sequence
+  length costs about its square at any length (measured on a 4-head layer at 64 tokens:
+  multipole block 2048 1.7 GB, polysketch block 4096 2.8 GB, window width 4096 8 GB; at 1024
+  all stay under 0.8 GB).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+MAX_SIZE = 1 << 10  # the largest size parameter (see the module doc)
+
+
+def check_int(owner: str, name: str, value: object, least: int, most: int = MAX_SIZE) -> None:
+    """`value` is an int (not a bool) in [least, most]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{owner} {name} must be an int >= {least}, got {value!r}")
+    if value > most:
+        raise ValueError(f"{owner} {name} must be at most {most}, got {value}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from attnrewrite.methods.exact import (
     check_inputs,
+    check_int,
     compute_dtype,
     expand_kv,
     key_weights,
@@ -62,18 +63,15 @@ from attnrewrite.methods.exact import (
     window_binds,
 )
 
+MAX_LEVELS = 20  # levels double the group: 20 reach a million tokens (the body shifts by it)
+
 
 def validate(*, block: int, coarse: int, levels: int, sinks: int) -> None:
     """Every level must split its groups into ``coarse`` equal parts."""
-    checks = (
-        ("block", block, 1),
-        ("coarse", coarse, 1),
-        ("levels", levels, 0),
-        ("sinks", sinks, 0),
-    )
-    for name, val, least in checks:
-        if isinstance(val, bool) or not isinstance(val, int) or val < least:
-            raise ValueError(f"multipole {name} must be an int >= {least}, got {val!r}")
+    check_int("multipole", "block", block, 1)
+    check_int("multipole", "coarse", coarse, 1)
+    check_int("multipole", "levels", levels, 0, MAX_LEVELS)
+    check_int("multipole", "sinks", sinks, 0)
     if block % coarse:
         raise ValueError(f"multipole coarse={coarse} must divide block={block}")
 

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from attnrewrite.methods.exact import (
     check_inputs,
+    check_int,
     compute_dtype,
     expand_kv,
     key_weights,
@@ -65,15 +66,17 @@ FITS = ("none", "softmax_fit")
 FIT_ROWS, FIT_KEYS, FIT_GRID = 32, 64, 128
 FRACTION_BITS = 31  # the fit samples indices floor(u * span) with u = i / 2^31
 MAX_EXACT_FEATURES = 1 << 12  # per token; wider heads use the dense formula
+MAX_DEGREE = 16  # beyond this the features are all rounding error in float32
+MAX_SKETCH = 1 << 6  # r^2 = 4096 features per token (256: 18 GB at block 4096)
 
 
 def validate(
     *, degree: int, sketch_size: int, block: int, variant: str, fit: str, seed: int
 ) -> None:
     """The squaring trick needs an even degree; the block scan needs a power-of-two block."""
-    for name, val in (("degree", degree), ("sketch_size", sketch_size), ("block", block)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"polysketch {name} must be an int >= 1, got {val!r}")
+    check_int("polysketch", "degree", degree, 1, MAX_DEGREE)
+    check_int("polysketch", "sketch_size", sketch_size, 1, MAX_SKETCH)
+    check_int("polysketch", "block", block, 1)
     if degree % 2:
         raise ValueError(f"polysketch degree must be even (non-negative features), got {degree}")
     if block & (block - 1):
@@ -82,8 +85,7 @@ def validate(
         raise ValueError(f"polysketch variant must be one of {VARIANTS}, got {variant!r}")
     if fit not in FITS:
         raise ValueError(f"polysketch fit must be one of {FITS}, got {fit!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"polysketch seed must be an int, got {seed!r}")
+    check_int("polysketch", "seed", seed, -(1 << 63), (1 << 63) - 1)
 
 
 def sketch_half(a: Tensor, half: int, sketch_size: int, gen: torch.Generator) -> Tensor:

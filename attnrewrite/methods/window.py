@@ -14,15 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnrewrite.methods.exact import dense_attention
+from attnrewrite.methods.exact import check_int, dense_attention
 
 
 def validate(*, width: int, sinks: int) -> None:
     """Clear errors for nonsensical patterns rather than silently attending to nothing."""
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"window width must be an int >= 1, got {width!r}")
-    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
-        raise ValueError(f"sinks must be an int >= 0, got {sinks!r}")
+    check_int("window", "width", width, 1)
+    check_int("window", "sinks", sinks, 0)
 
 
 def pattern(

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from attnrewrite.budget import array_bytes, check_bytes
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.inputs import generate_inputs, vocabulary_sizes
+
+TEXT_BYTES_PER_TOKEN = 64  # read at most this much text per token needed (a tokenizer's worst)
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,33 @@ def check_fits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str)
 def from_npz(model: onnx.ModelProto, path: Path) -> ReportInputs:
     try:
         with np.load(path) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive of named arrays")
+            check_bytes(
+                f"the arrays in {path}", sum(_npy_bytes(data.zip, m) for m in data.zip.namelist())
+            )
             feeds = {name: data[name] for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise AttnRewriteError(f"{path} is not a readable .npz file ({err})") from None
     check_fits(model, feeds, str(path))
     wanted = {v.name for v in graph_inputs(model)}
     return ReportInputs({k: v for k, v in feeds.items() if k in wanted}, "npz", str(path))
+
+
+def _npy_bytes(archive: zipfile.ZipFile, member: str) -> int:
+    """An array's size from its .npy header, before the array is read; object arrays (which
+    np.load would unpickle) are refused."""
+    with archive.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"{member}: .npy format {version} is not supported")
+    if dtype.hasobject:
+        raise ValueError(f"{member} holds Python objects, which would need pickle")
+    return array_bytes(member, shape, dtype)
 
 
 def from_text(
@@ -125,7 +149,8 @@ def from_text(
     """Token ids from a text file: `tokenizer` is a tokenizer.json, or "bytes" (UTF-8)."""
     if not path.is_file():
         raise AttnRewriteError(f"no such text file: {path}")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    with path.open("rb") as stream:  # the start is all that is used: never the whole of a huge file
+        text = stream.read(TEXT_BYTES_PER_TOKEN * batch * seq_len).decode("utf-8", "replace")
     if tokenizer == "bytes":
         ids = list(text.encode("utf-8"))
     else:

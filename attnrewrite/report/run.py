@@ -18,6 +18,8 @@ from attnrewrite.report.render import write_report
 from attnrewrite.report.verdict import Gates, judge
 from attnrewrite.substitute.methods import get_method
 
+MAX_SWEEP = 16  # values of --sweep: each is a rewrite and a report run
+
 
 @dataclass(frozen=True)
 class InputChoice:
@@ -53,6 +55,8 @@ class Sweep:
         items = tuple(v.strip() for v in values.split(",") if v.strip())
         if not sep or not name.strip() or not items:
             raise AttnRewriteError(f"--sweep expects NAME=V1,V2,...; got '{text}'")
+        if len(items) > MAX_SWEEP:
+            raise AttnRewriteError(f"--sweep takes at most {MAX_SWEEP} values, got {len(items)}")
         name = name.strip().lstrip("-").replace("-", "_")
         return cls(aliases.get(name, name), items)
 
@@ -131,6 +135,8 @@ def report(
             sweep=sweep_part,
             sweep_models=sweep_models,
         )
+    if rewritten.parent == out_dir:  # beside the report: named so, wherever the folder moves
+        result["models"]["rewritten"] = rewritten.name
     result["verdict"] = judge(result, gates or Gates())
     return result, write_report(result, out_dir)
 

@@ -17,6 +17,7 @@ from attnrewrite import __version__
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import staged_directory
 from attnrewrite.substitute.methods import METHOD_NAMES
+from attnrewrite.torch import archive
 from attnrewrite.torch.onnx_export import export_onnx
 from attnrewrite.torch.rewrite import TorchRewrite, rewrite
 from attnrewrite.torch.trace import ExampleInputs
@@ -28,11 +29,14 @@ EXACT_TOLERANCE = 1e-5
 
 
 def load_program(path: Path) -> torch.export.ExportedProgram:
+    """The saved program, read without running anything it holds (torch/archive.py)."""
     if not path.is_file():
         raise AttnRewriteError(f"no such file: {path}")
     try:
-        return torch.export.load(str(path))
-    except Exception as err:  # zip, pickle and schema errors: all mean "not a program"
+        return archive.load_program(path)
+    except AttnRewriteError:
+        raise
+    except Exception as err:  # zip, JSON and schema errors: all mean "not a program"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise AttnRewriteError(f"{path} is not a readable ExportedProgram ({first})") from None
 
