@@ -10,7 +10,9 @@ the planner's candidate settings, and `--method auto` at each budget, calibrated
 one sequence to choose on, one to check on). Columns: logits relative L2, top-1 agreement,
 KL(original || rewritten), perplexity, share of the original attention's flops removed, the
 plan's heads per method. Prints a table per length and writes benchmarks/results/
-pretrained_<n>.json.
+pretrained_<n>.json. `--plans` scores auto rewrites made before (by `attnrewrite --method
+auto` or at another length: how a plan chosen at 2k holds at 8k) instead of planning at n;
+`--methods` picks the single methods.
 """
 
 from __future__ import annotations
@@ -37,16 +39,19 @@ from attnrewrite.substitute.methods import get_method
 from attnrewrite.timing import cpu_session, session_feeds
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "smollm2"
-SINGLE = (
-    Candidate("exact"),
-    Candidate("window", {"width": 128, "sinks": 4}),
-    Candidate("window", {"width": 512, "sinks": 4}),
-    Candidate("multipole", {}),
-    Candidate("multipole", {"block": 128}),
-    Candidate("multipole", {"block": 256}),
-    Candidate("polysketch", {}),
-    Candidate("convbasis", {}),
-)
+SINGLE = {
+    c.label: c
+    for c in (
+        Candidate("exact"),
+        Candidate("window", {"width": 128, "sinks": 4}),
+        Candidate("window", {"width": 512, "sinks": 4}),
+        Candidate("multipole", {}),
+        Candidate("multipole", {"block": 128}),
+        Candidate("multipole", {"block": 256}),
+        Candidate("polysketch", {}),
+        Candidate("convbasis", {}),
+    )
+}
 BUDGETS = (1e-1, 3e-2, 1e-2)
 
 
@@ -59,6 +64,21 @@ def texts(folder: Path) -> tuple[Path, Path]:
     calibration.write_text("\n\n".join(topics[k] for k in sorted(topics) if k[0] < "m"))
     held_out.write_text("\n\n".join(topics[k] for k in sorted(topics) if k[0] >= "m"))
     return calibration, held_out
+
+
+def plan_record(folder: Path) -> dict:
+    """The planner's record kept in an auto rewrite's rewrite.json."""
+    record = json.loads((folder / "rewrite.json").read_text()).get("auto")
+    if record is None:
+        raise SystemExit(f"{folder} is not an auto rewrite (rewrite.json has no 'auto')")
+    return record
+
+
+def plan_label(record: dict, n: int) -> str:
+    planned_at = record["cost_seq_len"]
+    return f"auto max-error={record['max_error']:g}" + (
+        "" if planned_at == n else f" (planned at {planned_at})"
+    )
 
 
 def logits(path: Path, inputs: ReportInputs, threads: int) -> np.ndarray:
@@ -81,6 +101,15 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--costs", type=Path, help="the planner's cost table (kept between runs)")
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(SINGLE), default=list(SINGLE), metavar="LABEL"
+    )
+    parser.add_argument(
+        "--plans", type=Path, nargs="+", help="auto rewrites to score instead of planning at n"
+    )
+    parser.add_argument(
+        "--save-plans", type=Path, help="keep the auto rewrites here (for pretrained_speed --plans)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     console = Console()
@@ -91,10 +120,10 @@ def main() -> None:
         calibration_text, held_text = texts(Path(tmp))
         for n in args.lengths:
             held = from_text(signature, held_text, str(args.tokenizer), n, batch=1)
-            calibration = from_text(signature, calibration_text, str(args.tokenizer), n, batch=2)
             reference = logits(args.model, held, args.threads)
             rows = []
-            for cand in SINGLE:
+            for label in args.methods:
+                cand = SINGLE[label]
                 folder = Path(tmp) / f"{n}-{cand.label}"
                 outcome = rewrite_model(
                     args.model, get_method(cand.method, cand.params), folder, verify=False
@@ -110,29 +139,40 @@ def main() -> None:
                     }
                 )
                 console.print(rows[-1])
-            started = time.perf_counter()
-            with Planner(args.model, calibration, costs=args.costs) as planner:
-                planned = time.perf_counter() - started
-                for budget in args.budgets:
-                    plan, record = planner.plan(budget)
-                    folder = Path(tmp) / f"{n}-auto-{budget}"
-                    planner.rewrite(plan, record, folder, verify=False)
-                    rows.append(
-                        {
-                            "config": f"auto max-error={budget:g}",
-                            "flops_removed": record["flops_removed"],
-                            "predicted_time": record["relative_cost"],
-                            "won": record["won"],
-                            "held_out_calibration": record["held_out"],
-                            "calibration_s": planned,
-                            **scores(reference, folder / MODEL_FILE, held, args.threads),
-                        }
-                    )
+            if args.plans:
+                for folder in args.plans:
+                    record = plan_record(folder)
+                    rows.append(plan_row(record, n, reference, folder / MODEL_FILE, held, args))
                     console.print(rows[-1])
+            else:
+                calibration = from_text(signature, calibration_text, str(args.tokenizer), n, 2)
+                started = time.perf_counter()
+                with Planner(args.model, calibration, costs=args.costs) as planner:
+                    planned = time.perf_counter() - started
+                    for budget in args.budgets:
+                        plan, record = planner.plan(budget)
+                        folder = (args.save_plans or Path(tmp)) / f"{n}-auto-{budget:g}"
+                        planner.rewrite(plan, record, folder, verify=False)
+                        row = plan_row(record, n, reference, folder / MODEL_FILE, held, args)
+                        rows.append(row | {"calibration_s": planned})
+                        console.print(rows[-1])
             print_table(console, n, rows)
             args.out.mkdir(parents=True, exist_ok=True)
             result = {"benchmark": "pretrained", "model": str(args.model), "n": n, "rows": rows}
             (args.out / f"pretrained_{n}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def plan_row(
+    record: dict, n: int, reference: np.ndarray, path: Path, held: ReportInputs, args
+) -> dict:
+    return {
+        "config": plan_label(record, n),
+        "flops_removed": record["flops_removed"],
+        "predicted_time": record["relative_cost"],
+        "won": record["won"],
+        "held_out_calibration": record["held_out"],
+        **scores(reference, path, held, args.threads),
+    }
 
 
 def print_table(console: Console, n: int, rows: list[dict]) -> None:

@@ -14,8 +14,8 @@ For plans, the planner's prediction is checked: it times each attention node alo
 predicted whole-model time is the original's measured time minus the original attention's
 predicted time plus the plan's; the table gives predicted and measured speed-ups and their
 ratio. A model whose attention scores would not fit in memory at n is skipped and says so.
-Sessions run without onnxruntime's memory arena (each gives its buffers back after a run), so
-all of a length's models fit side by side at 8k.
+Sessions run without onnxruntime's memory arena (timing.cpu_session), so all of a length's
+models fit side by side at 8k.
 
 Planning at 8k takes longer than the timing: `--plans` times auto rewrites made before
 (folders of `attnrewrite --method auto`, or of this benchmark at a shorter length), labelled
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import psutil
-from pretrained import EXAMPLE, texts  # beside this file
+from pretrained import EXAMPLE, plan_label, plan_record, texts  # beside this file
 from rich.console import Console
 from rich.table import Table
 
@@ -144,25 +144,15 @@ def main() -> None:
             path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
-def plan_record(folder: Path) -> dict:
-    """The planner's record kept in an auto rewrite's rewrite.json."""
-    record = json.loads((folder / "rewrite.json").read_text()).get("auto")
-    if record is None:
-        raise SystemExit(f"{folder} is not an auto rewrite (rewrite.json has no 'auto')")
-    return record
-
-
 def plan_row(path: Path, record: dict, n: int) -> dict:
     """A plan's row; its predicted attention time holds at the length it was priced at only."""
-    planned_at = record["cost_seq_len"]
     row = {
-        "config": f"auto max-error={record['max_error']:g}"
-        + ("" if planned_at == n else f" (planned at {planned_at})"),
+        "config": plan_label(record, n),
         "path": path,
         "won": record["won"],
         "flops_removed": record["flops_removed"],
     }
-    if planned_at == n:
+    if record["cost_seq_len"] == n:
         row["predicted_attention_ms"] = record["predicted_ms"]
         row["original_attention_ms"] = record["original_ms"]
     return row
@@ -171,7 +161,7 @@ def plan_row(path: Path, record: dict, n: int) -> dict:
 def time_rows(rows: list[dict], feeds: dict, repeats: int, threads: int) -> None:
     runs = []
     for row in rows:
-        session = cpu_session(row["path"], threads, arena=False)
+        session = cpu_session(row["path"], threads)
         runs.append(functools.partial(session.run, None, session_feeds(session, feeds)))
     for row, times in zip(rows, interleaved_ms(runs, repeats), strict=True):
         row["median_ms"] = float(np.median(times))
