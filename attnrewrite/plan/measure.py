@@ -96,6 +96,9 @@ class Bench:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = self.threads
+        # sessions are kept for the whole plan: with the arena each would hold its largest run
+        # (at 8k, gigabytes per candidate), together more than the machine has
+        options.enable_cpu_mem_arena = False
         return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
 
     def _run(

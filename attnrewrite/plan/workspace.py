@@ -64,6 +64,7 @@ class Workspace:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = self.threads
+        options.enable_cpu_mem_arena = False  # buffers back after each run (see timing.py)
         try:
             return ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
         finally:
