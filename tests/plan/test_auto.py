@@ -11,7 +11,7 @@ import pytest
 
 from attnrewrite.plan.auto import Planner, auto_rewrite, split_rows
 from attnrewrite.plan.candidates import Candidate
-from attnrewrite.plan.search import uniform_plans
+from attnrewrite.plan.search import COST_RESOLUTION, uniform_plans
 from attnrewrite.report.build import compare_models
 from attnrewrite.report.inputs import from_text
 
@@ -93,8 +93,8 @@ def test_plan_is_repeatable_from_one_cost_table(tmp_path, calibration, costs) ->
 
 
 def test_no_single_method_within_budget_is_cheaper(calibration, costs) -> None:
-    """The auto plan costs no more than any one candidate on every head that also meets the
-    budget on both halves of the calibration batch."""
+    """The auto plan costs no more (within the cost resolution) than any one candidate on
+    every head that meets the budget on both halves of the calibration batch."""
     budget, fitting = 0.1, 0
     with Planner(MODEL, calibration, COST_LEN, candidates=CANDIDATES, costs=costs) as planner:
         plan, _ = planner.plan(budget)
@@ -103,5 +103,6 @@ def test_no_single_method_within_budget_is_cheaper(calibration, costs) -> None:
             errors = [planner.choosing.error(groups), planner.checking.error(groups)]
             if all(max(e.values()) <= budget for e in errors):
                 fitting += 1
-                assert plan.cost <= uniform.cost, uniform.origin
+                # plans within the cost resolution of each other are tied (most accurate first)
+                assert plan.cost <= uniform.cost * (1 + COST_RESOLUTION), uniform.origin
     assert fitting >= 1  # the comparison is not empty: some single method fits this budget
