@@ -54,16 +54,21 @@ def interleaved_ms(runs: Sequence[Callable[[], object]], repeats: int) -> list[l
     return times
 
 
-def cpu_session(path: Path, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session with ``threads`` intra-op threads and quiet logging, without
-    the memory arena: a session gives its buffers back after each run, so the sessions a
-    report or benchmark times side by side fit in memory at long context (SmolLM2 at 8k: the
-    original peaks at 6 GB alone; with arenas two sessions kept 18.7 GB)."""
+def cpu_options(threads: int) -> ort.SessionOptions:
+    """``threads`` intra-op threads (0: onnxruntime's choice), quiet logging, and no memory
+    arena: a session gives its buffers back after each run, so the sessions a report,
+    benchmark or plan keeps side by side fit in memory at long context (SmolLM2 at 8k: the
+    original peaks at 6 GB alone; a report with arenas kept 18.7 GB, a plan passed 24 GB)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_cpu_mem_arena = False
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def cpu_session(path: Path, threads: int) -> ort.InferenceSession:
+    """An onnxruntime CPU session on `path` with `cpu_options`."""
+    return ort.InferenceSession(str(path), cpu_options(threads), ["CPUExecutionProvider"])
 
 
 def session_feeds(

@@ -142,7 +142,9 @@ def main() -> None:
             if args.plans:
                 for folder in args.plans:
                     record = plan_record(folder)
-                    rows.append(plan_row(record, n, reference, folder / MODEL_FILE, held, args))
+                    rows.append(
+                        plan_row(record, n, reference, folder / MODEL_FILE, held, args.threads)
+                    )
                     console.print(rows[-1])
             else:
                 calibration = from_text(signature, calibration_text, str(args.tokenizer), n, 2)
@@ -153,7 +155,9 @@ def main() -> None:
                         plan, record = planner.plan(budget)
                         folder = (args.save_plans or Path(tmp)) / f"{n}-auto-{budget:g}"
                         planner.rewrite(plan, record, folder, verify=False)
-                        row = plan_row(record, n, reference, folder / MODEL_FILE, held, args)
+                        row = plan_row(
+                            record, n, reference, folder / MODEL_FILE, held, args.threads
+                        )
                         rows.append(row | {"calibration_s": planned})
                         console.print(rows[-1])
             print_table(console, n, rows)
@@ -163,7 +167,7 @@ def main() -> None:
 
 
 def plan_row(
-    record: dict, n: int, reference: np.ndarray, path: Path, held: ReportInputs, args
+    record: dict, n: int, reference: np.ndarray, path: Path, held: ReportInputs, threads: int
 ) -> dict:
     return {
         "config": plan_label(record, n),
@@ -171,7 +175,7 @@ def plan_row(
         "predicted_time": record["relative_cost"],
         "won": record["won"],
         "held_out_calibration": record["held_out"],
-        **scores(reference, path, held, args.threads),
+        **scores(reference, path, held, threads),
     }
 
 

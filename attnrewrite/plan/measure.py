@@ -32,7 +32,7 @@ from attnrewrite.plan.candidates import Candidate
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
 from attnrewrite.substitute.standalone import input_names, node_model
-from attnrewrite.timing import best_ms
+from attnrewrite.timing import best_ms, cpu_options
 
 REPEATS = 3
 
@@ -93,12 +93,7 @@ class Bench:
             opset=self.opset,
             mask_dtype=np.dtype(mask) if mask else None,
         )
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = self.threads
-        # sessions are kept for the whole plan: with the arena each would hold its largest run
-        # (at 8k, gigabytes per candidate), together more than the machine has
-        options.enable_cpu_mem_arena = False
+        options = cpu_options(self.threads)  # kept for the whole plan: no arena
         return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
 
     def _run(

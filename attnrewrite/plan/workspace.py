@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.match import AttentionMatch
+from attnrewrite.timing import cpu_session
 
 WEIGHTS = "weights.bin"
 
@@ -61,12 +62,8 @@ class Workspace:
         """An onnxruntime (CPU) session on `model`, saved beside the shared weights."""
         path = self.folder / f"model-{next(self._names)}.onnx"
         ir.save(model, path)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = self.threads
-        options.enable_cpu_mem_arena = False  # buffers back after each run (see timing.py)
         try:
-            return ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
+            return cpu_session(path, self.threads)
         finally:
             path.unlink()
 
