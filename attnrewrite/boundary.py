@@ -6,7 +6,8 @@ one line on stderr and an exit status.
     2    bad input or options, or a library (onnx, onnx-ir, onnxruntime, torch, numpy, TVM)
          failed on the input: "attnrewrite: error: FILE: what is wrong (library Error)"
     130  interrupted by SIGINT, 143 by SIGTERM: the stack unwinds, so staging folders are
-         removed, and nothing is written
+         removed, and nothing is written; once an output folder has been renamed into place
+         the command is past its point of no return and finishes (exit 0) instead
 
 Libraries stay quiet unless --verbose: Python warnings and logging are off, and both file
 descriptor 2 (where C++ libraries write) and sys.stderr (where some Python libraries print)
@@ -35,6 +36,7 @@ EXIT_VERIFICATION = 1
 EXIT_BAD_INPUT = 2
 NOTE = "while reading "  # the note `about` adds; the boundary names the file from it
 LIBRARY_TEXT = 300  # characters of a library's message kept in the line
+_COMMITTING: list[Path] = []  # staging folders of this run being renamed into place
 
 
 class Interrupted(BaseException):
@@ -94,6 +96,8 @@ def interruptible() -> Iterator[None]:
     numbers = (signal.SIGINT, signal.SIGTERM)
 
     def interrupt(number: int, frame: object) -> None:
+        if any(not staging.exists() for staging in _COMMITTING):
+            return  # an output is in place: "nothing written" would be false
         for n in numbers:
             signal.signal(n, signal.SIG_IGN)
         raise Interrupted(number)
@@ -104,6 +108,20 @@ def interruptible() -> Iterator[None]:
     finally:
         for n, handler in previous.items():
             signal.signal(n, handler)
+        _COMMITTING.clear()
+
+
+@contextlib.contextmanager
+def point_of_no_return(staging: Path) -> Iterator[None]:
+    """Around renaming `staging` into place: an interruption before the rename unwinds as
+    usual; after it, SIGINT/SIGTERM are ignored so the command ends as a success with its
+    outputs, never as "interrupted; nothing written" with them in place."""
+    _COMMITTING.append(staging)
+    try:
+        yield
+    except BaseException:
+        _COMMITTING.remove(staging)
+        raise
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from attnrewrite.boundary import point_of_no_return
 from attnrewrite.errors import AttnRewriteError
 
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to model.onnx.data beside the model
@@ -48,7 +49,8 @@ def output_folder(
     """Yield an empty staging folder beside `target`. When the block ends normally, or with
     one of `keep_on` (a failed verification keeps its outputs for inspection), the staging
     folder becomes `target`, replacing a previous one if `replace`; otherwise, and on
-    SIGINT/SIGTERM (raised as exceptions by the command line), it is removed."""
+    SIGINT/SIGTERM (raised as exceptions by the command line), it is removed. Once renamed,
+    the command is past its point of no return: later signals no longer interrupt it."""
     target = Path(os.path.abspath(target))  # "." and "a/.." have no name to stage beside
     created: list[Path] = []
     try:
@@ -74,10 +76,11 @@ def _commit(staging: Path, target: Path, replace: bool, created: list[Path]) -> 
     moved aside first and removed after."""
     old = None
     try:
-        if replace and target.is_dir() and not target.is_symlink() and any(target.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old)
-        os.replace(staging, target)
+        with point_of_no_return(staging):
+            if replace and target.is_dir() and not target.is_symlink() and any(target.iterdir()):
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+                os.replace(target, old)
+            os.replace(staging, target)
     except BaseException as err:
         if old is not None and not target.exists():
             os.replace(old, target)

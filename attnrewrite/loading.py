@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import google.protobuf.message
+import numpy as np
 import onnx
 import onnx.shape_inference
 import onnx.version_converter
 import onnx_ir as ir
 
-from attnrewrite.budget import check_bytes, size_text
+from attnrewrite.budget import array_bytes, check_bytes, size_text
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.repair import deserialize, repair
 from attnrewrite.substitute.contrib import expand_contrib_attention
@@ -89,6 +91,65 @@ def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             yield from attr.tensors
 
 
+_PACKED = {  # element types stored several to a byte: their raw sizes are not checked
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.UINT4,
+    onnx.TensorProto.FLOAT4E2M1,
+}
+_COMPLEX = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+_STORED_TYPES = set(onnx.helper.get_all_tensor_dtypes()) - {onnx.TensorProto.UNDEFINED}
+
+
+def check_tensor_sizes(proto: onnx.ModelProto, label: str) -> None:
+    """Refuse a tensor whose shape does not match the data it holds: shape inference and
+    constant folding allocate what the shape declares (a dim of 2**40 on an 8-byte tensor
+    took all the machine's memory)."""
+    for tensor in _tensors(proto):
+        dims = list(tensor.dims)
+        stored = _stored_elements(tensor)
+        if any(d < 0 for d in dims) or (stored is not None and stored != math.prod(dims)):
+            held = "" if stored is None else f" but holds {stored}"
+            raise AttnRewriteError(
+                f"{label}: tensor {tensor.name or '(unnamed)'} declares shape {dims}{held}"
+            )
+
+
+def check_value_shapes(proto: onnx.ModelProto, label: str) -> None:
+    """Refuse a graph input, output or value whose static dims alone exceed the memory
+    budget: data propagation in shape inference allocates from them (a 1-D input of
+    2**62 values took all the machine's memory)."""
+    for graph in _graphs(proto.graph):
+        for info in [*graph.input, *graph.output, *graph.value_info]:
+            if not info.type.HasField("tensor_type"):
+                continue
+            tensor = info.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
+            try:
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+            except KeyError:
+                dtype = np.uint8
+            what = f"{label}: value {info.name} of shape {dims}"
+            check_bytes(what, array_bytes(what, dims, dtype))
+
+
+def _stored_elements(tensor: onnx.TensorProto) -> int | None:
+    """How many values `tensor` holds, or None where that is not checked here (external or
+    segmented data, packed or unknown element types)."""
+    kind = tensor.data_type
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.HasField("segment"):
+        return None
+    if kind == onnx.TensorProto.STRING:
+        return len(tensor.string_data)
+    if kind in _PACKED or kind not in _STORED_TYPES:
+        return None
+    if tensor.HasField("raw_data"):
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(kind)).itemsize
+        whole, rest = divmod(len(tensor.raw_data), itemsize)
+        return whole if rest == 0 else -1
+    entries = len(getattr(tensor, onnx.helper.tensor_dtype_to_field(kind)))
+    return entries // 2 if kind in _COMPLEX else entries
+
+
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     yield graph
     for node in graph.node:
@@ -106,6 +167,8 @@ def prepare_proto(
     ops, e.g. DFT) and infer shapes so the finder knows ranks."""
     if proto.ir_version == 0 or not proto.graph.node:
         raise AttnRewriteError(f"{label} is not an ONNX model (no IR version or no graph nodes)")
+    check_tensor_sizes(proto, label)
+    check_value_shapes(proto, label)
     proto = repair(proto, label)
     opset = default_opset(proto)
     if not MIN_OPSET <= opset <= MAX_OPSET:

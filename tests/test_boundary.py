@@ -110,6 +110,36 @@ def test_a_signal_removes_the_staging_folders(tmp_path, number) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no out, no .out.*
 
 
+RENAMED = """
+    import os, signal, sys
+    import attnrewrite.cli as cli
+
+    rename = os.replace
+
+    def rename_then_signal(source, destination):
+        rename(source, destination)
+        if os.path.basename(destination) == "out":  # the output folder is now in place
+            os.kill(os.getpid(), signal.{name})
+
+    os.replace = rename_then_signal
+    sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_the_outputs_are_in_place_lets_the_command_finish(
+    tmp_path, number
+) -> None:
+    source = tmp_path / "m.onnx"
+    onnx.save(CASES["gqa_expand"].model, str(source))
+    name = signal.Signals(number).name
+    done = _run(RENAMED.replace("{name}", name), [str(source), "--method", "exact", "-o", "out"],
+                cwd=tmp_path)  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out"]
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
 def _run(script: str, argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *argv],

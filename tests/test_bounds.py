@@ -13,6 +13,8 @@ import onnx
 import pytest
 
 from attnrewrite.cli import main
+from attnrewrite.errors import AttnRewriteError
+from attnrewrite.inputs import generate_inputs
 from tests.corpus.handbuilt import all_cases
 
 CASES = {case.name: case for case in all_cases()}
@@ -61,7 +63,7 @@ def test_method_parameters_have_upper_bounds(model, tmp_path, capsys, method, ex
     assert expected in _error(capsys)
 
 
-def test_a_huge_model_dimension_is_refused_before_allocation(tmp_path, capsys) -> None:
+def test_a_huge_model_dimension_is_refused_at_load(tmp_path, capsys) -> None:
     proto = onnx.ModelProto()
     proto.CopyFrom(CASES["gqa_expand"].model)
     proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 2**40
@@ -69,8 +71,32 @@ def test_a_huge_model_dimension_is_refused_before_allocation(tmp_path, capsys) -
     onnx.save(proto, str(path))
     assert main([str(path), "--method", "exact", "-o", str(tmp_path / "o")]) == 2
     err = _error(capsys)
-    assert "the generated inputs (x [2, 1099511627776, 32]) would take 256.0 TiB" in err
+    assert f"{path}: value x of shape [2, 1099511627776, 32] would take 256.0 TiB" in err
     assert "more than the memory budget" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_generated_inputs_are_sized_before_allocation() -> None:
+    proto = onnx.ModelProto()
+    proto.CopyFrom(CASES["gqa_expand"].model)
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "S"  # sized by --seq-len
+    proto.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 2**30
+    with pytest.raises(AttnRewriteError, match=r"the generated inputs \(x \[2, 65536, 1073741824"):
+        generate_inputs(proto, seq_len=65536)
+
+
+def test_an_initializer_holding_less_than_its_shape_is_refused(tmp_path, capsys) -> None:
+    """Shape inference would allocate what the dims declare (2**40 values): refused first."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(CASES["gqa_expand"].model)
+    weight = proto.graph.initializer[0]
+    weight.ClearField("dims")
+    weight.dims.append(2**40)
+    path = tmp_path / "odd.onnx"
+    onnx.save(proto, str(path))
+    assert main([str(path), "--method", "exact", "-o", str(tmp_path / "o")]) == 2
+    expected = f"{path}: tensor {weight.name} declares shape [1099511627776] but holds"
+    assert expected in _error(capsys)
 
 
 def _npz_member(name: str, header: dict, payload: bytes = b"") -> bytes:
