@@ -140,6 +140,28 @@ def test_a_signal_after_the_outputs_are_in_place_lets_the_command_finish(
     assert (tmp_path / "out" / "model.onnx").is_file()
 
 
+STARTING = """
+    import builtins, os, signal, sys
+
+    load = builtins.__import__
+
+    def interrupt_the_import(name, *args, **kwargs):
+        if name == "attnrewrite.cli":  # what the command line imports first
+            os.kill(os.getpid(), signal.SIGINT)
+        return load(name, *args, **kwargs)
+
+    builtins.__import__ = interrupt_the_import
+    from attnrewrite.__main__ import main
+    sys.exit(main())
+"""
+
+
+def test_sigint_during_start_up_is_one_line(tmp_path) -> None:
+    done = _run(STARTING, ["inspect", "m.onnx"], cwd=tmp_path)
+    assert done.returncode == 128 + signal.SIGINT
+    assert done.stderr == "attnrewrite: error: interrupted (SIGINT); nothing written\n"
+
+
 def _run(script: str, argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *argv],
