@@ -75,9 +75,10 @@ def run(command: Callable[[], int], debug: bool = False, verbose: bool = False) 
     try:
         with interruptible(), quiet_libraries(verbose):
             return command()
-    except Interrupted as err:
-        line = f"interrupted ({signal.Signals(err.number).name}); nothing written"
-        code = 128 + err.number
+    except (Interrupted, KeyboardInterrupt) as err:  # KeyboardInterrupt: before ours was in
+        number = err.number if isinstance(err, Interrupted) else signal.SIGINT
+        line = f"interrupted ({signal.Signals(number).name}); nothing written"
+        code = 128 + number
     except Exception as err:
         if debug:
             traceback.print_exc()

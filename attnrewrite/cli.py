@@ -696,9 +696,9 @@ def _table(title: str, columns: Sequence[str]) -> Table:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    console = Console()
 
     def command() -> int:
+        console = Console()
         if args and args[0] == "inspect":
             return run_inspect(args[1:], console)
         if args and args[0] == "report":
