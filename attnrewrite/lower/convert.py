@@ -26,7 +26,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
 from attnrewrite.lower import fft
-from attnrewrite.lower.relax_import import LowerError
+from attnrewrite.lower.errors import LowerError
 
 
 def _constant(value, what: str) -> np.ndarray:

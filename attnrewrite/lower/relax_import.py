@@ -42,12 +42,11 @@ import numpy as np
 import onnx
 import onnx.inliner
 
+from attnrewrite.lower.errors import LowerError
+from attnrewrite.lower.graph import drop_empty_operands, unroll_loops
+
 LIBRARY = "model.so"
 META = "lower.json"
-
-
-class LowerError(RuntimeError):
-    """A model that cannot be lowered, with the reason."""
 
 
 def _fix_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> dict[str, list[int]]:
@@ -102,8 +101,6 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
 def prepare(model: onnx.ModelProto | str | os.PathLike, dims: Mapping[str, int]) -> onnx.ModelProto:
     """A copy of ``model`` that ``from_onnx`` imports: inlined, static, shape-folded, Loops
     unrolled, zero-extent Concat operands dropped (``attnrewrite.lower.graph``)."""
-    from attnrewrite.lower.graph import drop_empty_operands, unroll_loops
-
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(os.fspath(model))
     model = onnx.inliner.inline_local_functions(model)

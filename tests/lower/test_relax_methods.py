@@ -18,8 +18,9 @@ pytest.importorskip("tvm")
 from attnrewrite.layers import LayerSpec, attention_layer
 from attnrewrite.loading import prepare_proto
 from attnrewrite.lower import build, load
+from attnrewrite.lower.errors import LowerError
 from attnrewrite.lower.graph import unroll_loops
-from attnrewrite.lower.relax_import import LowerError, compile_relax, prepare, to_relax
+from attnrewrite.lower.relax_import import compile_relax, prepare, to_relax
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
