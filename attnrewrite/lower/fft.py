@@ -69,7 +69,8 @@ def rfft_kernel(batch: int, n: int, dtype: str = "float32") -> Kernel:
 def irfft_kernel(batch: int, n: int, dtype: str = "float32") -> Kernel:
     """X [batch, N // 2 + 1, 2] -> numpy.fft.irfft(X, N) as [batch, N].
 
-    The kernel reads the padded layout [batch, N2 // 2 + 1, N1, 2] (``pad_spectrum``)."""
+    The kernel reads the padded layout [batch, N2 // 2 + 1, N1, 2]: the first N // 2 + 1 of
+    its flat rows are X, the rest are ignored."""
     from tvm import te, tirx
 
     check_dtype(dtype)
