@@ -3,19 +3,19 @@
 CPU (default): batched float32 rfft at a few lengths; TVM uses the tuned records of this
 machine's llvm target when attnrewrite/targets has them (``--untuned`` to ignore them).
 
-    python benchmarks/tvm_fft.py --sizes 256 1024 4096 --batch 64 --json fft_cpu.json
+    python -m benchmarks.tvm_fft --sizes 256 1024 4096 --batch 64 --json fft_cpu.json
 
 GPU in two steps, so that the GPU machine needs only TVM's runtime (no compiler, no nvcc):
 
-    python benchmarks/tvm_fft.py --export-cuda dist/gpu/fft --arch sm_90     # here: nvcc
+    python -m benchmarks.tvm_fft --export-cuda dist/gpu/fft --arch sm_90     # here: nvcc
     TVM_USE_RUNTIME_LIB=1 python benchmarks/tvm_fft.py --run-cuda dist/gpu/fft  # on the GPU
 
-``--export-cuda`` builds the staged Relax modules (``fft.rfft_module`` / ``irfft_module`` /
-``conv_basis_staged_module``, dlight schedules per stage) and writes, per module, the
-exported library (which holds CUDA source) and the fatbin nvcc made from that source;
-``--run-cuda`` registers a
-``tvm_callback_cuda_compile`` that hands TVM the prebuilt fatbin, checks each kernel against
-numpy and times it against torch.fft on the GPU.
+``--export-cuda`` builds the staged Relax modules of tests/lower/fft_staged.py
+(``rfft_module`` / ``irfft_module`` / ``conv_basis_staged_module``, dlight schedules per
+stage) and writes, per module, the exported library (which holds CUDA source) and the fatbin
+nvcc made from that source; ``--run-cuda`` registers a ``tvm_callback_cuda_compile`` that
+hands TVM the prebuilt fatbin, checks each kernel against numpy and times it against torch.fft
+on the GPU.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ import numpy as np
 
 
 def conv_reference(kern: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """float64 numpy: sum over bases of causal convolutions (as fft.conv_basis_reference)."""
+    """float64 numpy: sum over bases of causal convolutions (as tests/lower/references.py's
+    conv_basis_reference, which imports attnrewrite: the GPU side runs with TVM's runtime and
+    numpy only)."""
     length = kern.shape[-1]
     n = 1 << max(1, (2 * length - 1).bit_length())
     kf = np.fft.rfft(kern.astype(np.float64), n=n, axis=-1)
@@ -42,6 +44,8 @@ def cpu(args) -> list[dict]:
     import torch
 
     from attnrewrite.lower import fft
+    from attnrewrite.lower.fft_plan import split
+    from attnrewrite.lower.runner import Runner
     from attnrewrite.lower.targets import find_records, make_target, target_name
     from attnrewrite.timing import median_ms
 
@@ -52,7 +56,7 @@ def cpu(args) -> list[dict]:
     for n in args.sizes:
         x = rng.standard_normal((args.batch, n)).astype(np.float32)
         kernel = fft.rfft_kernel(args.batch, n, "float32")
-        runner = fft.Runner(kernel, target, database=None if args.untuned else "auto")
+        runner = Runner(kernel, target, database=None if args.untuned else "auto")
         spec = runner(x)
         ref = np.fft.rfft(x.astype(np.float64))
         err = float(np.abs(spec[..., 0] + 1j * spec[..., 1] - ref).max() / np.abs(ref).max())
@@ -65,7 +69,7 @@ def cpu(args) -> list[dict]:
                 "n": n,
                 "batch": args.batch,
                 "dtype": "float32",
-                "split": list(fft.split(n)),
+                "split": list(split(n)),
                 "tvm_ms": t_tvm * 1e3,
                 "numpy_ms": np_ms,
                 "torch_ms": torch_ms,
@@ -82,8 +86,11 @@ def cpu(args) -> list[dict]:
 
 def export_cuda(args) -> None:
     """Compile the staged Relax FFT modules (dlight schedules) for a CUDA arch, no GPU."""
-    from attnrewrite.lower import fft
+    from attnrewrite.lower.fft_plan import split
+    from attnrewrite.lower.relax_import import compile_relax
     from attnrewrite.lower.targets import make_target
+    from tests.lower.fft_staged import conv_basis_staged_module, irfft_module, rfft_module
+    from tests.lower.nvcc import cuda_sources, nvcc_compile
 
     target = make_target(f"cuda:{args.arch}")
     out = Path(args.export_cuda)
@@ -91,23 +98,23 @@ def export_cuda(args) -> None:
     b, h, k, length, c = args.conv
     jobs = []
     for n in args.sizes:
-        n1, n2 = fft.split(n)
-        jobs.append((f"rfft_{args.batch}x{n}", fft.rfft_module(args.batch, n), [[args.batch, n]]))
+        n1, n2 = split(n)
+        jobs.append((f"rfft_{args.batch}x{n}", rfft_module(args.batch, n), [[args.batch, n]]))
         spec = [args.batch, n2 // 2 + 1, n1, 2]
-        jobs.append((f"irfft_{args.batch}x{n}", fft.irfft_module(args.batch, n), [spec]))
+        jobs.append((f"irfft_{args.batch}x{n}", irfft_module(args.batch, n), [spec]))
     jobs.append(
         (
             f"conv_{b}x{h}x{k}x{length}x{c}",
-            fft.conv_basis_staged_module(b, h, k, length, c),
+            conv_basis_staged_module(b, h, k, length, c),
             [[b, h, k, length], [b, h, k, length, c]],
         )
     )
     index = []
     for name, mod, inputs in jobs:
-        executable = fft.compile_module(mod, target)
+        executable = compile_relax(mod, target)
         executable.export_library(str(out / f"{name}.so"))
-        sources = fft.cuda_sources(executable)
-        for source, fatbin in zip(sources, fft.nvcc_compile(executable, target), strict=True):
+        sources = cuda_sources(executable)
+        for source, fatbin in zip(sources, nvcc_compile(executable, target), strict=True):
             digest = hashlib.sha256(source.encode()).hexdigest()
             (out / f"{digest}.fatbin").write_bytes(bytes(fatbin))
             print(f"{name}: {len(source)} chars of CUDA, fatbin {len(fatbin)} bytes")

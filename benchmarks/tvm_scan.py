@@ -11,8 +11,8 @@ phi_k^T [v, 1]), at B*H rows of n tokens, R features, E value columns, block b, 
 - relax cumsum: the ONNX body's formulation (MatMul, exclusive CumSum, MatMul) as Relax ops,
   compiled by ``tvm.compile`` with default lowering, what an imported model would run.
 
-    python benchmarks/tvm_scan.py                     # n = 1k, 4k, 16k; 8 rows, R = E = 64
-    python benchmarks/tvm_scan.py --lengths 1024 --threads 2 --json /tmp/scan.json
+    python -m benchmarks.tvm_scan                     # n = 1k, 4k, 16k; 8 rows, R = E = 64
+    python -m benchmarks.tvm_scan --lengths 1024 --threads 2 --json /tmp/scan.json
 
 Each time is the median of ``--repeat`` timings after one warm-up call, device-resident inputs
 for TVM. Prints a table and writes JSON (default benchmarks/results/tvm_scan_2core.json).
@@ -78,21 +78,23 @@ def measure(n: int, args, target, db) -> dict:
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from attnrewrite.lower import fft, scan
+    from attnrewrite.lower import scan
+    from attnrewrite.lower.runner import Runner
     from attnrewrite.timing import median_ms
+    from tests.lower.references import block_scan_reference
 
     rng = np.random.default_rng(n)
     shapes = ((args.rows, n, args.features),) * 2 + ((args.rows, n, args.width),)
     q, k, x = (rng.standard_normal(s).astype(np.float32) for s in shapes)
-    want = scan.block_scan_reference(q, k, x, args.block)
+    want = block_scan_reference(q, k, x, args.block)
     scale = np.abs(want).max()
     kernel = scan.block_scan_kernel(args.rows, n, n, args.features, args.width, args.block)
     row = {"n": n, "rows": args.rows, "features": args.features, "width": args.width}
     row |= {"block": args.block, "gflop": kernel.flops / 1e9}
-    runners = {"tvm_untuned": fft.Runner(kernel, target, database=None), "tvm_tuned": None}
+    runners = {"tvm_untuned": Runner(kernel, target, database=None), "tvm_tuned": None}
     mod = tvm.IRModule({kernel.name: kernel.func})
     if db is not None and ms.tir_integration.compile_tir(db, mod, target) is not None:
-        runners["tvm_tuned"] = fft.Runner(kernel, target, database=db)
+        runners["tvm_tuned"] = Runner(kernel, target, database=db)
     for name, runner in runners.items():
         row[f"{name}_ms"] = None
         if runner is None:

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from attnrewrite.export import staged_directory
+from attnrewrite.lower.relax_import import load
 from attnrewrite.timing import cpu_session, median_ms, session_feeds
 from attnrewrite.verify import Difference, difference, tolerance_for
 
@@ -82,8 +83,6 @@ def check_artifact(
     was built from) on ``feeds``; write ``check.json`` into ``folder``. ``tolerance``:
     ``library_tolerance`` of that model."""
     import tvm
-
-    from attnrewrite.lower.relax_import import load
 
     artifact = load(folder)
     threads = int(tvm.get_global_func("runtime.NumThreads")())

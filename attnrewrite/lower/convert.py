@@ -8,7 +8,7 @@ are. A converter is an ``OnnxOpConverter`` subclass: ``_impl_vN(bb, inputs, attr
 returns the Relax expression of the node (``bb`` is the frontend's BlockBuilder, ``inputs`` its
 converted inputs, constants as ``tvm.ir.GenericConst``).
 
-``DFT`` (the frontend has none) becomes the complex four-step FFT of ``attnrewrite.lower.fft``
+``DFT`` (the frontend has none) becomes the complex four-step FFT of ``attnrewrite.lower.dft``
 (``emit_dft``: two dense DFT matmuls and a twiddle, PrimFuncs that dlight and meta_schedule
 schedule), in the input's dtype: the conv-basis body casts to float64 before its transforms,
 which keeps the TVM build within 1e-4 of onnxruntime on the first causal rows.
@@ -25,8 +25,9 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from attnrewrite.lower import fft
-from attnrewrite.lower.relax_import import LowerError
+from attnrewrite.lower.dft import emit_dft
+from attnrewrite.lower.errors import LowerError
+from attnrewrite.lower.kernel import DTYPES
 
 
 def _constant(value, what: str) -> np.ndarray:
@@ -57,14 +58,14 @@ def convert_dft(bb, x, length, axis: int, inverse: bool, onesided: bool):
         raise LowerError("DFT: an inverse with onesided=1 has no TVM lowering")
     n = shape[axis] if length is None else int(_constant(length, "length").reshape(()))
     dtype = str(x.ty.dtype)
-    if dtype not in fft.DTYPES:
+    if dtype not in DTYPES:
         raise LowerError(f"DFT: {dtype} input has no TVM lowering (float32, float64)")
     order = [d for d in range(rank - 1) if d != axis] + [axis, rank - 1]
     if order != list(range(rank)):
         x = bb.emit(relax.op.permute_dims(x, order))
     outer = [shape[d] for d in order[:-2]]
     rows = bb.emit(relax.op.reshape(x, [math.prod(outer), shape[axis], shape[-1]]))
-    y = fft.emit_dft(bb, rows, n, bool(inverse), dtype, "idft" if inverse else "dft")
+    y = emit_dft(bb, rows, n, bool(inverse), dtype, "idft" if inverse else "dft")
     y = bb.emit(relax.op.reshape(y, [*outer, n, 2]))
     if order != list(range(rank)):
         y = bb.emit(relax.op.permute_dims(y, [order.index(d) for d in range(rank)]))

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from attnrewrite.lower.relax_import import LowerError
+from attnrewrite.lower.errors import LowerError
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ domain ops; then (4) unrolls Loops, whose trip counts are now constants (conv-ba
 bases with one), and drops zero-extent Concat operands (multipole without a far field), see
 ``attnrewrite.lower.graph``. ``to_relax`` imports the result with
 ``relax.frontend.onnx.from_onnx`` plus our converters for the ops TVM lacks (``DFT`` becomes
-the TIR four-step FFT of ``attnrewrite.lower.fft``; ``attnrewrite.lower.convert``), and one
+the TIR four-step FFT of ``attnrewrite.lower.dft``; ``attnrewrite.lower.convert``), and one
 artifact is built per set of input shapes.
 
 The artifact folder holds ``model.so`` (``export_library``: code and weights) and
@@ -42,12 +42,13 @@ import numpy as np
 import onnx
 import onnx.inliner
 
+from attnrewrite.lower import cumsum
+from attnrewrite.lower.errors import LowerError
+from attnrewrite.lower.graph import drop_empty_operands, unroll_loops
+from attnrewrite.lower.targets import database_for, make_target, target_name
+
 LIBRARY = "model.so"
 META = "lower.json"
-
-
-class LowerError(RuntimeError):
-    """A model that cannot be lowered, with the reason."""
 
 
 def _fix_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> dict[str, list[int]]:
@@ -102,8 +103,6 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
 def prepare(model: onnx.ModelProto | str | os.PathLike, dims: Mapping[str, int]) -> onnx.ModelProto:
     """A copy of ``model`` that ``from_onnx`` imports: inlined, static, shape-folded, Loops
     unrolled, zero-extent Concat operands dropped (``attnrewrite.lower.graph``)."""
-    from attnrewrite.lower.graph import drop_empty_operands, unroll_loops
-
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(os.fspath(model))
     model = onnx.inliner.inline_local_functions(model)
@@ -123,6 +122,8 @@ def to_relax(model: onnx.ModelProto):
     our converters (``attnrewrite.lower.convert``) for the ops TVM's frontend lacks."""
     from tvm.relax.frontend import onnx as relax_onnx
 
+    # convert, fast_math and schedules import TVM's compiler: loading an artifact needs only
+    # its runtime (TVM_USE_RUNTIME_LIB=1), so they are imported where a build uses them
     from attnrewrite.lower.convert import installed
 
     try:
@@ -156,13 +157,13 @@ def legalize(mod, target):
     """The module as ``compile_relax`` hands it to the tuning records: every Relax op
     legalized to a PrimFunc, none fused yet (on CPUs: float32 exp and softmax with a
     vectorisable exponential, ``attnrewrite.lower.fast_math``, and cumsum as
-    ``scan.prefix_sum``). Model tuning (``attnrewrite.lower.tune_model``) extracts its tasks
+    ``cumsum.prefix_sum``). Model tuning (``attnrewrite.lower.tune_model``) extracts its tasks
     from this same module, so the records match structurally."""
     from tvm import relax
 
-    from attnrewrite.lower import fast_math, scan
+    from attnrewrite.lower import fast_math  # TVM's compiler, see to_relax
 
-    custom = {**fast_math.LEGALIZE, **scan.LEGALIZE} if target.kind.name == "llvm" else None
+    custom = {**fast_math.LEGALIZE, **cumsum.LEGALIZE} if target.kind.name == "llvm" else None
     with target:
         return relax.transform.LegalizeOps(customize_legalize_map=custom)(mod)
 
@@ -173,8 +174,7 @@ def compile_relax(mod, target):
     import tvm
     from tvm import relax
 
-    from attnrewrite.lower.schedules import cpu_pipeline, schedule_gpu
-    from attnrewrite.lower.targets import database_for, make_target
+    from attnrewrite.lower.schedules import cpu_pipeline, schedule_gpu  # see to_relax
 
     target = make_target(target)
     db = database_for(target)
@@ -203,7 +203,6 @@ def build(
     import tvm
 
     from attnrewrite.export import staged_directory
-    from attnrewrite.lower.targets import make_target, target_name
 
     target = make_target(target)
     model_path = Path(model_path)

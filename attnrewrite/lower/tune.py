@@ -5,11 +5,11 @@
 
 tunes one kernel for a target and merges the best schedule of each workload into
 ``attnrewrite/targets/<target name>/`` (``--out`` for another records root), next to
-``target.json``. ``Runner`` / ``compile_kernel`` (and model builds) for that target apply the
-records automatically. Tuning measures on this machine, so tune CPU targets on the machine
-they are for (set TVM_NUM_THREADS to the target's core count) and CUDA targets on a GPU
-(``--rpc host:port:key`` for a remote one). Workloads are matched structurally: a record
-applies to the same kernel, shape and dtype only.
+``target.json``. ``runner.Runner`` / ``runner.compile_kernel`` (and model builds) for that
+target apply the records automatically. Tuning measures on this machine, so tune CPU targets
+on the machine they are for (set TVM_NUM_THREADS to the target's core count) and CUDA targets
+on a GPU (``--rpc host:port:key`` for a remote one). Workloads are matched structurally: a
+record applies to the same kernel, shape and dtype only.
 
 Over RPC, candidates are built here and measured on the servers registered with the tracker
 under ``key`` (``python -m tvm.exec.rpc_tracker``, ``python -m tvm.exec.rpc_server --tracker
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from attnrewrite.lower import fft, scan
+from attnrewrite.lower.kernel import DTYPES, Kernel
+from attnrewrite.lower.runner import Runner
 from attnrewrite.lower.targets import make_target, records_dir, target_name, write_target_json
 
 KERNELS = {
@@ -82,7 +84,7 @@ def default_seconds(mod, target) -> float:
     import numpy as np
     import tvm
 
-    from attnrewrite.lower.schedules import schedule
+    from attnrewrite.lower.schedules import schedule  # TVM's compiler: not for tune --help
 
     target = make_target(target)
     ((gvar, func),) = mod.functions.items()
@@ -120,7 +122,7 @@ def build_cpu(mod, target, _params=None):
 
 
 def tune_kernel(
-    kernel: fft.Kernel,
+    kernel: Kernel,
     target="llvm",
     trials: int = 32,
     records_root: Path | None = None,
@@ -206,7 +208,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--channels", type=int, default=16, help="conv channels, scan width E")
     parser.add_argument("--features", type=int, default=64, help="scan: features per token R")
     parser.add_argument("--block", type=int, default=256, help="scan: block size")
-    parser.add_argument("--dtype", default="float32", choices=fft.DTYPES)
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--trials", type=int, default=32)
     add_target_options(parser)
     return parser
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = rpc_runner(args.rpc, args.rpc_workers) if args.rpc else None
     kernel = KERNELS[args.kernel](args)
     local = defaults_baseline(target, runner) is not None  # timings here mean this machine
-    untuned = fft.Runner(kernel, target, database=None) if local else None
+    untuned = Runner(kernel, target, database=None) if local else None
     start = time.perf_counter()
     folder = tune_kernel(kernel, target, args.trials, args.out, args.work_dir, runner)
     print(f"tuned {kernel.name} for {target_name(target)} in {time.perf_counter() - start:.0f} s")
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         rng = np.random.default_rng(0)
         arrays = [rng.standard_normal(shape) for _, shape in kernel.inputs]
-        tuned = fft.Runner(kernel, target, database="auto")
+        tuned = Runner(kernel, target, database="auto")
         t0, t1 = untuned.time(*arrays, number=3, repeat=3), tuned.time(*arrays)
         print(f"default schedule {t0 * 1e3:.3f} ms, with records {t1 * 1e3:.3f} ms")
     return 0

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from attnrewrite.lower.relax_import import legalize, prepare, to_relax
 from attnrewrite.lower.targets import make_target, records_dir, target_name, write_target_json
 from attnrewrite.lower.tune import (
     add_target_options,
@@ -56,8 +57,6 @@ def tune_model(
     logs and database (default: a temporary folder); after ``time_limit`` seconds no new batch
     of candidates is measured (``deadline``)."""
     from tvm.s_tir import meta_schedule as ms
-
-    from attnrewrite.lower.relax_import import legalize, prepare, to_relax
 
     target = make_target(target)
     mod = legalize(to_relax(prepare(model_path, dims)), target)

@@ -1,4 +1,4 @@
-"""The CPU cumulative sum (``scan.prefix_sum``, what llvm builds legalize Relax cumsum to)
+"""The CPU cumulative sum (``cumsum.prefix_sum``, what llvm builds legalize Relax cumsum to)
 against numpy float64: inclusive and exclusive, any axis, trailing dims that do and do not
 fill a vector, a wider accumulator dtype; and an ONNX CumSum model built for llvm against
 onnxruntime."""
@@ -15,8 +15,8 @@ pytest.importorskip("tvm")
 from tvm import te
 
 from attnrewrite.lower import build, load
+from attnrewrite.lower.cumsum import prefix_sum
 from attnrewrite.lower.relax_import import legalize, prepare, to_relax
-from attnrewrite.lower.scan import prefix_sum
 from attnrewrite.lower.targets import make_target
 from tests.conftest import run as run_onnx
 from tests.lower.prim import prim_func, run

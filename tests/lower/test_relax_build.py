@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from attnrewrite.lower import build, load
-from attnrewrite.lower.relax_import import LowerError
+from attnrewrite.lower.errors import LowerError
 from tests.conftest import find_and_rewrite
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny-gpt2.onnx"

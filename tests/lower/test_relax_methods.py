@@ -18,12 +18,14 @@ pytest.importorskip("tvm")
 from attnrewrite.layers import LayerSpec, attention_layer
 from attnrewrite.loading import prepare_proto
 from attnrewrite.lower import build, load
+from attnrewrite.lower.errors import LowerError
 from attnrewrite.lower.graph import unroll_loops
-from attnrewrite.lower.relax_import import LowerError, compile_relax, prepare, to_relax
+from attnrewrite.lower.relax_import import compile_relax, prepare, to_relax
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
 from tests.conftest import run
+from tests.lower.nvcc import cuda_source, nvcc_compile
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GPT2 = EXAMPLES / "tiny-gpt2.onnx"
@@ -282,20 +284,18 @@ def cuda_layers(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("method", sorted(CUDA_METHODS))
 def test_layer_cuda_code_compiles(cuda_layers, method, arch):
-    from attnrewrite.lower import fft
-
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not on PATH")
     mod = to_relax(prepare(cuda_layers[method], CUDA_DIMS))
     executable = compile_relax(mod, f"cuda:{arch}")
-    source = fft.cuda_source(executable)
+    source = cuda_source(executable)
     assert "__global__" in source
     if method == "convbasis":
         # the converter's FFT stages are GPU kernels (the inverse shares the forward's later
         # stages: same shapes, its matrices are arguments)
         for stage in ("dft_dft1", "dft_twiddle", "dft_dft2", "idft_dft1"):
             assert f" {stage}_kernel(" in source
-    (binary,) = fft.nvcc_compile(executable, f"cuda:{arch}")
+    (binary,) = nvcc_compile(executable, f"cuda:{arch}")
     assert len(binary) > 10_000
 
 

@@ -10,7 +10,11 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from attnrewrite.lower import fft, scan
+from attnrewrite.lower import scan
+from attnrewrite.lower.runner import Runner, compile_kernel
+from tests.lower.nvcc import cuda_source, nvcc_compile
+from tests.lower.references import block_scan_reference
+from tests.lower.relax_kernels import emit_block_scan
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,7 +46,7 @@ def test_reference_matches_brute_force(shape):
     rng = np.random.default_rng(sq * skv)
     q, k, x = (rng.standard_normal(s) for s in ((rows, sq, r), (rows, skv, r), (rows, skv, e)))
     want = brute_force(q, k, x, block)
-    got = scan.block_scan_reference(q, k, x, block)
+    got = block_scan_reference(q, k, x, block)
     assert np.abs(got - want).max() <= 1e-12 * max(np.abs(want).max(), 1.0)
 
 
@@ -53,15 +57,15 @@ def test_kernel_matches_reference(shape, dtype, tol):
     rng = np.random.default_rng(sq + skv)
     q, k, x = (rng.standard_normal(s) for s in ((rows, sq, r), (rows, skv, r), (rows, skv, e)))
     kernel = scan.block_scan_kernel(rows, sq, skv, r, e, block, dtype)
-    got = fft.Runner(kernel, "llvm", database=None)(q, k, x)
+    got = Runner(kernel, "llvm", database=None)(q, k, x)
     assert got.shape == (rows, sq, e) and got.dtype == np.dtype(dtype)
-    assert rel(got, scan.block_scan_reference(q, k, x, block)) < tol
+    assert rel(got, block_scan_reference(q, k, x, block)) < tol
 
 
 def test_single_partial_block_is_zero():
     rng = np.random.default_rng(5)
     q, k, x = rng.standard_normal((1, 5, 3)), rng.standard_normal((1, 5, 3)), np.ones((1, 5, 2))
-    got = fft.Runner(scan.block_scan_kernel(1, 5, 5, 3, 2, 8, "float64"), database=None)(q, k, x)
+    got = Runner(scan.block_scan_kernel(1, 5, 5, 3, 2, 8, "float64"), database=None)(q, k, x)
     assert np.array_equal(got, np.zeros((1, 5, 2)))
 
 
@@ -85,11 +89,9 @@ def test_kernel_computes_polysketch_far_term(sq, skv):
     fk = (hk[..., :, None] * hk[..., None, :]).flatten(-2).reshape(2, skv, r * r).numpy()
     want = far.reshape(2, sq, dv + 1).numpy()
     assert np.abs(want).max() > 1.0  # the far term is not trivially zero here
-    assert (
-        rel(scan.block_scan_reference(fq, fk, x.reshape(2, skv, -1).numpy(), block), want) < 1e-12
-    )
+    assert rel(block_scan_reference(fq, fk, x.reshape(2, skv, -1).numpy(), block), want) < 1e-12
     kernel = scan.block_scan_kernel(2, sq, skv, r * r, dv + 1, block, "float64")
-    got = fft.Runner(kernel, "llvm", database=None)(fq, fk, x.reshape(2, skv, -1).numpy())
+    got = Runner(kernel, "llvm", database=None)(fq, fk, x.reshape(2, skv, -1).numpy())
     assert rel(got, want) < 1e-12
 
 
@@ -106,14 +108,14 @@ def test_emit_block_scan_in_relax():
     with bb.function("main", args):
         with bb.dataflow():
             # a Relax op on each side of the kernel: it composes with ordinary graph code
-            far = scan.emit_block_scan(bb, bb.emit(relax.op.abs(args[0])), *args[1:], block)
+            far = emit_block_scan(bb, bb.emit(relax.op.abs(args[0])), *args[1:], block)
             out = bb.emit_output(bb.emit(relax.op.multiply(far, relax.const(2.0, "float64"))))
         bb.emit_func_output(out)
     vm = relax.VirtualMachine(tvm.compile(bb.get(), target="llvm"), tvm.cpu())
     rng = np.random.default_rng(3)
     q, k, x = (rng.standard_normal(s) for s in ((rows, sq, r), (rows, skv, r), (rows, skv, e)))
     got = vm["main"](*(tvm.runtime.tensor(a) for a in (q, k, x))).numpy()
-    assert rel(got, 2 * scan.block_scan_reference(np.abs(q), k, x, block)) < 1e-12
+    assert rel(got, 2 * block_scan_reference(np.abs(q), k, x, block)) < 1e-12
 
 
 def test_rejects_bad_sizes():
@@ -128,9 +130,9 @@ def test_cuda_codegen_compiles(arch):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not on PATH")
     kernel = scan.block_scan_kernel(8, 1000, 1000, 64, 64, 256)
-    executable = fft.compile_kernel(kernel, f"cuda:{arch}", database=None)
-    assert "__global__" in fft.cuda_source(executable)
-    (binary,) = fft.nvcc_compile(executable, f"cuda:{arch}")
+    executable = compile_kernel(kernel, f"cuda:{arch}", database=None)
+    assert "__global__" in cuda_source(executable)
+    (binary,) = nvcc_compile(executable, f"cuda:{arch}")
     assert len(binary) > 1000
 
 
@@ -153,5 +155,5 @@ def test_shipped_records_apply_and_match():
     rng = np.random.default_rng(7)
     q, k = rng.standard_normal((2, 8, 1024, 64))
     x = rng.standard_normal((8, 1024, 64))
-    got = fft.Runner(kernel, target, database=db)(q, k, x)
-    assert rel(got, scan.block_scan_reference(q, k, x, 256)) < 1e-5
+    got = Runner(kernel, target, database=db)(q, k, x)
+    assert rel(got, block_scan_reference(q, k, x, 256)) < 1e-5
