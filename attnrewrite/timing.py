@@ -69,9 +69,10 @@ def cpu_options(threads: int, arena: bool = False) -> ort.SessionOptions:
     return options
 
 
-def cpu_session(path: Path, threads: int) -> ort.InferenceSession:
+def cpu_session(path: Path, threads: int, arena: bool = False) -> ort.InferenceSession:
     """An onnxruntime CPU session on `path` with `cpu_options`."""
-    return ort.InferenceSession(str(path), cpu_options(threads), ["CPUExecutionProvider"])
+    options = cpu_options(threads, arena)
+    return ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
 
 
 def session_feeds(

@@ -15,7 +15,9 @@ predicted whole-model time is the original's measured time minus the original at
 predicted time plus the plan's; the table gives predicted and measured speed-ups and their
 ratio. A model whose attention scores would not fit in memory at n is skipped and says so.
 Sessions run without onnxruntime's memory arena (timing.cpu_session), so all of a length's
-models fit side by side at 8k.
+models fit side by side at 8k; `--arena` times them with it, as onnxruntime runs a model by
+default (every run then reuses its buffers instead of paying their page faults, which favours
+the models with the largest buffers: the original), where memory allows.
 
 Planning at 8k takes longer than the timing: `--plans` times auto rewrites made before
 (folders of `attnrewrite --method auto`, or of this benchmark at a shorter length), labelled
@@ -84,6 +86,9 @@ def main() -> None:
     parser.add_argument(
         "--plans", type=Path, nargs="+", help="auto rewrites to time instead of planning at n"
     )
+    parser.add_argument(
+        "--arena", action="store_true", help="sessions with onnxruntime's memory arena"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     console = Console()
@@ -115,7 +120,7 @@ def main() -> None:
                         out = folder / f"{n}-auto-{budget}"
                         planner.rewrite(plan, record, out, verify=False)
                         rows.append(plan_row(out / MODEL_FILE, record, n))
-            time_rows(rows, held.feeds, args.repeats, args.threads)
+            time_rows(rows, held.feeds, args.repeats, args.threads, args.arena)
             finish(rows, n, fits)
             print_table(console, n, rows, fits)
             args.out.mkdir(parents=True, exist_ok=True)
@@ -125,10 +130,11 @@ def main() -> None:
                 "n": n,
                 "threads": args.threads,
                 "repeats": args.repeats,
+                "arena": args.arena,
                 "ort_optimizer_fused": fused,
                 "rows": [{k: v for k, v in r.items() if k != "path"} for r in rows],
             }
-            path = args.out / f"pretrained_speed_{n}.json"
+            path = args.out / f"pretrained_speed_{n}{'_arena' if args.arena else ''}.json"
             path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
@@ -146,10 +152,10 @@ def plan_row(path: Path, record: dict, n: int) -> dict:
     return row
 
 
-def time_rows(rows: list[dict], feeds: dict, repeats: int, threads: int) -> None:
+def time_rows(rows: list[dict], feeds: dict, repeats: int, threads: int, arena: bool) -> None:
     runs = []
     for row in rows:
-        session = cpu_session(row["path"], threads)
+        session = cpu_session(row["path"], threads, arena)
         runs.append(functools.partial(session.run, None, session_feeds(session, feeds)))
     for row, times in zip(rows, interleaved_ms(runs, repeats), strict=True):
         row["median_ms"] = float(np.median(times))
