@@ -68,9 +68,10 @@ class Param:
                 raise ValueError(f"{name} must be one of {self.choices}, got {value!r}")
             return
         number = int if self.kind is int else int | float
-        if isinstance(value, bool) or not isinstance(value, number) or not value >= self.least:
+        low = -math.inf if self.least is None else self.least
+        if isinstance(value, bool) or not isinstance(value, number) or not value >= low:
             what = "an int" if self.kind is int else "a number"
-            raise ValueError(f"{name} must be {what} >= {self.least}, got {value!r}")
+            raise ValueError(f"{name} must be {what} >= {low}, got {value!r}")
         if self.most is not None and value > self.most:
             raise ValueError(f"{name} must be at most {self.most}, got {value}")
 
