@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from attnrewrite.budget import check_bytes, size_text
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.protograph import graphs
 from attnrewrite.repair import deserialize, repair
 from attnrewrite.substitute.contrib import expand_contrib_attention
 
@@ -79,24 +80,14 @@ def external_data_bytes(proto: onnx.ModelProto, folder: Path) -> int:
 def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor a model holds: initializers and attribute values, in subgraphs and
     functions too."""
-    nodes = [n for g in _graphs(proto.graph) for n in g.node]
+    nodes = [n for g in graphs(proto.graph) for n in g.node]
     nodes += [n for f in proto.functions for n in f.node]
-    yield from (init for g in _graphs(proto.graph) for init in g.initializer)
+    yield from (init for g in graphs(proto.graph) for init in g.initializer)
     for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
 
 
 def prepare_proto(
