@@ -201,6 +201,11 @@ def _polysketch_rule(p: Mapping[str, object]) -> str | None:
     return None
 
 
+def _budget(name: str, default: int, help: str, least: int) -> Param:
+    """A verticalslash budget: keys, offsets or queries, sparse only up to MAX_BUDGET."""
+    return Param(name, default, help, least=least, most=MAX_BUDGET)
+
+
 def _verticalslash_rule(p: Mapping[str, object]) -> str | None:
     """The forced keys and offsets are part of their budgets."""
     if p["sinks"] > p["vertical"]:
@@ -334,35 +339,15 @@ METHODS: dict[str, Method] = {
         Method(
             "verticalslash",
             (
-                Param(
-                    "vertical",
-                    64,
-                    "key columns kept per head, sinks included",
-                    least=1,
-                    most=MAX_BUDGET,
+                _budget("vertical", 64, "key columns kept per head, sinks included", 1),
+                _budget(
+                    "slash", 128, "diagonals (query - key offsets) kept per head, local included", 1
                 ),
-                Param(
-                    "slash",
-                    128,
-                    "diagonals (query - key offsets) kept per head, local included",
-                    least=1,
-                    most=MAX_BUDGET,
+                _budget(
+                    "last", 64, "last queries whose attention ranks the columns and diagonals", 1
                 ),
-                Param(
-                    "last",
-                    64,
-                    "last queries whose attention ranks the columns and diagonals",
-                    least=1,
-                    most=MAX_BUDGET,
-                ),
-                Param("sinks", 4, "first keys always kept as columns", least=0, most=MAX_BUDGET),
-                Param(
-                    "local",
-                    64,
-                    "offsets 0 .. local-1 always kept (the recent window)",
-                    least=0,
-                    most=MAX_BUDGET,
-                ),
+                _budget("sinks", 4, "first keys always kept as columns", 0),
+                _budget("local", 64, "offsets 0 .. local-1 always kept (the recent window)", 0),
             ),
             OnnxOp("VerticalSlashAttention", structural=("vertical", "slash", "local")),
             full_bias=True,
