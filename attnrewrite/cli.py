@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from attnrewrite.match import FindResult
     from attnrewrite.report.run import InputChoice
     from attnrewrite.report.verdict import Gates
-    from attnrewrite.substitute.methods import Method
+    from attnrewrite.substitute.methods import ResolvedMethod
 
 # onnx, onnxruntime, torch and TVM take seconds to import: each command imports what it
 # uses when it runs, so --version, --help and errors about the arguments answer at once.
@@ -531,7 +531,9 @@ def _check_compiled(
     return f"library {check.summary()}"
 
 
-def _run_pt2(args: argparse.Namespace, method: Method, out_dir: Path, console: Console) -> int:
+def _run_pt2(
+    args: argparse.Namespace, method: ResolvedMethod, out_dir: Path, console: Console
+) -> int:
     """A saved torch.export program: rewritten in FX, saved as .pt2 and ONNX."""
     if args.report or args.sweep:
         raise AttnRewriteError(

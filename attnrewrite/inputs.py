@@ -13,6 +13,7 @@ import onnx
 
 from attnrewrite.budget import array_bytes, check_bytes
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.protograph import readers
 
 DEFAULT_BATCH = 2
 DEFAULT_PAST = 3
@@ -34,17 +35,14 @@ def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
     for node in graph.node:  # tied weights arrive through Identity
         if node.op_type == "Identity" and node.input[0] in tables:
             tables[node.output[0]] = tables[node.input[0]]
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    reading = readers(graph)
     sizes = {}
     for value in graph.input:
         frontier, found = [value.name], []
         for _ in range(6):
             following = []
             for name in frontier:
-                for node in readers.get(name, []):
+                for node in reading.get(name, []):
                     found += [
                         tables[node.input[table]]
                         for ids, table in LOOKUPS.get(node.op_type, ())

@@ -16,6 +16,7 @@ import onnx_ir as ir
 
 from attnrewrite.budget import array_bytes, check_bytes, size_text
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.protograph import graphs
 from attnrewrite.repair import deserialize, repair
 from attnrewrite.substitute.contrib import expand_contrib_attention
 
@@ -81,9 +82,9 @@ def external_data_bytes(proto: onnx.ModelProto, folder: Path) -> int:
 def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor a model holds: initializers and attribute values, in subgraphs and
     functions too."""
-    nodes = [n for g in _graphs(proto.graph) for n in g.node]
+    nodes = [n for g in graphs(proto.graph) for n in g.node]
     nodes += [n for f in proto.functions for n in f.node]
-    yield from (init for g in _graphs(proto.graph) for init in g.initializer)
+    yield from (init for g in graphs(proto.graph) for init in g.initializer)
     for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
@@ -118,7 +119,7 @@ def check_value_shapes(proto: onnx.ModelProto, label: str) -> None:
     """Refuse a graph input, output or value whose static dims alone exceed the memory
     budget: data propagation in shape inference allocates from them (a 1-D input of
     2**62 values took all the machine's memory)."""
-    for graph in _graphs(proto.graph):
+    for graph in graphs(proto.graph):
         for info in [*graph.input, *graph.output, *graph.value_info]:
             if not info.type.HasField("tensor_type"):
                 continue
@@ -148,16 +149,6 @@ def _stored_elements(tensor: onnx.TensorProto) -> int | None:
         return whole if rest == 0 else -1
     entries = len(getattr(tensor, onnx.helper.tensor_dtype_to_field(kind)))
     return entries // 2 if kind in _COMPLEX else entries
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
 
 
 def prepare_proto(

@@ -27,7 +27,7 @@ from attnrewrite.loading import load_model
 from attnrewrite.match import FindResult
 from attnrewrite.patterns import find_attention
 from attnrewrite.repair import repairs
-from attnrewrite.substitute.methods import Method
+from attnrewrite.substitute.methods import ResolvedMethod
 from attnrewrite.substitute.rewrite import HeadGroup, SubstituteResult, substitute
 from attnrewrite.verify import Parity, compare
 
@@ -49,7 +49,7 @@ class RewriteOutcome:
 
 def rewrite_model(
     path: Path,
-    method: Method,
+    method: ResolvedMethod,
     out_dir: Path,
     verify: bool = True,
     seq_len: int = VERIFY_SEQ_LEN,
@@ -61,7 +61,7 @@ def rewrite_model(
     `--method auto`, which needs `min_opset` for every candidate's body."""
     if (out_dir / MODEL_FILE).resolve() == path.resolve():
         raise AttnRewriteError(f"output folder {out_dir} would overwrite the input model")
-    model = load_model(path, min_opset=min_opset or method.body.min_opset)
+    model = load_model(path, min_opset=min_opset or method.min_opset)
     found = find_attention(model)
     if not found.matches:
         raise no_attention(path, found)
@@ -140,7 +140,7 @@ def _failure(parity: Parity, strict: bool, out_dir: Path) -> str:
 
 
 def rewrite_report(
-    path: Path, method: Method, found: FindResult, result: SubstituteResult
+    path: Path, method: ResolvedMethod, found: FindResult, result: SubstituteResult
 ) -> dict[str, object]:
     """The content of rewrite.json: every match and everything not rewritten, with reasons."""
     rewritten = [

@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.protograph import graphs
 
 MS_DOMAIN = "com.microsoft"
 REPAIRED = "attnrewrite.repaired"  # model metadata key: what was repaired on load, "; "-joined
@@ -55,18 +56,8 @@ def repairs(model: ir.Model) -> list[str]:
     return text.split("; ") if text else []
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            for body in attr.graphs:
-                yield from _graphs(body)
-
-
 def _nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    for graph in _graphs(proto.graph):
+    for graph in graphs(proto.graph):
         yield from graph.node
     for function in proto.functions:
         yield from function.node
@@ -92,12 +83,12 @@ def _written_twice(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def _has_duplicates(proto: onnx.ModelProto) -> bool:
-    return any(_written_twice(graph) for graph in _graphs(proto.graph))
+    return any(_written_twice(graph) for graph in graphs(proto.graph))
 
 
 def _merge_constants(proto: onnx.ModelProto, label: str) -> list[str]:
     notes = []
-    for graph in _graphs(proto.graph):
+    for graph in graphs(proto.graph):
         for name, writers in _written_twice(graph).items():
             kinds = {n.op_type for n in writers}
             if kinds != {"Constant"}:
@@ -118,12 +109,12 @@ def _merge_constants(proto: onnx.ModelProto, label: str) -> list[str]:
 
 
 def _unsorted(proto: onnx.ModelProto) -> bool:
-    return any(_order(graph) is not None for graph in _graphs(proto.graph))
+    return any(_order(graph) is not None for graph in graphs(proto.graph))
 
 
 def _sort(proto: onnx.ModelProto, label: str) -> list[str]:
     notes = []
-    for graph in _graphs(proto.graph):
+    for graph in graphs(proto.graph):
         order = _order(graph)
         if order is None:
             continue

@@ -52,7 +52,7 @@ def build(spec: LayerSpec, method: str, folder: Path) -> Path:
     proto = attention_layer(spec)
     if method != ORIGINAL:
         chosen = get_method(method)
-        model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.body.min_opset))
+        model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.min_opset))
         result = substitute(model, find_attention(model).matches, chosen)
         (block,) = result.rewritten
         if block.fallback:

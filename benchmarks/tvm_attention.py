@@ -46,7 +46,7 @@ METHODS = ("convbasis", "multipole", "polysketch")
 def rewritten_layer(method: str, folder: Path) -> Path:
     """The causal layer rewritten with `method` at its defaults, saved in `folder`."""
     chosen = get_method(method)
-    proto = prepare_proto(attention_layer(LayerSpec()), min_opset=chosen.body.min_opset)
+    proto = prepare_proto(attention_layer(LayerSpec()), min_opset=chosen.min_opset)
     model = ir.serde.deserialize_model(proto)
     (block,) = substitute(model, find_attention(model).matches, chosen).rewritten
     if block.fallback:

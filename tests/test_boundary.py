@@ -127,9 +127,7 @@ RENAMED = """
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_after_the_outputs_are_in_place_lets_the_command_finish(
-    tmp_path, number
-) -> None:
+def test_a_signal_after_the_outputs_are_in_place_lets_the_command_finish(tmp_path, number) -> None:
     source = tmp_path / "m.onnx"
     onnx.save(CASES["gqa_expand"].model, str(source))
     name = signal.Signals(number).name

@@ -13,8 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from attnrewrite.cli import main
-from attnrewrite.substitute.exact import exact_body
-from attnrewrite.substitute.methods import Method, MethodBody
+from attnrewrite.substitute.exact import build as exact_build
 from tests.corpus.handbuilt import all_cases
 
 CASES = {case.name: case for case in all_cases()}
@@ -70,12 +69,9 @@ def test_inspect_reports_why_a_softmax_was_not_rewritten(tmp_path, capsys) -> No
 
 def test_verification_failure_names_the_block_and_exits_1(tmp_path, monkeypatch, capsys) -> None:
     def off_by_one_percent(b, sig, inputs, params):
-        return b.op("Mul", exact_body(b, sig, inputs, params), b.const(1.01, "float32"))
+        return b.op("Mul", exact_build(b, sig, inputs, params), b.const(1.01, "float32"))
 
-    broken = Method("exact", MethodBody("ExactAttention", off_by_one_percent), {"chunks": 1})
-    monkeypatch.setattr(
-        "attnrewrite.substitute.methods.get_method", lambda name, params=None: broken
-    )
+    monkeypatch.setattr("attnrewrite.substitute.exact.build", off_by_one_percent)
     source = _save(CASES["rotary_qknorm"].model, tmp_path / "rope.onnx")
     assert main([str(source), "--method", "exact", "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err

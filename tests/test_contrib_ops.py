@@ -14,8 +14,9 @@ import pytest
 
 from attnrewrite.inputs import generate_inputs
 from attnrewrite.loading import prepare_proto
+from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
-from attnrewrite.substitute.methods import METHOD_NAMES, get_method
+from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
 from tests.conftest import max_relative_error, run
 from tests.corpus.handbuilt import all_cases
@@ -44,12 +45,12 @@ def _form(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return proto, generate_inputs(proto, 11)
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("form", FORMS)
 def test_every_method_on_contrib_ops(form: str, method: str) -> None:
     proto, feeds = _form(form)
     chosen = get_method(method, PARAMS.get(method))
-    model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.body.min_opset))
+    model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.min_opset))
     found = find_attention(model)
     assert found.matches and all(m.variant[0].startswith("com.microsoft:") for m in found.matches)
     result = substitute(model, found.matches, chosen)

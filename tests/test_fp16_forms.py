@@ -17,8 +17,9 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from attnrewrite.inputs import generate_inputs
 from attnrewrite.loading import prepare_proto
+from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
-from attnrewrite.substitute.methods import METHOD_NAMES, get_method
+from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
 from attnrewrite.verify import FP16_TOLERANCE
 from tests.conftest import max_relative_error, run
@@ -58,12 +59,12 @@ FORMS = (
 )
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("form", FORMS)
 def test_every_method_on_fp16_forms(form: str, method: str) -> None:
     proto = _form(form)
     chosen = get_method(method, PARAMS[method])
-    model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.body.min_opset))
+    model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.min_opset))
     found = find_attention(model)
     assert found.matches, [r.reason for r in found.refusals]
     result = substitute(model, found.matches, chosen)

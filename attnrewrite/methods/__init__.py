@@ -1,13 +1,14 @@
-"""Registry of the attention methods: names, parameters and what each method can honour.
+"""The attention methods, each declared once: parameters, what it honours, its ONNX op.
 
-The registry imports no torch, so the command line can list the methods and their options
-(and answer --help) without it. Each method's maths lives in ``attnrewrite.methods.<name>``
-(float64-capable torch references, loaded on first use): its ``attention`` function, whose
-signature repeats the defaults declared here (tests/methods/test_registry.py keeps them
-equal), and its ``validate``, which checks a full set of parameters. The registry adds what
-a caller needs beyond the function: parameter types and help, conversion of CLI strings,
-and what the method can honour, so the tool can keep a block exact before calling it (the
-functions also raise ValueError for anything they cannot honour).
+Every stage reads these declarations: the command line (flags, help, conversion of strings),
+the ONNX rewrite (which blocks a method can take, the node and function it writes), the planner,
+the report and the torch rewrite. The registry imports neither torch nor onnx, so the command
+line can list the methods and check their parameters, and an ONNX rewrite runs, without them.
+
+The code is in two modules per method, loaded on first use: ``attnrewrite.methods.<name>`` is the
+float64-capable torch reference (its ``attention`` repeats the defaults declared here;
+tests/methods/test_registry.py keeps them equal), ``attnrewrite.substitute.<name>.build`` writes
+the same computation as an ONNX function body.
 """
 
 from __future__ import annotations
@@ -23,16 +24,32 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 COMMON = ("q", "k", "v", "scale", "is_causal", "bias", "window")
+MAX_SIZE = 1 << 10  # the largest size parameter (see attnrewrite.methods.exact)
+MAX_CHUNKS = 64  # more query chunks only add nodes: the skipped work is already ~(c-1)/2c
+MAX_LEVELS = 20  # levels double the group: 20 reach a million tokens (the body shifts by it)
+MAX_DEGREE = 16  # beyond this the features are all rounding error in float32
+MAX_SKETCH = 1 << 6  # r^2 = 4096 features per token (256: 18 GB at block 4096)
+MAX_BUDGET = 1 << 16  # keys, offsets or estimate queries: beyond this the pattern is not sparse
+SEEDS = (-(1 << 63), (1 << 63) - 1)
 
 
 @dataclass(frozen=True)
 class Param:
-    """One method parameter: ``kind`` is int, float or str (all fit an ONNX attribute)."""
+    """One method parameter: its type is its default's (int, float or str, all ONNX attributes).
+
+    Numbers lie in [least, most] (ints at most MAX_SIZE unless said), strings in ``choices``.
+    """
 
     name: str
     default: int | float | str
-    kind: type
     help: str
+    least: int | float | None = None
+    most: int | None = MAX_SIZE
+    choices: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
 
     def coerce(self, value: object) -> object:
         """CLI values arrive as strings; other values pass through to validation."""
@@ -43,18 +60,56 @@ class Param:
         except ValueError as err:
             raise ValueError(f"{self.name}={value!r} is not a valid {self.kind.__name__}") from err
 
+    def check(self, owner: str, value: object) -> None:
+        """ValueError naming the method and parameter when `value` is out of its range."""
+        name = f"{owner} {self.name}"
+        if self.kind is str:
+            if value not in self.choices:
+                raise ValueError(f"{name} must be one of {self.choices}, got {value!r}")
+            return
+        number = int if self.kind is int else int | float
+        low = -math.inf if self.least is None else self.least
+        if isinstance(value, bool) or not isinstance(value, number) or not value >= low:
+            what = "an int" if self.kind is int else "a number"
+            raise ValueError(f"{name} must be {what} >= {low}, got {value!r}")
+        if self.most is not None and value > self.most:
+            raise ValueError(f"{name} must be at most {self.most}, got {value}")
 
-def _param(name: str, default: int | float | str, help: str) -> Param:
-    return Param(name, default, type(default), help)
+
+def _no_rule(params: Mapping[str, object]) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class OnnxOp:
+    """How the ONNX rewrite writes the method: one ``op_type`` node per block, calling a
+    function that ``attnrewrite.substitute.<method>.build`` writes.
+
+    ``structural``: parameters the body bakes in (shapes, loop counts, constant matrices); they
+    join the function's overload name, so nodes with other values get their own function (the
+    others are read from the node's attributes). ``head_dim``: the body holds constants sized by
+    the head dim, which must then be static. ``ranks``: operand ranks the body takes (None:
+    any). ``full_bias``: False where the body honours only key-wise biases though the method
+    honours more. ``refuses``: why a parameter setting has no body (an error for the user).
+    """
+
+    op_type: str
+    structural: tuple[str, ...] = ()
+    head_dim: bool = False
+    min_opset: int = 13
+    ranks: tuple[int, ...] | None = (3, 4)
+    full_bias: bool = True
+    refuses: Callable[[Mapping[str, object]], str | None] = _no_rule
 
 
 @dataclass(frozen=True)
 class Method:
-    """A method: its parameters, its capabilities, and (loaded on first use) its reference.
+    """A method: its parameters, what it honours, its ONNX op, and (on first use) its reference.
 
-    ``full_bias``: accepts a bias that varies per query (otherwise only key-wise biases such as
-    padding masks). ``window``: honours a causal sliding window narrower than the keys.
-    ``bidirectional``: computes non-causal attention (otherwise causal only).
+    ``rule``: a check across parameters (the ranges are the params'), returning why they do
+    not fit together. ``full_bias``: accepts a bias that varies per query (otherwise only
+    key-wise biases such as padding masks). ``window``: honours a causal sliding window narrower
+    than the keys. ``bidirectional``: computes non-causal attention (otherwise causal only).
     ``exact_up_to``: for given parameters, the longest key sequence the method computes exactly
     by construction, with or without a causal mask (inf for exact; None when no length is, as
     for PolySketch's fitted kernel): a report at that length has not exercised the
@@ -63,9 +118,11 @@ class Method:
 
     name: str
     params: tuple[Param, ...]
+    onnx: OnnxOp
     full_bias: bool
     window: bool
     bidirectional: bool = True
+    rule: Callable[[Mapping[str, object]], str | None] = _no_rule
     exact_up_to: Callable[[Mapping[str, object]], float | None] = lambda params: None
 
     @property
@@ -78,13 +135,17 @@ class Method:
         return self.module.attention
 
     @property
-    def validate(self) -> Callable[..., None]:
-        return self.module.validate
-
-    @property
     def summary(self) -> str:
         """The first line of the reference module's docstring."""
         return (self.module.__doc__ or "").strip().splitlines()[0]
+
+    def validate(self, **params: object) -> None:
+        """ValueError unless `params` (all of them) are in range and fit together."""
+        for p in self.params:
+            p.check(self.name, params[p.name])
+        problem = self.rule(params)
+        if problem:
+            raise ValueError(f"{self.name} {problem}")
 
     def resolve(self, given: Mapping[str, object] | None = None) -> dict[str, object]:
         """All parameters: defaults filled in, strings converted, values validated."""
@@ -125,18 +186,50 @@ class Method:
         )
 
 
+def _binary_has_no_body(p: Mapping[str, object]) -> str | None:
+    if p["recovery"] == "topk":
+        return None
+    return "recovery='binary' is a sequential search with no ONNX body; use recovery=topk (default)"
+
+
+def _polysketch_rule(p: Mapping[str, object]) -> str | None:
+    """The squaring trick needs an even degree; the block scan needs a power-of-two block."""
+    if p["degree"] % 2:
+        return f"degree must be even (non-negative features), got {p['degree']}"
+    if p["block"] & (p["block"] - 1):
+        return f"block must be a power of two, got {p['block']}"
+    return None
+
+
+def _budget(name: str, default: int, help: str, least: int) -> Param:
+    """A verticalslash budget: keys, offsets or queries, sparse only up to MAX_BUDGET."""
+    return Param(name, default, help, least=least, most=MAX_BUDGET)
+
+
+def _verticalslash_rule(p: Mapping[str, object]) -> str | None:
+    """The forced keys and offsets are part of their budgets."""
+    if p["sinks"] > p["vertical"]:
+        return f"sinks={p['sinks']} must not exceed vertical={p['vertical']}"
+    if p["local"] > p["slash"]:
+        return f"local={p['local']} must not exceed slash={p['slash']}"
+    return None
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method(
             "exact",
             (
-                _param(
+                Param(
                     "chunks",
                     4,
                     "causal query chunks, each against only the keys it sees (1: whole)",
+                    least=1,
+                    most=MAX_CHUNKS,
                 ),
             ),
+            OnnxOp("ExactAttention", structural=("chunks",), ranks=None),
             full_bias=True,
             window=True,
             exact_up_to=lambda p: math.inf,
@@ -144,12 +237,24 @@ METHODS: dict[str, Method] = {
         Method(
             "convbasis",
             (
-                _param("bases", 16, "k, conv bases per triangle (k >= n is exact)"),
-                _param("probe", 8, "T, entries probed per column to find change points"),
-                _param(
-                    "recovery", "topk", "change-point search: topk (vectorised) or binary (paper's)"
+                Param("bases", 16, "k, conv bases per triangle (k >= n is exact)", least=1),
+                Param("probe", 8, "T, entries probed per column to find change points", least=1),
+                Param(
+                    "recovery",
+                    "topk",
+                    "change-point search: topk (vectorised) or binary (paper's)",
+                    choices=("topk", "binary"),
                 ),
-                _param("tol", 0.25, "binary only: max pre-exp deviation before a new basis starts"),
+                Param(
+                    "tol",
+                    0.25,
+                    "binary only: max pre-exp deviation before a new basis starts",
+                    least=0,
+                    most=None,
+                ),
+            ),
+            OnnxOp(
+                "ConvBasisAttention", min_opset=17, full_bias=False, refuses=_binary_has_no_body
             ),
             full_bias=True,
             window=True,
@@ -158,42 +263,75 @@ METHODS: dict[str, Method] = {
         Method(
             "polysketch",
             (
-                _param("degree", 4, "p, even polynomial degree"),
-                _param("sketch_size", 32, "r, sketch width (r^2 features after self-tensoring)"),
-                _param("block", 256, "block size of the causal scan, a power of two"),
-                _param(
+                Param("degree", 4, "p, even polynomial degree", least=1, most=MAX_DEGREE),
+                Param(
+                    "sketch_size",
+                    32,
+                    "r, sketch width (r^2 features after self-tensoring)",
+                    least=1,
+                    most=MAX_SKETCH,
+                ),
+                Param("block", 256, "block size of the causal scan, a power of two", least=1),
+                Param(
                     "variant",
                     "mixed",
                     "sketch | mixed (exact diagonal blocks) | exact_poly (no sketch)",
+                    choices=("sketch", "mixed", "exact_poly"),
                 ),
-                _param(
+                Param(
                     "fit",
                     "softmax_fit",
                     "softmax_fit (training-free fit to the head) | none (paper's LN kernel)",
+                    choices=("none", "softmax_fit"),
                 ),
-                _param("seed", 0, "seed of the sketch and of the fit's samples"),
+                Param(
+                    "seed",
+                    0,
+                    "seed of the sketch and of the fit's samples",
+                    least=SEEDS[0],
+                    most=SEEDS[1],
+                ),
+            ),
+            OnnxOp(
+                "PolySketchAttention",
+                structural=("degree", "sketch_size", "seed", "variant", "fit"),
+                head_dim=True,
             ),
             full_bias=False,
             window=False,
+            rule=_polysketch_rule,
         ),
         Method(
             "multipole",
             (
-                _param("block", 64, "m, finest block size (near field)"),
-                _param("coarse", 1, "p, summaries per coarse group (must divide block)"),
-                _param("levels", 0, "coarse levels used (0: all); the coarsest takes the rest"),
-                _param("sinks", 4, "s, first keys always attended exactly, never pooled"),
+                Param("block", 64, "m, finest block size (near field)", least=1),
+                Param("coarse", 1, "p, summaries per coarse group (must divide block)", least=1),
+                Param(
+                    "levels",
+                    0,
+                    "coarse levels used (0: all); the coarsest takes the rest",
+                    least=0,
+                    most=MAX_LEVELS,
+                ),
+                Param("sinks", 4, "s, first keys always attended exactly, never pooled", least=0),
             ),
+            OnnxOp("MultipoleAttention", structural=("block", "coarse", "levels", "sinks")),
             full_bias=False,
             window=False,
+            rule=lambda p: (
+                f"coarse={p['coarse']} must divide block={p['block']}"
+                if p["block"] % p["coarse"]
+                else None
+            ),
             exact_up_to=lambda p: 2 * p["block"],  # two blocks are all near field
         ),
         Method(
             "window",
             (
-                _param("width", 64, "w, keys in the local band around each query"),
-                _param("sinks", 4, "s, first keys always visible (attention sinks)"),
+                Param("width", 64, "w, keys in the local band around each query", least=1),
+                Param("sinks", 4, "s, first keys always visible (attention sinks)", least=0),
             ),
+            OnnxOp("WindowAttention", structural=("width", "sinks")),
             full_bias=True,
             window=True,
             exact_up_to=lambda p: p["width"],  # every key in the band (causal: + sinks)
@@ -201,17 +339,21 @@ METHODS: dict[str, Method] = {
         Method(
             "verticalslash",
             (
-                _param("vertical", 64, "key columns kept per head, sinks included"),
-                _param(
-                    "slash", 128, "diagonals (query - key offsets) kept per head, local included"
+                _budget("vertical", 64, "key columns kept per head, sinks included", 1),
+                _budget(
+                    "slash", 128, "diagonals (query - key offsets) kept per head, local included", 1
                 ),
-                _param("last", 64, "last queries whose attention ranks the columns and diagonals"),
-                _param("sinks", 4, "first keys always kept as columns"),
-                _param("local", 64, "offsets 0 .. local-1 always kept (the recent window)"),
+                _budget(
+                    "last", 64, "last queries whose attention ranks the columns and diagonals", 1
+                ),
+                _budget("sinks", 4, "first keys always kept as columns", 0),
+                _budget("local", 64, "offsets 0 .. local-1 always kept (the recent window)", 0),
             ),
+            OnnxOp("VerticalSlashAttention", structural=("vertical", "slash", "local")),
             full_bias=True,
             window=True,
             bidirectional=False,
+            rule=_verticalslash_rule,
             exact_up_to=lambda p: max(p["vertical"], p["slash"]),  # every key or every offset
         ),
     )
@@ -226,4 +368,4 @@ def get(name: str) -> Method:
         raise ValueError(f"unknown attention method {name!r}; known: {list(METHODS)}") from None
 
 
-__all__ = ["COMMON", "METHODS", "Method", "Param", "get"]
+__all__ = ["COMMON", "METHODS", "Method", "OnnxOp", "Param", "get"]

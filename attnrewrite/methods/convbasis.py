@@ -65,9 +65,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnrewrite.methods import get
 from attnrewrite.methods.exact import (
     check_inputs,
-    check_int,
     compute_dtype,
     expand_kv,
     key_weights,
@@ -75,18 +75,7 @@ from attnrewrite.methods.exact import (
     split_bias,
 )
 
-RECOVERIES = ("topk", "binary")
 FLOOR = -1e30  # masked scores: finite for probe differences, exp underflows to exactly 0
-
-
-def validate(*, bases: int, probe: int, recovery: str, tol: float) -> None:
-    """Reject settings that would silently recover nothing."""
-    check_int("convbasis", "bases", bases, 1)
-    check_int("convbasis", "probe", probe, 1)
-    if recovery not in RECOVERIES:
-        raise ValueError(f"convbasis recovery must be one of {RECOVERIES}, got {recovery!r}")
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0:
-        raise ValueError(f"convbasis tol must be a number >= 0, got {tol!r}")
 
 
 def fast_length(n: int) -> int:
@@ -262,7 +251,7 @@ def attention(
     tol: float = 0.25,
 ) -> Tensor:
     """Conv-basis attention: k recovered bases per triangle, applied by FFT."""
-    validate(bases=bases, probe=probe, recovery=recovery, tol=tol)
+    get("convbasis").validate(bases=bases, probe=probe, recovery=recovery, tol=tol)
     check_inputs(q, k, v, bias, is_causal, window)
     bsz, hq, sq, _ = q.shape
     skv = k.shape[2]

@@ -11,11 +11,11 @@ It also holds the conventions all methods share, so that "what a mask means" is 
   negative value (finfo.min masks) count as -inf, a bool bias follows SDPA (True = attend);
 - a row with no visible key returns zeros, never NaN;
 - arithmetic runs in float64 for float64 inputs and float32 otherwise, the output has q's dtype;
-- an integer parameter lies in a stated range, at most MAX_SIZE for sizes (block, width,
-  sinks, bases, probe): the ONNX bodies pad to whole blocks, so a size far above the sequence
-  length costs about its square at any length (measured on a 4-head layer at 64 tokens:
-  multipole block 2048 1.7 GB, polysketch block 4096 2.8 GB, window width 4096 8 GB; at 1024
-  all stay under 0.8 GB).
+- an integer parameter lies in the range its declaration states (attnrewrite.methods), at
+  most MAX_SIZE for sizes (block, width, sinks, bases, probe): the ONNX bodies pad to whole
+  blocks, so a size far above the sequence length costs about its square at any length
+  (measured on a 4-head layer at 64 tokens: multipole block 2048 1.7 GB, polysketch block 4096
+  2.8 GB, window width 4096 8 GB; at 1024 all stay under 0.8 GB).
 """
 
 from __future__ import annotations
@@ -23,15 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-MAX_SIZE = 1 << 10  # the largest size parameter (see the module doc)
-
-
-def check_int(owner: str, name: str, value: object, least: int, most: int = MAX_SIZE) -> None:
-    """`value` is an int (not a bool) in [least, most]."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{owner} {name} must be an int >= {least}, got {value!r}")
-    if value > most:
-        raise ValueError(f"{owner} {name} must be at most {most}, got {value}")
+from attnrewrite.methods import get
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -169,9 +161,6 @@ def dense_attention(
     return masked_softmax_av(logits, v.to(ct)).to(q.dtype)
 
 
-MAX_CHUNKS = 64  # more query chunks only add nodes: the skipped work is already ~(c-1)/2c
-
-
 def attention(
     q: Tensor,
     k: Tensor,
@@ -190,7 +179,7 @@ def attention(
     matrix, with about (chunks - 1) / (2 chunks) of its work and memory skipped. The ONNX body
     does the same; bidirectional attention has nothing to skip and is computed whole.
     """
-    validate(chunks=chunks)
+    get("exact").validate(chunks=chunks)
     check_inputs(q, k, v, bias, is_causal, window)
     sq, skv = q.shape[2], k.shape[2]
     if not is_causal or chunks == 1:
@@ -235,9 +224,3 @@ def chunk_bounds(
         key_start = 0 if window is None else min(max(start + offset - window + 1, 0), key_end)
         bounds.append((start, end, key_start, key_end))
     return bounds
-
-
-def validate(*, chunks: int) -> None:
-    """Query chunks of causal attention: an int from 1 (the full matrix) to MAX_CHUNKS."""
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= MAX_CHUNKS:
-        raise ValueError(f"exact chunks must be an int from 1 to {MAX_CHUNKS}, got {chunks!r}")

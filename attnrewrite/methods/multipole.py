@@ -52,9 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnrewrite.methods import get
 from attnrewrite.methods.exact import (
     check_inputs,
-    check_int,
     compute_dtype,
     expand_kv,
     key_weights,
@@ -62,18 +62,6 @@ from attnrewrite.methods.exact import (
     split_bias,
     window_binds,
 )
-
-MAX_LEVELS = 20  # levels double the group: 20 reach a million tokens (the body shifts by it)
-
-
-def validate(*, block: int, coarse: int, levels: int, sinks: int) -> None:
-    """Every level must split its groups into ``coarse`` equal parts."""
-    check_int("multipole", "block", block, 1)
-    check_int("multipole", "coarse", coarse, 1)
-    check_int("multipole", "levels", levels, 0, MAX_LEVELS)
-    check_int("multipole", "sinks", sinks, 0)
-    if block % coarse:
-        raise ValueError(f"multipole coarse={coarse} must divide block={block}")
 
 
 def _interaction(il: Tensor, groups: int, *, is_causal: bool, coarsest: bool) -> Tensor:
@@ -103,7 +91,7 @@ def attention(
     sinks: int = 4,
 ) -> Tensor:
     """Multipole attention; exact when every key falls in a query's near field."""
-    validate(block=block, coarse=coarse, levels=levels, sinks=sinks)
+    get("multipole").validate(block=block, coarse=coarse, levels=levels, sinks=sinks)
     check_inputs(q, k, v, bias, is_causal, window)
     bsz, hq, sq, _ = q.shape
     skv = k.shape[2]

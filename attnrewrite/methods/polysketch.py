@@ -51,52 +51,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnrewrite.methods import get
 from attnrewrite.methods.exact import (
     check_inputs,
-    check_int,
     compute_dtype,
     expand_kv,
     key_weights,
     split_bias,
     window_binds,
 )
-
-VARIANTS = ("sketch", "mixed", "exact_poly")
-FITS = ("none", "softmax_fit")
-FIT_ROWS, FIT_KEYS, FIT_GRID = 32, 64, 128
-FRACTION_BITS = 31  # the fit samples indices floor(u * span) with u = i / 2^31
-MAX_EXACT_FEATURES = 1 << 12  # per token; wider heads use the dense formula
-MAX_DEGREE = 16  # beyond this the features are all rounding error in float32
-MAX_SKETCH = 1 << 6  # r^2 = 4096 features per token (256: 18 GB at block 4096)
-
-
-def validate(
-    *, degree: int, sketch_size: int, block: int, variant: str, fit: str, seed: int
-) -> None:
-    """The squaring trick needs an even degree; the block scan needs a power-of-two block."""
-    check_int("polysketch", "degree", degree, 1, MAX_DEGREE)
-    check_int("polysketch", "sketch_size", sketch_size, 1, MAX_SKETCH)
-    check_int("polysketch", "block", block, 1)
-    if degree % 2:
-        raise ValueError(f"polysketch degree must be even (non-negative features), got {degree}")
-    if block & (block - 1):
-        raise ValueError(f"polysketch block must be a power of two, got {block}")
-    if variant not in VARIANTS:
-        raise ValueError(f"polysketch variant must be one of {VARIANTS}, got {variant!r}")
-    if fit not in FITS:
-        raise ValueError(f"polysketch fit must be one of {FITS}, got {fit!r}")
-    check_int("polysketch", "seed", seed, -(1 << 63), (1 << 63) - 1)
+from attnrewrite.methods.polysketch_draws import (
+    FIT_GRID,
+    FRACTION_BITS,
+    MAX_EXACT_FEATURES,
+    Sketch,
+    fit_fractions,
+    sketch_tree,
+)
 
 
-def sketch_half(a: Tensor, half: int, sketch_size: int, gen: torch.Generator) -> Tensor:
-    """phi_half(a) by a tree of degree-2 Gaussian sketches (one call must cover q and k)."""
-    if half == 1:
+def sketch_half(a: Tensor, half: int, sketch_size: int, seed: int) -> Tensor:
+    """phi_half(a) by the seeded tree of degree-2 Gaussian sketches (one call covers q and k)."""
+    return _sketch(a, sketch_tree(a.shape[-1], half, sketch_size, seed))
+
+
+def _sketch(a: Tensor, node: Sketch) -> Tensor:
+    if node.left is None or node.right is None:
         return a
-    left = sketch_half(a, (half + 1) // 2, sketch_size, gen)
-    right = sketch_half(a, half // 2, sketch_size, gen)
-    g1 = torch.randn(left.shape[-1], sketch_size, generator=gen, dtype=torch.float64)
-    g2 = torch.randn(right.shape[-1], sketch_size, generator=gen, dtype=torch.float64)
-    return (left @ g1.to(a)) * (right @ g2.to(a)) / math.sqrt(sketch_size)
+    left = _sketch(a, node.left) @ torch.from_numpy(node.g1).to(a)
+    right = _sketch(a, node.right) @ torch.from_numpy(node.g2).to(a)
+    return left * right / math.sqrt(node.width)
 
 
 def tensor_power(a: Tensor, power: int) -> Tensor:
@@ -105,18 +89,6 @@ def tensor_power(a: Tensor, power: int) -> Tensor:
     for _ in range(power - 1):
         out = (out[..., :, None] * a[..., None, :]).flatten(-2)
     return out
-
-
-def fit_fractions(gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The fit's sample as fixed fractions u / 2^FRACTION_BITS: rows [R], keys [R, M].
-
-    Their shapes do not depend on the lengths, so a graph can bake them as constants and draw
-    the same sample at any run-time length (see :func:`fraction_index`).
-    """
-    high = 1 << FRACTION_BITS
-    rows = torch.randint(0, high, (FIT_ROWS,), generator=gen)
-    keys = torch.randint(0, high, (FIT_ROWS, FIT_KEYS), generator=gen)
-    return rows, keys
 
 
 def fraction_index(u: Tensor, span: Tensor) -> Tensor:
@@ -132,13 +104,13 @@ def fit_shift(
     scale: float,
     degree: int,
     is_causal: bool,
-    gen: torch.Generator,
+    seed: int,
 ) -> Tensor:
     """beta [B, H] minimising sum_rows sum_keys (kappa / kappa_top - exp(x - x_top))^2.
 
     Rows are FIT_ROWS sampled queries with FIT_KEYS sampled causally visible keys each (keys of
     weight 0 are left out of the sums): query first + floor(u_r (Sq - first)), key
-    floor(u_rm span_r), the fractions u drawn from ``gen`` independently of the lengths (so an
+    floor(u_rm span_r), the fractions u drawn from ``seed`` independently of the lengths (so an
     ONNX graph reproduces the sample at run-time lengths). Both sides are normalised at the
     row's top sampled score, as softmax is per row. beta is searched on a grid above
     -min(row top), so every row's top base is positive. Ties (a flat error: every sampled row
@@ -150,7 +122,7 @@ def fit_shift(
     first = max(0, -off) if is_causal else 0  # queries that see at least one key
     if first >= sq:
         return torch.full(q.shape[:2], float(degree), dtype=q.dtype, device=q.device)
-    row_u, key_u = fit_fractions(gen)
+    row_u, key_u = (torch.from_numpy(u) for u in fit_fractions(seed))
     qi = first + fraction_index(row_u, torch.tensor(sq - first))
     span = (qi + off + 1).clamp(max=skv) if is_causal else torch.full_like(qi, skv)
     kj = fraction_index(key_u, span[:, None])
@@ -259,7 +231,7 @@ def attention(
     seed: int = 0,
 ) -> Tensor:
     """Polynomial-kernel attention through sketched features and the block-causal scan."""
-    validate(
+    get("polysketch").validate(
         degree=degree, sketch_size=sketch_size, block=block, variant=variant, fit=fit, seed=seed
     )
     check_inputs(q, k, v, bias, is_causal, window)
@@ -291,7 +263,7 @@ def attention(
             scale=scale,
             degree=degree,
             is_causal=is_causal,
-            gen=torch.Generator().manual_seed(seed + 1),
+            seed=seed,
         )
     aq, ak = feature_inputs(q, k, beta, scale)
     half = degree // 2
@@ -301,8 +273,7 @@ def attention(
         if variant == "exact_poly":
             hqk = tensor_power(torch.cat([aq, ak], dim=2), half)
         else:
-            gen = torch.Generator().manual_seed(seed)
-            hqk = sketch_half(torch.cat([aq, ak], dim=2), half, sketch_size, gen)
+            hqk = sketch_half(torch.cat([aq, ak], dim=2), half, sketch_size, seed)
         y = _scan(
             hqk[:, :, :sq],
             hqk[:, :, sq:],

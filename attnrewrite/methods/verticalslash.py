@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnrewrite.methods import get
 from attnrewrite.methods.exact import (
     bias_logits,
     check_inputs,
@@ -40,28 +41,6 @@ from attnrewrite.methods.exact import (
     masked_softmax_av,
     positions_mask,
 )
-
-MAX_BUDGET = 1 << 16  # keys, offsets or estimate queries: beyond this the pattern is not sparse
-
-
-def validate(*, vertical: int, slash: int, last: int, sinks: int, local: int) -> None:
-    """Budgets are ints in range; the forced keys and offsets are part of their budgets."""
-    for name, value, least in (
-        ("vertical", vertical, 1),
-        ("slash", slash, 1),
-        ("last", last, 1),
-        ("sinks", sinks, 0),
-        ("local", local, 0),
-    ):
-        in_range = isinstance(value, int) and least <= value <= MAX_BUDGET
-        if isinstance(value, bool) or not in_range:
-            raise ValueError(
-                f"verticalslash {name} must be an int from {least} to {MAX_BUDGET}, got {value!r}"
-            )
-    if sinks > vertical:
-        raise ValueError(f"verticalslash sinks={sinks} must not exceed vertical={vertical}")
-    if local > slash:
-        raise ValueError(f"verticalslash local={local} must not exceed slash={slash}")
 
 
 def _probabilities(logits: Tensor) -> Tensor:
@@ -110,7 +89,9 @@ def attention(
     local: int = 64,
 ) -> Tensor:
     """Exact softmax over the vertical keys and slash diagonals estimated from the last queries."""
-    validate(vertical=vertical, slash=slash, last=last, sinks=sinks, local=local)
+    get("verticalslash").validate(
+        vertical=vertical, slash=slash, last=last, sinks=sinks, local=local
+    )
     check_inputs(q, k, v, bias, is_causal, window)
     if not is_causal:
         raise ValueError(

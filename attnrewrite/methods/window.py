@@ -14,13 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnrewrite.methods.exact import check_int, dense_attention
-
-
-def validate(*, width: int, sinks: int) -> None:
-    """Clear errors for nonsensical patterns rather than silently attending to nothing."""
-    check_int("window", "width", width, 1)
-    check_int("window", "sinks", sinks, 0)
+from attnrewrite.methods import get
+from attnrewrite.methods.exact import dense_attention
 
 
 def pattern(
@@ -45,7 +40,7 @@ def attention(
     sinks: int = 4,
 ) -> Tensor:
     """Exact softmax over the sink + local pattern (causal keys j > p are still excluded)."""
-    validate(width=width, sinks=sinks)
+    get("window").validate(width=width, sinks=sinks)
     allowed = pattern(
         q.shape[2], k.shape[2], is_causal=is_causal, width=width, sinks=sinks, device=q.device
     )

@@ -16,6 +16,7 @@ import numpy as np
 
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.loading import default_opset, load_model
+from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, rewrite_model
 from attnrewrite.plan.calibrate import capture
@@ -28,7 +29,7 @@ from attnrewrite.plan.search import Plan, Trial, admissible, exact_plan
 from attnrewrite.plan.workspace import Workspace
 from attnrewrite.progress import steps
 from attnrewrite.report.inputs import ReportInputs
-from attnrewrite.substitute.methods import BODIES, get_method
+from attnrewrite.substitute.methods import get_method
 
 
 def check_budget(budget: float) -> None:
@@ -80,8 +81,8 @@ class Planner:
         self.candidates = tuple(
             default_candidates(self.cost_len) if candidates is None else candidates
         )
-        usable = [c for c in self.candidates if c.method in BODIES]
-        self.min_opset = 17 if any(c.method == "convbasis" for c in usable) else None
+        usable = [c for c in self.candidates if not _no_body(c)]
+        self.min_opset = max((METHODS[c.method].onnx.min_opset for c in usable), default=None)
         choose_on, held_out = split_rows(calibration)
         model = load_model(path, min_opset=self.min_opset or 13)
         found = find_attention(model)
@@ -172,9 +173,7 @@ class Planner:
                 for p, e in zip(plan.picks, exact.picks, strict=True)
             ],
             "won": plan.won,
-            "candidates_not_usable": {
-                c.label: "no ONNX body" for c in self.candidates if c.method not in BODIES
-            },
+            "candidates_not_usable": {c.label: _no_body(c) for c in self.candidates if _no_body(c)},
             "refused": {f"block {m.block.index}": m.reasons for m in self.measured if m.reasons},
         }
         return plan, record
@@ -204,6 +203,11 @@ class Planner:
         )
         line = _plan_line(plan, record["held_out"])
         return RewriteOutcome(outcome.out_dir, outcome.report, outcome.summary + line)
+
+
+def _no_body(cand: Candidate) -> str | None:
+    """Why a candidate's setting has no ONNX body (its method's declaration says)."""
+    return METHODS[cand.method].onnx.refuses(cand.resolved())
 
 
 def auto_rewrite(

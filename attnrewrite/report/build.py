@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from attnrewrite import __version__
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.protograph import readers
 from attnrewrite.report import metrics
 from attnrewrite.report.inputs import ReportInputs, graph_inputs
 from attnrewrite.substitute.body import DOMAIN
@@ -66,17 +67,14 @@ def rewritten_blocks(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> l
     of a per-head plan)."""
     known = {out for node in original.graph.node for out in node.output}
     known |= {o.name for o in original.graph.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in rewritten.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    reading = readers(rewritten.graph)
     grouped: dict[str, list[onnx.NodeProto]] = {}
     for node in rewritten.graph.node:
         if node.domain != DOMAIN:
             continue
         value = node.output[0]
         for _ in range(4):
-            following = readers.get(value, [])
+            following = reading.get(value, [])
             if value in known or len(following) != 1 or following[0].op_type not in ADAPTERS:
                 break
             value = following[0].output[0]

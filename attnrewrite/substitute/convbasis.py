@@ -48,29 +48,11 @@ from attnrewrite.substitute.body import (
     repeat_kv,
     to_rank4,
 )
-from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
 FLOOR = -1e30  # the reference's clamp: a shift below FLOOR / 2 means "nothing recovered"
 BIG = 2**62
 FFT_DTYPE = ir.DataType.DOUBLE  # float32 transforms: ~3e-5 off on the first causal rows at n = 200
-
-
-def _limits(sig: Signature, params: Params) -> str | None:
-    if sig.bias != "none" and not sig.keywise:
-        return "convbasis body: per-query biases (ALiBi, 4-D masks) are not supported; kept exact"
-    if sig.rank not in (3, 4):
-        return f"convbasis body: rank-{sig.rank} operands are not supported; kept exact"
-    return None
-
-
-def _unsupported(params: Params) -> str | None:
-    if params.get("recovery", "topk") != "topk":
-        return (
-            "recovery='binary' is a sequential search with no ONNX body; use recovery=topk "
-            "(the default)"
-        )
-    return None
 
 
 class _Ops:
@@ -385,7 +367,7 @@ def _vec(b: Body, *scalars: ir.Value) -> ir.Value:
     return b.op("Concat", *(b.op("Reshape", s, b.const([1])) for s in scalars), axis=0)
 
 
-def convbasis_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
+def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     compute = ir.DataType.DOUBLE if sig.dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
     o = _Ops(b, compute)
     query, key, value = (to_rank4(b, x, sig.rank) for x in inputs[:3])
@@ -491,12 +473,3 @@ def _sees_a_key(b: Body, o: _Ops, sig: Signature, real, sq, skv, window) -> ir.V
     count = b.op("Pad", count, o.i(0, 0, 1, 0, 0, 0))  # count[p] = weighted keys before p
     seen = b.op("Greater", b.op("Gather", count, end, axis=2), b.op("Gather", count, begin, axis=2))
     return b.op("Unsqueeze", seen, o.i(2))
-
-
-BODY = MethodBody(
-    "ConvBasisAttention",
-    convbasis_body,
-    min_opset=17,
-    limits=_limits,
-    unsupported=_unsupported,
-)

@@ -28,11 +28,10 @@ from attnrewrite.substitute.body import (
     unsqueeze,
     vec,
 )
-from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
 
-def exact_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
+def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     """softmax(scale * q k^T + mask) v, with the original's softmax precision."""
     query, key, value = inputs[:3]
     mask = inputs[3] if sig.bias != "none" else None
@@ -158,6 +157,3 @@ def _mask_part(b: Body, mask: ir.Value, rows: Rows) -> ir.Value:
     col_index = b.op("Min", b.op("Range", rows.key_start, rows.key_end, b.const(1)), last_col)
     picked = b.op("Gather", mask, row_index, axis=-2)
     return b.op("Gather", picked, col_index, axis=-1)
-
-
-BODY = MethodBody("ExactAttention", exact_body, structural=("chunks",))

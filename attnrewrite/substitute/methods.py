@@ -1,70 +1,49 @@
-"""The methods a user can ask for: parameters, ONNX op type and function body of each.
+"""A declared method with its parameters, as the ONNX rewrite substitutes it.
 
-Parameters (names, defaults, validation) come from the torch reference registry,
-`attnrewrite.methods`, so the rewritten node computes what the reference defines. Each method's
-ONNX body lives in its own module here (`attnrewrite.substitute.<name>`) as a `MethodBody`,
-loaded on first use (those modules import `MethodBody` from here).
+The facts come from the method's declaration (`attnrewrite.methods`): its parameters, what it
+honours, its op and what its body needs. Here they meet a block's signature: whether the block
+can take the method, the node's attributes and the function overload it calls. The body itself
+is `attnrewrite.substitute.<name>.build`, loaded on first use.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.substitute.body import BodyBuilder, Params
+from attnrewrite.methods import METHODS, Method
+from attnrewrite.substitute.body import BodyBuilder
 from attnrewrite.substitute.signature import Signature
 
 
-def no_limits(sig: Signature, params: Params) -> str | None:
-    return None
-
-
 @dataclass(frozen=True)
-class MethodBody:
-    """How a method becomes an ONNX function.
+class ResolvedMethod:
+    """A method with validated parameters, ready to substitute blocks."""
 
-    ``structural``: parameters the body bakes in (shapes, loop counts, constant matrices); they
-    join the overload name so that nodes with other values get their own function. The other
-    parameters are read from the node's attributes. ``head_dim``: the body holds constants
-    sized by the head dim (which then joins the overload name too). ``limits``: why a block
-    with this signature cannot use the method (it then stays exact, and the report says why).
-    ``unsupported``: why a parameter setting has no ONNX body at all (an error for the user).
-    """
-
-    op_type: str
-    build: BodyBuilder
-    structural: tuple[str, ...] = ()
-    head_dim: bool = False
-    min_opset: int = 13
-    limits: Callable[[Signature, Params], str | None] = no_limits
-    unsupported: Callable[[Params], str | None] = lambda params: None
-
-
-BODIES = ("exact", "convbasis", "polysketch", "multipole", "window", "verticalslash")  # a BODY each
-METHOD_NAMES = BODIES
-
-
-def _body(name: str) -> MethodBody:
-    return importlib.import_module(f"attnrewrite.substitute.{name}").BODY
-
-
-@dataclass(frozen=True)
-class Method:
-    """A method with resolved parameters, ready to substitute blocks."""
-
-    name: str
-    body: MethodBody
+    method: Method
     params: dict[str, int | float | str] = field(default_factory=dict)
 
     @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
     def op_type(self) -> str:
-        return self.body.op_type
+        return self.method.onnx.op_type
+
+    @property
+    def min_opset(self) -> int:
+        return self.method.onnx.min_opset
+
+    @property
+    def build(self) -> BodyBuilder:
+        """The function body's builder (imports the body module on first use)."""
+        return importlib.import_module(f"attnrewrite.substitute.{self.name}").build
 
     def attributes(self) -> list[ir.Attr]:
         """The attributes every node of this method declares (values come from the node)."""
@@ -80,15 +59,29 @@ class Method:
         parts = [sig.overload]
         if self.name != "exact" and sig.keywise:
             parts.append("keywise")
-        if self.body.head_dim:
+        if self.method.onnx.head_dim:
             if sig.head_dim is None:
                 raise ValueError(f"{self.name} needs a static head dim; this block's is unknown")
             parts.append(f"d{sig.head_dim}")
-        parts += [_token(k, self.params[k]) for k in self.body.structural]
+        parts += [_token(k, self.params[k]) for k in self.method.onnx.structural]
         return "_".join(parts)
 
     def limit(self, sig: Signature) -> str | None:
-        return self.body.limits(sig, self.params)
+        """Why a block of this signature cannot take the method (it then stays exact)."""
+        method, onnx = self.method, self.method.onnx
+        if sig.window and not method.window:
+            return f"{self.name} cannot honour a sliding window narrower than the keys"
+        if sig.bias != "none" and not sig.keywise and not (method.full_bias and onnx.full_bias):
+            who = self.name if not method.full_bias else f"the {self.name} body"
+            return f"{who} honours only key-wise masks (padding), not per-query biases (ALiBi)"
+        if not sig.causal and not method.bidirectional:
+            return f"{self.name} is causal only; this block is bidirectional"
+        if onnx.ranks is not None and sig.rank not in onnx.ranks:
+            ranks = " and ".join(map(str, onnx.ranks))
+            return f"{self.name} supports rank {ranks} operands, not rank {sig.rank}"
+        if onnx.head_dim and sig.head_dim is None:
+            return f"{self.name} bakes constants sized by the head dim, which is not static here"
+        return None
 
 
 def _token(name: str, value: object) -> str:
@@ -96,16 +89,16 @@ def _token(name: str, value: object) -> str:
     return f"{name}{text}".replace(".", "p").replace("-", "m")
 
 
-def get_method(name: str, params: Mapping[str, object] | None = None) -> Method:
+def get_method(name: str, params: Mapping[str, object] | None = None) -> ResolvedMethod:
     """The method `name` with its parameters defaulted, converted and validated."""
-    if name not in BODIES:
-        raise AttnRewriteError(f"unknown method '{name}'; choose one of {', '.join(BODIES)}")
+    if name not in METHODS:
+        raise AttnRewriteError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
+    method = METHODS[name]
     try:
-        resolved = references.get(name).resolve(params)
+        resolved = method.resolve(params)
     except ValueError as err:
         raise AttnRewriteError(str(err)) from None
-    body = _body(name)
-    reason = body.unsupported(resolved)
+    reason = method.onnx.refuses(resolved)
     if reason:
         raise AttnRewriteError(f"{name}: {reason}")
-    return Method(name, body, resolved)
+    return ResolvedMethod(method, resolved)

@@ -26,7 +26,8 @@ a fixed unrolled maximum (every absent level would still cost its gathers and lo
 the maximum would cap the length), the levels are a run-time axis, Range(1, J), of small int64
 index tensors; prefix sums give any level's summaries without pooling level by level. Groups
 past the keys are empty (count 0, logit -inf), so every length works. A sliding window or a
-bias that varies per query cannot follow a pooled summary: those blocks stay exact (`limits`).
+bias that varies per query cannot follow a pooled summary: those blocks stay exact (its
+declaration in attnrewrite.methods says so).
 """
 
 from __future__ import annotations
@@ -49,26 +50,12 @@ from attnrewrite.substitute.body import (
     unsqueeze,
     vec,
 )
-from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
 F32 = ir.DataType.FLOAT
 F64 = ir.DataType.DOUBLE
 I64 = ir.DataType.INT64
 POWERS = [1 << t for t in range(62)]
-
-
-def limits(sig: Signature, params: Params) -> str | None:
-    if sig.window:
-        return (
-            "multipole cannot honour a sliding window: pooled groups straddle its edge"
-            " (use the window method)"
-        )
-    if sig.bias != "none" and not sig.keywise:
-        return "multipole honours only key-wise masks (padding); this bias varies per query"
-    if sig.rank not in (3, 4):
-        return f"multipole supports rank 3 and 4 operands, not rank {sig.rank}"
-    return None
 
 
 def _floor_div(b: Body, x: ir.Value, d: ir.Value) -> ir.Value:
@@ -90,7 +77,7 @@ def _chunks(
     return b.op("Reshape", start, flat), b.op("Reshape", end, flat)
 
 
-def multipole_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
+def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     m, coarse, levels = int(params["block"]), int(params["coarse"]), int(params["levels"])
     n_sinks = int(params["sinks"])
     operands = inputs[:3] if sig.dtype == F32 else [b.op("Cast", x, to=F32) for x in inputs[:3]]
@@ -313,11 +300,3 @@ def _sinks(
         own = unsqueeze(b, b.op("Gather", weights, clamped, axis=2), 2)  # [Bw, Hw, 1, sinks]
         valid = b.op("Mul", valid, unsqueeze(b, own, 2))
     return clamped, b.op("Log", valid)
-
-
-BODY = MethodBody(
-    "MultipoleAttention",
-    multipole_body,
-    structural=("block", "coarse", "levels", "sinks"),
-    limits=limits,
-)

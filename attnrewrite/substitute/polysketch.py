@@ -1,9 +1,10 @@
 """The PolySketch body: `attnrewrite.methods.polysketch.attention` as standard ONNX ops.
 
 Every variant (mixed, sketch, exact_poly) and fit (softmax_fit, none) of the reference. The
-sketch matrices and the fit's sample fractions come from torch's seeded generators, as in the
-reference, and are baked as constants: they depend on the head dim, degree, sketch size, seed,
-variant and fit (the structural parameters). The block size is read from the node's ``block``
+sketch matrices and the fit's sample fractions are the reference's seeded draws (from
+attnrewrite.methods.polysketch_draws, without torch), baked as constants: they depend on the
+head dim, degree, sketch size, seed, variant and fit (the structural parameters). `ref.name`
+below names the torch reference's function. The block size is read from the node's ``block``
 attribute: every length is padded to whole blocks at run time, and the prefix states across
 blocks are an exclusive CumSum.
 
@@ -19,13 +20,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-import torch
 
-from attnrewrite.methods import polysketch as ref
+from attnrewrite.methods.polysketch_draws import (
+    FIT_GRID,
+    FIT_ROWS,
+    FRACTION_BITS,
+    MAX_EXACT_FEATURES,
+    Sketch,
+    fit_fractions,
+    sketch_tree,
+)
 from attnrewrite.substitute.body import (
     Body,
     Params,
@@ -38,7 +45,6 @@ from attnrewrite.substitute.body import (
     to_rank4,
     vec,
 )
-from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
 F64 = ir.DataType.DOUBLE
@@ -48,33 +54,6 @@ BIG = 2**62  # a Slice end past any length
 def sig_compute(sig: Signature) -> ir.DataType:
     """float64 inputs compute in float64, all others in float32 (as the reference)."""
     return F64 if sig.dtype == F64 else ir.DataType.FLOAT
-
-
-@dataclass(frozen=True)
-class _Sketch:
-    """One node of the reference's sketch tree: phi_half from two children and two G's."""
-
-    left: _Sketch | None
-    right: _Sketch | None
-    g1: np.ndarray | None
-    g2: np.ndarray | None
-    width: int
-
-
-def sketch_tree(width: int, half: int, sketch_size: int, seed: int) -> _Sketch:
-    """The Gaussian matrices of `ref.sketch_half`, drawn in its order from its generator."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def walk(w: int, h: int) -> _Sketch:
-        if h == 1:
-            return _Sketch(None, None, None, None, w)
-        left = walk(w, (h + 1) // 2)
-        right = walk(w, h // 2)
-        g1 = torch.randn(left.width, sketch_size, generator=gen, dtype=torch.float64)
-        g2 = torch.randn(right.width, sketch_size, generator=gen, dtype=torch.float64)
-        return _Sketch(left, right, g1.numpy(), g2.numpy(), sketch_size)
-
-    return walk(width, half)
 
 
 def _ipow(b: Body, x: ir.Value, power: int) -> ir.Value:
@@ -117,8 +96,8 @@ def _tensor_power(b: Body, a: ir.Value, power: int) -> ir.Value:
     return out
 
 
-def _sketch(b: Body, a: ir.Value, node: _Sketch, dtype: ir.DataType) -> ir.Value:
-    """`ref.sketch_half` with the tree's baked matrices."""
+def _sketch(b: Body, a: ir.Value, node: Sketch, dtype: ir.DataType) -> ir.Value:
+    """The reference's `sketch_half` with the tree's baked matrices."""
     if node.left is None:
         return a
     left = b.op("MatMul", _sketch(b, a, node.left, dtype), b.const(node.g1, dtype.numpy()))
@@ -145,22 +124,20 @@ def fit_shift(
     seed: int,
 ) -> ir.Value:
     """`ref.fit_shift` in float64: beta [B, H, 1] (grid search over the fixed sample)."""
-    row_u, key_u = ref.fit_fractions(torch.Generator().manual_seed(seed + 1))
-    unit = b.const(1 << ref.FRACTION_BITS)
+    row_u, key_u = fit_fractions(seed)
+    unit = b.const(1 << FRACTION_BITS)
     q_len, kv_len = dim(b, query, 2), dim(b, key, 2)
     off = b.op("Sub", kv_len, q_len)
     one = b.const(1)
     if sig.causal:
         first = b.op("Max", b.const(0), b.op("Neg", off))
         rows = b.op("Max", b.op("Sub", q_len, first), one)  # >= 1 whenever Skv >= 1
-        qi = b.op("Add", first, b.op("Div", b.op("Mul", b.const(row_u.numpy()), rows), unit))
+        qi = b.op("Add", first, b.op("Div", b.op("Mul", b.const(row_u), rows), unit))
         span = b.op("Min", b.op("Add", b.op("Add", qi, off), one), kv_len)
     else:
-        qi = b.op("Div", b.op("Mul", b.const(row_u.numpy()), q_len), unit)
-        span = b.op("Expand", kv_len, b.const([ref.FIT_ROWS]))
-    kj = b.op(
-        "Div", b.op("Mul", b.const(key_u.numpy()), b.op("Unsqueeze", span, b.const([1]))), unit
-    )
+        qi = b.op("Div", b.op("Mul", b.const(row_u), q_len), unit)
+        span = b.op("Expand", kv_len, b.const([FIT_ROWS]))
+    kj = b.op("Div", b.op("Mul", b.const(key_u), b.op("Unsqueeze", span, b.const([1]))), unit)
     qs = b.op("Unsqueeze", b.op("Cast", b.op("Gather", query, qi, axis=2), to=F64), b.const([3]))
     ks = b.op("Cast", b.op("Gather", key, kj, axis=2), to=F64)  # [B, H, R, M, d]
     dot = b.op("MatMul", qs, b.op("Transpose", ks, perm=[0, 1, 2, 4, 3]))
@@ -180,7 +157,7 @@ def fit_shift(
     else:
         low = b.op("Neg", b.reduce("ReduceMin", top, [-2]))
         xmin = b.reduce("ReduceMin", x, [-1, -2])
-    steps = torch.arange(1, ref.FIT_GRID + 1, dtype=torch.float64) / ref.FIT_GRID
+    steps = np.arange(1, FIT_GRID + 1, dtype=np.float64) / FIT_GRID
     width = b.op(
         "Max",
         b.op("Sub", b.op("Sub", b.const(float(degree), np.float64), low), xmin),
@@ -192,7 +169,7 @@ def fit_shift(
         b.op(
             "Mul",
             b.op("Unsqueeze", width, b.const([-1])),
-            b.const((steps**2).numpy().reshape(-1, 1, 1), np.float64),
+            b.const((steps**2).reshape(-1, 1, 1), np.float64),
         ),
     )  # [B, H, G, 1, 1]
     x5 = b.op("Unsqueeze", x, b.const([2]))
@@ -349,7 +326,7 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
         width = sig.head_dim
     half = degree // 2
     swap = swap_last_two(4)
-    if variant == "exact_poly" and width**degree > ref.MAX_EXACT_FEATURES:
+    if variant == "exact_poly" and width**degree > MAX_EXACT_FEATURES:
         kern = _ipow(b, b.op("MatMul", aq, b.op("Transpose", ak, perm=swap)), degree)
         if sig.causal:
             allowed = causal_allowed(b, aq, ak, False)
@@ -374,28 +351,3 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     if sig.dtype != ct:
         out = b.op("Cast", out, to=sig.dtype)
     return from_rank4(b, out, sig.rank)
-
-
-def limits(sig: Signature, params: Params) -> str | None:
-    """Blocks the reference cannot honour stay exact."""
-    if sig.window:
-        return "polysketch cannot honour a sliding window: its prefix state keeps every earlier key"
-    if sig.bias != "none" and not sig.keywise:
-        return (
-            "polysketch honours only key-wise biases (padding masks): a bias that varies per"
-            " query cannot enter its feature state"
-        )
-    if sig.rank not in (3, 4):
-        return f"polysketch needs rank-3 or rank-4 operands, this block has rank {sig.rank}"
-    if sig.head_dim is None:
-        return "polysketch bakes sketch matrices sized by the head dim, which is not static here"
-    return None
-
-
-BODY = MethodBody(
-    "PolySketchAttention",
-    build,
-    structural=("degree", "sketch_size", "seed", "variant", "fit"),
-    head_dim=True,
-    limits=limits,
-)

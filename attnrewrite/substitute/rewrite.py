@@ -19,7 +19,7 @@ import onnx_ir as ir
 from attnrewrite.loading import default_opset
 from attnrewrite.match import AttentionMatch, Bias, Layout, Operand
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, Body, build_function, repeat_kv
-from attnrewrite.substitute.methods import Method, get_method
+from attnrewrite.substitute.methods import ResolvedMethod, get_method
 from attnrewrite.substitute.signature import Signature
 
 MIN_IR_VERSION = 10  # function overloads
@@ -29,7 +29,7 @@ MIN_IR_VERSION = 10  # function overloads
 class HeadGroup:
     """Heads of one block that share a method (a per-head plan splits a block into groups)."""
 
-    method: Method
+    method: ResolvedMethod
     heads: tuple[int, ...]
 
 
@@ -39,7 +39,7 @@ class Rewritten:
     node: str
     overload: str
     output: str  # the block output's name, the same in the original and the rewritten model
-    method: Method
+    method: ResolvedMethod
     fallback: str | None = None  # why this block kept exact attention instead of the method
     groups: tuple[HeadGroup, ...] = ()  # per-head plan: one node per group
 
@@ -59,7 +59,7 @@ class SubstituteResult:
 def substitute(
     model: ir.Model,
     matches: Sequence[AttentionMatch],
-    method: Method,
+    method: ResolvedMethod,
     plans: Mapping[int, Sequence[HeadGroup]] | None = None,
 ) -> SubstituteResult:
     """Rewrite `model` in place. A block the method cannot honour (a mask it cannot carry,
@@ -83,9 +83,9 @@ def substitute(
 def _rewrite_block(
     model: ir.Model,
     match: AttentionMatch,
-    method: Method,
+    method: ResolvedMethod,
     groups: Sequence[HeadGroup] | None,
-    exact: Method,
+    exact: ResolvedMethod,
     opset: int,
 ) -> Rewritten | Failed:
     """The method (or the per-head plan) where it can, exact with the reason where not."""
@@ -110,18 +110,18 @@ def _rewrite_block(
         return Failed(match, f"rewrite failed: {err}")
 
 
-def _limit(method: Method, sig: Signature, opset: int) -> str | None:
+def _limit(method: ResolvedMethod, sig: Signature, opset: int) -> str | None:
     if method.name == "exact":
         return None
-    if opset < method.body.min_opset:
-        return f"{method.name} needs opset >= {method.body.min_opset}, the model has {opset}"
+    if opset < method.min_opset:
+        return f"{method.name} needs opset >= {method.min_opset}, the model has {opset}"
     return method.limit(sig)
 
 
 def _rewrite_one(
     model: ir.Model,
     match: AttentionMatch,
-    method: Method,
+    method: ResolvedMethod,
     opset: int,
     fallback: str | None = None,
     groups: Sequence[HeadGroup] | None = None,
@@ -172,7 +172,7 @@ def _attention_node(
     tape: ir.tape.Tape,
     model: ir.Model,
     match: AttentionMatch,
-    method: Method,
+    method: ResolvedMethod,
     signature: Signature,
     inputs: Sequence[ir.Value],
     opset: int,
@@ -187,7 +187,7 @@ def _attention_node(
             signature,
             opset,
             method.attributes(),
-            method.body.build,
+            method.build,
             method.params,
             overload,
         )
@@ -265,7 +265,9 @@ def _per_head_mask(
     return tape.op("Expand", [mask, _ints(tape, [1, q_heads, 1, 1])])
 
 
-def _overload_for(model: ir.Model, match: AttentionMatch, method: Method, sig: Signature) -> str:
+def _overload_for(
+    model: ir.Model, match: AttentionMatch, method: ResolvedMethod, sig: Signature
+) -> str:
     """The method's overload; "" inside functions, where onnxruntime resolves no overloads."""
     overload = method.overload(sig)
     if not match.graph_name.startswith("function "):

@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
-from attnrewrite.substitute.methods import Method
+from attnrewrite.substitute.methods import ResolvedMethod
 from attnrewrite.substitute.signature import Signature
 
 INPUTS = ("query", "key", "value", "mask")
@@ -27,7 +27,7 @@ def input_names(sig: Signature) -> list[str]:
 
 
 def node_model(
-    method: Method,
+    method: ResolvedMethod,
     sig: Signature,
     *,
     scale: float,
@@ -40,7 +40,7 @@ def node_model(
     the operands' type otherwise."""
     overload = method.overload(sig)
     function = build_function(
-        method.op_type, sig, opset, method.attributes(), method.body.build, method.params, overload
+        method.op_type, sig, opset, method.attributes(), method.build, method.params, overload
     )
     names = input_names(sig)
     attributes: dict[str, object] = {"scale": float(scale), "is_causal": int(sig.causal)}

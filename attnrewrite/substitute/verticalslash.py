@@ -49,19 +49,10 @@ from attnrewrite.substitute.body import (
     unsqueeze,
     vec,
 )
-from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
 F32 = ir.DataType.FLOAT
 CHUNK_PAIRS = 1 << 17  # query-key pairs per head in one Loop iteration (bounds its memory)
-
-
-def limits(sig: Signature, params: Params) -> str | None:
-    if not sig.causal:
-        return "verticalslash is causal only: its estimate needs last queries that see every key"
-    if sig.rank not in (3, 4):
-        return f"verticalslash supports rank 3 and 4 operands, not rank {sig.rank}"
-    return None
 
 
 class _Mask:
@@ -368,9 +359,7 @@ def _marks(b: Body, vertical: ir.Value, kv_len: ir.Value) -> ir.Value:
     return b.op("Reshape", kept, b.const([-1]))
 
 
-def verticalslash_body(
-    b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params
-) -> ir.Value:
+def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     chunks = _Chunks(b, sig, inputs, params)
     loop = LoopBody(b, "vs")
     body = loop.graph([chunks.attend(loop.b, loop.iteration)])
@@ -382,11 +371,3 @@ def verticalslash_body(
     if sig.dtype != F32:
         out = b.op("Cast", out, to=sig.dtype)
     return from_rank4(b, out, sig.rank)
-
-
-BODY = MethodBody(
-    "VerticalSlashAttention",
-    verticalslash_body,
-    structural=("vertical", "slash", "local"),
-    limits=limits,
-)

@@ -46,19 +46,12 @@ from attnrewrite.substitute.body import (
     unsqueeze,
     vec,
 )
-from attnrewrite.substitute.methods import MethodBody
 from attnrewrite.substitute.signature import Signature
 
 F32 = ir.DataType.FLOAT
 
 
-def limits(sig: Signature, params: Params) -> str | None:
-    if sig.rank not in (3, 4):
-        return f"window supports rank 3 and 4 operands, not rank {sig.rank}"
-    return None
-
-
-def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
+def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     w, n_sinks = int(params["width"]), int(params["sinks"])
     operands = inputs[:3] if sig.dtype == F32 else [b.op("Cast", x, to=F32) for x in inputs[:3]]
     query, key, value = (to_rank4(b, x, sig.rank) for x in operands)
@@ -165,11 +158,3 @@ def window_body(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Par
     if sig.dtype != F32:
         out = b.op("Cast", out, to=sig.dtype)
     return from_rank4(b, out, sig.rank)
-
-
-BODY = MethodBody(
-    "WindowAttention",
-    window_body,
-    structural=("width", "sinks"),
-    limits=limits,
-)

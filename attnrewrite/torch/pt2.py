@@ -16,7 +16,6 @@ import torch
 from attnrewrite import __version__
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import staged_directory
-from attnrewrite.substitute.methods import METHOD_NAMES
 from attnrewrite.torch import archive
 from attnrewrite.torch.onnx_export import export_onnx
 from attnrewrite.torch.rewrite import TorchRewrite, rewrite
@@ -77,7 +76,7 @@ def rewrite_pt2(
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise AttnRewriteError(f"cannot re-export the rewritten program ({first})") from None
         torch.export.save(again, str(staging / PROGRAM_FILE))
-        if onnx and method in METHOD_NAMES:
+        if onnx:
             try:
                 report["onnx"] = {
                     "file": ONNX_FILE,

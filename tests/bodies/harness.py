@@ -19,7 +19,7 @@ from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec, attention_layer
 from attnrewrite.loading import prepare_proto
 from attnrewrite.patterns import find_attention
-from attnrewrite.substitute.methods import Method, get_method
+from attnrewrite.substitute.methods import ResolvedMethod, get_method
 from attnrewrite.substitute.rewrite import SubstituteResult, substitute
 from attnrewrite.substitute.signature import Signature
 from attnrewrite.substitute.standalone import node_model
@@ -42,7 +42,7 @@ def rewrite_layer(
     """The layer rewritten with `method`; checked by onnx.checker."""
     chosen = get_method(method, params)
     model = ir.serde.deserialize_model(
-        prepare_proto(attention_layer(spec, opset), min_opset=chosen.body.min_opset)
+        prepare_proto(attention_layer(spec, opset), min_opset=chosen.min_opset)
     )
     found = find_attention(model)
     assert len(found.matches) == 1, found
@@ -126,7 +126,7 @@ def body_error(
     return relative_error(reference(spec, method, params, feeds), out)
 
 
-def function_model(method: Method, sig: Signature, opset: int = 18) -> onnx.ModelProto:
+def function_model(method: ResolvedMethod, sig: Signature, opset: int = 18) -> onnx.ModelProto:
     """One node of the method over graph inputs query/key/value[/mask], through its function
     (scale 0.3)."""
     return node_model(method, sig, scale=0.3, opset=opset)

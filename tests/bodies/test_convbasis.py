@@ -91,7 +91,7 @@ def test_opset_20_signature_of_dft(name, opset) -> None:
 def test_parameters_are_read_at_run_time() -> None:
     """One overload serves every bases/probe value: nothing is baked into the function."""
     method = get_method("convbasis", {"bases": 5, "probe": 2})
-    assert method.body.structural == ()
+    assert method.method.onnx.structural == ()
     assert get_method("convbasis").overload(_sig()) == method.overload(_sig())
 
 
@@ -132,7 +132,7 @@ def direct_model(sig: Signature, params: dict, attrs: dict, opset: int) -> onnx.
         sig,
         opset,
         method.attributes(),
-        method.body.build,
+        method.build,
         method.params,
         overload,
     )

@@ -33,7 +33,7 @@ DIMS = {"batch": 1, "q_len": 32, "kv_len": 32}
 
 def multipole_layer(folder: Path) -> Path:
     method = get_method("multipole")
-    proto = prepare_proto(attention_layer(SPEC), min_opset=method.body.min_opset)
+    proto = prepare_proto(attention_layer(SPEC), min_opset=method.min_opset)
     model = ir.serde.deserialize_model(proto)
     (block,) = substitute(model, find_attention(model).matches, method).rewritten
     assert not block.fallback

@@ -24,7 +24,7 @@ def kernel_error(degree: int, r: int, seeds: int = 5) -> float:
     truth = (a[..., :32, :] @ a[..., 32:, :].transpose(-1, -2)) ** degree
     errs = []
     for seed in range(seeds):
-        h = polysketch.sketch_half(a, degree // 2, r, torch.Generator().manual_seed(seed))
+        h = polysketch.sketch_half(a, degree // 2, r, seed)
         approx = (h[..., :32, :] @ h[..., 32:, :].transpose(-1, -2)) ** 2
         errs.append(rel_err(approx, truth))
     return sum(errs) / seeds
@@ -54,9 +54,8 @@ def quadratic(
     if fit == "none":
         base = F.layer_norm(q, q.shape[-1:]) @ F.layer_norm(k, k.shape[-1:]).transpose(-1, -2)
     else:
-        gen = torch.Generator().manual_seed(seed + 1)
         beta = polysketch.fit_shift(
-            q, k, w.expand(k.shape[:3]), scale=SCALE, degree=degree, is_causal=is_causal, gen=gen
+            q, k, w.expand(k.shape[:3]), scale=SCALE, degree=degree, is_causal=is_causal, seed=seed
         )
         base = SCALE * q @ k.transpose(-1, -2) + beta[..., None, None]
     kern = base**degree * w[:, :, None, :]
@@ -101,10 +100,9 @@ def dense_sketch(
     """The sketch / mixed kernels built as full matrices from the module's own features."""
     k, v = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
     w = torch.ones(k.shape[:3], dtype=F64)
-    gen = torch.Generator().manual_seed(seed + 1)
-    beta = polysketch.fit_shift(q, k, w, scale=SCALE, degree=4, is_causal=is_causal, gen=gen)
+    beta = polysketch.fit_shift(q, k, w, scale=SCALE, degree=4, is_causal=is_causal, seed=seed)
     aq, ak = polysketch.feature_inputs(q, k, beta, SCALE)
-    h = polysketch.sketch_half(torch.cat([aq, ak], 2), 2, r, torch.Generator().manual_seed(seed))
+    h = polysketch.sketch_half(torch.cat([aq, ak], 2), 2, r, seed)
     kern = (h[:, :, : q.shape[2]] @ h[:, :, q.shape[2] :].transpose(-1, -2)) ** 2
     pos = torch.arange(q.shape[2]) + k.shape[2] - q.shape[2]
     if variant == "mixed":
