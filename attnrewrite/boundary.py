@@ -37,6 +37,7 @@ EXIT_BAD_INPUT = 2
 NOTE = "while reading "  # the note `about` adds; the boundary names the file from it
 LIBRARY_TEXT = 300  # characters of a library's message kept in the line
 _COMMITTING: list[Path] = []  # staging folders of this run being renamed into place
+_HELD = {"depth": 0, "signal": 0}  # open interruptions_held blocks, the signal they hold back
 
 
 class Interrupted(BaseException):
@@ -99,9 +100,10 @@ def interruptible() -> Iterator[None]:
     def interrupt(number: int, frame: object) -> None:
         if any(not staging.exists() for staging in _COMMITTING):
             return  # an output is in place: "nothing written" would be false
-        for n in numbers:
-            signal.signal(n, signal.SIG_IGN)
-        raise Interrupted(number)
+        if _HELD["depth"]:
+            _HELD["signal"] = _HELD["signal"] or number
+            return
+        _raise_interrupted(number)
 
     previous = {n: signal.signal(n, interrupt) for n in numbers}
     try:
@@ -110,6 +112,40 @@ def interruptible() -> Iterator[None]:
         for n, handler in previous.items():
             signal.signal(n, handler)
         _COMMITTING.clear()
+        _HELD.update(depth=0, signal=0)
+
+
+def _raise_interrupted(number: int) -> None:
+    for n in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(n, signal.SIG_IGN)  # once: the stack unwinds undisturbed
+    raise Interrupted(number)
+
+
+@contextlib.contextmanager
+def interruptions_held() -> Iterator[Callable[[], None]]:
+    """SIGINT/SIGTERM arriving in the block wait until the `resume()` it yields (or its end)
+    and are raised there: a staging folder is created and the `try` that removes it entered
+    with no interruption landing between the two (one did, and left the folder behind)."""
+    _HELD["depth"] += 1
+    holding = True
+
+    def resume() -> None:
+        nonlocal holding
+        if holding:
+            holding = False
+            _HELD["depth"] -= 1
+            if not _HELD["depth"] and _HELD["signal"]:
+                number, _HELD["signal"] = _HELD["signal"], 0
+                _raise_interrupted(number)
+
+    try:
+        yield resume
+    except BaseException:
+        if holding:
+            holding = False
+            _HELD["depth"] -= 1
+        raise
+    resume()
 
 
 @contextlib.contextmanager

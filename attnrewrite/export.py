@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from attnrewrite.boundary import point_of_no_return
+from attnrewrite.boundary import interruptions_held, point_of_no_return
 from attnrewrite.errors import AttnRewriteError
 
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to model.onnx.data beside the model
@@ -53,21 +53,24 @@ def output_folder(
     the command is past its point of no return: later signals no longer interrupt it."""
     target = Path(os.path.abspath(target))  # "." and "a/.." have no name to stage beside
     created: list[Path] = []
-    try:
-        created += _make_parents(target.parent)
-        staging = _staging_folder(target)
-    except OSError as err:
-        _remove_empty(created)
-        raise AttnRewriteError(f"cannot write the output folder {target}: {err.strerror}") from err
-    try:
-        yield staging
-    except keep_on:
-        _commit(staging, target, replace, created)
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
-        raise
+    with interruptions_held() as resume:
+        try:
+            created += _make_parents(target.parent)
+            staging = _staging_folder(target)
+        except OSError as err:
+            _remove_empty(created)
+            reason = err.strerror
+            raise AttnRewriteError(f"cannot write the output folder {target}: {reason}") from err
+        try:
+            resume()
+            yield staging
+        except keep_on:
+            _commit(staging, target, replace, created)
+            raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            _remove_empty(created)
+            raise
     _commit(staging, target, replace, created)
 
 
@@ -99,18 +102,21 @@ def _commit(staging: Path, target: Path, replace: bool, created: list[Path]) -> 
 def staged_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success its files replace those in `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_folder(target)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if not target.exists():
-        staging.rename(target)
-        return
-    for item in staging.iterdir():
-        os.replace(item, target / item.name)
-    staging.rmdir()
+    with interruptions_held() as resume:
+        staging = _staging_folder(target)
+        try:
+            resume()
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    with interruptions_held():  # the moves finish; an interruption is raised after them
+        if not target.exists():
+            staging.rename(target)
+            return
+        for item in staging.iterdir():
+            os.replace(item, target / item.name)
+        staging.rmdir()
 
 
 def _staging_folder(target: Path) -> Path:

@@ -138,6 +138,34 @@ def test_a_signal_after_the_outputs_are_in_place_lets_the_command_finish(tmp_pat
     assert (tmp_path / "out" / "model.onnx").is_file()
 
 
+STAGING = """
+    import os, signal, sys, tempfile
+    import attnrewrite.cli as cli
+
+    make = tempfile.mkdtemp
+
+    def make_then_signal(*args, **kwargs):
+        folder = make(*args, **kwargs)  # a staging folder, not yet in the try that removes it
+        os.kill(os.getpid(), signal.{name})
+        return folder
+
+    tempfile.mkdtemp = make_then_signal
+    sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_as_a_staging_folder_is_made_leaves_nothing(tmp_path, number) -> None:
+    source = tmp_path / "m.onnx"
+    onnx.save(CASES["gqa_expand"].model, str(source))
+    name = signal.Signals(number).name
+    argv = [str(source), "--method", "exact", "-o", "sub/out"]
+    done = _run(STAGING.replace("{name}", name), argv, cwd=tmp_path)
+    assert done.returncode == 128 + number
+    assert done.stderr == f"attnrewrite: error: interrupted ({name}); nothing written\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no sub/, no .out.*
+
+
 STARTING = """
     import builtins, os, signal, sys
 
