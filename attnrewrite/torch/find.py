@@ -6,9 +6,9 @@ Rules, each small and declarative:
               variants (SDPA_OPS: where each reads its mask, dropout, is_causal, scale);
 - decomposed: matmul(q, k^T) -> [scale | add | sub | masked_fill | where | cast]* -> softmax
               -> [cast | inactive dropout]* -> matmul(., v);
-- operands:   scale as mul/div by a constant scalar on q, k, k^T or the scores (SCALE_OPS);
-              k^T as transpose/permute of the last two axes (or k stored transposed);
-              grouped-query repeat as unsqueeze -> expand -> reshape or repeat_interleave.
+- operands:   scale on q, k or k^T, K^T, grouped-query repeat: the ONNX finder's rules
+              (rules.operands), read through the FX view (torch.view); scale on the scores
+              as mul/div by a constant scalar (SCALE_OPS).
 
 A structural match becomes a `Candidate`; its mask kind is decided later, from what the mask
 computes on the example inputs (rewrite.classify). Everything else is a `Refusal` with a reason.
@@ -25,7 +25,17 @@ import torch
 from torch import fx
 
 from attnrewrite.match import Refusal
+from attnrewrite.rules.operands import (
+    Factor,
+    Key,
+    Layout,
+    constant_scalar,
+    key_operand,
+    strip_scale,
+    ungroup_kv,
+)
 from attnrewrite.torch.block import Step
+from attnrewrite.torch.view import FX, bound, const_scalar
 
 aten = torch.ops.aten
 
@@ -63,8 +73,6 @@ SCALE_OPS = {  # value: whether the op divides by the constant
     aten.div.Tensor: True,
     aten.div.Scalar: True,
 }
-IGNORED_USERS = {aten._assert_tensor_metadata.default}
-CONST_SCALAR_OPS = {aten.full.default, aten.scalar_tensor.default}
 
 
 @dataclass
@@ -117,20 +125,6 @@ def _op_name(node: fx.Node) -> str:
     return str(getattr(node.target, "__name__", node.target)).removesuffix(".default")
 
 
-def bound(node: fx.Node) -> dict[str, object]:
-    """The op's arguments by schema name, defaults filled in."""
-    schema = node.target._schema  # type: ignore[union-attr]
-    out: dict[str, object] = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            out[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            out[arg.name] = node.kwargs[arg.name]
-        elif arg.has_default_value():
-            out[arg.name] = arg.default_value
-    return out
-
-
 def shape(node: fx.Node) -> tuple[int, ...]:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
@@ -138,12 +132,8 @@ def shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(val.shape)
 
 
-def users(node: fx.Node) -> list[fx.Node]:
-    return [u for u in node.users if u.target not in IGNORED_USERS]
-
-
 def sole_user(node: fx.Node, what: str) -> fx.Node:
-    us = users(node)
+    us = FX.consumers(node)
     if len(us) != 1:
         raise NoMatch(f"{what} ({node.name}) has {len(us)} consumers; the rewrite would drop them")
     return us[0]
@@ -161,10 +151,10 @@ def match_sdpa(node: fx.Node) -> Candidate:
     output = node
     nodes = [node]
     if spec.tuple_output:
-        getters = users(node)
+        getters = FX.consumers(node)
         if any(u.target is not operator.getitem for u in getters):
             raise NoMatch("the op's output tuple is used as a whole")
-        if any(u.args[1] != 0 and users(u) for u in getters):
+        if any(u.args[1] != 0 and FX.consumers(u) for u in getters):
             raise NoMatch("uses the op's log-sum-exp or other secondary outputs")
         firsts = [u for u in getters if u.args[1] == 0]
         if len(firsts) != 1:
@@ -189,8 +179,9 @@ def match_sdpa(node: fx.Node) -> Candidate:
     variant = [
         "sdpa" if node.target is aten.scaled_dot_product_attention.default else _op_name(node)
     ]
-    k, v, repeat = strip_repeat(k, v)
-    if repeat:
+    ungrouped = ungroup_kv(FX, k, v)
+    if ungrouped is not None:
+        k, v = ungrouped
         variant.append("repeat_kv")
     if spec.gqa and args.get(spec.gqa):
         variant.append("enable_gqa")
@@ -205,7 +196,7 @@ def match_sdpa(node: fx.Node) -> Candidate:
         steps=(Step("mask"),) if isinstance(mask, fx.Node) else (),
         side=(mask,) if isinstance(mask, fx.Node) else (),
         is_causal=is_causal,
-        kv_repeat=repeat,
+        kv_repeat=ungrouped is not None,
         variant=tuple(variant),
         nodes=tuple(nodes),
     )
@@ -235,19 +226,15 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
     if len(shape(v)) != rank:
         raise NoMatch(f"probabilities of rank {rank} multiply a rank-{len(shape(v))} V")
     steps, side, chain, scale, matmul = walk_scores(softmax.args[0])
-    q, q_scale, q_nodes = strip_scale(matmul.args[0])
-    kt, k_scale, k_nodes = strip_scale(matmul.args[1])
-    k, transposed = untranspose(kt)
-    k_nodes2: list[fx.Node] = []
-    if transposed:
-        k_nodes2 = [kt]
-        k, k2_scale, more = strip_scale(k)
-        k_scale *= k2_scale
-        k_nodes2 += more
+    q, q_factors = strip_scale(FX, matmul.args[0])
+    key = _key(matmul.args[1])
+    q_scale, k_scale = _product(q_factors), _product(key.factors)
     variant = ["matmul_softmax"]
     sources = [name for name, s in (("q", q_scale), ("k", k_scale), ("scores", scale)) if s != 1.0]
-    k, v, repeat = strip_repeat(k, v)
-    if repeat:
+    k, transposed = key.value, key.layout == Layout.BHSD
+    ungrouped = ungroup_kv(FX, k, v) if transposed else None
+    if ungrouped is not None:
+        k, v = ungrouped
         variant.append("repeat_kv")
     if not transposed:
         variant.append("k_stored_transposed")
@@ -264,11 +251,39 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
         steps=steps,
         side=side,
         k_transposed=not transposed,
-        kv_repeat=repeat,
+        kv_repeat=ungrouped is not None,
         float32_softmax=fp32,
         variant=tuple(variant),
-        nodes=(output, *reversed(down), *chain, matmul, *q_nodes, *k_nodes, *k_nodes2),
+        nodes=(
+            output,
+            *reversed(down),
+            *chain,
+            matmul,
+            *(f.product for f in q_factors),
+            *key.through,
+        ),
     )
+
+
+def _key(operand: fx.Node) -> Key:
+    """K and what lies between it and the operand: a K in another layout than [B, H, S, d]
+    (a bshd permute) is taken as stored transposed, which the block transposes back."""
+    key = key_operand(FX, operand)
+    if key.layout in (Layout.BHSD, Layout.BHDS):
+        return key
+    kt, factors = strip_scale(FX, operand)
+    stripped = tuple(f.product for f in factors)
+    return Key(kt, Layout.BHDS, tuple(factors), "k:stored-transposed", stripped)
+
+
+def _product(factors: tuple[Factor, ...] | list[Factor]) -> float:
+    """What constant scale factors multiply the scores by."""
+    product = 1.0
+    for factor in factors:
+        number = constant_scalar(FX, factor.value)
+        assert number is not None  # FxView counts only constants as scalars
+        product = product / number if factor.divide else product * number
+    return product
 
 
 def walk_scores(
@@ -363,117 +378,3 @@ def score_step_input(node: fx.Node) -> fx.Node | None:
     if t in (aten.where.ScalarOther, aten.where.self):
         return node.args[1]
     return None
-
-
-def const_scalar(x: object) -> float | None:
-    """The value of a constant scalar operand (number, full([], c), a 1-element constant)."""
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, int | float):
-        return float(x)
-    if not isinstance(x, fx.Node):
-        return None
-    if x.target in CONST_SCALAR_OPS:
-        size = x.args[0]
-        value = x.args[1] if x.target is aten.full.default else x.args[0]
-        if x.target is aten.full.default and math.prod(size) != 1:
-            return None
-        return float(value) if isinstance(value, int | float) else None
-    if x.target in CAST_OPS or x.target in (aten.lift_fresh_copy.default, aten.detach.default):
-        return const_scalar(x.args[0])
-    if x.target is aten.sqrt.default:
-        c = const_scalar(x.args[0])
-        return math.sqrt(c) if c is not None and c >= 0 else None
-    if x.op == "get_attr":
-        owner = x.graph.owning_module
-        value = getattr(owner, str(x.target), None) if owner is not None else None
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
-            return float(value.reshape(()).item())
-    return None
-
-
-def strip_scale(node: fx.Node) -> tuple[fx.Node, float, list[fx.Node]]:
-    """q*c, q/c, c*q with constant c and no other consumer of the product -> (q, c)."""
-    scale, nodes = 1.0, []
-    while node.target in SCALE_OPS and len(users(node)) == 1:
-        a, b = node.args[0], node.args[1]
-        c = const_scalar(b)
-        if c is not None and isinstance(a, fx.Node):
-            scale *= 1.0 / c if SCALE_OPS[node.target] else c
-            nodes.append(node)
-            node = a
-            continue
-        c = const_scalar(a)
-        if c is not None and not SCALE_OPS[node.target] and isinstance(b, fx.Node):
-            scale *= c
-            nodes.append(node)
-            node = b
-            continue
-        break
-    return node, scale, nodes
-
-
-def untranspose(node: fx.Node) -> tuple[fx.Node, bool]:
-    """k^T -> (k, True) for a transpose/permute swapping the last two axes only."""
-    if len(users(node)) != 1:
-        return node, False
-    rank = len(shape(node))
-    if node.target is aten.transpose.int:
-        axes = sorted(a % rank for a in node.args[1:3])
-        if axes == [rank - 2, rank - 1]:
-            return node.args[0], True
-    if node.target is aten.permute.default:
-        perm = [p % rank for p in node.args[1]]
-        if perm == [*range(rank - 2), rank - 1, rank - 2]:
-            return node.args[0], True
-    if node.target is aten.t.default and rank == 2:
-        return node.args[0], True
-    return node, False
-
-
-def strip_repeat(k: fx.Node, v: fx.Node) -> tuple[fx.Node, fx.Node, bool]:
-    """Grouped-query repeat of both k and v by the same group -> the unrepeated k, v."""
-    k0, gk = unrepeat(k)
-    v0, gv = unrepeat(v)
-    if gk > 1 and gk == gv:
-        return k0, v0, True
-    return k, v, False
-
-
-def whole_slices_skipped(x: object) -> object:
-    """Through slices that keep the whole axis: `kv[:, :, None]` traced with dynamic shapes
-    leaves them between the unsqueeze and the expand (static tracing drops them)."""
-    while (
-        isinstance(x, fx.Node)
-        and x.target is aten.slice.Tensor
-        and isinstance(x.args[0], fx.Node)
-        and shape(x) == shape(x.args[0])
-    ):
-        x = x.args[0]
-    return x
-
-
-def unrepeat(x: fx.Node) -> tuple[fx.Node, int]:
-    """reshape(expand(unsqueeze(kv, 2))) or repeat_interleave(kv, g, 1) -> (kv, g)."""
-    if x.target is aten.repeat_interleave.self_int:
-        args = bound(x)
-        rank = len(shape(x))
-        if args.get("dim") is not None and int(args["dim"]) % rank == 1:
-            return args["self"], int(args["repeats"])
-        return x, 1
-    if x.target not in (aten.reshape.default, aten.view.default, aten._unsafe_view.default):
-        return x, 1
-    expand = x.args[0]
-    if not isinstance(expand, fx.Node) or expand.target is not aten.expand.default:
-        return x, 1
-    unsq = whole_slices_skipped(expand.args[0])
-    if not isinstance(unsq, fx.Node):
-        return x, 1
-    es, out = shape(expand), shape(x)
-    if unsq.target is not aten.unsqueeze.default or unsq.args[1] not in (2, -3) or len(es) != 5:
-        return x, 1
-    src = unsq.args[0]
-    b, hkv, g, s, d = es
-    if out != (b, hkv * g, s, d) or shape(src) != (b, hkv, s, d):
-        return x, 1
-    return src, g

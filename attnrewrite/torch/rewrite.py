@@ -22,8 +22,9 @@ from attnrewrite.errors import AttnRewriteError
 from attnrewrite.match import MaskKind, Refusal, describe_block
 from attnrewrite.methods.exact import as_4d, bias_logits, positions_mask
 from attnrewrite.torch.block import AttentionBlock, fold_causal
-from attnrewrite.torch.find import IGNORED_USERS, Candidate, find, shape
+from attnrewrite.torch.find import Candidate, find, shape
 from attnrewrite.torch.trace import AUTO, ExampleInputs, split_inputs, trace
+from attnrewrite.torch.view import IGNORED_USERS
 
 GRAPH = "main"
 
