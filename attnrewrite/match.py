@@ -20,6 +20,8 @@ from typing import Protocol
 
 import onnx_ir as ir
 
+from attnrewrite.rules.scores import RESHAPES
+
 # Node metadata left by substitute.contrib, which writes com.microsoft ops out on load:
 FUSED_FROM = "attnrewrite.fused_from"  # on the Softmax written for an op: "domain:op"
 NOT_EXPANDED = "attnrewrite.not_expanded"  # on an op left as it was: why
@@ -98,9 +100,6 @@ class Bias:
     @property
     def reshapes(self) -> bool:
         return reshapes_scores(self.steps)
-
-
-RESHAPES = frozenset({"Reshape", "Flatten"})  # score steps that regroup whole key rows
 
 
 def reshapes_scores(steps: Sequence[ScoreStep]) -> bool:

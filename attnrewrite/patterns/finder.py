@@ -41,10 +41,11 @@ from attnrewrite.patterns.graph_utils import (
     static_dim,
 )
 from attnrewrite.patterns.probs import merged_heads, walk_probs
-from attnrewrite.patterns.scores import PASS_THROUGH, walk_scores
+from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.operands import Factor, key_operand, strip_scale, ungroup_kv, upstream_scale
+from attnrewrite.rules.scores import PASS_THROUGH
 from attnrewrite.rules.view import is_scalar
 
 

@@ -55,7 +55,14 @@ class OnnxView:
 
     def consumers(self, value: object) -> Sequence[object]:
         assert isinstance(value, ir.Value)
-        return [out for node in consumers(value) for out in node.outputs]
+        return consumers(value)
+
+    def label(self, value: object) -> str | None:
+        node = value.producer() if isinstance(value, ir.Value) else None
+        return None if node is None else f"{node.op_type} '{node.name}'"
+
+    def name(self, value: object) -> str:
+        return str(value.name) if isinstance(value, ir.Value) else str(value)
 
 
 ONNX = OnnxView()

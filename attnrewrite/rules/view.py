@@ -48,7 +48,15 @@ class GraphView(Protocol):
         ...
 
     def consumers(self, value: object) -> Sequence[object]:
-        """The values computed from `value` (each reader once)."""
+        """The nodes reading `value`, each once."""
+        ...
+
+    def label(self, value: object) -> str | None:
+        """The producer as messages name it ("Mul 'name'"), None for a graph input."""
+        ...
+
+    def name(self, value: object) -> str:
+        """The value's name in the graph."""
         ...
 
 

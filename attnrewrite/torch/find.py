@@ -7,8 +7,9 @@ Rules, each small and declarative:
 - decomposed: matmul(q, k^T) -> [scale | add | sub | masked_fill | where | cast]* -> softmax
               -> [cast | inactive dropout]* -> matmul(., v);
 - operands:   scale on q, k or k^T, K^T, grouped-query repeat: the ONNX finder's rules
-              (rules.operands), read through the FX view (torch.view); scale on the scores
-              as mul/div by a constant scalar (SCALE_OPS).
+              (rules.operands), read through the FX view (torch.view);
+- scores:     the ONNX finder's walk from softmax to Q.K^T (rules.scores), each step made a
+              replayable `Step` (scale by a constant scalar, add, sub, keep, fill).
 
 A structural match becomes a `Candidate`; its mask kind is decided later, from what the mask
 computes on the example inputs (rewrite.classify). Everything else is a `Refusal` with a reason.
@@ -34,8 +35,9 @@ from attnrewrite.rules.operands import (
     strip_scale,
     ungroup_kv,
 )
+from attnrewrite.rules.scores import Link, score_path
 from attnrewrite.torch.block import Step
-from attnrewrite.torch.view import FX, bound, const_scalar
+from attnrewrite.torch.view import FX, bound, const_scalar, op_name
 
 aten = torch.ops.aten
 
@@ -57,22 +59,6 @@ SDPA_OPS: dict[object, Sdpa] = {
     aten._scaled_dot_product_attention_math.default: Sdpa(gqa="enable_gqa"),
 }
 SOFTMAX_OPS = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
-MATMUL_OPS = {aten.matmul.default, aten.bmm.default}
-CAST_OPS = {
-    aten.to.dtype,
-    aten.to.dtype_layout,
-    aten._to_copy.default,
-    aten.type_as.default,
-    aten.clone.default,
-    aten.contiguous.default,
-    aten.alias.default,
-}
-SCALE_OPS = {  # value: whether the op divides by the constant
-    aten.mul.Tensor: False,
-    aten.mul.Scalar: False,
-    aten.div.Tensor: True,
-    aten.div.Scalar: True,
-}
 
 
 @dataclass
@@ -117,12 +103,8 @@ def find(graph: fx.Graph) -> tuple[list[Candidate], list[Refusal]]:
         try:
             found.append(rule(node))
         except NoMatch as why:
-            refused.append(Refusal(node.name, _op_name(node), "main", str(why)))
+            refused.append(Refusal(node.name, op_name(node), "main", str(why)))
     return found, refused
-
-
-def _op_name(node: fx.Node) -> str:
-    return str(getattr(node.target, "__name__", node.target)).removesuffix(".default")
 
 
 def shape(node: fx.Node) -> tuple[int, ...]:
@@ -177,7 +159,7 @@ def match_sdpa(node: fx.Node) -> Candidate:
         scale, source = 1.0 / math.sqrt(qs[-1]), "default 1/sqrt(d)"
     mask = args.get(spec.mask) if spec.mask else None
     variant = [
-        "sdpa" if node.target is aten.scaled_dot_product_attention.default else _op_name(node)
+        "sdpa" if node.target is aten.scaled_dot_product_attention.default else op_name(node)
     ]
     ungrouped = ungroup_kv(FX, k, v)
     if ungrouped is not None:
@@ -215,12 +197,12 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
     fp32 = softmax.target is aten.softmax.int and len(softmax.args) > 2 and bool(softmax.args[2])
     down = [softmax]
     node = sole_user(softmax, "softmax output")
-    while node.target in CAST_OPS or node.target is aten.dropout.default:
+    while FX.op(node) in ("Cast", "Identity") or node.target is aten.dropout.default:
         if node.target is aten.dropout.default and node.args[1] and node.args[2]:
             raise NoMatch(f"attention dropout p={node.args[1]} in training mode")
         down.append(node)
         node = sole_user(node, "attention probabilities")
-    if node.target not in MATMUL_OPS or node.args[0] is not down[-1]:
+    if FX.op(node) != "MatMul" or node.args[0] is not down[-1]:
         raise NoMatch(f"softmax output is not multiplied by V (it reaches {node.name})")
     output, v = node, node.args[1]
     if len(shape(v)) != rank:
@@ -289,92 +271,48 @@ def _product(factors: tuple[Factor, ...] | list[Factor]) -> float:
 def walk_scores(
     node: fx.Node,
 ) -> tuple[tuple[Step, ...], tuple[fx.Node, ...], list[fx.Node], float, fx.Node]:
-    """From the softmax input up to Q.K^T: (steps, side tensors, chain, scale, matmul)."""
+    """From the softmax input up to Q.K^T (rules.scores): (steps, side tensors, chain, scale,
+    matmul). Each step becomes a replayable `Step`; the chain lists the nodes, last first."""
+    path = score_path(FX, node)
+    if isinstance(path, str):
+        raise NoMatch(path)
+    matmul, links = path
     steps: list[Step] = []
     side: list[fx.Node] = []
-    chain: list[fx.Node] = []
     scale = 1.0
-    for _ in range(32):
-        if node.target in MATMUL_OPS:
-            steps.reverse()
-            side.reverse()
-            return tuple(steps), tuple(side), chain, scale, node
-        if chain:
-            sole_user(node, "attention scores")
-        chain.append(node)
-        step = score_step(node)
-        if step is None:
-            raise NoMatch(f"{node.name} ({_op_name(node)}) between Q.K^T and softmax")
-        kind, prev, tensor, const = step
-        if kind == "scale":
-            scale *= const
-        if kind != "cast":
-            steps.append(Step(kind, const))
+    for link in links:
+        if link.value is not node:
+            sole_user(link.value, "attention scores")
+        step, tensor = _step(link)
+        if step is not None and step.kind == "scale":
+            scale *= step.const
+        if step is not None:
+            steps.append(step)
         if tensor is not None:
             side.append(tensor)
-        node = prev
-    raise NoMatch("no Q.K^T matmul within 32 steps of the softmax")
+    chain = [link.value for link in reversed(links)]
+    return tuple(steps), tuple(side), chain, scale, matmul
 
 
-def score_step(node: fx.Node) -> tuple[str, fx.Node, fx.Node | None, float] | None:
-    """(kind, scores input, side tensor, constant) of one score step, or None."""
-    t = node.target
-    if t in CAST_OPS:
-        return "cast", node.args[0], None, 0.0
-    if t in SCALE_OPS:
-        a, b = node.args[0], node.args[1]
-        c = const_scalar(b)
-        if c is not None and _leads_to_matmul(a):
-            return "scale", a, None, (1.0 / c if SCALE_OPS[t] else c)
-        c = const_scalar(a)
-        if c is not None and not SCALE_OPS[t] and _leads_to_matmul(b):
-            return "scale", b, None, c
-        return None
-    if t in (aten.add.Tensor, aten.sub.Tensor):
-        a, b = node.args[0], node.args[1]
-        alpha = node.kwargs.get("alpha", 1)
-        if alpha != 1 or not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
-            return None
-        if _leads_to_matmul(a):
-            return ("add" if t is aten.add.Tensor else "sub"), a, b, 0.0
-        if t is aten.add.Tensor and _leads_to_matmul(b):
-            return "add", b, a, 0.0
-        return None
-    if t is aten.masked_fill.Scalar:  # masked_fill(s, m, c) -> bias where(m, c, 0)
-        return "fill", node.args[0], node.args[1], float(node.args[2])
-    if t is aten.where.ScalarOther and _leads_to_matmul(node.args[1]):  # where(m, s, c)
-        return "keep", node.args[1], node.args[0], float(node.args[2])
-    if t is aten.where.self:  # where(m, s, C) with C a constant scalar tensor
-        c = const_scalar(node.args[2])
-        if c is not None and _leads_to_matmul(node.args[1]):
-            return "keep", node.args[1], node.args[0], c
-        c = const_scalar(node.args[1])
-        if c is not None and _leads_to_matmul(node.args[2]):
-            return "fill", node.args[2], node.args[0], c
-    return None
+def _step(link: Link) -> tuple[Step | None, fx.Node | None]:
+    """The replayable form of one score step and the tensor it reads (None for a cast):
 
-
-def _leads_to_matmul(node: object, depth: int = 32) -> bool:
-    """Whether score steps lead from `node` up to a matmul (which input is the scores)."""
-    while isinstance(node, fx.Node) and depth > 0:
-        if node.target in MATMUL_OPS:
-            return True
-        step = score_step_input(node)
-        if step is None:
-            return False
-        node, depth = step, depth - 1
-    return False
-
-
-def score_step_input(node: fx.Node) -> fx.Node | None:
-    t = node.target
-    if t in CAST_OPS or t is aten.masked_fill.Scalar:
-        return node.args[0]
-    if t in SCALE_OPS or t in (aten.add.Tensor, aten.sub.Tensor):
-        a, b = node.args[0], node.args[1]
-        if isinstance(b, fx.Node) and const_scalar(b) is None and const_scalar(a) is not None:
-            return b
-        return a if isinstance(a, fx.Node) else None
-    if t in (aten.where.ScalarOther, aten.where.self):
-        return node.args[1]
-    return None
+    Mul(s, c) | Mul(c, s) | Div(s, c)   -> scale c | 1/c   (c a constant scalar)
+    Add(s, t) | Add(t, s) | Sub(s, t)   -> add t | sub t
+    Where(m, s, c)                      -> keep m, c        (where(m, s, c))
+    Where(m, c, s)                      -> fill m, c        (masked_fill(s, m, c))
+    """
+    node, at = link.value, link.score_input
+    op, args = FX.op(node), FX.inputs(node)
+    if op in ("Cast", "Identity"):
+        return None, None
+    other = args[1 - at] if op in ("Mul", "Div", "Add", "Sub") else args[3 - at]
+    if op in ("Mul", "Div"):
+        c = const_scalar(other)
+        if c is not None:
+            return Step("scale", 1.0 / c if op == "Div" else c), None
+    elif op in ("Add", "Sub") and isinstance(other, fx.Node):
+        return Step(op.lower()), other
+    elif op == "Where" and isinstance(args[0], fx.Node) and (c := const_scalar(other)) is not None:
+        return Step("keep" if at == 1 else "fill", c), args[0]
+    raise NoMatch(f"{FX.label(node)} between Q.K^T and softmax")

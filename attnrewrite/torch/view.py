@@ -36,18 +36,24 @@ OPS: dict[object, str] = {
     aten.repeat_interleave.self_int: "RepeatInterleave",
     aten.matmul.default: "MatMul",
     aten.bmm.default: "MatMul",
+    aten.add.Tensor: "Add",  # with alpha 1 only (see FxView.op)
+    aten.sub.Tensor: "Sub",
+    aten.where.self: "Where",
+    aten.where.ScalarOther: "Where",
+    aten.masked_fill.Scalar: "Where",  # masked_fill(s, m, c) = Where(m, c, s)
+    aten.to.dtype: "Cast",
+    aten.to.dtype_layout: "Cast",
+    aten._to_copy.default: "Cast",
+    aten.type_as.default: "Cast",
+    aten.clone.default: "Identity",
+    aten.contiguous.default: "Identity",
+    aten.alias.default: "Identity",
 }
-BINARY = {"Mul", "Div", "MatMul"}  # ops whose first two arguments are both operands
+BINARY = {"Mul", "Div", "MatMul", "Add", "Sub"}  # ops whose first two arguments are operands
 IGNORED_USERS = {aten._assert_tensor_metadata.default}
 CONST_SCALAR_OPS = {aten.full.default, aten.scalar_tensor.default}
 PASS_SCALAR = {  # ops that keep a constant scalar what it is
-    aten.to.dtype,
-    aten.to.dtype_layout,
-    aten._to_copy.default,
-    aten.type_as.default,
-    aten.clone.default,
-    aten.contiguous.default,
-    aten.alias.default,
+    *(op for op, name in OPS.items() if name in ("Cast", "Identity")),
     aten.lift_fresh_copy.default,
     aten.detach.default,
 }
@@ -61,11 +67,17 @@ class FxView:
     def op(self, value: object) -> str | None:
         if not isinstance(value, fx.Node) or value.op != "call_function":
             return None
+        if value.kwargs.get("alpha", 1) != 1:  # add(a, b, alpha=2) is no Add(a, b)
+            return None
         return OPS.get(value.target)
 
     def inputs(self, value: object) -> Sequence[object]:
         assert isinstance(value, fx.Node)
-        count = 2 if self.op(value) in BINARY else 1
+        if value.target is aten.masked_fill.Scalar:
+            scores, mask, fill = value.args[:3]
+            return (mask, fill, scores)
+        op = self.op(value)
+        count = 3 if op == "Where" else 2 if op in BINARY else 1
         return tuple(_whole_slices_skipped(a) for a in value.args[:count])
 
     def attribute(self, value: object, name: str) -> tuple[int, ...] | None:
@@ -102,8 +114,20 @@ class FxView:
         assert isinstance(value, fx.Node)
         return [u for u in value.users if u.target not in IGNORED_USERS]
 
+    def label(self, value: object) -> str | None:
+        if not isinstance(value, fx.Node) or value.op != "call_function":
+            return None
+        return f"{op_name(value)} '{value.name}'"
+
+    def name(self, value: object) -> str:
+        return value.name if isinstance(value, fx.Node) else repr(value)
+
 
 FX = FxView()
+
+
+def op_name(node: fx.Node) -> str:
+    return str(getattr(node.target, "__name__", node.target)).removesuffix(".default")
 
 
 def bound(node: fx.Node) -> dict[str, object]:
