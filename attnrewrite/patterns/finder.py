@@ -44,7 +44,7 @@ from attnrewrite.patterns.probs import merged_heads, walk_probs
 from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 from attnrewrite.patterns.view import ONNX
-from attnrewrite.rules.operands import Factor, key_operand, strip_scale, ungroup_kv, upstream_scale
+from attnrewrite.rules.operands import Factor, attention_operands, upstream_scale
 from attnrewrite.rules.scores import PASS_THROUGH
 from attnrewrite.rules.view import is_scalar
 
@@ -119,15 +119,12 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
     probs = walk_probs(anchor.probs)
     if isinstance(probs, str):
         return probs
-    q_value, q_factors = strip_scale(ONNX, chain.qk.inputs[0])
-    key = key_operand(ONNX, chain.qk.inputs[1])
+    found = attention_operands(ONNX, chain.qk.inputs[0], chain.qk.inputs[1], probs.pv.inputs[1])
+    q_value, q_factors, key = found.q, list(found.q_factors), found.key
     k_operand, k_factors = Operand(key.value, Layout(key.layout)), list(key.factors)
-    v_value = probs.pv.inputs[1]
+    v_value = found.v
     variant = ["softmax:decomposed" if anchor.decomposed else "softmax", key.tag]
-    ungrouped = ungroup_kv(ONNX, k_operand.value, v_value)
-    if k_operand.layout == Layout.BHSD and ungrouped is not None:
-        k_operand = Operand(ungrouped[0], Layout.BHSD)
-        v_value = ungrouped[1]
+    if found.kv_repeat:
         variant.append("kv:repeat")
     upstream = upstream_scale(ONNX, q_value)
     if q_factors:

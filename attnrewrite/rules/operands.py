@@ -6,7 +6,7 @@ recognised once, in ONNX and FX graphs alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -153,7 +153,10 @@ MERGED_HEADS = RuleSet(
 )
 
 
-def key_operand(view: GraphView, operand: object) -> Key:
+ALL_LAYOUTS = (Layout.BHSD, Layout.BHDS, Layout.BSHD)
+
+
+def key_operand(view: GraphView, operand: object, layouts: tuple[str, ...] = ALL_LAYOUTS) -> Key:
     """K from the right operand of Q.K^T:
 
     Transpose(k, perm=[.., -1, -2])                     -> k, bhsd
@@ -162,7 +165,18 @@ def key_operand(view: GraphView, operand: object) -> Key:
     Reshape(Transpose(Reshape(k, 3-D)), 4-D)            -> k, bhsd (shapes agree)
     anything else (K stored transposed)                 -> k^T, bhds
     with scalar Mul/Div on k or on k^T                  -> factors
+
+    A layout the caller cannot take (not in `layouts`) is read as K stored transposed.
     """
+    key = _key(view, operand)
+    if key.layout in layouts:
+        return key
+    kt, factors = strip_scale(view, operand)
+    through = tuple(f.product for f in factors)
+    return Key(kt, Layout.BHDS, tuple(factors), "k:stored-transposed", through)
+
+
+def _key(view: GraphView, operand: object) -> Key:
     kt, factors = strip_scale(view, operand)
     through = tuple(f.product for f in factors)
     found = TRANSPOSE.apply(view, kt)
@@ -255,3 +269,33 @@ def constant_scalar(view: GraphView, value: object) -> float | None:
     """A factor's number when it is known without running the graph."""
     const = view.constant(value)
     return None if const is None or const.size != 1 else float(np.ravel(const)[0])
+
+
+# --- all three ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operands:
+    """q, k, v of softmax(q @ kt) @ v, recovered from the two MatMuls' operands: q with its
+    scale factors, K (layout, factors, what lies between), v, and whether k and v were
+    repeated per query head (then `key.value` and `v` are the un-repeated ones)."""
+
+    q: object
+    q_factors: tuple[Factor, ...]
+    key: Key
+    v: object
+    kv_repeat: bool
+
+
+def attention_operands(
+    view: GraphView, q: object, kt: object, v: object, layouts: tuple[str, ...] = ALL_LAYOUTS
+) -> Operands:
+    """The rules above on `q @ kt` and `p @ v`: scale off q, K from kt, and K, V un-repeated
+    when both are a grouped-query repeat of [..., heads, seq, dim] tensors."""
+    q_value, q_factors = strip_scale(view, q)
+    key = key_operand(view, kt, layouts)
+    ungrouped = ungroup_kv(view, key.value, v) if key.layout == Layout.BHSD else None
+    if ungrouped is not None:
+        key = replace(key, value=ungrouped[0])
+        v = ungrouped[1]
+    return Operands(q_value, tuple(q_factors), key, v, ungrouped is not None)

@@ -28,11 +28,9 @@ from torch import fx
 from attnrewrite.match import Refusal
 from attnrewrite.rules.operands import (
     Factor,
-    Key,
     Layout,
+    attention_operands,
     constant_scalar,
-    key_operand,
-    strip_scale,
     ungroup_kv,
 )
 from attnrewrite.rules.scores import Link, score_path
@@ -59,6 +57,7 @@ SDPA_OPS: dict[object, Sdpa] = {
     aten._scaled_dot_product_attention_math.default: Sdpa(gqa="enable_gqa"),
 }
 SOFTMAX_OPS = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
+FX_LAYOUTS = (Layout.BHSD, Layout.BHDS)  # K as the block takes it (k_transposed: bhds)
 
 
 @dataclass
@@ -208,15 +207,13 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
     if len(shape(v)) != rank:
         raise NoMatch(f"probabilities of rank {rank} multiply a rank-{len(shape(v))} V")
     steps, side, chain, scale, matmul = walk_scores(softmax.args[0])
-    q, q_factors = strip_scale(FX, matmul.args[0])
-    key = _key(matmul.args[1])
-    q_scale, k_scale = _product(q_factors), _product(key.factors)
+    found = attention_operands(FX, matmul.args[0], matmul.args[1], v, FX_LAYOUTS)
+    q, key, k, v = found.q, found.key, found.key.value, found.v
+    q_scale, k_scale = _product(found.q_factors), _product(key.factors)
     variant = ["matmul_softmax"]
     sources = [name for name, s in (("q", q_scale), ("k", k_scale), ("scores", scale)) if s != 1.0]
-    k, transposed = key.value, key.layout == Layout.BHSD
-    ungrouped = ungroup_kv(FX, k, v) if transposed else None
-    if ungrouped is not None:
-        k, v = ungrouped
+    transposed = key.layout == Layout.BHSD
+    if found.kv_repeat:
         variant.append("repeat_kv")
     if not transposed:
         variant.append("k_stored_transposed")
@@ -233,7 +230,7 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
         steps=steps,
         side=side,
         k_transposed=not transposed,
-        kv_repeat=ungrouped is not None,
+        kv_repeat=found.kv_repeat,
         float32_softmax=fp32,
         variant=tuple(variant),
         nodes=(
@@ -241,21 +238,10 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
             *reversed(down),
             *chain,
             matmul,
-            *(f.product for f in q_factors),
+            *(f.product for f in found.q_factors),
             *key.through,
         ),
     )
-
-
-def _key(operand: fx.Node) -> Key:
-    """K and what lies between it and the operand: a K in another layout than [B, H, S, d]
-    (a bshd permute) is taken as stored transposed, which the block transposes back."""
-    key = key_operand(FX, operand)
-    if key.layout in (Layout.BHSD, Layout.BHDS):
-        return key
-    kt, factors = strip_scale(FX, operand)
-    stripped = tuple(f.product for f in factors)
-    return Key(kt, Layout.BHDS, tuple(factors), "k:stored-transposed", stripped)
 
 
 def _product(factors: tuple[Factor, ...] | list[Factor]) -> float:

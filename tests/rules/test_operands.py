@@ -10,6 +10,7 @@ from onnx import helper
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.operands import (
     Layout,
+    attention_operands,
     constant_scalar,
     key_operand,
     strip_scale,
@@ -217,3 +218,58 @@ def test_repeat_kv_must_not_match_different_groups_or_axes() -> None:
     k_sum, v_sum = out.args
     assert ungroup_kv(FX, k_sum.args[0], v_sum.args[0]) is None  # groups 2 and 3
     assert ungroup_kv(FX, k_sum.args[0], k_sum.args[0]) == (fx_input(out, 0),) * 2
+
+
+# --- all three: q @ kt and p @ v ------------------------------------------------------------------
+
+
+def test_operands_onnx_scale_transpose_and_repeat() -> None:
+    k_nodes, axes = _repeat_nodes("k", 2)
+    v_nodes, _ = _repeat_nodes("v", 2)
+    values = onnx_values(
+        [
+            helper.make_node("Mul", ["q", "half"], ["qs"]),
+            *k_nodes,
+            *v_nodes,
+            helper.make_node("Transpose", ["k_r"], ["kt"], perm=[0, 1, 3, 2]),
+            helper.make_node("MatMul", ["qs", "kt"], ["out"]),
+        ],
+        {"q": [B, H * G, S, D], "k": [B, H, S, D], "v": [B, H, S, D]},
+        {
+            "half": HALF,
+            "axes": axes,
+            "grouped": np.array([B, H, G, S, D]),
+            "merged": np.array([B, H * G, S, D]),
+        },
+    )
+    found = attention_operands(ONNX, values["qs"], values["kt"], values["v_r"])
+    assert (found.q, found.key.value, found.v, found.kv_repeat) == (
+        values["q"],
+        values["k"],
+        values["v"],
+        True,
+    )
+    assert (found.key.layout, _numbers(ONNX, found.q_factors)) == (Layout.BHSD, [(0.5, False)])
+
+
+def test_operands_fx_and_a_layout_the_caller_cannot_take() -> None:
+    q, k, v = torch.randn(B, H * G, S, D), torch.randn(B, H, S, D), torch.randn(B, H, S, D)
+    out = fx_output(
+        lambda q, k, v: (q / 2.0) @ _repeat(k).transpose(-1, -2) + _repeat(v).sum(), q, k, v
+    )
+    matmul, v_sum = out.args
+    found = attention_operands(FX, *matmul.args, v_sum.args[0])
+    assert (found.q, found.key.value, found.v) == (
+        fx_input(out, 0),
+        fx_input(out, 1),
+        fx_input(out, 2),
+    )
+    assert found.kv_repeat and _numbers(FX, found.q_factors) == [(2.0, True)]
+    bshd = fx_output(lambda q, k: q @ k.permute(0, 2, 3, 1), q, torch.randn(B, S, H * G, D))
+    found = attention_operands(FX, *bshd.args, q, layouts=(Layout.BHSD, Layout.BHDS))
+    assert (found.key.layout, found.key.value, found.kv_repeat) == (
+        Layout.BHDS,
+        bshd.args[1],
+        False,
+    )
+    assert attention_operands(FX, *bshd.args, q).key.layout == Layout.BSHD
