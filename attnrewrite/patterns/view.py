@@ -34,9 +34,11 @@ class OnnxView:
         node = value.producer()
         if node is None:
             return None
-        found = ints_attr(node, name)
-        if found is not None or not node.inputs or node.inputs[0] is None:
-            return found
+        attr = node.attributes.get(name)
+        if attr is not None:
+            return (int(attr.value),) if isinstance(attr.value, int) else ints_attr(node, name)
+        if not node.inputs or node.inputs[0] is None:
+            return None
         if name == "axes" and len(node.inputs) > 1 and node.inputs[1] is not None:
             axes = constant_of(node.inputs[1])  # opset 13: an input
             return None if axes is None else tuple(int(a) for a in np.ravel(axes))

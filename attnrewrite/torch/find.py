@@ -34,6 +34,7 @@ from attnrewrite.rules.operands import (
     ungroup_kv,
 )
 from attnrewrite.rules.scores import Link, score_path
+from attnrewrite.rules.softmax import decomposed_softmax
 from attnrewrite.torch.block import Step
 from attnrewrite.torch.view import FX, bound, const_scalar, op_name
 
@@ -97,6 +98,8 @@ def find(graph: fx.Graph) -> tuple[list[Candidate], list[Refusal]]:
             rule = match_sdpa
         elif node.target in SOFTMAX_OPS:
             rule = match_decomposed
+        elif FX.op(node) == "Div" and decomposed_softmax(FX, node) is not None:
+            rule = match_inlined_softmax
         if rule is None:
             continue
         try:
@@ -187,13 +190,30 @@ def match_sdpa(node: fx.Node) -> Candidate:
 
 
 def match_decomposed(softmax: fx.Node) -> Candidate:
+    """matmul(q, k^T) -> score steps -> softmax -> casts, dropout -> matmul(., v)."""
     rank = len(shape(softmax))
     dim = softmax.args[1]
     if dim not in (-1, rank - 1):
         raise NoMatch(f"softmax over axis {dim}, not the last (key) axis")
+    fp32 = softmax.target is aten.softmax.int and len(softmax.args) > 2 and bool(softmax.args[2])
+    return _attention(softmax, softmax.args[0], (), ("float32_softmax",) if fp32 else ())
+
+
+def match_inlined_softmax(div: fx.Node) -> Candidate:
+    """The same with the softmax written out: exp(x - amax(x)) / sum(exp(...)) (rules.softmax)."""
+    inlined = decomposed_softmax(FX, div)
+    assert inlined is not None  # find() anchors here only when it matches
+    return _attention(div, inlined.scores, inlined.values[:-1], ("inlined_softmax",))
+
+
+def _attention(
+    softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], tags: tuple[str, ...]
+) -> Candidate:
+    """The block around a softmax (`inside`: the nodes of one written out, data-flow order)."""
+    rank = len(shape(softmax))
     if rank not in (3, 4):
         raise NoMatch(f"rank-{rank} scores: only [B, H, S, S] and [B*H, S, S] are handled")
-    fp32 = softmax.target is aten.softmax.int and len(softmax.args) > 2 and bool(softmax.args[2])
+    fp32 = "float32_softmax" in tags
     down = [softmax]
     node = sole_user(softmax, "softmax output")
     while FX.op(node) in ("Cast", "Identity") or node.target is aten.dropout.default:
@@ -206,7 +226,7 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
     output, v = node, node.args[1]
     if len(shape(v)) != rank:
         raise NoMatch(f"probabilities of rank {rank} multiply a rank-{len(shape(v))} V")
-    steps, side, chain, scale, matmul = walk_scores(softmax.args[0])
+    steps, side, chain, scale, matmul = walk_scores(scores)
     found = attention_operands(FX, matmul.args[0], matmul.args[1], v, FX_LAYOUTS)
     q, key, k, v = found.q, found.key, found.key.value, found.v
     q_scale, k_scale = _product(found.q_factors), _product(key.factors)
@@ -217,8 +237,7 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
         variant.append("repeat_kv")
     if not transposed:
         variant.append("k_stored_transposed")
-    if fp32:
-        variant.append("float32_softmax")
+    variant.extend(tags)
     return Candidate(
         anchor=softmax,
         output=output,
@@ -236,6 +255,7 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
         nodes=(
             output,
             *reversed(down),
+            *reversed(inside),
             *chain,
             matmul,
             *(f.product for f in found.q_factors),

@@ -48,7 +48,11 @@ OPS: dict[object, str] = {
     aten.clone.default: "Identity",
     aten.contiguous.default: "Identity",
     aten.alias.default: "Identity",
+    aten.exp.default: "Exp",
+    aten.sum.dim_IntList: "ReduceSum",
+    aten.amax.default: "ReduceMax",
 }
+REDUCTIONS = {aten.sum.dim_IntList, aten.amax.default}  # (x, dim, keepdim=False)
 BINARY = {"Mul", "Div", "MatMul", "Add", "Sub"}  # ops whose first two arguments are operands
 IGNORED_USERS = {aten._assert_tensor_metadata.default}
 CONST_SCALAR_OPS = {aten.full.default, aten.scalar_tensor.default}
@@ -95,6 +99,9 @@ class FxView:
             return (1, 0)
         if name == "axes" and target is aten.unsqueeze.default:
             return (int(args[1]),)
+        if target in REDUCTIONS and name in ("axes", "keepdims"):
+            found = bound(value)["dim" if name == "axes" else "keepdim"]
+            return tuple(int(d) for d in found or ()) if name == "axes" else (int(bool(found)),)
         if target is aten.repeat_interleave.self_int and name in ("repeats", "dim"):
             found = bound(value).get(name)
             return None if not isinstance(found, int) else (found,)
