@@ -196,24 +196,23 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
     if dim not in (-1, rank - 1):
         raise NoMatch(f"softmax over axis {dim}, not the last (key) axis")
     fp32 = softmax.target is aten.softmax.int and len(softmax.args) > 2 and bool(softmax.args[2])
-    return _attention(softmax, softmax.args[0], (), ("float32_softmax",) if fp32 else ())
+    return _attention(softmax, softmax.args[0], (), fp32)
 
 
 def match_inlined_softmax(div: fx.Node) -> Candidate:
     """The same with the softmax written out: exp(x - amax(x)) / sum(exp(...)) (rules.softmax)."""
     inlined = decomposed_softmax(FX, div)
     assert inlined is not None  # find() anchors here only when it matches
-    return _attention(div, inlined.scores, inlined.values[:-1], ("inlined_softmax",))
+    return _attention(div, inlined.scores, inlined.values[:-1], False, "inlined_softmax")
 
 
 def _attention(
-    softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], tags: tuple[str, ...]
+    softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], fp32: bool, tag: str = ""
 ) -> Candidate:
     """The block around a softmax (`inside`: the nodes of one written out, data-flow order)."""
     rank = len(shape(softmax))
     if rank not in (3, 4):
         raise NoMatch(f"rank-{rank} scores: only [B, H, S, S] and [B*H, S, S] are handled")
-    fp32 = "float32_softmax" in tags
     down = [softmax]
     node = sole_user(softmax, "softmax output")
     while FX.op(node) in ("Cast", "Identity") or node.target is aten.dropout.default:
@@ -237,7 +236,10 @@ def _attention(
         variant.append("repeat_kv")
     if not transposed:
         variant.append("k_stored_transposed")
-    variant.extend(tags)
+    if fp32:
+        variant.append("float32_softmax")
+    if tag:
+        variant.append(tag)
     return Candidate(
         anchor=softmax,
         output=output,
