@@ -20,7 +20,10 @@ from typing import Protocol
 
 import onnx_ir as ir
 
+from attnrewrite.rules.operands import Layout
 from attnrewrite.rules.scores import RESHAPES
+
+__all__ = ["RESHAPES", "Layout"]  # the rules' vocabulary, named here for every later stage
 
 # Node metadata left by substitute.contrib, which writes com.microsoft ops out on load:
 FUSED_FROM = "attnrewrite.fused_from"  # on the Softmax written for an op: "domain:op"
@@ -57,15 +60,6 @@ class MaskKind(StrEnum):
             MaskKind.BIAS,
             MaskKind.CAUSAL_BIAS,
         )
-
-
-class Layout(StrEnum):
-    """How an operand value is laid out; the rewrite inserts the adapter to [..., H, S, d]."""
-
-    BHSD = "bhsd"  # [..., heads, seq, dim]: canonical, used as is
-    BHDS = "bhds"  # [..., heads, dim, seq]: K stored transposed
-    BSHD = "bshd"  # [batch, seq, heads, dim]
-    BS_HD = "bs(hd)"  # [batch, seq, heads * dim]: heads merged into the hidden axis
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         return probs
     found = attention_operands(ONNX, chain.qk.inputs[0], chain.qk.inputs[1], probs.pv.inputs[1])
     q_value, q_factors, key = found.q, list(found.q_factors), found.key
-    k_operand, k_factors = Operand(key.value, Layout(key.layout)), list(key.factors)
+    k_operand, k_factors = Operand(key.value, key.layout), list(key.factors)
     v_value = found.v
     variant = ["softmax:decomposed" if anchor.decomposed else "softmax", key.tag]
     if found.kv_repeat:

@@ -7,6 +7,7 @@ recognised once, in ONNX and FX graphs alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 import numpy as np
 
@@ -16,12 +17,13 @@ from attnrewrite.rules.view import GraphView, agrees, is_scalar, rank
 X, C = Pat.var("x"), Pat.var("c")
 
 
-class Layout:
-    """How K arrives (the values of match.Layout, which the ONNX finder maps them to)."""
+class Layout(StrEnum):
+    """How an operand value is laid out; the rewrite inserts the adapter to [..., H, S, d]."""
 
-    BHSD = "bhsd"  # [..., heads, seq, dim]
+    BHSD = "bhsd"  # [..., heads, seq, dim]: canonical, used as is
     BHDS = "bhds"  # [..., heads, dim, seq]: K stored transposed
     BSHD = "bshd"  # [batch, seq, heads, dim]
+    BS_HD = "bs(hd)"  # [batch, seq, heads * dim]: heads merged into the hidden axis
 
 
 # --- scale ------------------------------------------------------------------------------------
@@ -91,7 +93,7 @@ class Key:
     the way, a variant tag, and the values between it and the operand (outermost first)."""
 
     value: object
-    layout: str
+    layout: Layout
     factors: tuple[Factor, ...]
     tag: str
     through: tuple[object, ...]
@@ -116,8 +118,9 @@ def _twice_transposed(view: GraphView, kt: object, inner: object, x: object) -> 
 
 TRANSPOSE = RuleSet(
     [
+        # Transpose(Transpose(x, p), q) -> x, p[q]
         Rule(Pat("Transpose", Pat("Transpose", X, name="inner"), name="kt"), _twice_transposed),
-        Rule(Pat("Transpose", X, name="kt"), _transposed),
+        Rule(Pat("Transpose", X, name="kt"), _transposed),  # Transpose(x, perm) -> x, perm
     ]
 )
 
@@ -141,7 +144,7 @@ def _merged_heads_transposed(
 
 MERGED_HEADS = RuleSet(
     [
-        Rule(
+        Rule(  # Reshape(Transpose(Reshape(k, 3-D), [0, 2, 1]), 4-D) -> k
             Pat(
                 "Reshape",
                 Pat("Transpose", Pat("Reshape", Pat.var("k"), name="inner"), name="middle"),
@@ -156,7 +159,7 @@ MERGED_HEADS = RuleSet(
 ALL_LAYOUTS = (Layout.BHSD, Layout.BHDS, Layout.BSHD)
 
 
-def key_operand(view: GraphView, operand: object, layouts: tuple[str, ...] = ALL_LAYOUTS) -> Key:
+def key_operand(view: GraphView, operand: object, layouts: tuple[Layout, ...] = ALL_LAYOUTS) -> Key:
     """K from the right operand of Q.K^T:
 
     Transpose(k, perm=[.., -1, -2])                     -> k, bhsd
@@ -240,7 +243,7 @@ def _repeat_interleave(view: GraphView, out: object, x: object) -> Repeat | None
 
 REPEAT_KV = RuleSet(
     [
-        Rule(
+        Rule(  # Reshape(Expand(Unsqueeze(x, 2))) -> x   (transformers' repeat_kv)
             Pat(
                 "Reshape",
                 Pat("Expand", Pat("Unsqueeze", X, name="unsqueeze"), name="expand"),
@@ -248,7 +251,7 @@ REPEAT_KV = RuleSet(
             ),
             _repeat_kv,
         ),
-        Rule(Pat("RepeatInterleave", X, name="out"), _repeat_interleave),
+        Rule(Pat("RepeatInterleave", X, name="out"), _repeat_interleave),  # -> x
     ]
 )
 
@@ -288,7 +291,7 @@ class Operands:
 
 
 def attention_operands(
-    view: GraphView, q: object, kt: object, v: object, layouts: tuple[str, ...] = ALL_LAYOUTS
+    view: GraphView, q: object, kt: object, v: object, layouts: tuple[Layout, ...] = ALL_LAYOUTS
 ) -> Operands:
     """The rules above on `q @ kt` and `p @ v`: scale off q, K from kt, and K, V un-repeated
     when both are a grouped-query repeat of [..., heads, seq, dim] tensors."""
