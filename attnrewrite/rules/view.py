@@ -27,7 +27,8 @@ class GraphView(Protocol):
     runtime_scalars: bool  # whether a one-element value computed at run time may be a scale
 
     def op(self, value: object) -> str | None:
-        """The ONNX op type of the value's producer, None for inputs, constants and others."""
+        """The ONNX op type of the value's producer; None for a graph input, a number, or an
+        op outside the view's vocabulary (another domain, an aten op it does not name)."""
         ...
 
     def inputs(self, value: object) -> Sequence[object]:
@@ -35,8 +36,8 @@ class GraphView(Protocol):
         ...
 
     def attribute(self, value: object, name: str) -> tuple[int, ...] | None:
-        """An integer attribute of the producer in ONNX form ("perm", "axes"), defaults
-        applied, or None when absent or not static."""
+        """An integer attribute of the producer in ONNX form ("perm", "axes", "keepdims"; one
+        int as a 1-tuple), defaults applied, or None when absent or not static."""
         ...
 
     def constant(self, value: object) -> np.ndarray | None:
