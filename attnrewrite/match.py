@@ -20,6 +20,11 @@ from typing import Protocol
 
 import onnx_ir as ir
 
+from attnrewrite.rules.operands import Layout
+from attnrewrite.rules.scores import RESHAPES
+
+__all__ = ["RESHAPES", "Layout"]  # the rules' vocabulary, named here for every later stage
+
 # Node metadata left by substitute.contrib, which writes com.microsoft ops out on load:
 FUSED_FROM = "attnrewrite.fused_from"  # on the Softmax written for an op: "domain:op"
 NOT_EXPANDED = "attnrewrite.not_expanded"  # on an op left as it was: why
@@ -57,15 +62,6 @@ class MaskKind(StrEnum):
         )
 
 
-class Layout(StrEnum):
-    """How an operand value is laid out; the rewrite inserts the adapter to [..., H, S, d]."""
-
-    BHSD = "bhsd"  # [..., heads, seq, dim]: canonical, used as is
-    BHDS = "bhds"  # [..., heads, dim, seq]: K stored transposed
-    BSHD = "bshd"  # [batch, seq, heads, dim]
-    BS_HD = "bs(hd)"  # [batch, seq, heads * dim]: heads merged into the hidden axis
-
-
 @dataclass(frozen=True)
 class Operand:
     """A tensor feeding the attention, with the layout it arrives in."""
@@ -98,9 +94,6 @@ class Bias:
     @property
     def reshapes(self) -> bool:
         return reshapes_scores(self.steps)
-
-
-RESHAPES = frozenset({"Reshape", "Flatten"})  # score steps that regroup whole key rows
 
 
 def reshapes_scores(steps: Sequence[ScoreStep]) -> bool:

@@ -40,17 +40,13 @@ from attnrewrite.patterns.graph_utils import (
     rank_of,
     static_dim,
 )
-from attnrewrite.patterns.operands import (
-    Factor,
-    is_scalar,
-    key_operand,
-    strip_scale,
-    ungroup_kv,
-    upstream_scale,
-)
 from attnrewrite.patterns.probs import merged_heads, walk_probs
-from attnrewrite.patterns.scores import PASS_THROUGH, walk_scores
+from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
+from attnrewrite.patterns.view import ONNX
+from attnrewrite.rules.operands import Factor, attention_operands, upstream_scale
+from attnrewrite.rules.scores import PASS_THROUGH
+from attnrewrite.rules.view import is_scalar
 
 
 @dataclass(frozen=True)
@@ -123,16 +119,14 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
     probs = walk_probs(anchor.probs)
     if isinstance(probs, str):
         return probs
-    q_value, q_factors = strip_scale(chain.qk.inputs[0])
-    k_operand, k_factors, k_tag = key_operand(chain.qk.inputs[1])
-    v_value = probs.pv.inputs[1]
-    variant = ["softmax:decomposed" if anchor.decomposed else "softmax", k_tag]
-    k_grouped, v_grouped = ungroup_kv(k_operand.value), ungroup_kv(v_value)
-    if k_operand.layout == Layout.BHSD and k_grouped and v_grouped:
-        k_operand = Operand(k_grouped[0], Layout.BHSD)
-        v_value = v_grouped[0]
+    found = attention_operands(ONNX, chain.qk.inputs[0], chain.qk.inputs[1], probs.pv.inputs[1])
+    q_value, q_factors, key = found.q, list(found.q_factors), found.key
+    k_operand, k_factors = Operand(key.value, key.layout), list(key.factors)
+    v_value = found.v
+    variant = ["softmax:decomposed" if anchor.decomposed else "softmax", key.tag]
+    if found.kv_repeat:
         variant.append("kv:repeat")
-    upstream = upstream_scale(q_value)
+    upstream = upstream_scale(ONNX, q_value)
     if q_factors:
         variant.append("scale:on-q")
     if upstream:
@@ -191,8 +185,8 @@ def _split_steps(steps: Sequence[ScoreStep]) -> tuple[list[Factor], list[ScoreSt
     for i, step in enumerate(steps):
         node = step.node
         side = node.inputs[1 - step.score_input] if node.op_type in ("Mul", "Div") else None
-        if side is not None and is_scalar(side):
-            factors.append(Factor(side, node.op_type == "Div", node))
+        if side is not None and is_scalar(ONNX, side):
+            factors.append(Factor(side, node.op_type == "Div", node.outputs[0]))
         elif node.op_type not in PASS_THROUGH:
             first_mask = min(first_mask, i)
     return factors, list(steps[first_mask:])

@@ -25,7 +25,8 @@ from attnrewrite.match import (
     Refusal,
 )
 from attnrewrite.patterns.graph_utils import float_attr, int_attr, is_op, rank_of, static_dim
-from attnrewrite.patterns.operands import ungroup_kv
+from attnrewrite.patterns.view import ONNX
+from attnrewrite.rules.operands import ungroup_kv
 
 MS = "com.microsoft"
 
@@ -101,9 +102,9 @@ def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
     if not isinstance(head_dim, int):
         return _refuse(node, graph_name, "Attention head size is not static: scale unknown")
     variant: tuple[str, ...] = ("onnx:Attention", f"rank{rank}")
-    k_grouped, v_grouped = ungroup_kv(k), ungroup_kv(v)
-    if rank == 4 and k_grouped and v_grouped:  # K, V repeated before the op: take the sources
-        k, v = k_grouped[0], v_grouped[0]
+    ungrouped = ungroup_kv(ONNX, k, v)
+    if rank == 4 and ungrouped is not None:  # K, V repeated before the op: take the sources
+        k, v = ungrouped
         kv_heads = static_dim(k, 1)
         variant = (*variant, "kv:repeat")
     causal = bool(int_attr(node, "is_causal", 0))

@@ -16,14 +16,6 @@ def is_op(node: ir.Node | None, *op_types: str, domain: str = "") -> bool:
     return node.domain in DEFAULT_DOMAINS if domain == "" else node.domain == domain
 
 
-def producer_op(value: ir.Value | None, *op_types: str) -> ir.Node | None:
-    """The producer of `value` when it is one of `op_types` (default domain), else None."""
-    if value is None:
-        return None
-    node = value.producer()
-    return node if is_op(node, *op_types) else None
-
-
 def consumers(value: ir.Value) -> list[ir.Node]:
     return list(dict.fromkeys(use.node for use in value.uses()))
 
@@ -55,13 +47,6 @@ def static_dim(value: ir.Value, axis: int) -> int | str | None:
     if isinstance(dim, int):
         return dim
     return str(dim.value) if dim.value is not None else None
-
-
-def is_scalar_shaped(value: ir.Value) -> bool:
-    """Known to hold exactly one element (rank 0 or all dimensions 1)."""
-    if value.shape is None:
-        return False
-    return all(d == 1 for d in value.shape)
 
 
 def all_graphs(model: ir.Model) -> Iterator[tuple[str, ir.Graph | ir.Function]]:

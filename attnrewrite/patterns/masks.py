@@ -15,6 +15,7 @@ every length are merged (`merge`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -28,6 +29,7 @@ from attnrewrite.patterns.graph_utils import int_attr
 VERY_NEGATIVE = -5e3
 MAX_PROBE = 4098  # longest length a mask is evaluated at: windows up to 4096 are found
 SENTINEL = 2**24  # integers this large are "to the end" markers (Slice ends), not windows
+ArrayT = TypeVar("ArrayT")
 
 
 def replay_on_zero(
@@ -73,10 +75,21 @@ def _apply(op: str, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
     raise ValueError(f"cannot replay {op}")
 
 
+def hidden(bias: ArrayT) -> ArrayT:
+    """Which entries of an additive bias hide their key (a numpy array or a torch tensor).
+
+    One test for both finders, by what the softmax computes: -inf, finfo.min and the -1e4
+    of older exporters all give the key a weight of exactly 0, so all are a mask; a finite
+    bias above VERY_NEGATIVE (ALiBi, relative positions) is a value. (An `isfinite` test
+    would call a -1e4 causal mask a bias tensor, and a finfo.min one too unless converted.)
+    """
+    return bias <= VERY_NEGATIVE
+
+
 def classify(bias: np.ndarray, q_len: int, kv_len: int) -> tuple[MaskKind, int | None]:
     """Kind and window of an additive bias broadcastable to [..., q_len, kv_len]."""
     full = np.broadcast_to(bias.astype(np.float64), (*bias.shape[:-2], q_len, kv_len))
-    masked = full <= VERY_NEGATIVE
+    masked = hidden(full)
     finite = np.where(masked, 0.0, full)
     has_values = bool(np.any(np.abs(finite) > 1e-6))
     if not masked.any():

@@ -6,9 +6,10 @@ Rules, each small and declarative:
               variants (SDPA_OPS: where each reads its mask, dropout, is_causal, scale);
 - decomposed: matmul(q, k^T) -> [scale | add | sub | masked_fill | where | cast]* -> softmax
               -> [cast | inactive dropout]* -> matmul(., v);
-- operands:   scale as mul/div by a constant scalar on q, k, k^T or the scores (SCALE_OPS);
-              k^T as transpose/permute of the last two axes (or k stored transposed);
-              grouped-query repeat as unsqueeze -> expand -> reshape or repeat_interleave.
+- operands:   scale on q, k or k^T, K^T, grouped-query repeat: the ONNX finder's rules
+              (rules.operands), read through the FX view (torch.view);
+- scores:     the ONNX finder's walk from softmax to Q.K^T (rules.scores), each step made a
+              replayable `Step` (scale by a constant scalar, add, sub, keep, fill).
 
 A structural match becomes a `Candidate`; its mask kind is decided later, from what the mask
 computes on the example inputs (rewrite.classify). Everything else is a `Refusal` with a reason.
@@ -25,7 +26,17 @@ import torch
 from torch import fx
 
 from attnrewrite.match import Refusal
+from attnrewrite.rules.operands import (
+    Factor,
+    Layout,
+    attention_operands,
+    constant_scalar,
+    ungroup_kv,
+)
+from attnrewrite.rules.scores import Link, score_path
+from attnrewrite.rules.softmax import decomposed_softmax
 from attnrewrite.torch.block import Step
+from attnrewrite.torch.view import FX, bound, const_scalar, op_name
 
 aten = torch.ops.aten
 
@@ -47,24 +58,7 @@ SDPA_OPS: dict[object, Sdpa] = {
     aten._scaled_dot_product_attention_math.default: Sdpa(gqa="enable_gqa"),
 }
 SOFTMAX_OPS = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
-MATMUL_OPS = {aten.matmul.default, aten.bmm.default}
-CAST_OPS = {
-    aten.to.dtype,
-    aten.to.dtype_layout,
-    aten._to_copy.default,
-    aten.type_as.default,
-    aten.clone.default,
-    aten.contiguous.default,
-    aten.alias.default,
-}
-SCALE_OPS = {  # value: whether the op divides by the constant
-    aten.mul.Tensor: False,
-    aten.mul.Scalar: False,
-    aten.div.Tensor: True,
-    aten.div.Scalar: True,
-}
-IGNORED_USERS = {aten._assert_tensor_metadata.default}
-CONST_SCALAR_OPS = {aten.full.default, aten.scalar_tensor.default}
+FX_LAYOUTS = (Layout.BHSD, Layout.BHDS)  # K as the block takes it (k_transposed: bhds)
 
 
 @dataclass
@@ -104,31 +98,15 @@ def find(graph: fx.Graph) -> tuple[list[Candidate], list[Refusal]]:
             rule = match_sdpa
         elif node.target in SOFTMAX_OPS:
             rule = match_decomposed
+        elif FX.op(node) == "Div" and decomposed_softmax(FX, node) is not None:
+            rule = match_inlined_softmax
         if rule is None:
             continue
         try:
             found.append(rule(node))
         except NoMatch as why:
-            refused.append(Refusal(node.name, _op_name(node), "main", str(why)))
+            refused.append(Refusal(node.name, op_name(node), "main", str(why)))
     return found, refused
-
-
-def _op_name(node: fx.Node) -> str:
-    return str(getattr(node.target, "__name__", node.target)).removesuffix(".default")
-
-
-def bound(node: fx.Node) -> dict[str, object]:
-    """The op's arguments by schema name, defaults filled in."""
-    schema = node.target._schema  # type: ignore[union-attr]
-    out: dict[str, object] = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            out[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            out[arg.name] = node.kwargs[arg.name]
-        elif arg.has_default_value():
-            out[arg.name] = arg.default_value
-    return out
 
 
 def shape(node: fx.Node) -> tuple[int, ...]:
@@ -138,12 +116,8 @@ def shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(val.shape)
 
 
-def users(node: fx.Node) -> list[fx.Node]:
-    return [u for u in node.users if u.target not in IGNORED_USERS]
-
-
 def sole_user(node: fx.Node, what: str) -> fx.Node:
-    us = users(node)
+    us = FX.consumers(node)
     if len(us) != 1:
         raise NoMatch(f"{what} ({node.name}) has {len(us)} consumers; the rewrite would drop them")
     return us[0]
@@ -161,10 +135,10 @@ def match_sdpa(node: fx.Node) -> Candidate:
     output = node
     nodes = [node]
     if spec.tuple_output:
-        getters = users(node)
+        getters = FX.consumers(node)
         if any(u.target is not operator.getitem for u in getters):
             raise NoMatch("the op's output tuple is used as a whole")
-        if any(u.args[1] != 0 and users(u) for u in getters):
+        if any(u.args[1] != 0 and FX.consumers(u) for u in getters):
             raise NoMatch("uses the op's log-sum-exp or other secondary outputs")
         firsts = [u for u in getters if u.args[1] == 0]
         if len(firsts) != 1:
@@ -187,10 +161,11 @@ def match_sdpa(node: fx.Node) -> Candidate:
         scale, source = 1.0 / math.sqrt(qs[-1]), "default 1/sqrt(d)"
     mask = args.get(spec.mask) if spec.mask else None
     variant = [
-        "sdpa" if node.target is aten.scaled_dot_product_attention.default else _op_name(node)
+        "sdpa" if node.target is aten.scaled_dot_product_attention.default else op_name(node)
     ]
-    k, v, repeat = strip_repeat(k, v)
-    if repeat:
+    ungrouped = ungroup_kv(FX, k, v)
+    if ungrouped is not None:
+        k, v = ungrouped
         variant.append("repeat_kv")
     if spec.gqa and args.get(spec.gqa):
         variant.append("enable_gqa")
@@ -205,7 +180,7 @@ def match_sdpa(node: fx.Node) -> Candidate:
         steps=(Step("mask"),) if isinstance(mask, fx.Node) else (),
         side=(mask,) if isinstance(mask, fx.Node) else (),
         is_causal=is_causal,
-        kv_repeat=repeat,
+        kv_repeat=ungrouped is not None,
         variant=tuple(variant),
         nodes=tuple(nodes),
     )
@@ -215,44 +190,56 @@ def match_sdpa(node: fx.Node) -> Candidate:
 
 
 def match_decomposed(softmax: fx.Node) -> Candidate:
+    """matmul(q, k^T) -> score steps -> softmax -> casts, dropout -> matmul(., v)."""
     rank = len(shape(softmax))
     dim = softmax.args[1]
     if dim not in (-1, rank - 1):
         raise NoMatch(f"softmax over axis {dim}, not the last (key) axis")
+    fp32 = softmax.target is aten.softmax.int and len(softmax.args) > 2 and bool(softmax.args[2])
+    return _attention(softmax, softmax.args[0], (), fp32)
+
+
+def match_inlined_softmax(div: fx.Node) -> Candidate:
+    """The same with the softmax written out: exp(x - amax(x)) / sum(exp(...)) (rules.softmax)."""
+    inlined = decomposed_softmax(FX, div)
+    assert inlined is not None  # find() anchors here only when it matches
+    return _attention(div, inlined.scores, inlined.values[:-1], False, "inlined_softmax")
+
+
+def _attention(
+    softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], fp32: bool, tag: str = ""
+) -> Candidate:
+    """The block around a softmax (`inside`: the nodes of one written out, data-flow order)."""
+    rank = len(shape(softmax))
     if rank not in (3, 4):
         raise NoMatch(f"rank-{rank} scores: only [B, H, S, S] and [B*H, S, S] are handled")
-    fp32 = softmax.target is aten.softmax.int and len(softmax.args) > 2 and bool(softmax.args[2])
     down = [softmax]
     node = sole_user(softmax, "softmax output")
-    while node.target in CAST_OPS or node.target is aten.dropout.default:
+    while FX.op(node) in ("Cast", "Identity") or node.target is aten.dropout.default:
         if node.target is aten.dropout.default and node.args[1] and node.args[2]:
             raise NoMatch(f"attention dropout p={node.args[1]} in training mode")
         down.append(node)
         node = sole_user(node, "attention probabilities")
-    if node.target not in MATMUL_OPS or node.args[0] is not down[-1]:
+    if FX.op(node) != "MatMul" or node.args[0] is not down[-1]:
         raise NoMatch(f"softmax output is not multiplied by V (it reaches {node.name})")
     output, v = node, node.args[1]
     if len(shape(v)) != rank:
         raise NoMatch(f"probabilities of rank {rank} multiply a rank-{len(shape(v))} V")
-    steps, side, chain, scale, matmul = walk_scores(softmax.args[0])
-    q, q_scale, q_nodes = strip_scale(matmul.args[0])
-    kt, k_scale, k_nodes = strip_scale(matmul.args[1])
-    k, transposed = untranspose(kt)
-    k_nodes2: list[fx.Node] = []
-    if transposed:
-        k_nodes2 = [kt]
-        k, k2_scale, more = strip_scale(k)
-        k_scale *= k2_scale
-        k_nodes2 += more
+    steps, side, chain, scale, matmul = walk_scores(scores)
+    found = attention_operands(FX, matmul.args[0], matmul.args[1], v, FX_LAYOUTS)
+    q, key, k, v = found.q, found.key, found.key.value, found.v
+    q_scale, k_scale = _product(found.q_factors), _product(key.factors)
     variant = ["matmul_softmax"]
     sources = [name for name, s in (("q", q_scale), ("k", k_scale), ("scores", scale)) if s != 1.0]
-    k, v, repeat = strip_repeat(k, v)
-    if repeat:
+    transposed = key.layout == Layout.BHSD
+    if found.kv_repeat:
         variant.append("repeat_kv")
     if not transposed:
         variant.append("k_stored_transposed")
     if fp32:
         variant.append("float32_softmax")
+    if tag:
+        variant.append(tag)
     return Candidate(
         anchor=softmax,
         output=output,
@@ -264,216 +251,76 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
         steps=steps,
         side=side,
         k_transposed=not transposed,
-        kv_repeat=repeat,
+        kv_repeat=found.kv_repeat,
         float32_softmax=fp32,
         variant=tuple(variant),
-        nodes=(output, *reversed(down), *chain, matmul, *q_nodes, *k_nodes, *k_nodes2),
+        nodes=(
+            output,
+            *reversed(down),
+            *reversed(inside),
+            *chain,
+            matmul,
+            *(f.product for f in found.q_factors),
+            *key.through,
+        ),
     )
+
+
+def _product(factors: tuple[Factor, ...] | list[Factor]) -> float:
+    """What constant scale factors multiply the scores by."""
+    product = 1.0
+    for factor in factors:
+        number = constant_scalar(FX, factor.value)
+        assert number is not None  # FxView counts only constants as scalars
+        product = product / number if factor.divide else product * number
+    return product
 
 
 def walk_scores(
     node: fx.Node,
 ) -> tuple[tuple[Step, ...], tuple[fx.Node, ...], list[fx.Node], float, fx.Node]:
-    """From the softmax input up to Q.K^T: (steps, side tensors, chain, scale, matmul)."""
+    """From the softmax input up to Q.K^T (rules.scores): (steps, side tensors, chain, scale,
+    matmul). Each step becomes a replayable `Step`; the chain lists the nodes, last first."""
+    path = score_path(FX, node)
+    if isinstance(path, str):
+        raise NoMatch(path)
+    matmul, links = path
     steps: list[Step] = []
     side: list[fx.Node] = []
-    chain: list[fx.Node] = []
     scale = 1.0
-    for _ in range(32):
-        if node.target in MATMUL_OPS:
-            steps.reverse()
-            side.reverse()
-            return tuple(steps), tuple(side), chain, scale, node
-        if chain:
-            sole_user(node, "attention scores")
-        chain.append(node)
-        step = score_step(node)
-        if step is None:
-            raise NoMatch(f"{node.name} ({_op_name(node)}) between Q.K^T and softmax")
-        kind, prev, tensor, const = step
-        if kind == "scale":
-            scale *= const
-        if kind != "cast":
-            steps.append(Step(kind, const))
+    for link in links:
+        if link.value is not node:
+            sole_user(link.value, "attention scores")
+        step, tensor = _step(link)
+        if step is not None and step.kind == "scale":
+            scale *= step.const
+        if step is not None:
+            steps.append(step)
         if tensor is not None:
             side.append(tensor)
-        node = prev
-    raise NoMatch("no Q.K^T matmul within 32 steps of the softmax")
+    chain = [link.value for link in reversed(links)]
+    return tuple(steps), tuple(side), chain, scale, matmul
 
 
-def score_step(node: fx.Node) -> tuple[str, fx.Node, fx.Node | None, float] | None:
-    """(kind, scores input, side tensor, constant) of one score step, or None."""
-    t = node.target
-    if t in CAST_OPS:
-        return "cast", node.args[0], None, 0.0
-    if t in SCALE_OPS:
-        a, b = node.args[0], node.args[1]
-        c = const_scalar(b)
-        if c is not None and _leads_to_matmul(a):
-            return "scale", a, None, (1.0 / c if SCALE_OPS[t] else c)
-        c = const_scalar(a)
-        if c is not None and not SCALE_OPS[t] and _leads_to_matmul(b):
-            return "scale", b, None, c
-        return None
-    if t in (aten.add.Tensor, aten.sub.Tensor):
-        a, b = node.args[0], node.args[1]
-        alpha = node.kwargs.get("alpha", 1)
-        if alpha != 1 or not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
-            return None
-        if _leads_to_matmul(a):
-            return ("add" if t is aten.add.Tensor else "sub"), a, b, 0.0
-        if t is aten.add.Tensor and _leads_to_matmul(b):
-            return "add", b, a, 0.0
-        return None
-    if t is aten.masked_fill.Scalar:  # masked_fill(s, m, c) -> bias where(m, c, 0)
-        return "fill", node.args[0], node.args[1], float(node.args[2])
-    if t is aten.where.ScalarOther and _leads_to_matmul(node.args[1]):  # where(m, s, c)
-        return "keep", node.args[1], node.args[0], float(node.args[2])
-    if t is aten.where.self:  # where(m, s, C) with C a constant scalar tensor
-        c = const_scalar(node.args[2])
-        if c is not None and _leads_to_matmul(node.args[1]):
-            return "keep", node.args[1], node.args[0], c
-        c = const_scalar(node.args[1])
-        if c is not None and _leads_to_matmul(node.args[2]):
-            return "fill", node.args[2], node.args[0], c
-    return None
+def _step(link: Link) -> tuple[Step | None, fx.Node | None]:
+    """The replayable form of one score step and the tensor it reads (None for a cast):
 
-
-def _leads_to_matmul(node: object, depth: int = 32) -> bool:
-    """Whether score steps lead from `node` up to a matmul (which input is the scores)."""
-    while isinstance(node, fx.Node) and depth > 0:
-        if node.target in MATMUL_OPS:
-            return True
-        step = score_step_input(node)
-        if step is None:
-            return False
-        node, depth = step, depth - 1
-    return False
-
-
-def score_step_input(node: fx.Node) -> fx.Node | None:
-    t = node.target
-    if t in CAST_OPS or t is aten.masked_fill.Scalar:
-        return node.args[0]
-    if t in SCALE_OPS or t in (aten.add.Tensor, aten.sub.Tensor):
-        a, b = node.args[0], node.args[1]
-        if isinstance(b, fx.Node) and const_scalar(b) is None and const_scalar(a) is not None:
-            return b
-        return a if isinstance(a, fx.Node) else None
-    if t in (aten.where.ScalarOther, aten.where.self):
-        return node.args[1]
-    return None
-
-
-def const_scalar(x: object) -> float | None:
-    """The value of a constant scalar operand (number, full([], c), a 1-element constant)."""
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, int | float):
-        return float(x)
-    if not isinstance(x, fx.Node):
-        return None
-    if x.target in CONST_SCALAR_OPS:
-        size = x.args[0]
-        value = x.args[1] if x.target is aten.full.default else x.args[0]
-        if x.target is aten.full.default and math.prod(size) != 1:
-            return None
-        return float(value) if isinstance(value, int | float) else None
-    if x.target in CAST_OPS or x.target in (aten.lift_fresh_copy.default, aten.detach.default):
-        return const_scalar(x.args[0])
-    if x.target is aten.sqrt.default:
-        c = const_scalar(x.args[0])
-        return math.sqrt(c) if c is not None and c >= 0 else None
-    if x.op == "get_attr":
-        owner = x.graph.owning_module
-        value = getattr(owner, str(x.target), None) if owner is not None else None
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
-            return float(value.reshape(()).item())
-    return None
-
-
-def strip_scale(node: fx.Node) -> tuple[fx.Node, float, list[fx.Node]]:
-    """q*c, q/c, c*q with constant c and no other consumer of the product -> (q, c)."""
-    scale, nodes = 1.0, []
-    while node.target in SCALE_OPS and len(users(node)) == 1:
-        a, b = node.args[0], node.args[1]
-        c = const_scalar(b)
-        if c is not None and isinstance(a, fx.Node):
-            scale *= 1.0 / c if SCALE_OPS[node.target] else c
-            nodes.append(node)
-            node = a
-            continue
-        c = const_scalar(a)
-        if c is not None and not SCALE_OPS[node.target] and isinstance(b, fx.Node):
-            scale *= c
-            nodes.append(node)
-            node = b
-            continue
-        break
-    return node, scale, nodes
-
-
-def untranspose(node: fx.Node) -> tuple[fx.Node, bool]:
-    """k^T -> (k, True) for a transpose/permute swapping the last two axes only."""
-    if len(users(node)) != 1:
-        return node, False
-    rank = len(shape(node))
-    if node.target is aten.transpose.int:
-        axes = sorted(a % rank for a in node.args[1:3])
-        if axes == [rank - 2, rank - 1]:
-            return node.args[0], True
-    if node.target is aten.permute.default:
-        perm = [p % rank for p in node.args[1]]
-        if perm == [*range(rank - 2), rank - 1, rank - 2]:
-            return node.args[0], True
-    if node.target is aten.t.default and rank == 2:
-        return node.args[0], True
-    return node, False
-
-
-def strip_repeat(k: fx.Node, v: fx.Node) -> tuple[fx.Node, fx.Node, bool]:
-    """Grouped-query repeat of both k and v by the same group -> the unrepeated k, v."""
-    k0, gk = unrepeat(k)
-    v0, gv = unrepeat(v)
-    if gk > 1 and gk == gv:
-        return k0, v0, True
-    return k, v, False
-
-
-def whole_slices_skipped(x: object) -> object:
-    """Through slices that keep the whole axis: `kv[:, :, None]` traced with dynamic shapes
-    leaves them between the unsqueeze and the expand (static tracing drops them)."""
-    while (
-        isinstance(x, fx.Node)
-        and x.target is aten.slice.Tensor
-        and isinstance(x.args[0], fx.Node)
-        and shape(x) == shape(x.args[0])
-    ):
-        x = x.args[0]
-    return x
-
-
-def unrepeat(x: fx.Node) -> tuple[fx.Node, int]:
-    """reshape(expand(unsqueeze(kv, 2))) or repeat_interleave(kv, g, 1) -> (kv, g)."""
-    if x.target is aten.repeat_interleave.self_int:
-        args = bound(x)
-        rank = len(shape(x))
-        if args.get("dim") is not None and int(args["dim"]) % rank == 1:
-            return args["self"], int(args["repeats"])
-        return x, 1
-    if x.target not in (aten.reshape.default, aten.view.default, aten._unsafe_view.default):
-        return x, 1
-    expand = x.args[0]
-    if not isinstance(expand, fx.Node) or expand.target is not aten.expand.default:
-        return x, 1
-    unsq = whole_slices_skipped(expand.args[0])
-    if not isinstance(unsq, fx.Node):
-        return x, 1
-    es, out = shape(expand), shape(x)
-    if unsq.target is not aten.unsqueeze.default or unsq.args[1] not in (2, -3) or len(es) != 5:
-        return x, 1
-    src = unsq.args[0]
-    b, hkv, g, s, d = es
-    if out != (b, hkv * g, s, d) or shape(src) != (b, hkv, s, d):
-        return x, 1
-    return src, g
+    Mul(s, c) | Mul(c, s) | Div(s, c)   -> scale c | 1/c   (c a constant scalar)
+    Add(s, t) | Add(t, s) | Sub(s, t)   -> add t | sub t
+    Where(m, s, c)                      -> keep m, c        (where(m, s, c))
+    Where(m, c, s)                      -> fill m, c        (masked_fill(s, m, c))
+    """
+    node, at = link.value, link.score_input
+    op, args = FX.op(node), FX.inputs(node)
+    if op in ("Cast", "Identity"):
+        return None, None
+    other = args[1 - at] if op in ("Mul", "Div", "Add", "Sub") else args[3 - at]
+    if op in ("Mul", "Div"):
+        c = const_scalar(other)
+        if c is not None:
+            return Step("scale", 1.0 / c if op == "Div" else c), None
+    elif op in ("Add", "Sub") and isinstance(other, fx.Node):
+        return Step(op.lower()), other
+    elif op == "Where" and isinstance(args[0], fx.Node) and (c := const_scalar(other)) is not None:
+        return Step("keep" if at == 1 else "fill", c), args[0]
+    raise NoMatch(f"{FX.label(node)} between Q.K^T and softmax")

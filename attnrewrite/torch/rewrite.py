@@ -21,9 +21,11 @@ from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.match import MaskKind, Refusal, describe_block
 from attnrewrite.methods.exact import as_4d, bias_logits, positions_mask
+from attnrewrite.patterns import masks
 from attnrewrite.torch.block import AttentionBlock, fold_causal
-from attnrewrite.torch.find import IGNORED_USERS, Candidate, find, shape
+from attnrewrite.torch.find import Candidate, find, shape
 from attnrewrite.torch.trace import AUTO, ExampleInputs, split_inputs, trace
+from attnrewrite.torch.view import IGNORED_USERS
 
 GRAPH = "main"
 
@@ -281,20 +283,18 @@ def classify(bias: Tensor | None, sq: int, skv: int, causal_flag: bool, data_dep
         return MaskPlan(MaskKind.CAUSAL if causal_flag else MaskKind.NONE, "none", causal_flag)
     logits = bias_logits(as_4d(bias), torch.float64)
     logits = logits.expand(*logits.shape[:-2], sq, skv)
-    visible = torch.isfinite(logits)
+    visible = ~masks.hidden(logits)
     values = torch.where(visible, logits, 0.0)
     has_values = bool((values != 0).any())
     causal = positions_mask(sq, skv, True, None, logits.device)
     hides_future = bool((~causal).any()) and not bool((visible & ~causal).any())
     if causal_flag or hides_future:
         if not has_values and not data_dep:
-            rel = (torch.arange(sq)[:, None] + (skv - sq) - torch.arange(skv)).to(logits.device)
-            seen = torch.where(visible, rel, -1)
-            width = int(seen.max()) + 1
-            if bool((visible == positions_mask(sq, skv, True, width, logits.device)).all()):
-                if width < skv:
-                    return MaskPlan(MaskKind.SLIDING_WINDOW, "none", True, width)
-                return MaskPlan(MaskKind.CAUSAL, "none", True)
+            shown = visible & causal if causal_flag else visible
+            pattern = torch.zeros(shown.shape, dtype=torch.float64).masked_fill(~shown, -torch.inf)
+            kind, window = masks.classify(pattern.numpy(), sq, skv)
+            if kind in (MaskKind.CAUSAL, MaskKind.SLIDING_WINDOW):
+                return MaskPlan(kind, "none", True, window)
         folded = fold_causal(logits, sq, skv)
         keywise = bool((folded == folded[..., :1, :]).all())
         kind = MaskKind.CAUSAL_PADDING if keywise and data_dep and not has_values else None

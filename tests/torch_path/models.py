@@ -63,7 +63,8 @@ class HandAttention(nn.Module):
     mask: "none", "tril" (masked_fill of a tril buffer with -inf), "window" (causal band of
     `window` keys), "alibi" (causal + a per-query distance bias), "keep" (where(tril, s, -inf));
     kv_heads < heads: grouped-query by repeat_interleave; bmm: 3-D [B*H, S, d] scores;
-    k_stored_t: K kept transposed by its projection; sdpa: F.scaled_dot_product_attention.
+    k_stored_t: K kept transposed by its projection; sdpa: F.scaled_dot_product_attention;
+    fill: what the "tril" mask writes over hidden scores (-inf, finfo.min, -1e4, ...).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class HandAttention(nn.Module):
         k_stored_t: bool = False,
         sdpa: bool = False,
         extra_softmax: bool = False,
+        fill: float = float("-inf"),
     ) -> None:
         super().__init__()
         self.dim, self.heads, self.kv_heads = dim, heads, kv_heads or heads
@@ -88,7 +90,7 @@ class HandAttention(nn.Module):
         self.register_buffer("tril", torch.tril(torch.ones(16, 16)))
         self.scale_on, self.mask, self.window = scale_on, mask, window
         self.bmm, self.k_stored_t, self.sdpa = bmm, k_stored_t, sdpa
-        self.extra_softmax = extra_softmax
+        self.extra_softmax, self.fill = extra_softmax, fill
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
@@ -114,7 +116,7 @@ class HandAttention(nn.Module):
             scores = (q @ kt) / torch.full([], math.sqrt(self.hd))
         i = torch.arange(s)
         if self.mask == "tril":
-            scores = scores.masked_fill(self.tril[:s, :s] == 0, float("-inf"))
+            scores = scores.masked_fill(self.tril[:s, :s] == 0, self.fill)
         elif self.mask == "keep":
             scores = torch.where(self.tril[:s, :s] > 0, scores, float("-inf"))
         elif self.mask == "window":
