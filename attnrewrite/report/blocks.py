@@ -51,6 +51,8 @@ def read_record(rewritten: Path) -> dict:
         raise AttnRewriteError(f"{path} is over {MAX_RECORD_BYTES >> 20} MiB: not a rewrite record")
     try:
         record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise TypeError("not a JSON object")
         matches = _matches(record)
         if not all(isinstance(m, dict) for m in matches):
             raise TypeError("a match is not an object")

@@ -60,6 +60,7 @@ def test_a_report_without_the_rewrite_record_is_one_line(tmp_path, capsys) -> No
     ("record", "says"),
     [
         ("{", "is not a rewrite record"),
+        ("[]", "is not a rewrite record (not a JSON object)"),
         ('{"matches": 3}', "is not a rewrite record (its matches are not a list)"),
         ('{"matches": [{"graph": "main", "output": "%s"}]}', "has a match it does not describe"),
     ],
