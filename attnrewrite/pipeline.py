@@ -143,18 +143,7 @@ def rewrite_report(
     path: Path, method: ResolvedMethod, found: FindResult, result: SubstituteResult
 ) -> dict[str, object]:
     """The content of rewrite.json: every match and everything not rewritten, with reasons."""
-    rewritten = [
-        {
-            **r.match.describe(),
-            "node": r.node,
-            "overload": r.overload,
-            "method": r.method.name if not r.groups else "per-head plan",
-            "params": r.method.params,
-            **({"fallback": r.fallback} if r.fallback else {}),
-            **({"heads": _groups(r.groups)} if r.groups else {}),
-        }
-        for r in result.rewritten
-    ]
+    rewritten = [r.describe() for r in result.rewritten]
     not_rewritten = [r.describe() for r in found.refusals] + [
         {
             "anchor": f.match.anchor,
@@ -186,12 +175,6 @@ def rewrite_report(
         "matches": rewritten,
         "not_rewritten": not_rewritten,
     }
-
-
-def _groups(groups: Sequence[HeadGroup]) -> list[dict[str, object]]:
-    return [
-        {"heads": list(g.heads), "method": g.method.name, "params": g.method.params} for g in groups
-    ]
 
 
 def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool, asked: int) -> str:

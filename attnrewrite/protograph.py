@@ -1,5 +1,5 @@
 """Walks over onnx protobuf graphs, for the stages that read a ModelProto as it is (loading,
-repair, input generation, the report) rather than through onnx-ir, which tracks uses itself."""
+repair, input generation) rather than through onnx-ir, which tracks uses itself."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Both models run in onnxruntime on the same inputs with every rewritten block's output exposed
 as an extra graph output (the rewrite keeps each block output's name), so per-block errors
-come from the models themselves, not from a re-implementation.
+come from the models themselves, not from a re-implementation. Which blocks there are, and
+their methods, come from the rewrite's own record (report/blocks.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import platform
 import resource
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,77 +23,14 @@ import onnxruntime as ort
 
 from attnrewrite import __version__
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.protograph import readers
 from attnrewrite.report import metrics
+from attnrewrite.report.blocks import Block, blocks_of, read_record
 from attnrewrite.report.inputs import ReportInputs, graph_inputs
 from attnrewrite.substitute.body import DOMAIN
 from attnrewrite.timing import cpu_session, interleaved_ms, median_ms, session_feeds
 from attnrewrite.verify import run_with_outputs
 
 SCHEMA_VERSION = 1
-ADAPTERS = ("Transpose", "Reshape", "Concat", "Gather")  # between a node and its block output
-
-
-@dataclass(frozen=True)
-class Block:
-    """One rewritten attention block and the value that carries its output in both models.
-
-    A per-head plan writes several nodes (one per head group) for one block.
-    """
-
-    name: str
-    node_outputs: tuple[str, ...]  # the nodes' own outputs [B, h, S, d] (rewritten model)
-    output: str  # the block output's name, present in both models
-    method: str
-    params: dict
-
-
-def method_name(op_type: str) -> str:
-    return op_type.removesuffix("Attention").lower()
-
-
-def _params(node: onnx.NodeProto) -> dict:
-    params = {
-        a.name: onnx.helper.get_attribute_value(a)
-        for a in node.attribute
-        if a.name not in ("scale", "is_causal", "window")
-    }
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in params.items()}
-
-
-def rewritten_blocks(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[Block]:
-    """Blocks of the main graph in graph order: attnrewrite nodes grouped by the value that
-    carries their output under the original's name (through layout adapters and the concat
-    of a per-head plan)."""
-    known = {out for node in original.graph.node for out in node.output}
-    known |= {o.name for o in original.graph.output}
-    reading = readers(rewritten.graph)
-    grouped: dict[str, list[onnx.NodeProto]] = {}
-    for node in rewritten.graph.node:
-        if node.domain != DOMAIN:
-            continue
-        value = node.output[0]
-        for _ in range(4):
-            following = reading.get(value, [])
-            if value in known or len(following) != 1 or following[0].op_type not in ADAPTERS:
-                break
-            value = following[0].output[0]
-        if value in known:
-            grouped.setdefault(value, []).append(node)
-    blocks = []
-    for output, nodes in grouped.items():
-        methods = {method_name(n.op_type) for n in nodes}
-        single = len(nodes) == 1
-        blocks.append(
-            Block(
-                name=nodes[0].name if single else nodes[0].name.rsplit("/", 1)[0],
-                node_outputs=tuple(n.output[0] for n in nodes),
-                output=output,
-                method=methods.pop() if len(methods) == 1 and single else "per-head plan",
-                params=_params(nodes[0]) if single else {},
-            )
-        )
-    return blocks
 
 
 def graph_only(path: Path) -> onnx.ModelProto:
@@ -146,10 +83,12 @@ def latencies(
 def compare_models(
     original: Path, rewritten: Path, inputs: ReportInputs
 ) -> tuple[list[dict], list[dict], list[Block]]:
-    """(outputs, blocks) metrics of the rewritten model against the original."""
+    """(outputs, blocks) metrics of the rewritten model against the original; the blocks are
+    those its rewrite record (rewrite.json beside it) lists."""
+    record = read_record(rewritten)
     original_proto, rewritten_proto = graph_only(original), graph_only(rewritten)
     check_same_signature(original_proto, rewritten_proto)
-    blocks = rewritten_blocks(original_proto, rewritten_proto)
+    blocks = blocks_of(record, original_proto, rewritten_proto)
     extra = [b.output for b in blocks]
     try:  # one model in memory at a time, read by the run and freed after it
         reference = run_with_outputs(original, inputs.feeds, extra)
@@ -183,7 +122,7 @@ def compare_models(
                 "output": block.output,
                 "method": block.method,
                 "params": block.params,
-                "fallback": None,
+                "fallback": block.fallback,
                 "relative_l2": metrics.relative_l2(x, y),
                 "max_abs": float(np.max(np.abs(np.asarray(y, np.float64) - x))) if x.size else 0.0,
                 "heads": metrics.per_head(x, y, heads or None),
@@ -213,19 +152,16 @@ def build_report(
     rewritten: Path,
     inputs: ReportInputs,
     method: Mapping | None = None,
-    fallbacks: Mapping[str, str] | None = None,
     repeats: int = 5,
     threads: int = 0,
     sweep: Mapping | None = None,
     plan: Mapping | None = None,
     sweep_models: Sequence[Path] = (),
 ) -> dict:
-    """The whole report; `fallbacks` maps block output names to why they kept exact, `plan`
-    is `--method auto`'s per-head plan (report.run.plan_of), `sweep_models` the model of
-    each sweep point, timed in the same rounds as the original and the rewritten one."""
+    """The whole report; `plan` is `--method auto`'s per-head plan (report.run.plan_of),
+    `sweep_models` the model of each sweep point, timed in the same rounds as the original
+    and the rewritten one."""
     outputs, blocks, _ = compare_models(original, rewritten, inputs)
-    for row in blocks:
-        row["fallback"] = (fallbacks or {}).get(row["output"])
     timed_paths = [original, rewritten, *sweep_models]
     timed = latencies(timed_paths, inputs.feeds, repeats, threads)
     (before, after), points = timed[:2], timed[2:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from attnrewrite.errors import AttnRewriteError
 from attnrewrite.loading import load_proto
 from attnrewrite.pipeline import rewrite_model
 from attnrewrite.progress import steps
+from attnrewrite.report.blocks import read_record
 from attnrewrite.report.build import build_report, sweep_point
 from attnrewrite.report.inputs import ReportInputs, from_npz, from_text, generated
 from attnrewrite.report.render import write_report
@@ -61,17 +61,6 @@ class Sweep:
         return cls(aliases.get(name, name), items)
 
 
-def _rewrite_record(rewritten: Path) -> dict:
-    """The rewrite's rewrite.json beside the model, when there is one."""
-    path = rewritten.parent / "rewrite.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def fallbacks_of(record: dict) -> dict[str, str]:
-    """Block output -> why it kept exact."""
-    return {m["output"]: m["fallback"] for m in record.get("matches", []) if m.get("fallback")}
-
-
 def plan_of(record: dict) -> dict | None:
     """`--method auto`'s plan: per head its candidate, calibration error and predicted cost."""
     auto = record.get("auto")
@@ -116,7 +105,7 @@ def report(
     `out_dir`. The sweep's models live until every model has been timed, in the same rounds."""
     if sweep is not None and method is None:
         raise AttnRewriteError("--sweep needs the method the model was rewritten with")
-    record = _rewrite_record(rewritten)
+    record = read_record(rewritten)  # before any sweep: one line when there is none
     with tempfile.TemporaryDirectory() as tmp:
         sweep_part, sweep_models = None, []
         if sweep is not None and method is not None:
@@ -129,7 +118,6 @@ def report(
             rewritten,
             inputs,
             method=method,
-            fallbacks=fallbacks_of(record),
             plan=plan_of(record),
             repeats=repeats,
             sweep=sweep_part,

@@ -43,6 +43,23 @@ class Rewritten:
     fallback: str | None = None  # why this block kept exact attention instead of the method
     groups: tuple[HeadGroup, ...] = ()  # per-head plan: one node per group
 
+    def describe(self) -> dict[str, object]:
+        """The block as rewrite.json records it, and the report reads it: the match, the node
+        written (a per-head plan's prefix: group_node_name), the method and its parameters."""
+        return {
+            **self.match.describe(),
+            "node": self.node,
+            "overload": self.overload,
+            "method": self.method.name if not self.groups else "per-head plan",
+            "params": self.method.params,
+            **({"fallback": self.fallback} if self.fallback else {}),
+            **({"heads": [_group(g) for g in self.groups]} if self.groups else {}),
+        }
+
+
+def _group(group: HeadGroup) -> dict[str, object]:
+    return {"heads": list(group.heads), "method": group.method.name, "params": group.method.params}
+
 
 @dataclass(frozen=True)
 class Failed:
@@ -240,7 +257,7 @@ def _grouped(
         ]
         if mask:
             picked.append(tape.op("Gather", [mask[0], heads], attributes={"axis": 1}))
-        group_name = f"{name}/heads{index}"
+        group_name = group_node_name(name, index)
         outputs.append(
             _attention_node(tape, model, match, group.method, signature, picked, opset, group_name)
         )
@@ -250,6 +267,11 @@ def _grouped(
     if inverse == list(range(len(order))):
         return joined
     return tape.op("Gather", [joined, _ints(tape, inverse)], attributes={"axis": 1})
+
+
+def group_node_name(prefix: str, index: int) -> str:
+    """The node of a per-head plan's group `index`; rewrite.json records the `prefix`."""
+    return f"{prefix}/heads{index}"
 
 
 def _per_head_mask(

@@ -100,16 +100,7 @@ def export_onnx(
     save_model(model, Path(path))
     return {
         "method": {"name": chosen.name, "params": chosen.params},
-        "blocks": [
-            {
-                **r.match.describe(),
-                "node": r.node,
-                "overload": r.overload,
-                "method": r.method.name,
-                **({"fallback": r.fallback} if r.fallback else {}),
-            }
-            for r in result.rewritten
-        ],
+        "blocks": [r.describe() for r in result.rewritten],
     }
 
 

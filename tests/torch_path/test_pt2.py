@@ -44,6 +44,25 @@ def test_saved_program_rewritten_with_multipole(tmp_path: Path) -> None:
     np.testing.assert_allclose(out, expect, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.onnx.export's own deprecations
+def test_the_onnx_file_of_a_program_is_reported_from_its_record(tmp_path: Path) -> None:
+    """`attnrewrite report` on OUTDIR/model.onnx reads rewrite.json's "onnx" part (the other
+    matches describe the FX graph), against an ONNX export of the original program."""
+    torch.manual_seed(0)
+    model = HandAttention(dim=8, heads=2, mask="tril").eval()
+    x = torch.randn(2, 9, 8)
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "in.pt2"))
+    rewrite_pt2(tmp_path / "in.pt2", "multipole", {"block": 2}, tmp_path / "out")
+    names = {"input_names": ["args_0"], "dynamo": True}  # the rewritten file's input name
+    torch.onnx.export(model, (x,), str(tmp_path / "original.onnx"), **names)
+    argv = [tmp_path / "original.onnx", tmp_path / "out" / "model.onnx", "--seq-len", "9"]
+    assert main(["report", *map(str, argv), "--repeats", "1", "-o", str(tmp_path / "r")]) == 0
+    [block] = json.loads((tmp_path / "r" / "report.json").read_text())["blocks"]
+    assert block["method"] == "multipole" and block["params"]["block"] == 2
+    assert block["name"].endswith("/MultipoleAttention") and len(block["heads"]) == 2
+    assert block["relative_l2"] > 1e-3  # an approximation, measured
+
+
 def test_not_a_program(tmp_path: Path) -> None:
     (tmp_path / "bad.pt2").write_bytes(b"not a zip")
     with pytest.raises(AttnRewriteError, match="not a readable ExportedProgram"):
