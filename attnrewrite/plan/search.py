@@ -30,6 +30,7 @@ from attnrewrite.plan.choose import HeadChoice
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import HeadGroup
 
+MIN_COST_MS = 1e-3  # a per-head cost timed as 0 (noise on a tiny node) still divides
 COST_RESOLUTION = 0.02  # plans this close in predicted cost are a tie: the more accurate first
 PRICES = tuple(float(p) for p in np.logspace(-2, 6, 33))  # lambda of the trade-off family
 
@@ -50,7 +51,7 @@ class Plan:
     @property
     def relative_cost(self) -> float:
         """Predicted attention time against the original attention's."""
-        return self.cost / self.baseline
+        return self.cost / max(self.baseline, MIN_COST_MS)
 
     @property
     def flops(self) -> float:
@@ -92,16 +93,19 @@ def exact_plan(options: Options, baseline: float | None = None) -> Plan:
     return Plan(picks, "exact", plan.cost if baseline is None else baseline)
 
 
+def _cheapest(choices: Sequence[HeadChoice], price: float) -> HeadChoice:
+    """The choice of least cost (relative to exact's) + price * error**2."""
+    base = max(choices[0].cost, MIN_COST_MS)
+    return min(choices, key=lambda c: c.cost / base + price * c.error**2)
+
+
 def trade_off_family(options: Options, baseline: float | None = None) -> list[Plan]:
     """Plans for increasing prices of error, cheapest first, duplicates dropped, ending with
     exact everywhere."""
     plans: list[Plan] = []
     exact = exact_plan(options, baseline)
     for price in (0.0, *PRICES):
-        picks = tuple(
-            min(choices, key=lambda c, base=choices[0].cost: c.cost / base + price * c.error**2)
-            for choices in options
-        )
+        picks = tuple(_cheapest(choices, price) for choices in options)
         plan = Plan(picks, f"trade-off lambda={price:.3g}", exact.baseline)
         if not plans or plans[-1].key != plan.key:
             plans.append(plan)

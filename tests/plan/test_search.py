@@ -106,3 +106,15 @@ def test_plans_the_cost_model_cannot_tell_apart_come_most_accurate_first() -> No
     ]
     first = next(admissible(heads, summed, 0.5, []))
     assert [p.candidate for p in first.picks] == [MIDDLE, MIDDLE]
+
+
+def test_an_exact_head_timed_at_zero_cost_still_plans() -> None:
+    """Tiny nodes can time their per-head share as 0 (noise): the search must not divide by it
+    (it raised ZeroDivisionError in a report on the tiny example)."""
+    heads = [
+        [HeadChoice(0, head, EXACT, 0.0, 0.0), HeadChoice(0, head, CHEAP, 0.1, 2.0)]
+        for head in range(2)
+    ]
+    family = trade_off_family(heads, baseline=0.0)
+    assert [p.candidate for p in family[-1].picks] == [EXACT, EXACT]
+    assert all(p.relative_cost >= 0 for p in family)
