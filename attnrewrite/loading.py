@@ -107,11 +107,11 @@ def check_tensor_sizes(proto: onnx.ModelProto, label: str) -> None:
     took all the machine's memory)."""
     for tensor in _tensors(proto):
         dims = list(tensor.dims)
-        stored = _stored_elements(tensor)
-        if any(d < 0 for d in dims) or (stored is not None and stored != math.prod(dims)):
-            held = "" if stored is None else f" but holds {stored}"
+        held = _held(tensor)
+        if any(d < 0 for d in dims) or (held is not None and held[0] != math.prod(dims)):
+            holds = "" if held is None else f" but holds {held[1]}"
             raise AttnRewriteError(
-                f"{label}: tensor {tensor.name or '(unnamed)'} declares shape {dims}{held}"
+                f"{label}: tensor {tensor.name or '(unnamed)'} declares shape {dims}{holds}"
             )
 
 
@@ -129,26 +129,29 @@ def check_value_shapes(proto: onnx.ModelProto, label: str) -> None:
                 dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
             except KeyError:
                 dtype = np.uint8
-            what = f"{label}: value {info.name} of shape {dims}"
-            check_bytes(what, array_bytes(what, dims, dtype))
+            name = f"{label}: value {info.name}"
+            check_bytes(f"{name} of shape {dims}", array_bytes(name, dims, dtype))
 
 
-def _stored_elements(tensor: onnx.TensorProto) -> int | None:
-    """How many values `tensor` holds, or None where that is not checked here (external or
-    segmented data, packed or unknown element types)."""
+def _held(tensor: onnx.TensorProto) -> tuple[int, str] | None:
+    """How many values `tensor` holds and how to say it, or None where that is not checked
+    here (external or segmented data, packed or unknown element types)."""
     kind = tensor.data_type
     if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.HasField("segment"):
         return None
     if kind == onnx.TensorProto.STRING:
-        return len(tensor.string_data)
+        return len(tensor.string_data), str(len(tensor.string_data))
     if kind in _PACKED or kind not in _STORED_TYPES:
         return None
     if tensor.HasField("raw_data"):
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(kind)).itemsize
         whole, rest = divmod(len(tensor.raw_data), itemsize)
-        return whole if rest == 0 else -1
+        if rest:
+            return -1, f"{len(tensor.raw_data)} bytes, not a whole number of {itemsize}-byte values"
+        return whole, str(whole)
     entries = len(getattr(tensor, onnx.helper.tensor_dtype_to_field(kind)))
-    return entries // 2 if kind in _COMPLEX else entries
+    count = entries // 2 if kind in _COMPLEX else entries
+    return count, str(count)
 
 
 def prepare_proto(
