@@ -82,87 +82,46 @@ def test_library_noise_reaches_stderr_only_with_verbose(tmp_path, verbose) -> No
         assert lines == [last]
 
 
-KILLED = """
-    import os, signal, sys
+SIGNAL_AFTER = """
+    import os, signal, sys, tempfile
     import attnrewrite.pipeline as pipeline
     import attnrewrite.cli as cli
 
-    save = pipeline.save_model
+    call = {owner}.{attribute}
 
-    def save_then_signal(model, path):
-        save(model, path)  # the staging folder now holds a whole model
-        os.kill(os.getpid(), signal.{name})
+    def call_then_signal(*args, **kwargs):
+        result = call(*args, **kwargs)
+        if {when}:
+            os.kill(os.getpid(), signal.{name})
+        return result
 
-    pipeline.save_model = save_then_signal
+    {owner}.{attribute} = call_then_signal
     sys.exit(cli.main(sys.argv[1:]))
 """
+SAVED = ("pipeline", "save_model", "True")  # the staging folder now holds a whole model
+RENAMED = ("os", "replace", "os.path.basename(args[1]) == 'out'")  # the outputs are in place
+MADE = ("tempfile", "mkdtemp", "True")  # a staging folder, not yet in the try that removes it
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_removes_the_staging_folders(tmp_path, number) -> None:
-    source = tmp_path / "m.onnx"
-    onnx.save(CASES["gqa_expand"].model, str(source))
-    name = signal.Signals(number).name
-    done = _run(KILLED.replace("{name}", name), [str(source), "--method", "exact", "-o", "out"],
-                cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 128 + number
-    assert done.stderr == f"attnrewrite: error: interrupted ({name}); nothing written\n"
+    done = _interrupted(tmp_path, SAVED, number, "out")
+    assert (done.returncode, done.stderr) == (128 + number, _nothing_written(number))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no out, no .out.*
-
-
-RENAMED = """
-    import os, signal, sys
-    import attnrewrite.cli as cli
-
-    rename = os.replace
-
-    def rename_then_signal(source, destination):
-        rename(source, destination)
-        if os.path.basename(destination) == "out":  # the output folder is now in place
-            os.kill(os.getpid(), signal.{name})
-
-    os.replace = rename_then_signal
-    sys.exit(cli.main(sys.argv[1:]))
-"""
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_after_the_outputs_are_in_place_lets_the_command_finish(tmp_path, number) -> None:
-    source = tmp_path / "m.onnx"
-    onnx.save(CASES["gqa_expand"].model, str(source))
-    name = signal.Signals(number).name
-    done = _run(RENAMED.replace("{name}", name), [str(source), "--method", "exact", "-o", "out"],
-                cwd=tmp_path)  # fmt: skip
+    done = _interrupted(tmp_path, RENAMED, number, "out")
     assert (done.returncode, done.stderr) == (0, "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out"]
     assert (tmp_path / "out" / "model.onnx").is_file()
 
 
-STAGING = """
-    import os, signal, sys, tempfile
-    import attnrewrite.cli as cli
-
-    make = tempfile.mkdtemp
-
-    def make_then_signal(*args, **kwargs):
-        folder = make(*args, **kwargs)  # a staging folder, not yet in the try that removes it
-        os.kill(os.getpid(), signal.{name})
-        return folder
-
-    tempfile.mkdtemp = make_then_signal
-    sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_as_a_staging_folder_is_made_leaves_nothing(tmp_path, number) -> None:
-    source = tmp_path / "m.onnx"
-    onnx.save(CASES["gqa_expand"].model, str(source))
-    name = signal.Signals(number).name
-    argv = [str(source), "--method", "exact", "-o", "sub/out"]
-    done = _run(STAGING.replace("{name}", name), argv, cwd=tmp_path)
-    assert done.returncode == 128 + number
-    assert done.stderr == f"attnrewrite: error: interrupted ({name}); nothing written\n"
+    done = _interrupted(tmp_path, MADE, number, "sub/out")
+    assert (done.returncode, done.stderr) == (128 + number, _nothing_written(number))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no sub/, no .out.*
 
 
@@ -184,8 +143,24 @@ STARTING = """
 
 def test_sigint_during_start_up_is_one_line(tmp_path) -> None:
     done = _run(STARTING, ["inspect", "m.onnx"], cwd=tmp_path)
-    assert done.returncode == 128 + signal.SIGINT
-    assert done.stderr == "attnrewrite: error: interrupted (SIGINT); nothing written\n"
+    assert (done.returncode, done.stderr) == (128 + signal.SIGINT, _nothing_written(signal.SIGINT))
+
+
+def _interrupted(
+    tmp_path: Path, after: tuple[str, str, str], number: int, out: str
+) -> subprocess.CompletedProcess:
+    """An exact rewrite of a small model to `out` that sends itself signal `number` after
+    `after` = (module, function, condition on its args) returns."""
+    source = tmp_path / "m.onnx"
+    onnx.save(CASES["gqa_expand"].model, str(source))
+    owner, attribute, when = after
+    script = SIGNAL_AFTER.replace("{owner}", owner).replace("{attribute}", attribute)
+    script = script.replace("{when}", when).replace("{name}", signal.Signals(number).name)
+    return _run(script, [str(source), "--method", "exact", "-o", out], cwd=tmp_path)
+
+
+def _nothing_written(number: int) -> str:
+    return f"attnrewrite: error: interrupted ({signal.Signals(number).name}); nothing written\n"
 
 
 def _run(script: str, argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
