@@ -59,9 +59,9 @@ def cpu_options(threads: int, arena: bool = False) -> ort.SessionOptions:
     no memory arena: a session gives its buffers back after each run, so the sessions a
     report, benchmark or plan keeps side by side fit in memory at long context (SmolLM2 at
     8k: the original peaks at 6 GB alone; a report with arenas kept 18.7 GB, a plan passed
-    24 GB). Without it every run pays the page faults of its large buffers: one attention
-    node at n = 4096 ran 1.5-3x slower than with the arena, which is how a deployed model
-    (onnxruntime's default) runs it; ``arena`` for a session timed alone and dropped."""
+    24 GB). Without it every run pays the page faults of its large buffers (one attention
+    node at n = 4096 ran 1.5-3x slower), which slows the original's whole-score attention
+    most; ``arena`` times a model as onnxruntime runs it by default."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_cpu_mem_arena = arena

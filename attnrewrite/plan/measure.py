@@ -8,12 +8,12 @@ as it will run, at a fraction of the reference's cost at long context.
 
 Costs: the same node timed on operands of the block's shapes at the target length, over one
 head and over all of them: time = fixed + per_head * heads, the fixed part being what a node
-costs whatever its width (the split penalty of a per-head plan). Timed in a session of its
-own with onnxruntime's memory arena, dropped after: a node runs in a model with its buffers
-reused, and timed without the arena the whole-score-matrix original cost 1.5-3x more at
-n = 4096 (page faults), which priced the original far above what the model measured at 8k.
-A flop count predicted conv-basis 30-80x too fast (onnxruntime's DFT) and said nothing of
-the per-node overhead. Timings differ from run to run; a cost table kept in a file
+costs whatever its width (the split penalty of a per-head plan). A flop count predicted
+conv-basis 30-80x too fast (onnxruntime's DFT) and said nothing of that overhead. Nodes are
+timed without onnxruntime's memory arena, as the whole models they are compared with in
+benchmarks/pretrained_speed.py: timed with it, nodes priced SmolLM2 plans at 2048 twice as
+fast as the models measured with it (0.53), and the plans chosen ran 0.8x the original's
+speed (benchmarks/RESULTS.md). Timings differ from run to run; a cost table kept in a file
 (`--costs`) makes plans repeatable and spares the timing on a second run.
 """
 
@@ -81,17 +81,11 @@ class Bench:
     ) -> ort.InferenceSession:
         key = (candidate.label, sig, scale, window, mask)
         if key not in self._sessions:
-            self._sessions[key] = self._node_session(candidate, sig, scale, window, mask)
-        return self._sessions[key]  # kept for the whole plan: no arena
+            self._sessions[key] = self._new_session(candidate, sig, scale, window, mask)
+        return self._sessions[key]
 
-    def _node_session(
-        self,
-        candidate: Candidate,
-        sig: Signature,
-        scale: float,
-        window: int | None,
-        mask: str,
-        arena: bool = False,
+    def _new_session(
+        self, candidate: Candidate, sig: Signature, scale: float, window: int | None, mask: str
     ) -> ort.InferenceSession:
         method = get_method(candidate.method, candidate.params)
         model = node_model(
@@ -102,7 +96,7 @@ class Bench:
             opset=self.opset,
             mask_dtype=np.dtype(mask) if mask else None,
         )
-        options = cpu_options(self.threads, arena)
+        options = cpu_options(self.threads)  # kept for the whole plan: no arena
         return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
 
     def _run(
@@ -134,7 +128,7 @@ class Bench:
         key = (
             f"{candidate.label} {block.signature.overload} heads={block.heads} "
             f"d={block.q.shape[-1]}/{block.v.shape[-1]} mask={mask} n={seq_len} "
-            f"threads={self.threads} arena"
+            f"threads={self.threads}"
         )
         if key not in self.costs:
             self.costs[key] = self._timed(candidate, block, seq_len)
@@ -142,12 +136,11 @@ class Bench:
 
     def _timed(self, candidate: Candidate, block: BlockOperands, seq_len: int) -> Cost:
         sig = dataclasses.replace(block.signature, kv_repeat=False)
-        mask = str(block.mask.dtype) if block.mask is not None else ""
-        session = self._node_session(candidate, sig, block.scale, block.window, mask, arena=True)
         times = []
         for heads in (1, block.heads):
-            feeds = dict(zip(input_names(sig), _synthetic(block, heads, seq_len), strict=True))
-            times.append(best_ms(lambda f=feeds: session.run(None, f), self.repeats))
+            operands = _synthetic(block, heads, seq_len)
+            session, feeds = self._run(candidate, block, operands, sig)
+            times.append(best_ms(lambda s=session, f=feeds: s.run(None, f), self.repeats))
         one, every = times
         per_head = max((every - one) / max(block.heads - 1, 1), 0.0)
         return Cost(max(one - per_head, 0.0), per_head)
