@@ -25,7 +25,7 @@ from attnrewrite.plan.choose import HeadChoice, measure
 from attnrewrite.plan.choose import options as head_options
 from attnrewrite.plan.evaluate import EndToEnd
 from attnrewrite.plan.measure import Bench
-from attnrewrite.plan.search import Plan, Trial, admissible, exact_plan
+from attnrewrite.plan.search import Plan, Trial, admissible, exact_plan, relative
 from attnrewrite.plan.workspace import Workspace
 from attnrewrite.progress import steps
 from attnrewrite.report.inputs import ReportInputs
@@ -256,5 +256,5 @@ def _describe(pick: HeadChoice, output: str, exact: HeadChoice) -> dict[str, obj
         "error": float(np.float64(pick.error)),
         "cost_ms": pick.cost,
         "flops": pick.flops,
-        "relative_cost": pick.cost / exact.cost,
+        "relative_cost": relative(pick.cost, exact.cost),
     }

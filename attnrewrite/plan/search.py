@@ -51,7 +51,7 @@ class Plan:
     @property
     def relative_cost(self) -> float:
         """Predicted attention time against the original attention's."""
-        return self.cost / max(self.baseline, MIN_COST_MS)
+        return relative(self.cost, self.baseline)
 
     @property
     def flops(self) -> float:
@@ -85,6 +85,11 @@ class Plan:
 Options = Sequence[Sequence[HeadChoice]]  # per head: exact first, then each candidate
 
 
+def relative(cost: float, reference: float) -> float:
+    """`cost` against `reference`, which noise can time as 0 on a tiny node."""
+    return cost / max(reference, MIN_COST_MS)
+
+
 def exact_plan(options: Options, baseline: float | None = None) -> Plan:
     """Exact attention on every head: within any budget, up to float rounding. Costs are
     relative to `baseline`, by default this plan's own cost."""
@@ -95,8 +100,7 @@ def exact_plan(options: Options, baseline: float | None = None) -> Plan:
 
 def _cheapest(choices: Sequence[HeadChoice], price: float) -> HeadChoice:
     """The choice of least cost (relative to exact's) + price * error**2."""
-    base = max(choices[0].cost, MIN_COST_MS)
-    return min(choices, key=lambda c: c.cost / base + price * c.error**2)
+    return min(choices, key=lambda c: relative(c.cost, choices[0].cost) + price * c.error**2)
 
 
 def trade_off_family(options: Options, baseline: float | None = None) -> list[Plan]:
