@@ -286,9 +286,9 @@ def _group_mask(
     by every group, since expanding it to every head copied the whole score-sized mask per
     block (the largest cost of SmolLM2's plans at 2048: 0.8 s of 4.4 s); others get a head
     axis of q_heads."""
+    shape = mask.shape  # the head axis, which the key-wise Slice below keeps
     if signature.keywise:
         mask = tape.op("Slice", [mask, _ints(tape, [-1]), _ints(tape, [2**62]), _ints(tape, [-2])])
-    shape = mask.shape
     if shape is not None and len(shape) == 4 and shape[1] in (1, q_heads):
         return mask, shape[1] != 1
     return tape.op("Expand", [mask, _ints(tape, [1, q_heads, 1, 1])]), True

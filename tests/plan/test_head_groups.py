@@ -99,3 +99,31 @@ def test_grouped_query_blocks_repeat_kv_heads_before_splitting(tmp_path) -> None
     errors = metrics.per_head(x, y, 4)
     assert errors[0] < 1e-6 and errors[2] < 1e-6
     assert errors[1] > 1e-4 and errors[3] > 1e-4
+
+
+@pytest.mark.parametrize(("mask", "split"), [("padding", False), ("bias", True)])
+def test_a_mask_is_split_by_head_only_when_it_has_heads(mask, split) -> None:
+    """A [B, 1, ., S] mask is read whole by every group (expanding it to every head copied a
+    score-sized tensor per block); a per-head bias [B, H, S, S] is split with the heads.
+    Bidirectional: a causal band is replayed into the bias, whose shape the rewrite does not
+    know, and that is still expanded."""
+    spec = LayerSpec(causal=False, heads=4, kv_heads=4, head_dim=16, mask=mask)
+    proto = attention_layer(spec)
+    model = ir.serde.deserialize_model(prepare_proto(proto))
+    found = find_attention(model)
+    exact, chunked = get_method("exact"), get_method("exact", {"chunks": 2})  # carry any bias
+    plans = {0: [HeadGroup(chunked, (3, 0)), HeadGroup(exact, (1, 2))]}
+    substitute(model, found.matches, exact, plans)
+    groups = [n for n in model.graph if n.name.endswith(("/heads0", "/heads1"))]
+    masks = [group.inputs[3] for group in groups]
+    assert len(masks) == 2
+    if split:
+        assert masks[0] is not masks[1]
+        assert [m.producer().op_type for m in masks] == ["Gather", "Gather"]
+    else:
+        assert masks[0] is masks[1]
+        producer = masks[0].producer()
+        assert producer is None or producer.op_type not in ("Expand", "Gather")
+    feeds = spec.inputs(2, 23)
+    got = _run(ir.serde.serialize_model(model), feeds)
+    assert np.abs(got - _run(proto, feeds)).max() < 1e-5
