@@ -32,7 +32,7 @@ from attnrewrite.substitute.rewrite import HeadGroup, SubstituteResult, substitu
 from attnrewrite.verify import Parity, compare
 
 MODEL_FILE = "model.onnx"
-REPORT_FILE = "rewrite.json"
+RECORD_FILE = "rewrite.json"  # the rewrite record: what was found, rewritten, refused, and why
 VERIFY_BATCHES = (2, 1)
 
 
@@ -80,7 +80,7 @@ def rewrite_model(
         if verify:
             parity = _verify(path, staging / MODEL_FILE, result, seq_len)
             report["verification"] = {"passed": _passed(parity, strict), **parity.describe()}
-        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        (staging / RECORD_FILE).write_text(json.dumps(report, indent=2) + "\n")
     summary = _summary(report, parity, out_dir, strict, seq_len)
     if parity is not None and not _passed(parity, strict):
         raise VerificationError(_failure(parity, strict, out_dir))

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.pipeline import REPORT_FILE as RECORD_FILE
+from attnrewrite.pipeline import RECORD_FILE
 from attnrewrite.substitute.rewrite import group_node_name
 
 MAX_RECORD_BYTES = 256 << 20  # a record lists every block and refusal; far below this

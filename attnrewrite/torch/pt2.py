@@ -16,6 +16,7 @@ import torch
 from attnrewrite import __version__
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import staged_directory
+from attnrewrite.pipeline import RECORD_FILE
 from attnrewrite.torch import archive
 from attnrewrite.torch.onnx_export import export_onnx
 from attnrewrite.torch.rewrite import TorchRewrite, rewrite
@@ -23,7 +24,6 @@ from attnrewrite.torch.trace import ExampleInputs
 
 PROGRAM_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
-REPORT_FILE = "rewrite.json"
 EXACT_TOLERANCE = 1e-5
 
 
@@ -84,7 +84,7 @@ def rewrite_pt2(
                 }
             except AttnRewriteError as err:
                 report["onnx"] = {"error": str(err)}
-        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (staging / RECORD_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     if method == "exact" and not parity <= EXACT_TOLERANCE:
         raise VerificationError(
             f"exact rewrite does not reproduce the program: max rel error {parity:.2e} > "
