@@ -358,15 +358,6 @@ class _Triangle:
         return b.op("Cast", o.slice(y, 0, channels, 2), to=o.dtype)
 
 
-def _pow2(b: Body, e: ir.Value) -> ir.Value:
-    power = b.op("Pow", b.const(2.0, np.float64), b.op("Cast", e, to=ir.DataType.DOUBLE))
-    return b.op("Cast", b.op("Round", power), to=ir.DataType.INT64)
-
-
-def _vec(b: Body, *scalars: ir.Value) -> ir.Value:
-    return b.op("Concat", *(b.op("Reshape", s, b.const([1])) for s in scalars), axis=0)
-
-
 def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     compute = ir.DataType.DOUBLE if sig.dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
     o = _Ops(b, compute)
