@@ -207,6 +207,7 @@ class AttentionMatch:
     runtime_factors: tuple[tuple[ir.Value, bool], ...] = ()  # (value, divide) applied to q
     nan_guard: bool = False
     float32_softmax: bool = False
+    causal_in_bias: bool = False  # the bias itself hides future keys (not an is_causal flag)
 
     @property
     def effective_scale(self) -> float:

@@ -277,6 +277,7 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         runtime_factors=tuple(runtime),
         nan_guard=candidate.nan_guard,
         float32_softmax=candidate.float32_softmax,
+        causal_in_bias=bias is not None and kind.is_causal,  # the bias replays every step
     )
 
 
@@ -541,6 +542,7 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
         additive = np.where(mask, 0.0, -np.inf) if match.bias.boolean_keep else mask
         found.append((*masks.classify(additive, q_len, kv_len), kv_len))
     kind, window = masks.merge(found)
+    hides_future = kind.is_causal  # in the mask's own values, not only the op's flag
     if match.mask.is_causal and kind in (MaskKind.NONE, MaskKind.BIAS):
         kind = MaskKind.CAUSAL if kind == MaskKind.NONE else MaskKind.CAUSAL_BIAS
     graph = evaluations.model.graph
@@ -548,7 +550,14 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     kind, window = _with_data_part(kind, window, data, data and _per_query_data([value], graph))
     kind, window, checks = _unless_unchecked(kind, window, long, q_long and k_long)
     bias = match.bias if kind.needs_tensor else None
-    return replace(match, mask=kind, window=window, bias=bias, variant=(*match.variant, *checks))
+    return replace(
+        match,
+        mask=kind,
+        window=window,
+        bias=bias,
+        variant=(*match.variant, *checks),
+        causal_in_bias=bias is not None and hides_future and kind.is_causal,
+    )
 
 
 def _refuse(candidate: Candidate, reason: str) -> Refusal:

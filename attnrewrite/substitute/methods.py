@@ -59,6 +59,8 @@ class ResolvedMethod:
         parts = [sig.overload]
         if self.name != "exact" and sig.keywise:
             parts.append("keywise")
+        if self.name == "exact" and sig.causal_in_bias:
+            parts.append("maskcausal")
         if self.method.onnx.head_dim:
             if sig.head_dim is None:
                 raise ValueError(f"{self.name} needs a static head dim; this block's is unknown")

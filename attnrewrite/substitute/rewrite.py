@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from attnrewrite.loading import default_opset
 from attnrewrite.match import AttentionMatch, Bias, Layout, Operand
-from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, Body, build_function, repeat_kv
+from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
 from attnrewrite.substitute.methods import ResolvedMethod, get_method
 from attnrewrite.substitute.signature import Signature
 
@@ -237,40 +237,72 @@ def _grouped(
 ) -> ir.Value:
     """Heads split into groups, one node per group, outputs put back in head order.
 
-    k and v are repeated to the query heads first (GQA), so every group reads its own heads;
-    a mask with heads of its own (ALiBi) is split the same way, one whose head axis is 1 is
-    read whole by every group.
+    Each group reads only its own heads: its query heads, and (GQA) the key and value heads
+    they share, taken from the unrepeated k and v (a group of whole kv groups gets those kv
+    heads once and repeats them in its node; any other group one copy per query head). A mask
+    with heads of its own (ALiBi) is split the same way, one whose head axis is 1 is read
+    whole by every group.
     """
     if match.rank != 4 or not match.q_heads:
         raise ValueError("per-head plans need rank-4 attention with a known head count")
     query, key, value, *mask = inputs
+    per_kv = 1
     if match.kv_repeat:
-        heads = Body(opset, tape)
-        key, value = repeat_kv(heads, key, query), repeat_kv(heads, value, query)
-        signature = dataclasses.replace(signature, kv_repeat=False)
+        if not match.kv_heads or match.q_heads % match.kv_heads:
+            raise ValueError("per-head plans of grouped-query attention need static head counts")
+        per_kv = match.q_heads // match.kv_heads
     split_mask = False
     if mask:
         mask[0], split_mask = _group_mask(tape, mask[0], signature, match.q_heads)
+        if signature.keywise:  # its last row alone no longer hides future keys
+            signature = dataclasses.replace(signature, causal_in_bias=False)
     outputs, order = [], []
     for index, group in enumerate(groups):
-        heads = _ints(tape, list(group.heads))
+        heads = sorted(group.heads)
+        kv_heads, repeat = _kv_heads(heads, per_kv)
+        group_sig = dataclasses.replace(signature, kv_repeat=repeat)
         picked = [
-            tape.op("Gather", [x, heads], attributes={"axis": 1}) for x in (query, key, value)
+            _heads(tape, query, heads),
+            _heads(tape, key, kv_heads),
+            _heads(tape, value, kv_heads),
         ]
         if mask and split_mask:
-            picked.append(tape.op("Gather", [mask[0], heads], attributes={"axis": 1}))
+            picked.append(_heads(tape, mask[0], heads))
         elif mask:
             picked.append(mask[0])
         group_name = group_node_name(name, index)
         outputs.append(
-            _attention_node(tape, model, match, group.method, signature, picked, opset, group_name)
+            _attention_node(tape, model, match, group.method, group_sig, picked, opset, group_name)
         )
-        order.extend(group.heads)
+        order.extend(heads)
     joined = tape.op("Concat", outputs, attributes={"axis": 1})
     inverse = [order.index(h) for h in range(len(order))]
     if inverse == list(range(len(order))):
         return joined
     return tape.op("Gather", [joined, _ints(tape, inverse)], attributes={"axis": 1})
+
+
+def _kv_heads(heads: Sequence[int], per_kv: int) -> tuple[list[int], bool]:
+    """The kv heads a group of sorted query heads reads, and whether its node repeats them:
+    whole kv groups need each kv head once; otherwise one per query head."""
+    if per_kv == 1:
+        return list(heads), False
+    whole = len(heads) % per_kv == 0 and all(
+        heads[i : i + per_kv] == list(range(heads[i], heads[i] + per_kv)) and heads[i] % per_kv == 0
+        for i in range(0, len(heads), per_kv)
+    )
+    if whole:
+        return [h // per_kv for h in heads[::per_kv]], True
+    return [h // per_kv for h in heads], False
+
+
+def _heads(tape: ir.tape.Tape, x: ir.Value, heads: Sequence[int]) -> ir.Value:
+    """x's heads (axis 1) `heads`: a Slice when they are a contiguous run, else a Gather."""
+    first = heads[0]
+    if list(heads) == list(range(first, first + len(heads))):
+        bounds = [_ints(tape, [first]), _ints(tape, [first + len(heads)]), _ints(tape, [1])]
+        return tape.op("Slice", [x, *bounds])
+    return tape.op("Gather", [x, _ints(tape, list(heads))], attributes={"axis": 1})
 
 
 def group_node_name(prefix: str, index: int) -> str:

@@ -26,6 +26,7 @@ class Signature:
     nan_guard: bool
     float32_softmax: bool
     head_dim: int | None = None  # static q/k head dim where known (sketch matrices need it)
+    causal_in_bias: bool = False  # the bias hides future keys itself: the body adds no causal mask
 
     @classmethod
     def of(cls, match: AttentionMatch) -> Signature:
@@ -39,6 +40,7 @@ class Signature:
             bias=bias,
             keywise=match.keywise,
             causal=match.mask.is_causal,
+            causal_in_bias=match.causal_in_bias and bias != "none",
             window=match.window is not None,
             kv_repeat=match.kv_repeat,
             nan_guard=match.nan_guard,

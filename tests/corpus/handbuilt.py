@@ -649,6 +649,17 @@ def onnx_attention_op() -> list[Case]:
     y = b.op("Attention", q, k, v, bias, q_num_heads=H, kv_num_heads=KVH)
     b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
     m3 = b.model(23, ir_version=11)
+
+    b = Builder("onnx_attention_op_causal_mask", seed=6)
+    x = hidden_input(b)
+    am = b.input("attention_mask", I64, [B, "S"])
+    q = linear(b, x, E, E)
+    k, v = linear(b, x, E, KVH * D), linear(b, x, E, KVH * D)
+    n = b.op("Shape", x, start=1, end=2)
+    bias = b.op("Expand", padding_bias(am)(b, q), b.op("Concat", b.ints(B, 1), n, n, axis=0))
+    y = b.op("Attention", q, k, v, bias, q_num_heads=H, kv_num_heads=KVH, is_causal=1)
+    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
+    m_causal = b.model(23, ir_version=11)
     note = "opset-23 Attention; ir_version 11 (opset 23 needs IR >= 11)"
     return [
         Case(
@@ -669,6 +680,16 @@ def onnx_attention_op() -> list[Case]:
             True,
             note + ": 3-D inputs, q_num_heads=4 kv_num_heads=2, float attn_mask "
             "(1-mask)*-1e4 expanded to [B,1,S,S]",
+        ),
+        Case(
+            "onnx_attention_op_causal_mask",
+            m_causal,
+            1,
+            expect("causal_padding", kv_heads=KVH),
+            auto_feeds(m_causal, 6),
+            True,
+            note + ": is_causal=1 and a padding attn_mask: the mask alone does not hide "
+            "future keys, the flag does",
         ),
     ]
 

@@ -81,24 +81,38 @@ def _run(proto: onnx.ModelProto, feeds: dict) -> np.ndarray:
     return ort.InferenceSession(proto.SerializeToString()).run(None, feeds)[0]
 
 
-def test_grouped_query_blocks_repeat_kv_heads_before_splitting(tmp_path) -> None:
-    """Llama's repeat_kv is folded into the match (kv_repeat): groups must see their kv heads."""
+@pytest.mark.parametrize(
+    ("approximated", "kept", "repeated"), [((3, 1), (2, 0), 0), ((2, 3), (1, 0), 2)]
+)
+def test_grouped_query_blocks_route_kv_heads(tmp_path, approximated, kept, repeated) -> None:
+    """Llama's repeat_kv is folded into the match (kv_repeat): each group must read its query
+    heads' kv heads. A group of whole kv groups (heads 0-1 share kv head 0) reads them once and
+    repeats them in its node (`repeated` such groups); others get one per query head. With
+    multipole of block >= n (exact) any wrong kv head shows as an error; with block 2 only the
+    approximated heads change."""
     path = Path(__file__).parents[1] / "corpus" / "exported" / "llama_eager_ts17.onnx"
-    model = load_model(path)
-    found = find_attention(model)
-    assert all(m.kv_repeat and (m.q_heads, m.kv_heads) == (4, 2) for m in found.matches)
-    exact, coarse = get_method("exact"), get_method("multipole", {"block": 2})
-    plans = {i: [HeadGroup(coarse, (3, 1)), HeadGroup(exact, (2, 0))] for i in range(2)}
-    result = substitute(model, found.matches, exact, plans)
-    assert all(r.fallback is None for r in result.rewritten)
-    onnx.save(ir.serde.serialize_model(model), tmp_path / "planned.onnx")
-    blocks = [r.output for r in result.rewritten]
     feeds = generate_inputs(onnx.load(str(path)), 11, batch=2)
-    x = run_with_outputs(path, feeds, blocks)[blocks[0]]
-    y = run_with_outputs(tmp_path / "planned.onnx", feeds, blocks)[blocks[0]]
-    errors = metrics.per_head(x, y, 4)
-    assert errors[0] < 1e-6 and errors[2] < 1e-6
-    assert errors[1] > 1e-4 and errors[3] > 1e-4
+    exact = get_method("exact")
+    for block, bound in ((64, 1e-6), (2, None)):
+        model = load_model(path)
+        found = find_attention(model)
+        assert all(m.kv_repeat and (m.q_heads, m.kv_heads) == (4, 2) for m in found.matches)
+        coarse = get_method("multipole", {"block": block})
+        plans = {i: [HeadGroup(coarse, approximated), HeadGroup(exact, kept)] for i in range(2)}
+        result = substitute(model, found.matches, exact, plans)
+        assert all(r.fallback is None for r in result.rewritten)
+        nodes = [n for n in model.graph if n.name and "/heads" in n.name]
+        assert sum("_gqa" in n.overload for n in nodes) == 2 * repeated
+        onnx.save(ir.serde.serialize_model(model), tmp_path / "planned.onnx")
+        blocks = [r.output for r in result.rewritten]
+        x = run_with_outputs(path, feeds, blocks)[blocks[0]]
+        y = run_with_outputs(tmp_path / "planned.onnx", feeds, blocks)[blocks[0]]
+        errors = metrics.per_head(x, y, 4)
+        if bound is not None:
+            assert max(errors) < bound
+        else:
+            assert all(errors[h] < 1e-6 for h in kept)
+            assert all(errors[h] > 1e-4 for h in approximated)
 
 
 @pytest.mark.parametrize(("mask", "split"), [("padding", False), ("bias", True)])
@@ -119,7 +133,7 @@ def test_a_mask_is_split_by_head_only_when_it_has_heads(mask, split) -> None:
     assert len(masks) == 2
     if split:
         assert masks[0] is not masks[1]
-        assert [m.producer().op_type for m in masks] == ["Gather", "Gather"]
+        assert [m.producer().op_type for m in masks] == ["Gather", "Slice"]  # heads 0,3; 1-2
     else:
         assert masks[0] is masks[1]
         producer = masks[0].producer()
