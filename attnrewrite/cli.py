@@ -149,6 +149,12 @@ def _add_gates(parser: argparse.ArgumentParser, auto: bool) -> None:
         "written back with what this run timed: plans become repeatable and skip the timing",
     )
     gates.add_argument(
+        "--no-speed-check",
+        action="store_true",
+        help="--method auto: keep the plan within budget even if the whole model does not run "
+        "faster with it than with exact attention everywhere (timed at the target length)",
+    )
+    gates.add_argument(
         "--min-top1",
         type=_fraction,
         metavar="P",
@@ -389,8 +395,8 @@ def _rewrite(args: argparse.Namespace, console: Console) -> int:
     _quiet_libraries(args.verbose)
     if args.method == "auto":
         return _run_auto(args, console)
-    if args.costs is not None:
-        raise AttnRewriteError("--costs applies to --method auto")
+    if args.costs is not None or args.no_speed_check:
+        raise AttnRewriteError("--costs and --no-speed-check apply to --method auto")
     gates = _verdict_gates(args)
     if gates.any() and not args.report:
         raise AttnRewriteError(
@@ -570,6 +576,7 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
             verify=not args.no_verify,
             verify_seq_len=args.verify_seq_len,
             costs=args.costs,
+            check_speed=not args.no_speed_check,
         )
         say(outcome.summary)
         if target is not None:

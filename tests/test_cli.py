@@ -162,6 +162,11 @@ BAD_INPUTS = {
         ["--method", "multipole", "--degree", "4"],
         "--degree does not apply to --method multipole",
     ),
+    "speed check of a single method": (
+        _gqa,
+        ["--method", "window", "--no-speed-check"],
+        "--no-speed-check apply to --method auto",
+    ),
     "unknown option": (
         _gqa,
         ["--frobnicate"],

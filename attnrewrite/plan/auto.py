@@ -4,7 +4,8 @@ calibration inputs -> split (choose | held out)
 capture each block's q, k, v, mask                 (calibrate)
 measure every candidate on every head              (choose.measure, choose.options)
 plans within budget on the choose half, cheapest first  (search, evaluate)
-the first that also holds on the held-out half; exact everywhere at worst
+the first that also holds on the held-out half and runs faster than exact attention
+everywhere, whole model at the target length (speed); exact everywhere at worst
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from attnrewrite.plan.choose import options as head_options
 from attnrewrite.plan.evaluate import EndToEnd
 from attnrewrite.plan.measure import Bench
 from attnrewrite.plan.search import Plan, Trial, admissible, exact_plan, relative
+from attnrewrite.plan.speed import Measured, SpeedCheck
 from attnrewrite.plan.workspace import Workspace
 from attnrewrite.progress import steps
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.substitute.methods import get_method
+
+MAX_TIMED = 3  # plans timed whole before exact everywhere is kept
 
 
 def check_budget(budget: float) -> None:
@@ -73,8 +77,11 @@ class Planner:
         candidates: Sequence[Candidate] | None = None,
         threads: int = 0,
         costs: Path | None = None,
+        check_speed: bool = True,
     ) -> None:
-        """`costs`: a cost table file, read where it exists and written back extended."""
+        """`costs`: a cost table file, read where it exists and written back extended;
+        `check_speed`: keep a plan only if the whole model runs faster with it than with exact
+        attention everywhere (plan.speed), timed at the target length."""
         self.path, self.calibration = path, calibration
         self.calibration_len = int(calibration.describe()["seq_len"])
         self.cost_len = seq_len or self.calibration_len
@@ -93,6 +100,7 @@ class Planner:
         del model, found  # the workspace holds the model from here on
         try:
             self._measure(usable, choose_on, held_out, threads, costs)
+            self.speed = SpeedCheck(self.workspace, self.cost_len) if check_speed else None
         except BaseException:
             self.close()
             raise
@@ -141,6 +149,8 @@ class Planner:
         rounds: list[dict[str, object]] = []
         trials: list[Trial] = []
         exact = exact_plan(self.options, self.baseline)
+        measured: Measured | None = None
+        timed = 0
         for plan in admissible(
             self.options, lambda p: self.choosing.error(p.groups()), budget, trials, self.baseline
         ):
@@ -153,8 +163,20 @@ class Planner:
                     "won": plan.won,
                 }
             )
-            if max(held.values()) <= budget or plan.key == exact.key:
-                break  # within budget on both halves, or exact everywhere (float rounding)
+            if plan.key == exact.key:
+                break  # exact everywhere: within any budget (float rounding)
+            if max(held.values()) > budget:
+                continue
+            if self.speed is None:
+                break  # within budget on both halves
+            measured = self.speed.measure(plan.groups())
+            rounds[-1]["measured"] = measured.describe()
+            if measured.faster:
+                break  # and faster than exact attention, whole model
+            measured, timed = None, timed + 1
+            if timed == MAX_TIMED:  # the next plans are predicted costlier still
+                plan, held = exact, self.checking.error(exact.groups())
+                break
         record = {
             "max_error": budget,
             "calibration_seq_len": self.calibration_len,
@@ -166,6 +188,7 @@ class Planner:
             "original_ms": self.baseline,
             "flops_removed": 1.0 - plan.flops / self.baseline_flops,
             "held_out": held,
+            "measured": None if measured is None else _measured(measured, plan, exact),
             "rounds": rounds,
             "trials": [_trial(t) for t in trials],
             "heads": [
@@ -201,8 +224,21 @@ class Planner:
             extra=extra,
             min_opset=self.min_opset,
         )
-        line = _plan_line(plan, record["held_out"])
+        line = _plan_line(plan, record)
         return RewriteOutcome(outcome.out_dir, outcome.report, outcome.summary + line)
+
+
+def _measured(measured: Measured, plan: Plan, exact: Plan) -> dict[str, object]:
+    """The kept plan's whole-model time against exact attention everywhere, and the speed-up
+    its node costs predicted: exact's measured time, less its attention's predicted time,
+    plus the plan's."""
+    predicted_ms = measured.exact_ms - exact.cost + plan.cost
+    predicted = measured.exact_ms / predicted_ms if predicted_ms > 0 else None
+    return {
+        **measured.describe(),
+        "predicted_speedup_vs_exact": predicted,
+        "measured_over_predicted": measured.speedup / predicted if predicted else None,
+    }
 
 
 def _no_body(cand: Candidate) -> str | None:
@@ -220,21 +256,40 @@ def auto_rewrite(
     verify: bool = True,
     verify_seq_len: int = VERIFY_SEQ_LEN,
     costs: Path | None = None,
+    check_speed: bool = True,
 ) -> RewriteOutcome:
     """`--method auto`: calibrate, plan for `budget`, write the rewritten model."""
     check_budget(budget)  # before calibrating, which takes a while
-    with Planner(path, calibration, seq_len, candidates, costs=costs) as planner:
+    with Planner(
+        path, calibration, seq_len, candidates, costs=costs, check_speed=check_speed
+    ) as planner:
         plan, record = planner.plan(budget)
         return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)
 
 
-def _plan_line(plan: Plan, held: Mapping[str, float]) -> str:
+def _plan_line(plan: Plan, record: Mapping[str, object]) -> str:
     won = ", ".join(f"{label} {n}" for label, n in sorted(plan.won.items(), key=lambda x: -x[1]))
-    return (
+    held = record["held_out"]
+    line = (
         f"\nplan for {len(plan.picks)} heads: {won}; predicted attention time "
         f"{plan.relative_cost:.2f}x the original's (measured per node); held-out rel L2 "
         f"{held['relative_l2']:.2g}, top-1 disagreement {held['top1_disagreement']:.1%}"
     )
+    measured = record.get("measured")
+    if measured:
+        line += (
+            f"; whole model at n={measured['seq_len']}: {measured['speedup_vs_exact']:.2f}x "
+            "faster than exact attention everywhere"
+        )
+    slower = [
+        r for r in record["rounds"] if r.get("measured") and not Measured.fast_enough(r["measured"])
+    ]
+    if slower and not measured:
+        line += (
+            f"; {len(slower)} plan(s) within budget ran no faster than exact attention "
+            "everywhere, whole model: exact kept"
+        )
+    return line
 
 
 def _trial(trial: Trial) -> dict[str, object]:

@@ -58,12 +58,13 @@ class Workspace:
         copy = ir.serde.deserialize_model(ir.serde.serialize_model(self.base))
         return copy, rebind(self.matches, self.base, copy)
 
-    def session(self, model: ir.Model) -> ort.InferenceSession:
-        """An onnxruntime (CPU) session on `model`, saved beside the shared weights."""
+    def session(self, model: ir.Model, arena: bool = False) -> ort.InferenceSession:
+        """An onnxruntime (CPU) session on `model`, saved beside the shared weights (`arena`:
+        onnxruntime's memory arena, as in its default session; off, it gives memory back)."""
         path = self.folder / f"model-{next(self._names)}.onnx"
         ir.save(model, path)
         try:
-            return cpu_session(path, self.threads)
+            return cpu_session(path, self.threads, arena)
         finally:
             path.unlink()
 

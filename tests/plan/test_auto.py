@@ -9,9 +9,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from attnrewrite.plan.auto import Planner, auto_rewrite, split_rows
+from attnrewrite.plan.auto import MAX_TIMED, Planner, auto_rewrite, split_rows
 from attnrewrite.plan.candidates import Candidate
 from attnrewrite.plan.search import COST_RESOLUTION, uniform_plans
+from attnrewrite.plan.speed import MIN_SPEEDUP, Measured, SpeedCheck
 from attnrewrite.report.build import compare_models
 from attnrewrite.report.inputs import from_text
 
@@ -37,7 +38,9 @@ def costs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("costs") / "costs.json"
 
 
-def _auto(tmp: Path, budget: float, calibration, costs: Path) -> dict:
+def _auto(tmp: Path, budget: float, calibration, costs: Path, check_speed: bool = False) -> dict:
+    """The plan for `budget`; by default without the whole-model speed check, whose outcome
+    depends on the machine's load (tested on its own below)."""
     outcome = auto_rewrite(
         MODEL,
         tmp / f"b{budget}",
@@ -46,6 +49,7 @@ def _auto(tmp: Path, budget: float, calibration, costs: Path) -> dict:
         COST_LEN,
         candidates=CANDIDATES,
         costs=costs,
+        check_speed=check_speed,
     )
     return outcome.report["auto"]
 
@@ -96,7 +100,9 @@ def test_no_single_method_within_budget_is_cheaper(calibration, costs) -> None:
     """The auto plan costs no more (within the cost resolution) than any one candidate on
     every head that meets the budget on both halves of the calibration batch."""
     budget, fitting = 0.1, 0
-    with Planner(MODEL, calibration, COST_LEN, candidates=CANDIDATES, costs=costs) as planner:
+    with Planner(
+        MODEL, calibration, COST_LEN, candidates=CANDIDATES, costs=costs, check_speed=False
+    ) as planner:
         plan, _ = planner.plan(budget)
         for uniform in uniform_plans(planner.options, planner.baseline):
             groups = uniform.groups()
@@ -106,3 +112,41 @@ def test_no_single_method_within_budget_is_cheaper(calibration, costs) -> None:
                 # plans within the cost resolution of each other are tied (most accurate first)
                 assert plan.cost <= uniform.cost * (1 + COST_RESOLUTION), uniform.origin
     assert fitting >= 1  # the comparison is not empty: some single method fits this budget
+
+
+def test_a_plan_is_kept_only_if_the_whole_model_runs_faster(tmp_path, calibration, costs) -> None:
+    """Timed whole at the target length against exact attention everywhere: the plan kept is
+    measured faster (its record says by how much and what its node costs predicted)."""
+    plan = _auto(tmp_path, 0.3, calibration, costs, check_speed=True)
+    measured = plan["measured"]
+    if measured is None:  # every plan within budget ran no faster: exact everywhere
+        assert _exact_heads(plan) == 16
+        assert any("measured" in r for r in plan["rounds"])
+    else:
+        assert measured["seq_len"] == COST_LEN
+        assert measured["speedup_vs_exact"] == pytest.approx(
+            measured["exact_ms"] / measured["plan_ms"]
+        )
+        assert measured["speedup_vs_exact"] >= MIN_SPEEDUP
+        assert measured["predicted_speedup_vs_exact"] > 1  # node costs rate it cheaper
+        assert _exact_heads(plan) < 16
+
+
+def test_plans_measured_slower_than_exact_are_dropped(calibration, costs, monkeypatch) -> None:
+    """A plan within budget that does not run faster than exact attention everywhere is not
+    kept: after MAX_TIMED such plans, exact everywhere is (zero error, chunked exact's speed)."""
+    timed = []
+
+    def slower(self, plans) -> Measured:
+        timed.append(plans)
+        return Measured(plan_ms=2.0, exact_ms=1.0, seq_len=COST_LEN, rounds=1)
+
+    monkeypatch.setattr(SpeedCheck, "measure", slower)
+    with Planner(MODEL, calibration, COST_LEN, candidates=CANDIDATES, costs=costs) as planner:
+        plan, record = planner.plan(0.3)
+    assert len(timed) == MAX_TIMED
+    assert all(any(g.method.name != "exact" for gs in p.values() for g in gs) for p in timed)
+    assert all(p.candidate.method == "exact" for p in plan.picks)
+    assert record["measured"] is None
+    assert sum("measured" in r for r in record["rounds"]) == MAX_TIMED
+    assert record["held_out"]["relative_l2"] < 1e-5
