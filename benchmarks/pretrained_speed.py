@@ -13,7 +13,8 @@ of `--repeats` rounds after a warm-up each), so load that comes and goes hits th
 For plans, the planner's prediction is checked: it times each attention node alone, so its
 predicted whole-model time is the original's measured time minus the original attention's
 predicted time plus the plan's; the table gives predicted and measured speed-ups and their
-ratio. A model whose attention scores would not fit in memory at n is skipped and says so.
+ratio, and the planner's own whole-model check of the plan against exact attention everywhere
+(plan.speed: a plan not measured faster is not kept). A model whose attention scores would not fit in memory at n is skipped and says so.
 Sessions run without onnxruntime's memory arena (timing.cpu_session), so all of a length's
 models fit side by side at 8k; `--arena` times them with it, as onnxruntime runs a model by
 default (every run then reuses its buffers instead of paying their page faults, which favours
@@ -145,6 +146,7 @@ def plan_row(path: Path, record: dict, n: int) -> dict:
         "path": path,
         "won": record["won"],
         "flops_removed": record["flops_removed"],
+        "planner_check": record.get("measured"),  # its whole-model check against exact
     }
     if record["cost_seq_len"] == n:
         row["predicted_attention_ms"] = record["predicted_ms"]
@@ -180,7 +182,8 @@ def finish(rows: list[dict], n: int, fits: bool) -> None:
 def print_table(console: Console, n: int, rows: list[dict], fits: bool) -> None:
     title = f"n = {n}, whole model" + ("" if fits else " (the original does not fit in memory)")
     table = Table(title=title)
-    for column in ("config", "ms (range)", "speed-up", "predicted", "measured/predicted", "heads"):
+    columns = ("config", "ms (range)", "speed-up", "predicted", "measured/predicted")
+    for column in (*columns, "planner: vs exact", "heads"):
         table.add_column(column)
     for r in rows:
         won = Counter({k.split("(")[0]: v for k, v in r.get("won", {}).items()})
@@ -190,9 +193,21 @@ def print_table(console: Console, n: int, rows: list[dict], fits: bool) -> None:
             f"{r['speedup']:.2f}x" if "speedup" in r else "-",
             f"{r['predicted_speedup']:.2f}x" if "predicted_speedup" in r else "",
             f"{r['measured_over_predicted']:.2f}" if "measured_over_predicted" in r else "",
+            _planner_check(r),
             ", ".join(f"{k} {v}" for k, v in r.get("won", {}).items()) if won else "",
         )
     console.print(table)
+
+
+def _planner_check(row: dict) -> str:
+    """The plan's speed-up over exact attention everywhere as the planner timed it (and as its
+    node costs predicted), before keeping it."""
+    check = row.get("planner_check")
+    if not check:
+        return ""
+    return (
+        f"{check['speedup_vs_exact']:.2f}x (predicted {check['predicted_speedup_vs_exact']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":
