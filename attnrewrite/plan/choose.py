@@ -28,6 +28,7 @@ class HeadChoice:
     cost: float  # measured ms per head at the target length (the node's fixed part apart)
     fixed: float = 0.0  # measured ms of a node of this candidate whatever its heads
     flops: float = 0.0  # attention work per head at the target length
+    split: float = 0.0  # measured ms that splitting this head's block into groups adds
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,13 @@ def options(measured: BlockOptions, bench: Bench, seq_len: int) -> list[list[Hea
     block = measured.block
     d = block.q.shape[-1]
 
+    split = bench.split_cost(block, seq_len) if block.heads > 1 else 0.0
+
     def choice(head: int, cand: Candidate, error: float, cost: Cost) -> HeadChoice:
         flops = cand.flops(seq_len, d, block.is_causal)
-        return HeadChoice(block.index, head, cand, error, cost.per_head_ms, cost.fixed_ms, flops)
+        return HeadChoice(
+            block.index, head, cand, error, cost.per_head_ms, cost.fixed_ms, flops, split
+        )
 
     exact, exact_cost = fastest_exact(bench, block, seq_len)
     per_head = []

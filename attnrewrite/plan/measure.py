@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from attnrewrite.errors import AttnRewriteError
@@ -144,6 +145,62 @@ class Bench:
         one, every = times
         per_head = max((every - one) / max(block.heads - 1, 1), 0.0)
         return Cost(max(one - per_head, 0.0), per_head)
+
+    def split_cost(self, block: BlockOperands, seq_len: int) -> float:
+        """ms that splitting `block` into two head groups adds at `seq_len`: each group's
+        copies of its q, k and v heads, and the outputs concatenated back in head order (the
+        copies substitute.rewrite writes; odd and even heads, so none is a contiguous run)."""
+        heads, kv_heads = block.heads, block.k.shape[1]
+        key = f"split heads={heads}/{kv_heads} {block.q.dtype} n={seq_len} threads={self.threads}"
+        if key not in self.costs:
+            operands = [
+                np.zeros((1, h, seq_len, x.shape[-1]), block.q.dtype)
+                for h, x in ((heads, block.q), (kv_heads, block.k), (kv_heads, block.v))
+            ]
+            session = ort.InferenceSession(
+                _split_model(heads, kv_heads, block.q.dtype).SerializeToString(),
+                cpu_options(self.threads),
+                ["CPUExecutionProvider"],
+            )
+            feeds = dict(zip(("q", "k", "v"), operands, strict=True))
+            ms = best_ms(lambda: session.run(None, feeds), self.repeats)
+            self.costs[key] = Cost(ms, 0.0)
+        return self.costs[key].fixed_ms
+
+
+def _split_model(heads: int, kv_heads: int, dtype: np.dtype) -> onnx.ModelProto:
+    """q, k, v -> two groups of heads (even, odd) gathered from each, the groups' q
+    concatenated and put back in head order (standing in for their outputs)."""
+    per_kv = heads // kv_heads
+    groups = [list(range(0, heads, 2)), list(range(1, heads, 2))]
+    order = [h for g in groups for h in g]
+    nodes, outputs, constants = [], [], {}
+
+    def const(name: str, values: list[int]) -> str:
+        constants[name] = onnx.numpy_helper.from_array(np.array(values, np.int64), name)
+        return name
+
+    for index, group in enumerate(groups):
+        picks = {"q": group, "k": [h // per_kv for h in group], "v": [h // per_kv for h in group]}
+        for name, heads_of in picks.items():
+            out = f"{name}{index}"
+            nodes.append(
+                onnx.helper.make_node("Gather", [name, const(f"i{out}", heads_of)], [out], axis=1)
+            )
+            if name != "q":
+                outputs.append(out)
+    nodes.append(onnx.helper.make_node("Concat", ["q0", "q1"], ["joined"], axis=1))
+    inverse = const("inverse", [order.index(h) for h in range(heads)])
+    nodes.append(onnx.helper.make_node("Gather", ["joined", inverse], ["out"], axis=1))
+    element = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = onnx.helper.make_graph(
+        nodes,
+        "split",
+        [onnx.helper.make_tensor_value_info(n, element, None) for n in ("q", "k", "v")],
+        [onnx.helper.make_tensor_value_info(n, element, None) for n in ("out", *outputs)],
+        initializer=list(constants.values()),
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
 
 
 def _synthetic(block: BlockOperands, heads: int, seq_len: int) -> list[np.ndarray]:

@@ -43,10 +43,14 @@ class Plan:
 
     @property
     def cost(self) -> float:
-        """Predicted attention time: every head's share, plus each node's fixed part once
-        (one node per block and candidate)."""
+        """Predicted attention time: every head's share, each node's fixed part once (one
+        node per block and candidate), and the copies of each block split into groups."""
         nodes = {(p.block, p.candidate.label): p.fixed for p in self.picks}
-        return sum(p.cost for p in self.picks) + sum(nodes.values())
+        labels: dict[int, set[str]] = defaultdict(set)
+        for pick in self.picks:
+            labels[pick.block].add(pick.candidate.label)
+        splits = {p.block: p.split for p in self.picks if len(labels[p.block]) > 1}
+        return sum(p.cost for p in self.picks) + sum(nodes.values()) + sum(splits.values())
 
     @property
     def relative_cost(self) -> float:

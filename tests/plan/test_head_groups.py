@@ -141,3 +141,23 @@ def test_a_mask_is_split_by_head_only_when_it_has_heads(mask, split) -> None:
     feeds = spec.inputs(2, 23)
     got = _run(ir.serde.serialize_model(model), feeds)
     assert np.abs(got - _run(proto, feeds)).max() < 1e-5
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(9, 3), (4, 4), (1, 1)])
+def test_the_split_priced_is_the_copies_a_plan_writes(heads, kv_heads) -> None:
+    """The model the planner times for a block's split gathers each group's q heads and their
+    kv heads and puts the q heads back in head order: run, it returns q and the right kv heads."""
+    from attnrewrite.plan.measure import _split_model
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, heads, 5, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((1, kv_heads, 5, 8)).astype(np.float32) for _ in range(2))
+    proto = _split_model(heads, kv_heads, np.dtype(np.float32))
+    out, k0, v0, k1, v1 = ort.InferenceSession(proto.SerializeToString()).run(
+        None, {"q": q, "k": k, "v": v}
+    )
+    per_kv = heads // kv_heads
+    np.testing.assert_array_equal(out, q)
+    np.testing.assert_array_equal(k0, k[:, [h // per_kv for h in range(0, heads, 2)]])
+    np.testing.assert_array_equal(v1, v[:, [h // per_kv for h in range(1, heads, 2)]])
+    assert k1.shape[1] == v0.shape[1] - (heads % 2)

@@ -118,3 +118,19 @@ def test_an_exact_head_timed_at_zero_cost_still_plans() -> None:
     family = trade_off_family(heads, baseline=0.0)
     assert [p.candidate for p in family[-1].picks] == [EXACT, EXACT]
     assert all(p.relative_cost >= 0 for p in family)
+
+
+def test_a_block_split_into_groups_pays_its_copies_once() -> None:
+    """Two heads of one block on different candidates cost the block's split (copies of q, k,
+    v and the outputs); the same candidate on both is one node and no split."""
+    heads = [
+        [
+            HeadChoice(0, head, EXACT, 0.0, 10.0, split=3.0),
+            HeadChoice(0, head, CHEAP, 0.1, 2.0, split=3.0),
+        ]
+        for head in range(2)
+    ]
+    mixed = Plan((heads[0][0], heads[1][1]), "mixed", 1.0)
+    same = Plan((heads[0][1], heads[1][1]), "same", 1.0)
+    assert mixed.cost == 10.0 + 2.0 + 3.0
+    assert same.cost == 2.0 + 2.0
