@@ -102,9 +102,27 @@ def exact_plan(options: Options, baseline: float | None = None) -> Plan:
     return Plan(picks, "exact", plan.cost if baseline is None else baseline)
 
 
-def _cheapest(choices: Sequence[HeadChoice], price: float) -> HeadChoice:
-    """The choice of least cost (relative to exact's) + price * error**2."""
-    return min(choices, key=lambda c: relative(c.cost, choices[0].cost) + price * c.error**2)
+def _objective(choice: HeadChoice, exact: HeadChoice, price: float) -> float:
+    """A head's cost relative to exact's, plus price * error**2."""
+    return relative(choice.cost, exact.cost) + price * choice.error**2
+
+
+def _block_picks(block: Options, price: float) -> list[HeadChoice]:
+    """Each head of one block its cheapest choice at `price`; but if that splits the block
+    into groups, one candidate on every head instead where that is cheaper, the split's copies
+    counted (relative to a head's exact cost, like the rest)."""
+    picks = [min(c, key=lambda x, e=c[0]: _objective(x, e, price)) for c in block]
+    if len({p.candidate.label for p in picks}) < 2:
+        return picks
+    best = sum(_objective(p, c[0], price) for p, c in zip(picks, block, strict=True))
+    best += relative(picks[0].split, block[0][0].cost)
+    common = set.intersection(*({x.candidate.label for x in c} for c in block))
+    for label in sorted(common):
+        same = [next(x for x in c if x.candidate.label == label) for c in block]
+        total = sum(_objective(p, c[0], price) for p, c in zip(same, block, strict=True))
+        if total < best:
+            best, picks = total, same
+    return picks
 
 
 def trade_off_family(options: Options, baseline: float | None = None) -> list[Plan]:
@@ -112,8 +130,14 @@ def trade_off_family(options: Options, baseline: float | None = None) -> list[Pl
     exact everywhere."""
     plans: list[Plan] = []
     exact = exact_plan(options, baseline)
+    blocks: dict[int, list[Sequence[HeadChoice]]] = defaultdict(list)
+    for choices in options:
+        blocks[choices[0].block].append(choices)
     for price in (0.0, *PRICES):
-        picks = tuple(_cheapest(choices, price) for choices in options)
+        chosen = {
+            (p.block, p.head): p for block in blocks.values() for p in _block_picks(block, price)
+        }
+        picks = tuple(chosen[c[0].block, c[0].head] for c in options)
         plan = Plan(picks, f"trade-off lambda={price:.3g}", exact.baseline)
         if not plans or plans[-1].key != plan.key:
             plans.append(plan)

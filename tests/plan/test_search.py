@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from attnrewrite.plan.candidates import EXACT, Candidate
@@ -134,3 +135,20 @@ def test_a_block_split_into_groups_pays_its_copies_once() -> None:
     same = Plan((heads[0][1], heads[1][1]), "same", 1.0)
     assert mixed.cost == 10.0 + 2.0 + 3.0
     assert same.cost == 2.0 + 2.0
+
+
+def test_the_trade_off_splits_a_block_only_where_that_pays_for_its_copies() -> None:
+    """Head 0 is cheap with CHEAP (error 0.01), head 1 is not (error 0.5): at a moderate
+    price of error the heads differ. With copies costing more than CHEAP saves on head 0,
+    that block is not split: exact on both is cheaper than paying the split."""
+    heads = [
+        [HeadChoice(0, 0, EXACT, 0.0, 10.0), HeadChoice(0, 0, CHEAP, 0.01, 2.0)],
+        [HeadChoice(0, 1, EXACT, 0.0, 10.0), HeadChoice(0, 1, CHEAP, 0.5, 2.0)],
+    ]
+    cheap_split = [[dataclasses.replace(c, split=1.0) for c in h] for h in heads]
+    dear_split = [[dataclasses.replace(c, split=12.0) for c in h] for h in heads]
+    mixed = (EXACT.label, CHEAP.label)
+    assert any(plan.key in (mixed, mixed[::-1]) for plan in trade_off_family(cheap_split))
+    family = trade_off_family(dear_split)
+    assert all(len(set(plan.key)) == 1 for plan in family)
+    assert [plan.key for plan in family] == [(CHEAP.label,) * 2, (EXACT.label,) * 2]
