@@ -14,7 +14,8 @@ For plans, the planner's prediction is checked: it times each attention node alo
 predicted whole-model time is the original's measured time minus the original attention's
 predicted time plus the plan's; the table gives predicted and measured speed-ups and their
 ratio, and the planner's own whole-model check of the plan against exact attention everywhere
-(plan.speed: a plan not measured faster is not kept). A model whose attention scores would not fit in memory at n is skipped and says so.
+(plan.speed: a plan not measured faster is not kept). A model whose attention scores would
+not fit in memory at n is skipped and says so.
 Sessions run without onnxruntime's memory arena (timing.cpu_session), so all of a length's
 models fit side by side at 8k; `--arena` times them with it, as onnxruntime runs a model by
 default (every run then reuses its buffers instead of paying their page faults, which favours
@@ -147,6 +148,9 @@ def plan_row(path: Path, record: dict, n: int) -> dict:
         "won": record["won"],
         "flops_removed": record["flops_removed"],
         "planner_check": record.get("measured"),  # its whole-model check against exact
+        "planner_timed": [  # every plan within budget it timed whole, kept or not
+            {"plan": r["plan"], **r["measured"]} for r in record["rounds"] if "measured" in r
+        ],
     }
     if record["cost_seq_len"] == n:
         row["predicted_attention_ms"] = record["predicted_ms"]
