@@ -9,6 +9,7 @@ from pathlib import Path
 from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.loading import load_proto
+from attnrewrite.memory import unmap_large_buffers
 from attnrewrite.pipeline import rewrite_model
 from attnrewrite.progress import steps
 from attnrewrite.report.blocks import read_record
@@ -106,6 +107,7 @@ def report(
     if sweep is not None and method is None:
         raise AttnRewriteError("--sweep needs the method the model was rewritten with")
     record = read_record(rewritten)  # before any sweep: one line when there is none
+    unmap_large_buffers()  # long-context runs keep only what is live (attnrewrite.memory)
     with tempfile.TemporaryDirectory() as tmp:
         sweep_part, sweep_models = None, []
         if sweep is not None and method is not None:
