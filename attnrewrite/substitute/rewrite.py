@@ -207,7 +207,9 @@ def _attention_node(
             method.build,
             method.params,
             overload,
+            tuple(method.fitted),
         )
+    fitted = [_fitted_input(model, match, f"{name}/{k}", a) for k, a in method.fitted.items()]
     attributes: dict[str, object] = {
         "scale": float(match.scale),
         "is_causal": int(match.mask.is_causal),
@@ -217,7 +219,7 @@ def _attention_node(
         attributes["window"] = int(match.window)
     return tape.op(
         method.op_type,
-        list(inputs),
+        [*inputs, *fitted],
         attributes=attributes,
         domain=DOMAIN,
         overload=overload,
@@ -271,6 +273,21 @@ def _grouped(
     if inverse == list(range(len(order))):
         return joined
     return tape.op("Gather", [joined, _ints(tape, inverse)], attributes={"axis": 1})
+
+
+def _fitted_input(model: ir.Model, match: AttentionMatch, name: str, array: np.ndarray) -> ir.Value:
+    """A calibrated node's fitted array, as an initializer of the main graph (calibration
+    captures main-graph blocks only)."""
+    if match.graph_name != "main":
+        raise ValueError("fitted parameters are written for main-graph blocks only")
+    value = ir.Value(
+        name=name,
+        type=ir.TensorType(ir.DataType.FLOAT),
+        shape=ir.Shape(array.shape),
+        const_value=ir.tensor(array),
+    )
+    model.graph.register_initializer(value)
+    return value
 
 
 def group_node_name(prefix: str, index: int) -> str:
