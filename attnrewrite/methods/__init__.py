@@ -80,7 +80,7 @@ class Param:
 class Fitted:
     """A per-head array [heads, head dim] that calibration fits to a trained model's heads
     (`attnrewrite.plan.fit`) and the node reads as an extra input; the reference takes it as
-    a keyword defaulting to None, the method's training-free form."""
+    a keyword defaulting to None, the method's training-free form, which zeros also give."""
 
     name: str
     help: str

@@ -1,7 +1,7 @@
 """`--calibrate`: a method's per-head arrays fitted to the model's heads, then the rewrite.
 
     calibration inputs -> every block's q, k, v, mask and exact output   (calibrate.capture)
-    each block's heads fitted on its operands                           (fit.fit_expansion)
+    each block's heads fitted on its operands                           (fit.fitted_arrays)
     each head's error as its node runs, default and fitted              (measure.Bench.errors)
     the model written with one calibrated node per block, the fitted arrays its initializers
 
@@ -29,15 +29,13 @@ from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, no_attention, rewrite_model
 from attnrewrite.plan.calibrate import BlockOperands, capture, plannable
 from attnrewrite.plan.candidates import Candidate
-from attnrewrite.plan.fit import ROWS, fit_expansion
+from attnrewrite.plan.fit import ROWS, fitted_arrays
 from attnrewrite.plan.measure import Bench
 from attnrewrite.plan.workspace import Workspace
 from attnrewrite.progress import steps
 from attnrewrite.report.inputs import ReportInputs
 from attnrewrite.substitute.methods import ResolvedMethod
 from attnrewrite.substitute.rewrite import HeadGroup
-
-FITTED = "expansion"  # multipole's fitted array, the only one declared so far
 
 
 def calibrated_rewrite(
@@ -50,10 +48,8 @@ def calibrated_rewrite(
 ) -> RewriteOutcome:
     """Fit `method` to every block of the model at `path` on `calibration`, write the
     rewritten model and its record into `out_dir`."""
-    if [f.name for f in method.method.fitted] != [FITTED]:
-        raise AttnRewriteError(
-            f"--calibrate fits multipole's expansion points; {method.name} has nothing to fit"
-        )
+    if not method.method.fitted:
+        raise AttnRewriteError(f"--calibrate: {method.name} has no parameters to fit")
     model = load_model(path, min_opset=method.min_opset)
     found = find_attention(model)
     if not found.matches:
@@ -97,13 +93,14 @@ def _fit_block(
 ) -> tuple[dict[str, object], HeadGroup | None]:
     """The block's fitted record and its calibrated node (None: no head gains, plain node)."""
     started = time.perf_counter()
-    expansion = fit_expansion(block, method.params)
+    arrays = fitted_arrays(method.name, method.params, block)
     seconds = time.perf_counter() - started
     candidate = Candidate(method.name, method.params)
     default = bench.errors(candidate, block)
-    error = bench.errors(candidate, block, {FITTED: expansion})
-    worse = ~(error < default)  # NaN included: such a head keeps the default
-    expansion[worse] = 0.0
+    error = bench.errors(candidate, block, arrays)
+    worse = ~(error < default)  # NaN included: such a head keeps the default (zeros)
+    for array in arrays.values():
+        array[worse] = 0.0
     error = np.where(worse, default, error)
     record = {
         "output": output,
@@ -112,11 +109,11 @@ def _fit_block(
         "error_fitted": error.tolist(),
         "kept_default": np.flatnonzero(worse).tolist(),
         "fit_seconds": seconds,
-        FITTED: expansion.tolist(),
+        **{name: array.tolist() for name, array in arrays.items()},
     }
     if worse.all():
         return record, None
-    calibrated = method.with_fitted({FITTED: expansion})
+    calibrated = method.with_fitted(arrays)
     return record, HeadGroup(calibrated, tuple(range(block.heads)))
 
 
@@ -132,13 +129,15 @@ def _record(
     error = np.concatenate([b["error_fitted"] for b in fitted]) if fitted else np.zeros(0)
     return {
         "method": {"name": method.name, "params": method.params},
-        "fitted": FITTED,
-        "fitted_input": f"the last input of each calibrated node: a float32 [heads, head dim] "
-        f"initializer '<node>/{FITTED}'; 0 rows pool as the plain method does",
+        "fitted": {f.name: f.help for f in method.method.fitted},
+        "fitted_input": "the last inputs of each calibrated node: float32 [heads, head dim] "
+        "initializers '<node>/<name>'; a row of zeros is the method without calibration",
         "objective": "relative squared error of each head's output against exact attention, "
-        f"on {ROWS} sampled query rows with a far field; L-BFGS from the head's mean query",
+        f"on {ROWS} sampled query rows with a far field, by L-BFGS from the head's mean query; "
+        f"a head the fit does not improve on {ROWS} other rows keeps its mean query",
         "calibration": calibration.describe(),
-        "seconds": seconds,
+        "seconds": seconds,  # capture, fits and error measurements
+        "fit_seconds": sum(b["fit_seconds"] for b in fitted),
         "heads": int(default.size),
         "median_error_default": float(np.median(default)) if default.size else None,
         "median_error_fitted": float(np.median(error)) if error.size else None,

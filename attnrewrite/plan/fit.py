@@ -36,6 +36,15 @@ ITERATIONS = 30  # L-BFGS iterations (on two SmolLM2 blocks at 2048, 20 did abou
 SEED = 0  # which query blocks are sampled: the same fit on the same inputs
 
 
+def fitted_arrays(
+    method: str, params: Mapping[str, object], block: BlockOperands
+) -> dict[str, np.ndarray]:
+    """The arrays `method` declares as fitted (attnrewrite.methods), fitted to `block`'s heads."""
+    if method != "multipole":
+        raise ValueError(f"{method} has no parameters to fit")
+    return {"expansion": fit_expansion(block, params)}
+
+
 def fit_expansion(
     block: BlockOperands,
     params: Mapping[str, object],

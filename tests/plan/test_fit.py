@@ -25,7 +25,9 @@ def biased_head(n: int, seed: int, heads: int = 3, d: int = 8) -> BlockOperands:
     not what the head reads."""
     direction = torch.randn(heads, 1, d, generator=torch.Generator().manual_seed(99))
     g = torch.Generator().manual_seed(seed)  # the tokens: the heads are the same in every draw
-    q = 2.0 * direction.double() + 0.5 * torch.randn(1, heads, n, d, generator=g, dtype=torch.float64)
+    q = 2.0 * direction.double() + 0.5 * torch.randn(
+        1, heads, n, d, generator=g, dtype=torch.float64
+    )
     k = torch.randn(1, heads, n, d, generator=g, dtype=torch.float64)
     v = torch.randn(1, heads, n, 4, generator=g, dtype=torch.float64)
     out = exact.attention(q, k, v, scale=SCALE, is_causal=True)
