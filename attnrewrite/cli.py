@@ -106,7 +106,7 @@ def rewrite_parser() -> argparse.ArgumentParser:
         help="fit the method's per-head parameters to the model on calibration inputs "
         "(--text/--tokenizer or --calib; at --seq-len): multipole's expansion points, written "
         "into the model beside each node; rewrite.json records each head's error, default and "
-        "fitted",
+        "fitted. With --method auto: also offer multipole fitted per head (blocks 128, 256)",
     )
     parser.add_argument(
         "--verify-seq-len",
@@ -454,10 +454,8 @@ def _rewrite(args: argparse.Namespace, console: Console) -> int:
 
 def _check_calibrate(args: argparse.Namespace) -> None:
     """--calibrate: a method with something to fit, and real calibration inputs."""
-    if args.method == "auto":
-        raise AttnRewriteError("--calibrate applies to one method; --method auto calibrates itself")
     fitted = [name for name, m in references.METHODS.items() if m.fitted]
-    if not references.METHODS[args.method].fitted:
+    if args.method != "auto" and not references.METHODS[args.method].fitted:
         raise AttnRewriteError(
             f"--calibrate fits {', '.join(fitted)}; {args.method} has no parameters to fit"
         )
@@ -608,6 +606,7 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
             verify=not args.no_verify,
             verify_seq_len=args.verify_seq_len,
             costs=args.costs,
+            fitted=args.calibrate,
         )
         say(outcome.summary)
         if target is not None:

@@ -177,10 +177,10 @@ BAD_INPUTS = {
         ["--method", "window", "--calibrate", "--text", "notes.txt"],
         "--calibrate fits multipole; window has no parameters to fit",
     ),
-    "calibrating auto": (
+    "calibrating auto without inputs": (
         _gqa,
-        ["--method", "auto", "--max-error", "0.1", "--calibrate", "--text", "notes.txt"],
-        "--calibrate applies to one method",
+        ["--method", "auto", "--max-error", "0.1", "--calibrate"],
+        "--calibrate needs calibration inputs",
     ),
     "calibration with a sweep": (
         _gqa,

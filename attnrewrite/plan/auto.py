@@ -20,7 +20,12 @@ from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, rewrite_model
 from attnrewrite.plan.calibrate import capture
-from attnrewrite.plan.candidates import ORIGINAL, Candidate, default_candidates
+from attnrewrite.plan.candidates import (
+    ORIGINAL,
+    Candidate,
+    default_candidates,
+    fitted_candidates,
+)
 from attnrewrite.plan.choose import HeadChoice, measure
 from attnrewrite.plan.choose import options as head_options
 from attnrewrite.plan.evaluate import EndToEnd
@@ -73,14 +78,16 @@ class Planner:
         candidates: Sequence[Candidate] | None = None,
         threads: int = 0,
         costs: Path | None = None,
+        fitted: bool = False,
     ) -> None:
-        """`costs`: a cost table file, read where it exists and written back extended."""
+        """`costs`: a cost table file, read where it exists and written back extended.
+        `fitted`: also offer the fitted candidates (fitted_candidates, `--calibrate`)."""
         self.path, self.calibration = path, calibration
         self.calibration_len = int(calibration.describe()["seq_len"])
         self.cost_len = seq_len or self.calibration_len
         self.candidates = tuple(
             default_candidates(self.cost_len) if candidates is None else candidates
-        )
+        ) + (fitted_candidates(self.cost_len) if fitted else ())
         usable = [c for c in self.candidates if not _no_body(c)]
         self.min_opset = max((METHODS[c.method].onnx.min_opset for c in usable), default=None)
         choose_on, held_out = split_rows(calibration)
@@ -220,10 +227,11 @@ def auto_rewrite(
     verify: bool = True,
     verify_seq_len: int = VERIFY_SEQ_LEN,
     costs: Path | None = None,
+    fitted: bool = False,
 ) -> RewriteOutcome:
     """`--method auto`: calibrate, plan for `budget`, write the rewritten model."""
     check_budget(budget)  # before calibrating, which takes a while
-    with Planner(path, calibration, seq_len, candidates, costs=costs) as planner:
+    with Planner(path, calibration, seq_len, candidates, costs=costs, fitted=fitted) as planner:
         plan, record = planner.plan(budget)
         return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)
 
@@ -253,6 +261,7 @@ def _describe(pick: HeadChoice, output: str, exact: HeadChoice) -> dict[str, obj
         "head": pick.head,
         "method": pick.candidate.method,
         "params": pick.candidate.params,
+        **({"fitted": {k: v[0].tolist() for k, v in pick.fitted.items()}} if pick.fitted else {}),
         "error": float(np.float64(pick.error)),
         "cost_ms": pick.cost,
         "flops": pick.flops,
