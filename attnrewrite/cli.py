@@ -101,6 +101,14 @@ def rewrite_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity run")
     parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit the method's per-head parameters to the model on calibration inputs "
+        "(--text/--tokenizer or --calib; at --seq-len): multipole's expansion points, written "
+        "into the model beside each node; rewrite.json records each head's error, default and "
+        "fitted. With --method auto: also offer multipole fitted per head (blocks 128, 256)",
+    )
+    parser.add_argument(
         "--verify-seq-len",
         type=_int_in(1, MAX_VERIFY_SEQ_LEN),
         default=VERIFY_SEQ_LEN,
@@ -391,6 +399,8 @@ def _rewrite(args: argparse.Namespace, console: Console) -> int:
             f"unknown method '{args.method}'; choose one of {', '.join(METHOD_NAMES)}, "
             "or auto (per head, within --max-error)"
         )
+    if args.calibrate:
+        _check_calibrate(args)
     args.model = _model_path(args.model, args)
     _quiet_libraries(args.verbose)
     if args.method == "auto":
@@ -419,13 +429,21 @@ def _rewrite(args: argparse.Namespace, console: Console) -> int:
         raise AttnRewriteError("--sweep needs --report")
     target = _target(args)
     with _output(args, out_dir, console) as (staging, say):
-        inputs = _input_choice(args).load(args.model) if args.report else None
+        wanted = args.report or args.calibrate
+        inputs = _input_choice(args).load(args.model) if wanted else None
         verify = not args.no_verify
-        outcome = rewrite_model(args.model, method, staging, verify, args.verify_seq_len)
+        if args.calibrate:
+            from attnrewrite.plan.calibrated import calibrated_rewrite
+
+            outcome = calibrated_rewrite(
+                args.model, method, staging, inputs, verify, args.verify_seq_len
+            )
+        else:
+            outcome = rewrite_model(args.model, method, staging, verify, args.verify_seq_len)
         say(outcome.summary)
         if target is not None:
             say(_compile(staging, target, args))
-        if inputs is None:
+        if not args.report:
             return 0
         result, files = report(
             args.model,
@@ -438,6 +456,24 @@ def _rewrite(args: argparse.Namespace, console: Console) -> int:
             gates=gates,
         )
         return _print_report(result, files, say)
+
+
+def _check_calibrate(args: argparse.Namespace) -> None:
+    """--calibrate: a method with something to fit, and real calibration inputs."""
+    fitted = [name for name, m in references.METHODS.items() if m.fitted]
+    if args.method != "auto" and not references.METHODS[args.method].fitted:
+        raise AttnRewriteError(
+            f"--calibrate fits {', '.join(fitted)}; {args.method} has no parameters to fit"
+        )
+    if args.model.suffix == ".pt2":
+        raise AttnRewriteError("--calibrate rewrites ONNX models; export the program to ONNX")
+    if args.inputs is None and args.text is None:
+        raise AttnRewriteError(
+            "--calibrate needs calibration inputs: --text FILE --tokenizer TOKENIZER "
+            "(or --calib NPZ)"
+        )
+    if args.sweep:
+        raise AttnRewriteError("--sweep does not apply to --calibrate (each point needs a fit)")
 
 
 @contextmanager
@@ -577,6 +613,7 @@ def _run_auto(args: argparse.Namespace, console: Console) -> int:
             verify_seq_len=args.verify_seq_len,
             costs=args.costs,
             check_speed=not args.no_speed_check,
+            fitted=args.calibrate,
         )
         say(outcome.summary)
         if target is not None:

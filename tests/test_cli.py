@@ -172,6 +172,31 @@ BAD_INPUTS = {
         ["--frobnicate"],
         "unrecognized arguments",
     ),
+    "calibration without inputs": (
+        _gqa,
+        ["--method", "multipole", "--calibrate"],
+        "--calibrate needs calibration inputs: --text FILE --tokenizer TOKENIZER",
+    ),
+    "calibrating a method with nothing to fit": (
+        _gqa,
+        ["--method", "window", "--calibrate", "--text", "notes.txt"],
+        "--calibrate fits multipole; window has no parameters to fit",
+    ),
+    "calibrating auto without inputs": (
+        _gqa,
+        ["--method", "auto", "--max-error", "0.1", "--calibrate"],
+        "--calibrate needs calibration inputs",
+    ),
+    "calibration with a sweep": (
+        _gqa,
+        ["--method", "multipole", "--calibrate", "--text", "notes.txt", "--sweep", "block=4,8"],
+        "--sweep does not apply to --calibrate",
+    ),
+    "calibration text missing": (
+        _gqa,
+        ["--method", "multipole", "--calibrate", "--text", "absent.txt", "--tokenizer", "bytes"],
+        "no such text file",
+    ),
 }
 
 

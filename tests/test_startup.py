@@ -64,6 +64,7 @@ def test_importing_the_command_line_imports_no_heavy_library() -> None:
         ("inspect", "absent.onnx"),
         ("report", "absent.onnx", "other.onnx"),
         ("x.onnx", "--method", "exact", "--frobnicate"),
+        ("x.onnx", "--method", "multipole", "--calibrate"),  # no calibration inputs
     ],
 )
 def test_version_help_and_argument_errors_import_no_heavy_library(argv: tuple[str, ...]) -> None:

@@ -76,6 +76,16 @@ class Param:
             raise ValueError(f"{name} must be at most {self.most}, got {value}")
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """A per-head array [heads, head dim] that calibration fits to a trained model's heads
+    (`attnrewrite.plan.fit`) and the node reads as an extra input; the reference takes it as
+    a keyword defaulting to None, the method's training-free form, which zeros also give."""
+
+    name: str
+    help: str
+
+
 def _no_rule(params: Mapping[str, object]) -> str | None:
     return None
 
@@ -114,6 +124,7 @@ class Method:
     by construction, with or without a causal mask (inf for exact; None when no length is, as
     for PolySketch's fitted kernel): a report at that length has not exercised the
     approximation. (A causal window is exact a little further: its sinks add keys.)
+    ``fitted``: arrays a calibrated variant reads (`Fitted`).
     """
 
     name: str
@@ -124,6 +135,7 @@ class Method:
     bidirectional: bool = True
     rule: Callable[[Mapping[str, object]], str | None] = _no_rule
     exact_up_to: Callable[[Mapping[str, object]], float | None] = lambda params: None
+    fitted: tuple[Fitted, ...] = ()
 
     @property
     def module(self) -> types.ModuleType:
@@ -173,7 +185,8 @@ class Method:
         window: int | None = None,
         **params: object,
     ) -> Tensor:
-        """Run the method with validated parameters."""
+        """Run the method with validated parameters (and fitted arrays, by name)."""
+        fitted = {f.name: params.pop(f.name) for f in self.fitted if f.name in params}
         return self.attention(
             q,
             k,
@@ -183,6 +196,7 @@ class Method:
             bias=bias,
             window=window,
             **self.resolve(params),
+            **fitted,
         )
 
 
@@ -324,6 +338,13 @@ METHODS: dict[str, Method] = {
                 else None
             ),
             exact_up_to=lambda p: 2 * p["block"],  # two blocks are all near field
+            fitted=(
+                Fitted(
+                    "expansion",
+                    "the query point u around which each far group's log-sum-exp is expanded: "
+                    "keys and values pooled with weights exp(u.k), not averaged",
+                ),
+            ),
         ),
         Method(
             "window",
@@ -368,4 +389,4 @@ def get(name: str) -> Method:
         raise ValueError(f"unknown attention method {name!r}; known: {list(METHODS)}") from None
 
 
-__all__ = ["COMMON", "METHODS", "Method", "OnnxOp", "Param", "get"]
+__all__ = ["COMMON", "METHODS", "Fitted", "Method", "OnnxOp", "Param", "get"]

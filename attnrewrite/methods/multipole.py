@@ -47,6 +47,7 @@ levels = 1: 0.082 / 0.098 on the recency head).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,177 @@ def _interaction(il: Tensor, groups: int, *, is_causal: bool, coarsest: bool) ->
     return allow if is_causal else allow | (g == il + 2) | (~odd & (g == il + 3))
 
 
+@dataclass(frozen=True)
+class Grid:
+    """One call's operands laid out for the fields: keys padded to N = block * 2^J (pooled
+    weights ``wp``, the sinks' own ``sink_w``), queries in blocks of ``block`` by their key
+    position (``qb`` [B, H, nq, m, d], key block ``kblk``, positions ``qpos``). The fields take
+    any subset of the query blocks, so a fit can evaluate a sample of them."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    kp: Tensor
+    vp: Tensor
+    wp: Tensor
+    sink_w: Tensor
+    qb: Tensor
+    kblk: Tensor
+    qpos: Tensor
+    lead: int
+    top: int
+    scale: float
+    is_causal: bool
+    block: int
+    coarse: int
+
+    @classmethod
+    def of(
+        cls,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        scale: float,
+        is_causal: bool,
+        bias: Tensor | None,
+        window: int | None,
+        block: int,
+        coarse: int,
+        levels: int,
+        sinks: int,
+    ) -> Grid:
+        check_inputs(q, k, v, bias, is_causal, window)
+        bsz, hq, sq, _ = q.shape
+        skv = k.shape[2]
+        if window_binds(skv, window):
+            raise ValueError(
+                f"multipole cannot honour a sliding window ({window}) narrower than the keys"
+                f" ({skv}): pooled groups straddle its edge; keep this block exact or use the"
+                " window method"
+            )
+        ct = compute_dtype(q.dtype)
+        key_bias, full_bias = split_bias(bias, (bsz, hq, sq, skv), ct)
+        if full_bias is not None:
+            raise ValueError(
+                "multipole pools keys into summaries, so it honours only key-wise biases"
+                " (padding masks [.., 1, Skv]); this bias varies per query: keep this block exact"
+            )
+        k, v = expand_kv(k, v, hq)
+        q, k, v = q.to(ct), k.to(ct), v.to(ct)
+        w = key_weights(key_bias, bsz, hq, skv, q)
+        sink_w = w[..., :sinks]
+        w = torch.cat([torch.zeros_like(sink_w), w[..., sinks:]], dim=-1)  # sinks: never pooled
+        m = block
+        depth = math.ceil(math.log2(math.ceil(skv / m))) if skv > m else 0
+        n_pad = m << depth
+        top = depth - 1 if levels == 0 else min(levels, depth - 1)
+
+        # Queries grouped by the key block of their position (bottom-right aligned).
+        off = skv - sq
+        lead = off % m
+        nq = math.ceil((lead + sq) / m)
+        qb = F.pad(q, (0, 0, lead, nq * m - lead - sq)).unflatten(2, (nq, m))
+        kblk = torch.arange(nq, device=q.device) + (off - lead) // m
+        if not is_causal:  # cross-attention queries before every key count as at the first one
+            kblk = kblk.clamp(min=0)
+        return cls(
+            q=q,
+            k=k,
+            v=v,
+            kp=F.pad(k, (0, 0, 0, n_pad - skv)),
+            vp=F.pad(v, (0, 0, 0, n_pad - skv)),
+            wp=F.pad(w, (0, n_pad - skv)),
+            sink_w=sink_w,
+            qb=qb,
+            kblk=kblk,
+            qpos=(kblk * m)[:, None] + torch.arange(m, device=q.device),
+            lead=lead,
+            top=top,
+            scale=scale,
+            is_causal=is_causal,
+            block=m,
+            coarse=coarse,
+        )
+
+    def near(self, chosen: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Logits and values of the near field and the sinks for query blocks ``chosen``."""
+        m, q, k, v = self.block, self.qb[:, :, chosen], self.k, self.v
+        kblk, qpos = self.kblk[chosen], self.qpos[chosen]
+        steps = (-1, 0) if self.is_causal else (-1, 0, 1)
+        blocks = self.kp.shape[2] // m
+        nidx = kblk[:, None] + torch.tensor(steps, device=q.device)
+        nvalid = (nidx >= 0) & (nidx < blocks)
+        nidx = nidx.clamp(0, blocks - 1)
+        kpos = (nidx * m)[..., None] + torch.arange(m, device=q.device)
+        near_k = self.kp.unflatten(2, (-1, m))[:, :, nidx].flatten(3, 4)
+        near_v = self.vp.unflatten(2, (-1, m))[:, :, nidx].flatten(3, 4)
+        near_w = (self.wp.unflatten(2, (-1, m))[:, :, nidx] * nvalid[..., None]).flatten(3, 4)
+        logits = [self.scale * q @ near_k.transpose(-1, -2) + near_w.log()[:, :, :, None, :]]
+        values = [near_v]
+        if self.is_causal:
+            visible = kpos.flatten(1)[:, None, :] <= qpos[:, :, None]
+            logits[0] = logits[0].masked_fill(~visible, -torch.inf)
+        sinks = self.sink_w.shape[-1]
+        if sinks:
+            sink_pos = torch.arange(sinks, device=q.device)
+            lg = self.scale * q @ k[:, :, None, :sinks].transpose(-1, -2)
+            lg = lg + self.sink_w.log()[:, :, None, None, :]
+            if self.is_causal:
+                lg = lg.masked_fill(~(sink_pos <= qpos[:, :, None]), -torch.inf)
+            logits.append(lg)
+            values.append(v[:, :, None, :sinks].expand(-1, -1, len(chosen), -1, -1))
+        return logits, values
+
+    def far(self, chosen: Tensor, expansion: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
+        """Logits and values of every level's summaries for query blocks ``chosen``, pooled
+        around ``expansion`` [Hq, d] (None: plain averages)."""
+        q, m, coarse = self.qb[:, :, chosen], self.block, self.coarse
+        weights, shift = pooling_weights(self.kp, self.wp, expansion)
+
+        def chunked(x: Tensor) -> Tensor:  # sums over chunks of block / coarse keys
+            return x.unflatten(2, (-1, m // coarse)).sum(-2)
+
+        chunk_w = chunked(weights[..., None])
+        chunk_k, chunk_v = (
+            chunked(self.kp * weights[..., None]),
+            chunked(self.vp * weights[..., None]),
+        )
+        logits, values = [], []
+        for level in range(1, self.top + 1):
+            size = m << (level - 1)
+            groups = self.kp.shape[2] // size
+
+            def pooled(x: Tensor, groups: int = groups) -> Tensor:  # a summary's chunks
+                return x.unflatten(2, (groups * coarse, -1)).sum(-2)
+
+            mass = pooled(chunk_w)[..., 0]
+            safe = torch.where(mass > 0, mass, 1.0)[..., None]
+            kbar, vbar = pooled(chunk_k) / safe, pooled(chunk_v) / safe
+            bias = mass.log() + shift
+            if expansion is not None:
+                bias = bias - (kbar @ expansion.to(kbar.dtype)[:, :, None])[..., 0]
+            il = torch.div(self.kblk[chosen], 1 << (level - 1), rounding_mode="floor")
+            allow = _interaction(il, groups, is_causal=self.is_causal, coarsest=level == self.top)
+            allow = allow.repeat_interleave(coarse, dim=1)
+            lg = self.scale * q @ kbar[:, :, None].transpose(-1, -2) + bias[:, :, None, None, :]
+            logits.append(lg.masked_fill(~allow[:, None, :], -torch.inf))
+            values.append(vbar[:, :, None].expand(-1, -1, len(chosen), -1, -1))
+        return logits, values
+
+
+def pooling_weights(k: Tensor, w: Tensor, expansion: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-key pooling weights w_j exp(u.k_j - c) [B, H, N] and the shift c [B, H, 1] (the
+    largest u.k_j of a pooled key, so no weight overflows); (w, 0) without an expansion."""
+    if expansion is None:
+        return w, torch.zeros_like(w[..., :1])
+    tilt = (k @ expansion.to(k.dtype)[:, :, None])[..., 0]  # [B, H, N]
+    pooled = torch.where(w > 0, tilt, -torch.inf)  # a sink's exp(u.k) must not overflow
+    top = pooled.amax(dim=-1, keepdim=True)
+    shift = torch.where(torch.isfinite(top), top, 0.0)
+    return w * torch.exp(pooled - shift), shift
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -89,84 +261,41 @@ def attention(
     coarse: int = 1,
     levels: int = 0,
     sinks: int = 4,
+    expansion: Tensor | None = None,
 ) -> Tensor:
     """Multipole attention; exact when every key falls in a query's near field."""
     get("multipole").validate(block=block, coarse=coarse, levels=levels, sinks=sinks)
-    check_inputs(q, k, v, bias, is_causal, window)
-    bsz, hq, sq, _ = q.shape
-    skv = k.shape[2]
-    if window_binds(skv, window):
+    check_expansion(expansion, q)
+    grid = Grid.of(
+        q,
+        k,
+        v,
+        scale=scale,
+        is_causal=is_causal,
+        bias=bias,
+        window=window,
+        block=block,
+        coarse=coarse,
+        levels=levels,
+        sinks=sinks,
+    )
+    every = torch.arange(grid.qb.shape[2], device=q.device)
+    near_logits, near_values = grid.near(every)
+    far_logits, far_values = grid.far(every, expansion)
+    logits = torch.cat([*near_logits, *far_logits], dim=-1)
+    out = masked_softmax_av(logits, torch.cat([*near_values, *far_values], dim=-2))
+    sq = q.shape[2]
+    return out.flatten(2, 3)[:, :, grid.lead : grid.lead + sq].to(q.dtype)
+
+
+def check_expansion(expansion: Tensor | None, q: Tensor) -> None:
+    """An expansion point per query head: [Hq, d], finite."""
+    if expansion is None:
+        return
+    want = (q.shape[1], q.shape[3])
+    if tuple(expansion.shape) != want:
         raise ValueError(
-            f"multipole cannot honour a sliding window ({window}) narrower than the keys ({skv}):"
-            " pooled groups straddle its edge; keep this block exact or use the window method"
+            f"expansion must be [heads, head dim] = {list(want)}, got {list(expansion.shape)}"
         )
-    ct = compute_dtype(q.dtype)
-    key_bias, full_bias = split_bias(bias, (bsz, hq, sq, skv), ct)
-    if full_bias is not None:
-        raise ValueError(
-            "multipole pools keys into summaries, so it honours only key-wise biases (padding"
-            " masks [.., 1, Skv]); this bias varies per query: keep this block exact"
-        )
-    out_dtype = q.dtype
-    k, v = expand_kv(k, v, hq)
-    q, k, v = q.to(ct), k.to(ct), v.to(ct)
-    w = key_weights(key_bias, bsz, hq, skv, q)
-    sink_w = w[..., :sinks]
-    w = torch.cat([torch.zeros_like(sink_w), w[..., sinks:]], dim=-1)  # sinks: never pooled
-    m = block
-    depth = math.ceil(math.log2(math.ceil(skv / m))) if skv > m else 0
-    n_pad = m << depth
-    top = depth - 1 if levels == 0 else min(levels, depth - 1)
-    kp = F.pad(k, (0, 0, 0, n_pad - skv))
-    vp = F.pad(v, (0, 0, 0, n_pad - skv))
-    wp = F.pad(w, (0, n_pad - skv))
-
-    # Queries grouped by the key block of their position (bottom-right aligned).
-    off = skv - sq
-    lead = off % m
-    nq = math.ceil((lead + sq) / m)
-    qb = F.pad(q, (0, 0, lead, nq * m - lead - sq)).unflatten(2, (nq, m))
-    kblk = torch.arange(nq, device=q.device) + (off - lead) // m
-    if not is_causal:  # cross-attention queries before every key count as at the first one
-        kblk = kblk.clamp(min=0)
-    qpos = (kblk * m)[:, None] + torch.arange(m, device=q.device)
-
-    steps = (-1, 0) if is_causal else (-1, 0, 1)
-    nidx = kblk[:, None] + torch.tensor(steps, device=q.device)
-    nvalid = (nidx >= 0) & (nidx < n_pad // m)
-    nidx = nidx.clamp(0, n_pad // m - 1)
-    kpos = (nidx * m)[..., None] + torch.arange(m, device=q.device)
-    near_k = kp.unflatten(2, (-1, m))[:, :, nidx].flatten(3, 4)
-    near_v = vp.unflatten(2, (-1, m))[:, :, nidx].flatten(3, 4)
-    near_w = (wp.unflatten(2, (-1, m))[:, :, nidx] * nvalid[..., None]).flatten(3, 4)
-    logits = [scale * qb @ near_k.transpose(-1, -2) + near_w.log()[:, :, :, None, :]]
-    values = [near_v]
-    if is_causal:
-        visible = kpos.flatten(1)[:, None, :] <= qpos[:, :, None]
-        logits[0] = logits[0].masked_fill(~visible, -torch.inf)
-
-    if sinks:
-        sink_pos = torch.arange(sink_w.shape[-1], device=q.device)
-        lg = scale * qb @ k[:, :, None, : sink_pos.numel()].transpose(-1, -2)
-        lg = lg + sink_w.log()[:, :, None, None, :]
-        if is_causal:
-            lg = lg.masked_fill(~(sink_pos <= qpos[:, :, None]), -torch.inf)
-        logits.append(lg)
-        values.append(v[:, :, None, : sink_pos.numel()].expand(-1, -1, nq, -1, -1))
-
-    for level in range(1, top + 1):
-        size = m << (level - 1)
-        groups = n_pad // size
-        counts = wp.unflatten(2, (groups * coarse, -1)).sum(-1)
-        safe = torch.where(counts > 0, counts, 1.0)[..., None]
-        kbar = (kp * wp[..., None]).unflatten(2, (groups * coarse, -1)).sum(-2) / safe
-        vbar = (vp * wp[..., None]).unflatten(2, (groups * coarse, -1)).sum(-2) / safe
-        il = torch.div(kblk, 1 << (level - 1), rounding_mode="floor")
-        allow = _interaction(il, groups, is_causal=is_causal, coarsest=level == top)
-        allow = allow.repeat_interleave(coarse, dim=1)
-        lg = scale * qb @ kbar[:, :, None].transpose(-1, -2) + counts.log()[:, :, None, None, :]
-        logits.append(lg.masked_fill(~allow[:, None, :], -torch.inf))
-        values.append(vbar[:, :, None].expand(-1, -1, nq, -1, -1))
-
-    out = masked_softmax_av(torch.cat(logits, dim=-1), torch.cat(values, dim=-2))
-    return out.flatten(2, 3)[:, :, lead : lead + sq].to(out_dtype)
+    if not bool(torch.isfinite(expansion).all()):
+        raise ValueError("expansion must be finite")

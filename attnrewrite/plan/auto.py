@@ -21,7 +21,12 @@ from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, rewrite_model
 from attnrewrite.plan.calibrate import capture
-from attnrewrite.plan.candidates import ORIGINAL, Candidate, default_candidates
+from attnrewrite.plan.candidates import (
+    ORIGINAL,
+    Candidate,
+    default_candidates,
+    fitted_candidates,
+)
 from attnrewrite.plan.choose import HeadChoice, measure
 from attnrewrite.plan.choose import options as head_options
 from attnrewrite.plan.evaluate import EndToEnd
@@ -78,16 +83,18 @@ class Planner:
         threads: int = 0,
         costs: Path | None = None,
         check_speed: bool = True,
+        fitted: bool = False,
     ) -> None:
         """`costs`: a cost table file, read where it exists and written back extended;
         `check_speed`: keep a plan only if the whole model runs faster with it than with exact
-        attention everywhere (plan.speed), timed at the target length."""
+        attention everywhere (plan.speed), timed at the target length; `fitted`: also offer
+        the fitted candidates (fitted_candidates, `--calibrate`)."""
         self.path, self.calibration = path, calibration
         self.calibration_len = int(calibration.describe()["seq_len"])
         self.cost_len = seq_len or self.calibration_len
         self.candidates = tuple(
             default_candidates(self.cost_len) if candidates is None else candidates
-        )
+        ) + (fitted_candidates(self.cost_len) if fitted else ())
         usable = [c for c in self.candidates if not _no_body(c)]
         self.min_opset = max((METHODS[c.method].onnx.min_opset for c in usable), default=None)
         choose_on, held_out = split_rows(calibration)
@@ -257,11 +264,18 @@ def auto_rewrite(
     verify_seq_len: int = VERIFY_SEQ_LEN,
     costs: Path | None = None,
     check_speed: bool = True,
+    fitted: bool = False,
 ) -> RewriteOutcome:
     """`--method auto`: calibrate, plan for `budget`, write the rewritten model."""
     check_budget(budget)  # before calibrating, which takes a while
     with Planner(
-        path, calibration, seq_len, candidates, costs=costs, check_speed=check_speed
+        path,
+        calibration,
+        seq_len,
+        candidates,
+        costs=costs,
+        check_speed=check_speed,
+        fitted=fitted,
     ) as planner:
         plan, record = planner.plan(budget)
         return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)
@@ -308,6 +322,7 @@ def _describe(pick: HeadChoice, output: str, exact: HeadChoice) -> dict[str, obj
         "head": pick.head,
         "method": pick.candidate.method,
         "params": pick.candidate.params,
+        **({"fitted": {k: v[0].tolist() for k, v in pick.fitted.items()}} if pick.fitted else {}),
         "error": float(np.float64(pick.error)),
         "cost_ms": pick.cost,
         "flops": pick.flops,

@@ -16,13 +16,17 @@ from attnrewrite import methods as references
 
 @dataclass(frozen=True)
 class Candidate:
+    """``fitted``: the method's per-head arrays fitted to each block's heads (plan.fit)."""
+
     method: str
     params: dict[str, int | float | str] = field(default_factory=dict)
+    fitted: bool = False
 
     @property
     def label(self) -> str:
         args = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.method}({args})" if args else self.method
+        name = f"{self.method}({args})" if args else self.method
+        return f"{name} fitted" if self.fitted else name
 
     def resolved(self) -> dict[str, object]:
         return references.get(self.method).resolve(self.params)
@@ -64,6 +68,14 @@ EXACT = Candidate("exact")
 # depends on the length (tiny-lm, 4 layers: at n = 128, 8 chunks cost 33 ms against 19; at
 # 2048, 395-510 ms against 540-810 for the whole matrix), so the planner times them all.
 EXACT_CHUNKS = tuple(Candidate("exact", {"chunks": c}) for c in (1, 4, 8, 16))
+
+
+def fitted_candidates(n: int) -> tuple[Candidate, ...]:
+    """What `--method auto --calibrate` adds: multipole with each head's expansion points
+    fitted, at the blocks SmolLM2's plans took most (fitting costs ~10 s a block each)."""
+    return tuple(
+        Candidate("multipole", {"block": s}, fitted=True) for s in (128, 256) if 4 * s <= n
+    )
 
 
 def default_candidates(n: int) -> tuple[Candidate, ...]:

@@ -8,13 +8,14 @@ there, with the reason kept for rewrite.json.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from attnrewrite.plan.calibrate import BlockOperands
 from attnrewrite.plan.candidates import EXACT_CHUNKS, ORIGINAL, Candidate
+from attnrewrite.plan.fit import fitted_arrays
 from attnrewrite.plan.measure import Bench, Cost
 from attnrewrite.substitute.methods import get_method
 
@@ -29,6 +30,7 @@ class HeadChoice:
     fixed: float = 0.0  # measured ms of a node of this candidate whatever its heads
     flops: float = 0.0  # attention work per head at the target length
     split: float = 0.0  # measured ms that splitting this head's block into groups adds
+    fitted: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)  # [1, d] rows
 
 
 @dataclass(frozen=True)
@@ -41,21 +43,25 @@ class BlockOptions:
     costs: dict[str, Cost]  # candidate label -> its node's cost on this block
     original: Cost  # attention as the exported model computes it (the whole score matrix)
     reasons: dict[str, str]  # candidate label -> why it cannot run on this block
+    fitted: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # label -> arrays
 
 
 def measure(
     bench: Bench, block: BlockOperands, candidates: Sequence[Candidate], seq_len: int
 ) -> BlockOptions:
     errors = np.full((len(candidates), block.heads), np.inf)
-    costs, reasons = {}, {}
+    costs, reasons, fitted = {}, {}, {}
     for row, cand in enumerate(candidates):
         why = get_method(cand.method, cand.params).limit(block.signature)
         if why is not None:
             reasons[cand.label] = why
             continue
         try:
-            errors[row] = bench.errors(cand, block)
+            arrays = fitted_arrays(cand.method, cand.resolved(), block) if cand.fitted else None
+            errors[row] = bench.errors(cand, block, arrays)
             costs[cand.label] = bench.cost(cand, block, seq_len)
+            if arrays is not None:
+                fitted[cand.label] = arrays
         except Exception as err:  # onnxruntime raises several types: the block keeps exact
             reasons[cand.label] = f"{cand.label} did not run: {str(err).splitlines()[0][:200]}"
             errors[row] = np.inf
@@ -66,6 +72,7 @@ def measure(
         costs,
         bench.cost(ORIGINAL, block, seq_len),
         reasons,
+        fitted,
     )
 
 
@@ -78,8 +85,9 @@ def options(measured: BlockOptions, bench: Bench, seq_len: int) -> list[list[Hea
 
     def choice(head: int, cand: Candidate, error: float, cost: Cost) -> HeadChoice:
         flops = cand.flops(seq_len, d, block.is_causal)
+        rows = {k: v[head : head + 1] for k, v in measured.fitted.get(cand.label, {}).items()}
         return HeadChoice(
-            block.index, head, cand, error, cost.per_head_ms, cost.fixed_ms, flops, split
+            block.index, head, cand, error, cost.per_head_ms, cost.fixed_ms, flops, split, rows
         )
 
     exact, exact_cost = fastest_exact(bench, block, seq_len)

@@ -45,7 +45,7 @@ class EndToEnd:
     def error(self, plans: Groups) -> dict[str, float]:
         key = tuple(
             sorted(
-                (block, g.method.name, repr(g.method.params), g.heads)
+                (block, g.method.name, repr(g.method.params), bool(g.method.fitted), g.heads)
                 for block, groups in plans.items()
                 for g in groups
             )

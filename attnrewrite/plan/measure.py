@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import onnx
 import onnxruntime as ort
 
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.methods import METHODS
 from attnrewrite.plan.calibrate import BlockOperands
 from attnrewrite.plan.candidates import Candidate
 from attnrewrite.substitute.methods import get_method
@@ -78,17 +79,31 @@ class Bench:
         os.replace(staging, path)
 
     def _session(
-        self, candidate: Candidate, sig: Signature, scale: float, window: int | None, mask: str
+        self,
+        candidate: Candidate,
+        sig: Signature,
+        scale: float,
+        window: int | None,
+        mask: str,
+        fitted: Mapping[str, np.ndarray],
     ) -> ort.InferenceSession:
-        key = (candidate.label, sig, scale, window, mask)
+        key = (candidate.label, sig, scale, window, mask, tuple(fitted))
         if key not in self._sessions:
-            self._sessions[key] = self._new_session(candidate, sig, scale, window, mask)
+            self._sessions[key] = self._new_session(candidate, sig, scale, window, mask, fitted)
         return self._sessions[key]
 
     def _new_session(
-        self, candidate: Candidate, sig: Signature, scale: float, window: int | None, mask: str
+        self,
+        candidate: Candidate,
+        sig: Signature,
+        scale: float,
+        window: int | None,
+        mask: str,
+        fitted: Mapping[str, np.ndarray],
     ) -> ort.InferenceSession:
         method = get_method(candidate.method, candidate.params)
+        if fitted:  # inputs of the model, fed per block: one session serves them all
+            method = method.with_fitted(fitted)
         model = node_model(
             method,
             sig,
@@ -106,15 +121,24 @@ class Bench:
         block: BlockOperands,
         operands: Sequence[np.ndarray],
         sig: Signature,
+        fitted: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
         mask = str(operands[3].dtype) if len(operands) > 3 else ""
-        session = self._session(candidate, sig, block.scale, block.window, mask)
-        return session, dict(zip(input_names(sig), operands, strict=True))
+        fitted = fitted or {}
+        session = self._session(candidate, sig, block.scale, block.window, mask, fitted)
+        feeds = dict(zip(input_names(sig), operands, strict=True))
+        return session, feeds | {k: np.asarray(v, np.float32) for k, v in fitted.items()}
 
-    def errors(self, candidate: Candidate, block: BlockOperands) -> np.ndarray:
-        """Relative L2 error of each head's output against exact attention, [heads]."""
+    def errors(
+        self,
+        candidate: Candidate,
+        block: BlockOperands,
+        fitted: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Relative L2 error of each head's output against exact attention, [heads]; with
+        `fitted`, of the calibrated variant reading those arrays ([heads, d])."""
         operands = [block.q, block.k, block.v] + ([block.mask] if block.mask is not None else [])
-        session, feeds = self._run(candidate, block, operands, block.signature)
+        session, feeds = self._run(candidate, block, operands, block.signature, fitted)
         out = session.run(None, feeds)[0].astype(np.float64)
         exact = block.exact.astype(np.float64)
         diff = np.linalg.norm((out - exact).transpose(1, 0, 2, 3).reshape(block.heads, -1), axis=1)
@@ -140,7 +164,12 @@ class Bench:
         times = []
         for heads in (1, block.heads):
             operands = _synthetic(block, heads, seq_len)
-            session, feeds = self._run(candidate, block, operands, sig)
+            fitted = {  # zeros cost what fitted points do: the same ops on the same shapes
+                f.name: np.zeros((heads, block.q.shape[-1]), np.float32)
+                for f in METHODS[candidate.method].fitted
+                if candidate.fitted
+            }
+            session, feeds = self._run(candidate, block, operands, sig, fitted)
             times.append(best_ms(lambda s=session, f=feeds: s.run(None, f), self.repeats))
         one, every = times
         per_head = max((every - one) / max(block.heads - 1, 1), 0.0)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnrewrite.plan.choose import HeadChoice
-from attnrewrite.substitute.methods import get_method
+from attnrewrite.substitute.methods import ResolvedMethod, get_method
 from attnrewrite.substitute.rewrite import HeadGroup
 
 MIN_COST_MS = 1e-3  # a per-head cost timed as 0 (noise on a tiny node) still divides
@@ -76,14 +76,20 @@ class Plan:
             by_block[pick.block][pick.candidate.label].append(pick)
         return {
             block: [
-                HeadGroup(
-                    get_method(same[0].candidate.method, same[0].candidate.params),
-                    tuple(p.head for p in same),
-                )
-                for same in groups.values()
+                HeadGroup(_method(same), tuple(p.head for p in same)) for same in groups.values()
             ]
             for block, groups in by_block.items()
         }
+
+
+def _method(picks: Sequence[HeadChoice]) -> ResolvedMethod:
+    """The picks' candidate, reading the fitted rows of their heads where it is fitted."""
+    method = get_method(picks[0].candidate.method, picks[0].candidate.params)
+    if not picks[0].fitted:
+        return method
+    return method.with_fitted(
+        {k: np.concatenate([p.fitted[k] for p in picks]) for k in picks[0].fitted}
+    )
 
 
 Options = Sequence[Sequence[HeadChoice]]  # per head: exact first, then each candidate

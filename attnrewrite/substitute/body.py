@@ -239,9 +239,12 @@ def build_function(
     build: BodyBuilder,
     params: Params,
     overload: str,
+    fitted: Sequence[str] = (),
 ) -> ir.Function:
-    """A model-local function `attnrewrite::op_type` for one signature (its overload)."""
+    """A model-local function `attnrewrite::op_type` for one signature (its overload);
+    `fitted` names the calibrated variant's extra inputs, after the mask."""
     names = ["query", "key", "value"] + (["mask"] if signature.bias != "none" else [])
+    names += fitted
     inputs = [ir.Value(name=name) for name in names]
     b = Body(opset)
     output = build(b, signature, inputs, params)

@@ -8,11 +8,13 @@ is `attnrewrite.substitute.<name>.build`, loaded on first use.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 from attnrewrite.errors import AttnRewriteError
@@ -23,10 +25,13 @@ from attnrewrite.substitute.signature import Signature
 
 @dataclass(frozen=True)
 class ResolvedMethod:
-    """A method with validated parameters, ready to substitute blocks."""
+    """A method with validated parameters, ready to substitute blocks; ``fitted``: the arrays
+    [heads, head dim] its calibrated variant reads (`with_fitted`), one row per head of the
+    node, which the rewrite writes as the node's initializers (empty: training-free)."""
 
     method: Method
     params: dict[str, int | float | str] = field(default_factory=dict)
+    fitted: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
 
     @property
     def name(self) -> str:
@@ -39,6 +44,22 @@ class ResolvedMethod:
     @property
     def min_opset(self) -> int:
         return self.method.onnx.min_opset
+
+    def with_fitted(self, arrays: Mapping[str, np.ndarray]) -> ResolvedMethod:
+        """This method reading `arrays`, every array its declaration names ([heads, d])."""
+        declared = [f.name for f in self.method.fitted]
+        if not declared or sorted(arrays) != sorted(declared):
+            raise ValueError(f"{self.name} reads fitted arrays {declared}, got {sorted(arrays)}")
+        checked = {name: np.ascontiguousarray(arrays[name], np.float32) for name in declared}
+        for name, array in checked.items():
+            if array.ndim != 2 or not array.size or not np.isfinite(array).all():
+                raise ValueError(f"{self.name} {name} must be a finite [heads, head dim] array")
+        return dataclasses.replace(self, fitted=checked)
+
+    def for_heads(self, heads: Sequence[int]) -> ResolvedMethod:
+        """The method on a group of a block's heads: the fitted arrays' rows of those heads."""
+        rows = list(heads)
+        return dataclasses.replace(self, fitted={k: v[rows] for k, v in self.fitted.items()})
 
     @property
     def build(self) -> BodyBuilder:
@@ -66,6 +87,8 @@ class ResolvedMethod:
                 raise ValueError(f"{self.name} needs a static head dim; this block's is unknown")
             parts.append(f"d{sig.head_dim}")
         parts += [_token(k, self.params[k]) for k in self.method.onnx.structural]
+        if self.fitted:
+            parts.append("fitted")
         return "_".join(parts)
 
     def limit(self, sig: Signature) -> str | None:

@@ -81,6 +81,8 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     m, coarse, levels = int(params["block"]), int(params["coarse"]), int(params["levels"])
     n_sinks = int(params["sinks"])
     operands = inputs[:3] if sig.dtype == F32 else [b.op("Cast", x, to=F32) for x in inputs[:3]]
+    fitted = inputs[4 if sig.bias != "none" else 3 :]  # the calibrated overload's inputs
+    expansion = fitted[0] if fitted else None  # [Hq, d] float32
     query, key, value = (to_rank4(b, x, sig.rank) for x in operands)
     if sig.kv_repeat:
         key, value = repeat_kv(b, key, query), repeat_kv(b, value, query)
@@ -215,8 +217,11 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
         )
 
     key_w, value_w = key, value
-    if weights is not None:
-        col = unsqueeze(b, weights, 3)  # [Bw, Hw, Skv, 1]
+    pool, shift = weights, None  # the weights keys are pooled with, and their shift
+    if expansion is not None:
+        pool, shift = _tilted(b, key, weights, expansion)
+    if pool is not None:
+        col = unsqueeze(b, pool, 3)  # [Bw, Hw, Skv, 1]
         key_w, value_w = b.op("Mul", key, col), b.op("Mul", value, col)
         w_sums = b.op("Squeeze", chunk_sums(col), b.const([3]))
         counts = between(prefix(w_sums, 3))  # [Bw, Hw, nq, K]
@@ -224,7 +229,19 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
         counts = b.op("Cast", b.op("Sub", ends, starts), to=F64)  # [nq, K]
     positive = b.op("Greater", counts, b.const(0.0, np.float64))
     safe = unsqueeze(b, b.op("Where", positive, counts, b.const(1.0, np.float64)), -1)
-    far_bias = unsqueeze(b, b.op("Log", b.op("Cast", counts, to=F32)), -2)  # [.., nq, 1, K]
+
+    def summaries(weighted: ir.Value) -> ir.Value:  # [B, H, nq, K, d] float32
+        return b.op("Cast", b.op("Div", between(prefix(chunk_sums(weighted), 4)), safe), to=F32)
+
+    key_means = summaries(key_w)
+    far_bias = b.op("Log", b.op("Cast", counts, to=F32))
+    if expansion is not None:  # the group's log-sum-exp expanded around u: + shift - u.kbar
+        u = b.op("Unsqueeze", expansion, b.const([0, 2, 4]))  # [1, Hq, 1, d, 1]
+        centre = b.op("Squeeze", b.op("MatMul", key_means, u), b.const([4]))  # [B, Hq, nq, K]
+        far_bias = b.op("Sub", b.op("Add", far_bias, unsqueeze(b, shift, 3)), centre)
+        heads = b.op("Concat", dims(b, key, 0, 2), b.const([1, 1, 1]), axis=0)
+        near_bias = b.op("Expand", near_bias, heads)  # [B, Hq, nq, m, S*m], as far_bias
+    far_bias = unsqueeze(b, far_bias, -2)  # [.., nq, 1, K]
     if sig.causal:
         far_bias = b.op("Expand", far_bias, b.const([1, m, 1]))
     bias = b.op("Concat", near_bias, far_bias, axis=-1)
@@ -245,15 +262,13 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
         sink_shape = b.op("Concat", lead_dims, b.const([n_sinks]), axis=0)
         bias = b.op("Concat", bias, b.op("Expand", sink_bias, sink_shape), axis=-1)
 
-    def interactions(tokens: ir.Value, weighted: ir.Value) -> ir.Value:
-        mean = b.op("Div", between(prefix(chunk_sums(weighted), 4)), safe)
-        mean = b.op("Cast", mean, to=F32)  # [B, H, nq, K, d]
-        flat = b.op("Concat", b.const([0, 0, -1]), dims(b, mean, 4, 5), axis=0)
-        bank = b.op("Concat", tokens, b.op("Reshape", mean, flat), axis=2)
+    def interactions(tokens: ir.Value, means: ir.Value) -> ir.Value:
+        flat = b.op("Concat", b.const([0, 0, -1]), dims(b, means, 4, 5), axis=0)
+        bank = b.op("Concat", tokens, b.op("Reshape", means, flat), axis=2)
         return b.op("Gather", bank, every, axis=2)  # [B, H, nq, S*m + K, d]
 
-    keys = interactions(key, key_w)
-    values = interactions(value, value_w)
+    keys = interactions(key, key_means)
+    values = interactions(value, summaries(value_w))
 
     # One softmax over near keys and summaries, one MatMul with their values.
     scaled = b.op("Mul", qb, b.float_attr("scale"))
@@ -275,6 +290,22 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     if sig.dtype != F32:
         out = b.op("Cast", out, to=sig.dtype)
     return from_rank4(b, out, sig.rank)
+
+
+def _tilted(
+    b: Body, key: ir.Value, weights: ir.Value | None, expansion: ir.Value
+) -> tuple[ir.Value, ir.Value]:
+    """Pooling weights w_j exp(u.k_j - c) [B, Hq, Skv] and the shift c [B, Hq, 1], the largest
+    u.k_j of a pooled key (0 if none), as the reference's `pooling_weights`."""
+    tilt = b.op("Squeeze", b.op("MatMul", key, unsqueeze(b, expansion, -1)), b.const([3]))
+    pooled = tilt
+    if weights is not None:
+        hidden = b.op("LessOrEqual", weights, b.const(0.0, np.float32))
+        pooled = b.op("Where", hidden, b.const(-np.inf, np.float32), tilt)
+    top = b.reduce("ReduceMax", pooled, [-1])
+    shift = b.op("Where", b.op("IsInf", top), b.const(0.0, np.float32), top)
+    tilted = b.op("Exp", b.op("Sub", pooled, shift))  # hidden keys: exp(-inf) = 0, never inf
+    return (tilted if weights is None else b.op("Mul", weights, tilted)), shift
 
 
 def _sinks(

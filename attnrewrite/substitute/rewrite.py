@@ -207,7 +207,9 @@ def _attention_node(
             method.build,
             method.params,
             overload,
+            tuple(method.fitted),
         )
+    fitted = [_fitted_input(model, match, f"{name}/{k}", a) for k, a in method.fitted.items()]
     attributes: dict[str, object] = {
         "scale": float(match.scale),
         "is_causal": int(match.mask.is_causal),
@@ -217,7 +219,7 @@ def _attention_node(
         attributes["window"] = int(match.window)
     return tape.op(
         method.op_type,
-        list(inputs),
+        [*inputs, *fitted],
         attributes=attributes,
         domain=DOMAIN,
         overload=overload,
@@ -258,7 +260,7 @@ def _grouped(
             signature = dataclasses.replace(signature, causal_in_bias=False)
     outputs, order = [], []
     for index, group in enumerate(groups):
-        heads = sorted(group.heads)
+        heads = list(group.heads)  # the order of any fitted rows the method holds
         kv_heads, repeat = _kv_heads(heads, per_kv)
         group_sig = dataclasses.replace(signature, kv_repeat=repeat)
         picked = [
@@ -283,8 +285,9 @@ def _grouped(
 
 
 def _kv_heads(heads: Sequence[int], per_kv: int) -> tuple[list[int], bool]:
-    """The kv heads a group of sorted query heads reads, and whether its node repeats them:
-    whole kv groups need each kv head once; otherwise one per query head."""
+    """The kv heads a group of query heads reads, and whether its node repeats them: whole kv
+    groups in order (the planner's groups are ascending) need each kv head once; otherwise
+    one per query head."""
     if per_kv == 1:
         return list(heads), False
     whole = len(heads) % per_kv == 0 and all(
@@ -303,6 +306,21 @@ def _heads(tape: ir.tape.Tape, x: ir.Value, heads: Sequence[int]) -> ir.Value:
         bounds = [_ints(tape, [first]), _ints(tape, [first + len(heads)]), _ints(tape, [1])]
         return tape.op("Slice", [x, *bounds])
     return tape.op("Gather", [x, _ints(tape, list(heads))], attributes={"axis": 1})
+
+
+def _fitted_input(model: ir.Model, match: AttentionMatch, name: str, array: np.ndarray) -> ir.Value:
+    """A calibrated node's fitted array, as an initializer of the main graph (calibration
+    captures main-graph blocks only)."""
+    if match.graph_name != "main":
+        raise ValueError("fitted parameters are written for main-graph blocks only")
+    value = ir.Value(
+        name=name,
+        type=ir.TensorType(ir.DataType.FLOAT),
+        shape=ir.Shape(array.shape),
+        const_value=ir.tensor(array),
+    )
+    model.graph.register_initializer(value)
+    return value
 
 
 def group_node_name(prefix: str, index: int) -> str:

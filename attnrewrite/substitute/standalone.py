@@ -1,6 +1,7 @@
 """One attention node as a model of its own: the unit the planner times and measures.
 
-    query, key, value[, mask] -> MultipoleAttention{scale, is_causal, window, params} -> output
+    query, key, value[, mask][, fitted] -> MultipoleAttention{scale, is_causal, window, params}
+      -> output
 
 The node and its function are what the rewrite writes into a model for a block of this
 signature, so running this model on a block's captured operands gives what that block would
@@ -36,13 +37,22 @@ def node_model(
     mask_dtype: np.dtype | None = None,
 ) -> onnx.ModelProto:
     """A model of one `method` node over inputs query/key/value[/mask] of signature `sig`
-    (dynamic shapes); the mask's element type is `mask_dtype`, else bool for a keep-mask and
-    the operands' type otherwise."""
+    (dynamic shapes), then the calibrated variant's fitted arrays (float32 inputs named as
+    they are, so one model serves every block); the mask's element type is `mask_dtype`, else
+    bool for a keep-mask and the operands' type otherwise."""
     overload = method.overload(sig)
+    fitted = list(method.fitted)
     function = build_function(
-        method.op_type, sig, opset, method.attributes(), method.build, method.params, overload
+        method.op_type,
+        sig,
+        opset,
+        method.attributes(),
+        method.build,
+        method.params,
+        overload,
+        fitted,
     )
-    names = input_names(sig)
+    names = input_names(sig) + fitted
     attributes: dict[str, object] = {"scale": float(scale), "is_causal": int(sig.causal)}
     if window is not None:
         attributes["window"] = int(window)
@@ -51,7 +61,10 @@ def node_model(
     )
     node.overload = overload
     operand = int(sig.dtype)
-    types: Mapping[str, int] = {"mask": _mask_type(sig, mask_dtype)}
+    types: Mapping[str, int] = {
+        "mask": _mask_type(sig, mask_dtype),
+        **dict.fromkeys(fitted, onnx.TensorProto.FLOAT),
+    }
     graph = onnx.helper.make_graph(
         [node],
         method.op_type,

@@ -37,10 +37,16 @@ SMALL_SPECS = {
 
 
 def rewrite_layer(
-    spec: LayerSpec, method: str, params: dict | None = None, opset: int = 17
+    spec: LayerSpec,
+    method: str,
+    params: dict | None = None,
+    opset: int = 17,
+    fitted: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, SubstituteResult]:
-    """The layer rewritten with `method`; checked by onnx.checker."""
+    """The layer rewritten with `method` (reading `fitted` arrays); checked by onnx.checker."""
     chosen = get_method(method, params)
+    if fitted:
+        chosen = chosen.with_fitted(fitted)
     model = ir.serde.deserialize_model(
         prepare_proto(attention_layer(spec, opset), min_opset=chosen.min_opset)
     )

@@ -23,6 +23,7 @@ from tests.bodies.harness import (
     relative_error,
     rewrite_layer,
     run_onnx,
+    session,
 )
 
 TOL = 1e-5
@@ -124,3 +125,45 @@ def test_rank3_operands(causal) -> None:
         *(x[None].double() for x in (q, k, v)), scale=0.3, is_causal=causal, block=4, coarse=2
     )[0]
     assert relative_error(ref.numpy(), run_onnx(model, feeds)) <= TOL
+
+
+def _fitted_output(spec: LayerSpec, params: dict, expansion: np.ndarray, cases) -> list:
+    """(onnxruntime output, float64 reference) of the calibrated node on each (q_len, kv_len)."""
+    proto, result = rewrite_layer(spec, "multipole", params, fitted={"expansion": expansion})
+    (block,) = result.rewritten
+    assert block.fallback is None and block.overload.endswith("_fitted")
+    runner = session(proto)
+    u = torch.from_numpy(expansion).double()
+    pairs = []
+    for q_len, kv_len in cases:
+        feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
+        expected = reference(spec, "multipole", {**params, "expansion": u}, feeds)
+        pairs.append((runner.run(None, feeds)[0], expected))
+    return pairs
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("params", ["block4", "block4_coarse2_levels2", "block4_sinks11"])
+def test_fitted_body_matches_reference(name, params) -> None:
+    """The calibrated overload (expansion points as the node's initializer) equals the
+    reference with the same points, which differ from the plain method by O(1) here."""
+    spec = SPECS[name]
+    expansion = np.random.default_rng(0).standard_normal((spec.heads, spec.head_dim))
+    pairs = _fitted_output(spec, PARAMS[params], expansion.astype(np.float32), LENGTHS)
+    for (out, expected), case in zip(pairs, LENGTHS, strict=True):
+        assert relative_error(expected, out) <= TOL, case
+    feeds = spec.inputs(2, 203, seed=203)
+    plain = reference(spec, "multipole", PARAMS[params], feeds)
+    assert relative_error(plain, pairs[2][0]) > 0.1
+
+
+@pytest.mark.parametrize("name", ["causal", "causal_padding", "bidirectional_padding_gqa"])
+def test_zero_expansion_body_is_the_plain_body(name) -> None:
+    spec = SPECS[name]
+    params = PARAMS["block4_coarse2_levels2"]
+    zeros = np.zeros((spec.heads, spec.head_dim), np.float32)
+    for (out, _), (q_len, kv_len) in zip(
+        _fitted_output(spec, params, zeros, LENGTHS), LENGTHS, strict=True
+    ):
+        feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
+        assert relative_error(_run(spec, params, feeds), out) <= 1e-6, (q_len, kv_len)

@@ -136,3 +136,71 @@ def test_sinks_keep_an_attention_sink_out_of_the_averages():
     pooled = rel_err(multipole.attention(q, k, v, scale=SCALE, is_causal=True, sinks=0), ref)
     kept = rel_err(multipole.attention(q, k, v, scale=SCALE, is_causal=True, sinks=1), ref)
     assert kept < 0.1 * pooled, (kept, pooled)
+
+
+def _expansion(hq: int = 4, d: int = 8, seed: int = 1) -> Tensor:
+    return torch.randn(hq, d, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+@pytest.mark.parametrize(("sq", "skv", "is_causal"), LAYOUTS)
+def test_a_zero_expansion_is_the_plain_method(sq, skv, is_causal):
+    q, k, v = rand_qkv(sq=sq, skv=skv)
+    bias = padding(skv, left=[3, 0], right=[0, 2])
+    kwargs = {"scale": SCALE, "is_causal": is_causal, "bias": bias, "block": 4, "coarse": 2}
+    plain = multipole.attention(q, k, v, **kwargs)
+    assert torch.equal(
+        multipole.attention(q, k, v, expansion=torch.zeros(4, 8, dtype=F64), **kwargs), plain
+    )
+
+
+@pytest.mark.parametrize(("sq", "skv", "is_causal"), LAYOUTS)
+def test_an_expansion_keeps_what_holds_by_construction(sq, skv, is_causal):
+    """Exact when every key is near, and with identical keys (the tiling is unchanged)."""
+    q, k, v = rand_qkv(sq=sq, skv=skv)
+    bias = padding(skv, left=[3, 0], right=[0, 2])
+    u = 3.0 * _expansion()
+    ref = exact.attention(q, k, v, scale=SCALE, is_causal=is_causal, bias=bias)
+    for block in (skv, (skv + 1) // 2):
+        out = multipole.attention(
+            q, k, v, scale=SCALE, is_causal=is_causal, bias=bias, block=block, expansion=u
+        )
+        assert rel_err(out, ref) < 1e-12, block
+    same = k[:, :, :1].expand_as(k)
+    ref = exact.attention(q, same, v, scale=SCALE, is_causal=is_causal, bias=bias)
+    for block, levels in itertools.product((1, 3), (0, 1)):
+        out = multipole.attention(
+            q,
+            same,
+            v,
+            scale=SCALE,
+            is_causal=is_causal,
+            bias=bias,
+            block=block,
+            levels=levels,
+            expansion=u,
+        )
+        assert rel_err(out, ref) < 1e-12, (block, levels)
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_expanding_around_the_query_itself_is_exact(is_causal):
+    """The group's log-sum-exp and softmax-weighted value, expanded around u, are exact at
+    q = u: one query per head with u = scale q gets exact attention at any block size."""
+    q, k, v = rand_qkv(b=1, sq=1, skv=64, d=8)
+    u = SCALE * q[0, :, 0]
+    ref = exact.attention(q, k, v, scale=SCALE, is_causal=is_causal)
+    plain = multipole.attention(q, k, v, scale=SCALE, is_causal=is_causal, block=4)
+    out = multipole.attention(q, k, v, scale=SCALE, is_causal=is_causal, block=4, expansion=u)
+    assert rel_err(plain, ref) > 0.05
+    assert rel_err(out, ref) < 1e-12
+
+
+def test_an_expansion_of_the_wrong_shape_raises():
+    q, k, v = rand_qkv()
+    for bad in (torch.zeros(3, 8, dtype=F64), torch.zeros(4, 7, dtype=F64)):
+        with pytest.raises(ValueError, match="expansion must be"):
+            multipole.attention(q, k, v, scale=1.0, is_causal=True, expansion=bad)
+    with pytest.raises(ValueError, match="finite"):
+        multipole.attention(
+            q, k, v, scale=1.0, is_causal=True, expansion=torch.full((4, 8), torch.nan, dtype=F64)
+        )

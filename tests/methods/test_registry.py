@@ -33,7 +33,12 @@ def test_parameters_mirror_the_signatures():
     for method in METHODS.values():
         sig = inspect.signature(method.attention).parameters
         hints = typing.get_type_hints(method.attention)
-        assert [p.name for p in method.params] == [n for n in sig if n not in COMMON]
+        fitted = [f.name for f in method.fitted]
+        assert [p.name for p in method.params] == [
+            n for n in sig if n not in COMMON and n not in fitted
+        ]
+        assert all(sig[name].default is None for name in fitted)
+        assert fitted == [n for n in sig if n in fitted]  # in the declared order
         for p in method.params:
             assert p.default == sig[p.name].default
             assert hints[p.name] is p.kind and isinstance(p.default, p.kind) and p.help

@@ -82,7 +82,8 @@ def _run(proto: onnx.ModelProto, feeds: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("approximated", "kept", "repeated"), [((3, 1), (2, 0), 0), ((2, 3), (1, 0), 2)]
+    ("approximated", "kept", "repeated"),
+    [((3, 1), (2, 0), 0), ((2, 3), (0, 1), 2), ((2, 3), (1, 0), 1)],
 )
 def test_grouped_query_blocks_route_kv_heads(tmp_path, approximated, kept, repeated) -> None:
     """Llama's repeat_kv is folded into the match (kv_repeat): each group must read its query

@@ -1,0 +1,75 @@
+"""`--calibrate` on the trained example: every head fitted and recorded, the fitted points
+written as the nodes' initializers, and the model closer to the original on text it did not
+see than plain multipole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from attnrewrite.pipeline import MODEL_FILE, RECORD_FILE, rewrite_model
+from attnrewrite.plan.calibrated import calibrated_rewrite
+from attnrewrite.report.inputs import from_text
+from attnrewrite.substitute.methods import get_method
+
+MODEL = Path(__file__).parents[2] / "examples" / "tiny_lm" / "tiny-lm.onnx"
+SOURCE = Path(json.__file__).parent  # Python source, as the model was trained on
+SEQ_LEN = 256
+METHOD = get_method("multipole", {"block": 16})
+
+
+def _text(name: str):
+    return from_text(onnx.load(str(MODEL)), SOURCE / name, "bytes", SEQ_LEN, batch=1)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("calibrated") / "out"
+    calibrated_rewrite(MODEL, METHOD, out, _text("decoder.py"))
+    return out
+
+
+def test_every_head_is_fitted_and_recorded(calibrated) -> None:
+    record = json.loads((calibrated / RECORD_FILE).read_text())["calibration"]
+    assert record["method"] == {"name": "multipole", "params": METHOD.params}
+    assert record["heads"] == 16 and len(record["blocks"]) == 4
+    for block in record["blocks"]:
+        default, fitted = np.array(block["error_default"]), np.array(block["error_fitted"])
+        assert (fitted <= default).all()  # a head that would lose keeps the default
+        kept = np.array(block["expansion"])[block["kept_default"]]
+        assert not kept.any()
+    assert record["median_error_fitted"] < 0.95 * record["median_error_default"]
+
+
+def test_the_fitted_points_are_the_nodes_initializers(calibrated) -> None:
+    model = onnx.load(str(calibrated / MODEL_FILE))
+    record = json.loads((calibrated / RECORD_FILE).read_text())["calibration"]
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "MultipoleAttention"]
+    assert len(nodes) == 4
+    for node, block in zip(nodes, record["blocks"], strict=True):
+        assert node.overload.endswith("_fitted") and node.input[-1].endswith("/expansion")
+        np.testing.assert_array_equal(initializers[node.input[-1]], block["expansion"])
+    (function,) = {f.overload: f for f in model.functions}.values()
+    assert list(function.input)[-1] == "expansion"
+
+
+def test_closer_to_the_original_on_unseen_text_than_plain_multipole(calibrated, tmp_path) -> None:
+    plain = tmp_path / "plain"
+    rewrite_model(MODEL, METHOD, plain, verify=False)
+    feeds = _text("encoder.py").feeds
+
+    def logits(path: Path) -> np.ndarray:
+        return ort.InferenceSession(str(path)).run(None, feeds)[0]
+
+    original = logits(MODEL)
+
+    def error(path: Path) -> float:
+        return float(np.linalg.norm(logits(path) - original) / np.linalg.norm(original))
+
+    assert error(calibrated / MODEL_FILE) < 0.95 * error(plain / MODEL_FILE)
