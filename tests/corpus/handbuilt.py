@@ -638,28 +638,22 @@ def onnx_attention_op() -> list[Case]:
     out_proj(b, b.op("Attention", q, k, v, is_causal=1))
     m4 = b.model(23, ir_version=11)
 
-    b = Builder("onnx_attention_op_3d", seed=6)
-    x = hidden_input(b)
-    am = b.input("attention_mask", I64, [B, "S"])
-    q = linear(b, x, E, E)
-    k, v = linear(b, x, E, KVH * D), linear(b, x, E, KVH * D)
-    # ORT needs attn_mask[-2] == q length (no broadcast on the query axis): expand to [B,1,S,S]
-    n = b.op("Shape", x, start=1, end=2)
-    bias = b.op("Expand", padding_bias(am)(b, q), b.op("Concat", b.ints(B, 1), n, n, axis=0))
-    y = b.op("Attention", q, k, v, bias, q_num_heads=H, kv_num_heads=KVH)
-    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
-    m3 = b.model(23, ir_version=11)
+    def masked_3d(name: str, is_causal: int) -> onnx.ModelProto:
+        b = Builder(name, seed=6)
+        x = hidden_input(b)
+        am = b.input("attention_mask", I64, [B, "S"])
+        q = linear(b, x, E, E)
+        k, v = linear(b, x, E, KVH * D), linear(b, x, E, KVH * D)
+        # ORT needs attn_mask[-2] == q length (no broadcast on the query axis): [B,1,S,S]
+        n = b.op("Shape", x, start=1, end=2)
+        bias = b.op("Expand", padding_bias(am)(b, q), b.op("Concat", b.ints(B, 1), n, n, axis=0))
+        heads = {"q_num_heads": H, "kv_num_heads": KVH}
+        y = b.op("Attention", q, k, v, bias, **heads, **({"is_causal": 1} if is_causal else {}))
+        b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
+        return b.model(23, ir_version=11)
 
-    b = Builder("onnx_attention_op_causal_mask", seed=6)
-    x = hidden_input(b)
-    am = b.input("attention_mask", I64, [B, "S"])
-    q = linear(b, x, E, E)
-    k, v = linear(b, x, E, KVH * D), linear(b, x, E, KVH * D)
-    n = b.op("Shape", x, start=1, end=2)
-    bias = b.op("Expand", padding_bias(am)(b, q), b.op("Concat", b.ints(B, 1), n, n, axis=0))
-    y = b.op("Attention", q, k, v, bias, q_num_heads=H, kv_num_heads=KVH, is_causal=1)
-    b.output(b.op("MatMul", y, b.weight(E, E), _out="y"), F32, [B, "S", E])
-    m_causal = b.model(23, ir_version=11)
+    m3 = masked_3d("onnx_attention_op_3d", is_causal=0)
+    m_causal = masked_3d("onnx_attention_op_causal_mask", is_causal=1)
     note = "opset-23 Attention; ir_version 11 (opset 23 needs IR >= 11)"
     return [
         Case(
