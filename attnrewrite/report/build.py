@@ -72,11 +72,17 @@ def latencies(
     paths: Sequence[Path], feeds: Mapping[str, np.ndarray], repeats: int, threads: int
 ) -> list[dict[str, object]]:
     """Per model its median and its fastest and slowest run (ms), every model timed in the
-    same rounds (timing.interleaved_ms); a path given twice is one model, timed once."""
+    same rounds (timing.interleaved_ms); a path given twice is one model, timed once.
+
+    The sessions keep onnxruntime's memory pattern, which sets a long-context report's peak:
+    from its second run a session takes one block for all of a run's planned tensors and
+    holds it through the run (SmolLM2's original at n = 8192: 6.6 GiB above the sessions,
+    5.1 without the pattern). Without it the multipole rewrite ran 1.6x slower at n = 2048."""
     unique = list(dict.fromkeys(paths))
     runs = []
     for path in unique:
         session = cpu_session(path, threads)
+        release_freed()  # what building it freed: at long context the runs need it
         runs.append(functools.partial(session.run, None, session_feeds(session, feeds)))
     stats = {
         path: {"median_ms": float(np.median(times)), "range_ms": [min(times), max(times)]}
