@@ -14,7 +14,8 @@ pretrained_<n>.json. `--plans` scores auto rewrites made before (by `attnrewrite
 auto` or at another length: how a plan chosen at 2k holds at 8k) instead of planning at n;
 `--methods` picks the single methods; `--calibrate` adds, for each of them that has fitted
 parameters (multipole), the method fitted per head on the calibration text at n (`attnrewrite
---calibrate`), with the time the fit took; `--budgets` with no value skips the planner.
+--calibrate`), with the time the fit took, and offers the planner fitted multipole too
+(`--method auto --calibrate`); `--budgets` with no value skips the planner.
 """
 
 from __future__ import annotations
@@ -166,7 +167,9 @@ def main() -> None:
             elif args.budgets:
                 calibration = from_text(signature, calibration_text, str(args.tokenizer), n, 2)
                 started = time.perf_counter()
-                with Planner(args.model, calibration, costs=args.costs) as planner:
+                with Planner(
+                    args.model, calibration, costs=args.costs, fitted=args.calibrate
+                ) as planner:
                     planned = time.perf_counter() - started
                     for budget in args.budgets:
                         plan, record = planner.plan(budget)
