@@ -12,7 +12,10 @@ KL(original || rewritten), perplexity, share of the original attention's flops r
 plan's heads per method. Prints a table per length and writes benchmarks/results/
 pretrained_<n>.json. `--plans` scores auto rewrites made before (by `attnrewrite --method
 auto` or at another length: how a plan chosen at 2k holds at 8k) instead of planning at n;
-`--methods` picks the single methods.
+`--methods` picks the single methods; `--calibrate` adds, for each of them that has fitted
+parameters (multipole), the method fitted per head on the calibration text at n (`attnrewrite
+--calibrate`), with the time the fit took, and offers the planner fitted multipole too
+(`--method auto --calibrate`); `--budgets` with no value skips the planner.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from rich.console import Console
 from rich.table import Table
 
 from attnrewrite.loading import load_model
+from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import MODEL_FILE, rewrite_model
 from attnrewrite.plan.auto import Planner
+from attnrewrite.plan.calibrated import calibrated_rewrite
 from attnrewrite.plan.candidates import ORIGINAL, Candidate
 from attnrewrite.report.inputs import ReportInputs, from_text
 from attnrewrite.report.metrics import logits_metrics, relative_l2
@@ -98,7 +103,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=EXAMPLE / "smollm2.onnx")
     parser.add_argument("--tokenizer", type=Path, default=EXAMPLE / "tokenizer.json")
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096])
-    parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--budgets", type=float, nargs="*", default=list(BUDGETS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--costs", type=Path, help="the planner's cost table (kept between runs)")
     parser.add_argument(
@@ -106,6 +111,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--plans", type=Path, nargs="+", help="auto rewrites to score instead of planning at n"
+    )
+    parser.add_argument(
+        "--calibrate", action="store_true", help="also each method fitted per head at n"
     )
     parser.add_argument(
         "--save-plans", type=Path, help="keep the auto rewrites here (for pretrained_speed --plans)"
@@ -139,6 +147,16 @@ def main() -> None:
                     }
                 )
                 console.print(rows[-1])
+                if args.calibrate and METHODS[cand.method].fitted:
+                    calibration = from_text(signature, calibration_text, str(args.tokenizer), n, 1)
+                    kept = (args.save_plans or Path(tmp)) / f"{n}-{cand.label}-calibrated"
+                    rows.append(
+                        calibrated_row(
+                            args.model, cand, kept, calibration, held, reference, args.threads
+                        )
+                    )
+                    rows[-1]["flops_removed"] = rows[-2]["flops_removed"]
+                    console.print(rows[-1])
             if args.plans:
                 for folder in args.plans:
                     record = plan_record(folder)
@@ -146,10 +164,12 @@ def main() -> None:
                         plan_row(record, n, reference, folder / MODEL_FILE, held, args.threads)
                     )
                     console.print(rows[-1])
-            else:
+            elif args.budgets:
                 calibration = from_text(signature, calibration_text, str(args.tokenizer), n, 2)
                 started = time.perf_counter()
-                with Planner(args.model, calibration, costs=args.costs) as planner:
+                with Planner(
+                    args.model, calibration, costs=args.costs, fitted=args.calibrate
+                ) as planner:
                     planned = time.perf_counter() - started
                     for budget in args.budgets:
                         plan, record = planner.plan(budget)
@@ -164,6 +184,32 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             result = {"benchmark": "pretrained", "model": str(args.model), "n": n, "rows": rows}
             (args.out / f"pretrained_{n}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def calibrated_row(
+    model: Path,
+    cand: Candidate,
+    folder: Path,
+    calibration: ReportInputs,
+    held: ReportInputs,
+    reference: np.ndarray,
+    threads: int,
+) -> dict:
+    """`cand` fitted per head on `calibration` (written into `folder`), scored on `held`."""
+    started = time.perf_counter()
+    method = get_method(cand.method, cand.params)
+    outcome = calibrated_rewrite(model, method, folder, calibration, verify=False)
+    fit = outcome.report["calibration"]
+    return {
+        "config": f"{cand.label} calibrated",
+        "kept_exact_blocks": outcome.report["summary"]["kept_exact"],
+        "calibration_s": time.perf_counter() - started,
+        "capture_fit_measure_s": fit["seconds"],
+        "fit_s": fit["fit_seconds"],
+        "median_head_error_default": fit["median_error_default"],
+        "median_head_error_fitted": fit["median_error_fitted"],
+        **scores(reference, folder / MODEL_FILE, held, threads),
+    }
 
 
 def plan_row(

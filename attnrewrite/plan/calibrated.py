@@ -8,10 +8,11 @@
 A head whose fitted error on the calibration inputs is not below its default error keeps the
 default (expansion 0), so calibration never makes a head worse on the inputs it saw; a block
 where no head gains keeps the plain node. Blocks the method cannot take stay exact, as without
---calibrate; blocks calibration does not capture (inside functions, rank 3) get the plain
-method. rewrite.json's "calibration" records every fitted block: its fitted array, and each
-head's relative L2 error, default and fitted, on the calibration inputs (the numbers a report
-should show per head beside the end-to-end ones).
+--calibrate; blocks calibration does not capture (inside functions, rank 3) or whose fit fails
+get the plain method, with the reason in the record. rewrite.json's "calibration" records
+every fitted block: its fitted array, and each head's relative L2 error, default and fitted,
+on the calibration inputs (the numbers a report should show per head beside the end-to-end
+ones).
 """
 
 from __future__ import annotations
@@ -63,15 +64,18 @@ def calibrated_rewrite(
         fitted, plans, refused = [], {}, {}
         with steps("fitting heads", len(captured)) as advance:
             for block in captured:
+                output = workspace.matches[block.index].describe()["output"]
                 why = method.limit(block.signature)
+                try:
+                    if why is None:
+                        record, group = _fit_block(bench, method, block, output)
+                        fitted.append(record)
+                        if group is not None:
+                            plans[block.index] = [group]
+                except Exception as err:  # torch and onnxruntime raise many types
+                    why = f"not calibrated ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
                 if why is not None:
-                    refused[workspace.matches[block.index].describe()["output"]] = why
-                else:
-                    output = workspace.matches[block.index].describe()["output"]
-                    record, group = _fit_block(bench, method, block, output)
-                    fitted.append(record)
-                    if group is not None:
-                        plans[block.index] = [group]
+                    refused[output] = why  # the plain method, or exact where it cannot run
                 advance(f"block {block.index}")
     seconds = time.perf_counter() - started
     record = _record(method, calibration, fitted, refused, found.matches, seconds)

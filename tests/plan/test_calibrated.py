@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from attnrewrite.pipeline import MODEL_FILE, RECORD_FILE, rewrite_model
+from attnrewrite.plan import calibrated as calibration
 from attnrewrite.plan.calibrated import calibrated_rewrite
 from attnrewrite.report.inputs import from_text
 from attnrewrite.substitute.methods import get_method
@@ -73,3 +74,22 @@ def test_closer_to_the_original_on_unseen_text_than_plain_multipole(calibrated, 
         return float(np.linalg.norm(logits(path) - original) / np.linalg.norm(original))
 
     assert error(calibrated / MODEL_FILE) < 0.95 * error(plain / MODEL_FILE)
+
+
+def test_a_block_whose_fit_fails_keeps_the_plain_method(tmp_path, monkeypatch) -> None:
+    fit = calibration.fitted_arrays
+
+    def failing(method: str, params: dict, block) -> dict:
+        if block.index == 1:
+            raise RuntimeError("no luck")
+        return fit(method, params, block)
+
+    monkeypatch.setattr(calibration, "fitted_arrays", failing)
+    outcome = calibrated_rewrite(MODEL, METHOD, tmp_path / "out", _text("decoder.py"), verify=False)
+    record = outcome.report["calibration"]
+    assert len(record["blocks"]) == 3
+    (reason,) = record["refused"].values()
+    assert reason == "not calibrated (RuntimeError: no luck)"
+    model = onnx.load(str(tmp_path / "out" / MODEL_FILE))
+    nodes = [n for n in model.graph.node if n.op_type == "MultipoleAttention"]
+    assert [n.overload.endswith("_fitted") for n in nodes] == [True, False, True, True]
