@@ -163,9 +163,11 @@ def build_report(
     threads: int = 0,
     sweep: Mapping | None = None,
     plan: Mapping | None = None,
+    calibration: Mapping | None = None,
     sweep_models: Sequence[Path] = (),
 ) -> dict:
     """The whole report; `plan` is `--method auto`'s per-head plan (report.run.plan_of),
+    `calibration` `--calibrate`'s per-head fit (report.run.calibration_of),
     `sweep_models` the model of each sweep point, timed in the same rounds as the original
     and the rewritten one."""
     outputs, blocks, _ = compare_models(original, rewritten, inputs)
@@ -206,6 +208,7 @@ def build_report(
             "memory": {"peak_rss_mb": peak_rss_mb()},
             "sweep": dict(sweep) if sweep is not None else None,
             "plan": dict(plan) if plan is not None else None,
+            "calibration": dict(calibration) if calibration is not None else None,
             "summary": {
                 "worst_output_relative_l2": max((o["relative_l2"] for o in outputs), default=0.0),
                 "worst_block": worst["name"] if worst else None,

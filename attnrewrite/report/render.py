@@ -14,6 +14,7 @@ import json
 import math
 import os
 import secrets
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,7 @@ def plan_table(report: dict[str, Any]) -> Table | None:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for head in plan["heads"]:
         label = fmt_method({"name": head["method"], "params": head["params"]})
+        label += ", fitted" if head.get("fitted") else ""
         groups.setdefault((head["block"], label), []).append(head)
     header = ["Block", "Heads", "Method", "Calibration error", "Error here", "Cost vs exact"]
     rows, flags = [], []
@@ -341,6 +343,55 @@ def plan_note(report: dict[str, Any]) -> str:
         "calibration (the head alone, on exact inputs), and here (in the rewritten model, so "
         "earlier blocks' errors are included)."
     )
+
+
+def calibration_table(report: dict[str, Any]) -> Table | None:
+    """`--calibrate`: one row per head, its calibration error with the method's defaults and
+    fitted, beside the error this report measured on it in the rewritten model."""
+    calibration = report.get("calibration")
+    if not calibration:
+        return None
+    measured = {b["output"]: b.get("heads") for b in report.get("blocks", [])}
+    header = ["Block", "Head", "Default error", "Fitted error", "Error here", "Fit"]
+    rows, flags = [], []
+    for head in calibration["heads"]:
+        here = measured.get(head["block"])
+        error_here = here[head["head"]] if here and head["head"] < len(here) else None
+        rows.append(
+            [
+                head["block"],
+                str(head["head"]),
+                fmt_error(head["error_default"]),
+                fmt_error(head["error_fitted"]),
+                fmt_error(error_here),
+                "defaults kept" if head["kept_default"] else "fitted",
+            ]
+        )
+        flags.append(is_flagged(error_here))
+    return header, rows, flags
+
+
+def calibration_note(report: dict[str, Any]) -> str:
+    calibration = report["calibration"]
+    heads = calibration["heads"]
+    fitted = [h for h in heads if not h["kept_default"]]
+    default = [h["error_default"] for h in heads if h["error_default"] is not None]
+    error = [h["error_fitted"] for h in heads if h["error_fitted"] is not None]
+    inputs = calibration["inputs"]
+    return (
+        f"{fmt_method(calibration['method'])} with parameters fitted per head on calibration "
+        f"inputs (batch {inputs.get('batch')}, n={inputs.get('seq_len')}; "
+        f"{calibration['seconds']:.0f} s): {len(fitted)} of {len(heads)} heads fitted, median "
+        f"head error {fmt_error(_median(default))} with the defaults, "
+        f"{fmt_error(_median(error))} fitted. A head the fit did not improve keeps the "
+        "defaults. Default and fitted errors are the head alone on exact inputs (the errors "
+        "the fit was judged by); the error here is the head in the rewritten model, earlier "
+        "blocks' errors included."
+    )
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def flagged_blocks(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -405,6 +456,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     plan = plan_table(report)
     if plan is not None:
         lines += ["### Per-head plan", "", plan_note(report), "", _md_table(plan), ""]
+    fit = calibration_table(report)
+    if fit is not None:
+        lines += ["### Calibrated heads", "", calibration_note(report), "", _md_table(fit), ""]
     lines += ["### Latency", "", latency_note(report), "", _md_table(latency_table(report)), ""]
     sweep = sweep_table(report)
     if sweep is not None:
@@ -506,6 +560,34 @@ def plot_heads(blocks: Sequence[dict[str, Any]]) -> Any:
     return figure
 
 
+def plot_calibration(heads: Sequence[dict[str, Any]]) -> Any:
+    """Each head's calibration error fitted against with the defaults, on log axes: points
+    below the diagonal are heads the fit improved."""
+    figure = _new_figure(width=4.6, height=4.2)
+    axes = figure.add_subplot()
+    pairs = [
+        (h["error_default"], h["error_fitted"])
+        for h in heads
+        if h["error_default"]
+        and h["error_fitted"]
+        and math.isfinite(h["error_default"])
+        and math.isfinite(h["error_fitted"])
+    ]
+    if pairs:
+        default, fitted = zip(*pairs, strict=True)
+        axes.scatter(default, fitted, s=12, color="#2e86c1")
+        low, high = min(*default, *fitted), max(*default, *fitted)
+        axes.plot([low, high], [low, high], color="gray", linestyle="--", linewidth=1)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+    axes.set(
+        xlabel="defaults (relative L2, log scale)",
+        ylabel="fitted (relative L2, log scale)",
+        title="Head error on calibration inputs",
+    )
+    return figure
+
+
 def _sweep_x(values: Sequence[Any]) -> tuple[list[float], list[str] | None]:
     """Numeric x for numeric sweep values; positions plus labels otherwise."""
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
@@ -573,6 +655,11 @@ def figures(report: dict[str, Any]) -> list[tuple[str, Callable[[], Any]]]:
         plots.append(("Relative L2 against layer index", lambda: plot_block_line(blocks)))
     if any(b.get("heads") for b in blocks):
         plots.append(("Relative L2 per head", lambda: plot_heads(blocks)))
+    calibration = report.get("calibration")
+    if calibration and calibration.get("heads"):
+        plots.append(
+            ("Head error, defaults vs fitted", lambda: plot_calibration(calibration["heads"]))
+        )
     if sweep and sweep.get("points"):
         plots.append((f"Error against {sweep['param']}", lambda: plot_sweep_error(sweep)))
         plots.append(
@@ -669,6 +756,11 @@ def render_html(report: dict[str, Any]) -> str:
     if plan is not None:
         parts += ["<h2>Per-head plan</h2>", f'<p class="note">{_esc(plan_note(report))}</p>']
         parts.append(_html_table(plan))
+    fit = calibration_table(report)
+    if fit is not None:
+        note = _esc(calibration_note(report))
+        parts += ["<h2>Calibrated heads</h2>", f'<p class="note">{note}</p>']
+        parts.append(_html_table(fit))
     parts += ["<h2>Latency</h2>", f'<p class="note">{_esc(latency_note(report))}</p>']
     parts.append(_html_table(latency_table(report)))
     sweep = sweep_table(report)

@@ -82,6 +82,7 @@ def plan_of(record: dict) -> dict | None:
                 "head": h["head"],
                 "method": h["method"],
                 "params": h["params"],
+                "fitted": "fitted" in h,
                 "calibration_error": h["error"],
                 "cost_ms": h["cost_ms"],
                 "flops": h["flops"],
@@ -89,6 +90,34 @@ def plan_of(record: dict) -> dict | None:
             }
             for h in auto["heads"]
         ],
+    }
+
+
+def calibration_of(record: dict) -> dict | None:
+    """`--calibrate`'s fit: per head its error on the calibration inputs with the method's
+    default parameters and with the fitted ones (the error the fit was judged by)."""
+    fit = record.get("calibration")
+    if not fit:
+        return None
+    heads = []
+    for block in fit["blocks"]:
+        kept = set(block["kept_default"])
+        pairs = zip(block["error_default"], block["error_fitted"], strict=True)
+        heads += [
+            {
+                "block": block["output"],
+                "head": head,
+                "error_default": default,
+                "error_fitted": fitted,
+                "kept_default": head in kept,
+            }
+            for head, (default, fitted) in enumerate(pairs)
+        ]
+    return {
+        "method": fit["method"],
+        "inputs": fit["calibration"],
+        "seconds": fit["seconds"],
+        "heads": heads,
     }
 
 
@@ -121,6 +150,7 @@ def report(
             inputs,
             method=method,
             plan=plan_of(record),
+            calibration=calibration_of(record),
             repeats=repeats,
             sweep=sweep_part,
             sweep_models=sweep_models,

@@ -5,8 +5,10 @@ see than plain multipole."""
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,12 +18,14 @@ from attnrewrite.pipeline import MODEL_FILE, RECORD_FILE, rewrite_model
 from attnrewrite.plan import calibrated as calibration
 from attnrewrite.plan.calibrated import calibrated_rewrite
 from attnrewrite.report.inputs import from_text
+from attnrewrite.report.run import report
 from attnrewrite.substitute.methods import get_method
 
 MODEL = Path(__file__).parents[2] / "examples" / "tiny_lm" / "tiny-lm.onnx"
 SOURCE = Path(json.__file__).parent  # Python source, as the model was trained on
 SEQ_LEN = 256
 METHOD = get_method("multipole", {"block": 16})
+SCHEMA = json.loads(resources.files("attnrewrite.report").joinpath("schema.json").read_text())
 
 
 def _text(name: str):
@@ -93,3 +97,24 @@ def test_a_block_whose_fit_fails_keeps_the_plain_method(tmp_path, monkeypatch) -
     model = onnx.load(str(tmp_path / "out" / MODEL_FILE))
     nodes = [n for n in model.graph.node if n.op_type == "MultipoleAttention"]
     assert [n.overload.endswith("_fitted") for n in nodes] == [True, False, True, True]
+
+
+def test_the_report_shows_each_heads_error_with_defaults_and_fitted(calibrated, tmp_path) -> None:
+    out = tmp_path / "report"
+    result, _ = report(MODEL, calibrated / MODEL_FILE, out, _text("encoder.py"), repeats=1)
+    jsonschema.validate(result, SCHEMA)
+    record = json.loads((calibrated / RECORD_FILE).read_text())["calibration"]
+    heads = result["calibration"]["heads"]
+    assert len(heads) == record["heads"] == 16
+    for block in record["blocks"]:
+        mine = [h for h in heads if h["block"] == block["output"]]
+        assert [h["head"] for h in mine] == list(range(block["heads"]))
+        assert [h["error_default"] for h in mine] == block["error_default"]
+        assert [h["error_fitted"] for h in mine] == block["error_fitted"]
+        assert [h["head"] for h in mine if h["kept_default"]] == block["kept_default"]
+    assert {h["block"] for h in heads} == {b["output"] for b in result["blocks"]}
+    markdown = (out / "report.md").read_text()
+    assert "### Calibrated heads" in markdown
+    fitted = sum(not h["kept_default"] for h in heads)
+    assert markdown.count(" | fitted |") == fitted > 0
+    assert "Head error, defaults vs fitted" in (out / "report.html").read_text()
