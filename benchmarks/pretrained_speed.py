@@ -151,6 +151,9 @@ def plan_row(path: Path, record: dict, n: int) -> dict:
         "planner_timed": [  # every plan within budget it timed whole, kept or not
             {"plan": r["plan"], **r["measured"]} for r in record["rounds"] if "measured" in r
         ],
+        "planner_rounds": [  # every plan it tried, cheapest first: why this one was kept
+            {k: r[k] for k in ("plan", "relative_cost", "held_out")} for r in record["rounds"]
+        ],
     }
     if record["cost_seq_len"] == n:
         row["predicted_attention_ms"] = record["predicted_ms"]
