@@ -86,6 +86,16 @@ def window_binds(skv: int, window: int | None) -> bool:
     return window is not None and window < skv
 
 
+def refuse_binding_window(method: str, skv: int, window: int | None, why: str) -> None:
+    """For methods whose summaries span every earlier key: a window that hides some key is
+    refused (ValueError), `why` saying what of the method cannot follow its edge."""
+    if window_binds(skv, window):
+        raise ValueError(
+            f"{method} cannot honour a sliding window ({window}) narrower than the keys"
+            f" ({skv}): {why}"
+        )
+
+
 def bias_logits(bias: Tensor, dtype: torch.dtype) -> Tensor:
     """Additive logits with every masked entry as -inf, so all methods agree on 'masked'."""
     if bias.dtype == torch.bool:

@@ -70,8 +70,8 @@ from attnrewrite.methods.exact import (
     expand_kv,
     key_weights,
     masked_softmax_av,
+    refuse_binding_window,
     split_bias,
-    window_binds,
 )
 
 
@@ -130,12 +130,12 @@ class Grid:
         check_inputs(q, k, v, bias, is_causal, window)
         bsz, hq, sq, _ = q.shape
         skv = k.shape[2]
-        if window_binds(skv, window):
-            raise ValueError(
-                f"multipole cannot honour a sliding window ({window}) narrower than the keys"
-                f" ({skv}): pooled groups straddle its edge; keep this block exact or use the"
-                " window method"
-            )
+        refuse_binding_window(
+            "multipole",
+            skv,
+            window,
+            "pooled groups straddle its edge; keep this block exact or use the window method",
+        )
         ct = compute_dtype(q.dtype)
         key_bias, full_bias = split_bias(bias, (bsz, hq, sq, skv), ct)
         if full_bias is not None:

@@ -57,8 +57,8 @@ from attnrewrite.methods.exact import (
     compute_dtype,
     expand_kv,
     key_weights,
+    refuse_binding_window,
     split_bias,
-    window_binds,
 )
 from attnrewrite.methods.polysketch_draws import (
     FIT_GRID,
@@ -237,11 +237,9 @@ def attention(
     check_inputs(q, k, v, bias, is_causal, window)
     bsz, hq, sq, _ = q.shape
     skv = k.shape[2]
-    if window_binds(skv, window):
-        raise ValueError(
-            f"polysketch cannot honour a sliding window ({window}) narrower than the keys"
-            f" ({skv}): its prefix state keeps every earlier key; keep this block exact"
-        )
+    refuse_binding_window(
+        "polysketch", skv, window, "its prefix state keeps every earlier key; keep this block exact"
+    )
     ct = compute_dtype(q.dtype)
     key_bias, full_bias = split_bias(bias, (bsz, hq, sq, skv), ct)
     if full_bias is not None:
