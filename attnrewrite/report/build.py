@@ -26,7 +26,13 @@ from attnrewrite.report import metrics
 from attnrewrite.report.blocks import Block, blocks_of, read_record
 from attnrewrite.report.inputs import ReportInputs, graph_inputs
 from attnrewrite.substitute.body import DOMAIN
-from attnrewrite.timing import cpu_session, interleaved_ms, median_ms, session_feeds
+from attnrewrite.timing import (
+    cpu_session,
+    interleaved_ms,
+    median_ms,
+    session_feeds,
+    shared_weight_sessions,
+)
 from attnrewrite.verify import run_with_outputs
 
 SCHEMA_VERSION = 1
@@ -72,18 +78,17 @@ def latencies(
     paths: Sequence[Path], feeds: Mapping[str, np.ndarray], repeats: int, threads: int
 ) -> list[dict[str, object]]:
     """Per model its median and its fastest and slowest run (ms), every model timed in the
-    same rounds (timing.interleaved_ms); a path given twice is one model, timed once.
+    same rounds (timing.interleaved_ms); a path given twice is one model, timed once. The
+    sessions hold the weights the models share once (timing.shared_weight_sessions).
 
     The sessions keep onnxruntime's memory pattern, which sets a long-context report's peak:
     from its second run a session takes one block for all of a run's planned tensors and
     holds it through the run (SmolLM2's original at n = 8192: 6.6 GiB above the sessions,
     5.1 without the pattern). Without it the multipole rewrite ran 1.6x slower at n = 2048."""
     unique = list(dict.fromkeys(paths))
-    runs = []
-    for path in unique:
-        session = cpu_session(path, threads)
-        release_freed()  # what building it freed: at long context the runs need it
-        runs.append(functools.partial(session.run, None, session_feeds(session, feeds)))
+    timed = shared_weight_sessions(unique, threads)
+    release_freed()  # what building them freed: at long context the runs need it
+    runs = [functools.partial(s.run, None, session_feeds(s, feeds)) for s in timed.sessions]
     stats = {
         path: {"median_ms": float(np.median(times)), "range_ms": [min(times), max(times)]}
         for path, times in zip(unique, interleaved_ms(runs, repeats), strict=True)
