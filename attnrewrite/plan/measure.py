@@ -87,33 +87,26 @@ class Bench:
         mask: str,
         fitted: Mapping[str, np.ndarray],
     ) -> ort.InferenceSession:
+        """The candidate's node as a one-node model, built once per key; with `fitted`, the
+        calibrated variant, its arrays inputs fed per block (one session serves them all)."""
         key = (candidate.label, sig, scale, window, mask, tuple(fitted))
         if key not in self._sessions:
-            self._sessions[key] = self._new_session(candidate, sig, scale, window, mask, fitted)
+            method = get_method(candidate.method, candidate.params)
+            if fitted:
+                method = method.with_fitted(fitted)
+            model = node_model(
+                method,
+                sig,
+                scale=scale,
+                window=window,
+                opset=self.opset,
+                mask_dtype=np.dtype(mask) if mask else None,
+            )
+            options = cpu_options(self.threads)  # kept for the whole plan: no arena
+            self._sessions[key] = ort.InferenceSession(
+                model.SerializeToString(), options, ["CPUExecutionProvider"]
+            )
         return self._sessions[key]
-
-    def _new_session(
-        self,
-        candidate: Candidate,
-        sig: Signature,
-        scale: float,
-        window: int | None,
-        mask: str,
-        fitted: Mapping[str, np.ndarray],
-    ) -> ort.InferenceSession:
-        method = get_method(candidate.method, candidate.params)
-        if fitted:  # inputs of the model, fed per block: one session serves them all
-            method = method.with_fitted(fitted)
-        model = node_model(
-            method,
-            sig,
-            scale=scale,
-            window=window,
-            opset=self.opset,
-            mask_dtype=np.dtype(mask) if mask else None,
-        )
-        options = cpu_options(self.threads)  # kept for the whole plan: no arena
-        return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
 
     def _run(
         self,
