@@ -53,6 +53,7 @@ SINGLE = {
         Candidate("multipole", {}),
         Candidate("multipole", {"block": 128}),
         Candidate("multipole", {"block": 256}),
+        Candidate("multipole", {"block": 512}),
         Candidate("polysketch", {}),
         Candidate("convbasis", {}),
     )
