@@ -40,11 +40,12 @@ from attnrewrite.patterns.graph_utils import (
     rank_of,
     static_dim,
 )
-from attnrewrite.patterns.probs import merged_heads, walk_probs
+from attnrewrite.patterns.probs import merged_heads
 from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.operands import Factor, attention_operands, upstream_scale
+from attnrewrite.rules.probs import walk_probs
 from attnrewrite.rules.scores import PASS_THROUGH
 from attnrewrite.rules.view import is_scalar
 
@@ -116,10 +117,12 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
     chain = walk_scores(anchor.scores, anchor.nodes)
     if isinstance(chain, str):
         return chain
-    probs = walk_probs(anchor.probs)
+    probs = walk_probs(ONNX, anchor.probs)
     if isinstance(probs, str):
         return probs
-    found = attention_operands(ONNX, chain.qk.inputs[0], chain.qk.inputs[1], probs.pv.inputs[1])
+    pv = probs.pv.producer()
+    prob_nodes = tuple(value.producer() for value in probs.values)
+    found = attention_operands(ONNX, chain.qk.inputs[0], chain.qk.inputs[1], pv.inputs[1])
     q_value, q_factors, key = found.q, list(found.q_factors), found.key
     k_operand, k_factors = Operand(key.value, key.layout), list(key.factors)
     v_value = found.v
@@ -137,17 +140,17 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         variant.append("softmax:float32-upcast")
     if probs.nan_guard:
         variant.append("probs:nan-guard")
-    if any(n.op_type == "Dropout" for n in probs.nodes):
+    if any(n.op_type == "Dropout" for n in prob_nodes):
         variant.append("probs:dropout")
     if rank_of(chain.qk.outputs[0]) == 3:
         variant.append("batched-3d")
-    reshaped = (*chain.reshaped, *(n.outputs[0] for n in probs.nodes if n.op_type in RESHAPES))
+    reshaped = (*chain.reshaped, *(n.outputs[0] for n in prob_nodes if n.op_type in RESHAPES))
     if reshaped:
         variant.append("scores:reshaped")
-    nodes = (chain.qk, *(s.node for s in chain.steps), *anchor.nodes, *probs.nodes, probs.pv)
-    output, output_layout = probs.pv.outputs[0], Layout.BHSD
+    nodes = (chain.qk, *(s.node for s in chain.steps), *anchor.nodes, *prob_nodes, pv)
+    output, output_layout = probs.pv, Layout.BHSD
     fused_from = anchor.node.metadata_props.get(FUSED_FROM)
-    merged = merged_heads(probs.pv) if fused_from else None
+    merged = merged_heads(pv) if fused_from else None
     if fused_from:  # written out on load from a com.microsoft op: its output is the block's
         variant.insert(0, fused_from)
     if merged:
@@ -163,7 +166,7 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         k=k_operand,
         v=Operand(v_value, Layout.BHSD),
         qk=chain.qk,
-        pv=probs.pv,
+        pv=pv,
         factors=tuple(q_factors + k_factors),
         upstream=tuple(upstream),
         steps=chain.steps,

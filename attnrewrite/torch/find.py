@@ -5,7 +5,8 @@ Rules, each small and declarative:
 - fused:      aten.scaled_dot_product_attention and its flash / efficient / math / cpu-flash
               variants (SDPA_OPS: where each reads its mask, dropout, is_causal, scale);
 - decomposed: matmul(q, k^T) -> [scale | add | sub | masked_fill | where | cast]* -> softmax
-              -> [cast | inactive dropout]* -> matmul(., v);
+              -> [cast | inactive dropout]* -> matmul(., v): the ONNX finder's walk down
+              (rules.probs), reshapes not followed;
 - operands:   scale on q, k or k^T, K^T, grouped-query repeat: the ONNX finder's rules
               (rules.operands), read through the FX view (torch.view);
 - scores:     the ONNX finder's walk from softmax to Q.K^T (rules.scores), each step made a
@@ -33,7 +34,8 @@ from attnrewrite.rules.operands import (
     constant_scalar,
     ungroup_kv,
 )
-from attnrewrite.rules.scores import Link, score_path
+from attnrewrite.rules.probs import PASS_THROUGH, walk_probs
+from attnrewrite.rules.scores import RESHAPES, Link, score_path
 from attnrewrite.rules.softmax import decomposed_softmax
 from attnrewrite.torch.block import Step
 from attnrewrite.torch.view import FX, bound, const_scalar, op_name
@@ -59,6 +61,7 @@ SDPA_OPS: dict[object, Sdpa] = {
 }
 SOFTMAX_OPS = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
 FX_LAYOUTS = (Layout.BHSD, Layout.BHDS)  # K as the block takes it (k_transposed: bhds)
+FX_THROUGH = PASS_THROUGH - RESHAPES  # the block computes in the scores' shape
 
 
 @dataclass
@@ -213,16 +216,14 @@ def _attention(
     rank = len(shape(softmax))
     if rank not in (3, 4):
         raise NoMatch(f"rank-{rank} scores: only [B, H, S, S] and [B*H, S, S] are handled")
-    down = [softmax]
-    node = sole_user(softmax, "softmax output")
-    while FX.op(node) in ("Cast", "Identity") or node.target is aten.dropout.default:
+    probs = walk_probs(FX, softmax, FX_THROUGH)
+    if isinstance(probs, str):
+        raise NoMatch(probs)
+    for node in probs.values:
         if node.target is aten.dropout.default and node.args[1] and node.args[2]:
             raise NoMatch(f"attention dropout p={node.args[1]} in training mode")
-        down.append(node)
-        node = sole_user(node, "attention probabilities")
-    if FX.op(node) != "MatMul" or node.args[0] is not down[-1]:
-        raise NoMatch(f"softmax output is not multiplied by V (it reaches {node.name})")
-    output, v = node, node.args[1]
+    down = [softmax, *probs.values]
+    output, v = probs.pv, probs.pv.args[1]
     if len(shape(v)) != rank:
         raise NoMatch(f"probabilities of rank {rank} multiply a rank-{len(shape(v))} V")
     steps, side, chain, scale, matmul = walk_scores(scores)
