@@ -46,8 +46,7 @@ from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.operands import Factor, attention_operands, upstream_scale
 from attnrewrite.rules.probs import walk_probs
-from attnrewrite.rules.scores import PASS_THROUGH
-from attnrewrite.rules.view import is_scalar
+from attnrewrite.rules.scores import Link, split_steps
 
 
 @dataclass(frozen=True)
@@ -183,16 +182,9 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
 
 def _split_steps(steps: Sequence[ScoreStep]) -> tuple[list[Factor], list[ScoreStep]]:
     """Scalar scale steps (factors), and the bias steps: everything from the first mask step."""
-    factors: list[Factor] = []
-    first_mask = len(steps)
-    for i, step in enumerate(steps):
-        node = step.node
-        side = node.inputs[1 - step.score_input] if node.op_type in ("Mul", "Div") else None
-        if side is not None and is_scalar(ONNX, side):
-            factors.append(Factor(side, node.op_type == "Div", node.outputs[0]))
-        elif node.op_type not in PASS_THROUGH:
-            first_mask = min(first_mask, i)
-    return factors, list(steps[first_mask:])
+    links = [Link(step.node.outputs[0], step.score_input) for step in steps]
+    factors, first = split_steps(ONNX, links)
+    return factors, list(steps[first:])
 
 
 def _side_inputs(steps: Sequence[ScoreStep]) -> list[ir.Value]:

@@ -9,8 +9,8 @@ Rules, each small and declarative:
               (rules.probs), reshapes not followed;
 - operands:   scale on q, k or k^T, K^T, grouped-query repeat: the ONNX finder's rules
               (rules.operands), read through the FX view (torch.view);
-- scores:     the ONNX finder's walk from softmax to Q.K^T (rules.scores), each step made a
-              replayable `Step` (scale by a constant scalar, add, sub, keep, fill).
+- scores:     the ONNX finder's walk from softmax to Q.K^T (rules.scores), the bias steps made
+              replayable `Step`s (rules.replay: the table the ONNX finder replays too).
 
 A structural match becomes a `Candidate`; its mask kind is decided later, from what the mask
 computes on the example inputs (rewrite.classify). Everything else is a `Refusal` with a reason.
@@ -35,9 +35,9 @@ from attnrewrite.rules.operands import (
     ungroup_kv,
 )
 from attnrewrite.rules.probs import PASS_THROUGH, walk_probs
-from attnrewrite.rules.scores import RESHAPES, Link, score_path
+from attnrewrite.rules.replay import Step
+from attnrewrite.rules.scores import RESHAPES, Link, score_path, split_steps
 from attnrewrite.rules.softmax import decomposed_softmax
-from attnrewrite.torch.block import Step
 from attnrewrite.torch.view import FX, bound, const_scalar, op_name
 
 aten = torch.ops.aten
@@ -180,7 +180,7 @@ def match_sdpa(node: fx.Node) -> Candidate:
         v=v,
         scale=float(scale),
         scale_source=source,
-        steps=(Step("mask"),) if isinstance(mask, fx.Node) else (),
+        steps=(Step("Mask", 0, (None, None)),) if isinstance(mask, fx.Node) else (),
         side=(mask,) if isinstance(mask, fx.Node) else (),
         is_causal=is_causal,
         kv_repeat=ungrouped is not None,
@@ -281,47 +281,49 @@ def walk_scores(
     node: fx.Node,
 ) -> tuple[tuple[Step, ...], tuple[fx.Node, ...], list[fx.Node], float, fx.Node]:
     """From the softmax input up to Q.K^T (rules.scores): (steps, side tensors, chain, scale,
-    matmul). Each step becomes a replayable `Step`; the chain lists the nodes, last first."""
+    matmul). The constant factors make the scale; the steps from the first that reads a mask
+    are what the block replays (rules.replay) on the side tensors. The chain lists the
+    nodes, last first."""
     path = score_path(FX, node)
     if isinstance(path, str):
         raise NoMatch(path)
     matmul, links = path
-    steps: list[Step] = []
-    side: list[fx.Node] = []
-    scale = 1.0
     for link in links:
         if link.value is not node:
             sole_user(link.value, "attention scores")
-        step, tensor = _step(link)
-        if step is not None and step.kind == "scale":
-            scale *= step.const
-        if step is not None:
-            steps.append(step)
-        if tensor is not None:
-            side.append(tensor)
+        if FX.op(link.value) in RESHAPES:  # the block computes in q's shape
+            raise NoMatch(f"{FX.label(link.value)} between Q.K^T and softmax")
+    factors, first = split_steps(FX, links)
+    steps: list[Step] = []
+    side: list[fx.Node] = []
+    for link in links[first:]:
+        found = _step(link)
+        if found is not None:
+            steps.append(found[0])
+            side.extend(found[1])
     chain = [link.value for link in reversed(links)]
-    return tuple(steps), tuple(side), chain, scale, matmul
+    return tuple(steps), tuple(side), chain, _product(factors), matmul
 
 
-def _step(link: Link) -> tuple[Step | None, fx.Node | None]:
-    """The replayable form of one score step and the tensor it reads (None for a cast):
+def _step(link: Link) -> tuple[Step, tuple[fx.Node, ...]] | None:
+    """The replayable form of one bias step and the tensors it reads (None for a cast):
 
-    Mul(s, c) | Mul(c, s) | Div(s, c)   -> scale c | 1/c   (c a constant scalar)
-    Add(s, t) | Add(t, s) | Sub(s, t)   -> add t | sub t
-    Where(m, s, c)                      -> keep m, c        (where(m, s, c))
-    Where(m, c, s)                      -> fill m, c        (masked_fill(s, m, c))
+    Mul(s, c) | Mul(c, s) | Div(s, c)   -> the same, c a constant scalar
+    Add(s, t) | Add(t, s) | Sub(s, t)   -> the same, t read by the block
+    Where(m, s, c) | Where(m, c, s)     -> the same, m read by the block, c a constant scalar
     """
     node, at = link.value, link.score_input
     op, args = FX.op(node), FX.inputs(node)
     if op in ("Cast", "Identity"):
-        return None, None
+        return None
     other = args[1 - at] if op in ("Mul", "Div", "Add", "Sub") else args[3 - at]
-    if op in ("Mul", "Div"):
-        c = const_scalar(other)
-        if c is not None:
-            return Step("scale", 1.0 / c if op == "Div" else c), None
-    elif op in ("Add", "Sub") and isinstance(other, fx.Node):
-        return Step(op.lower()), other
-    elif op == "Where" and isinstance(args[0], fx.Node) and (c := const_scalar(other)) is not None:
-        return Step("keep" if at == 1 else "fill", c), args[0]
+    constants: list[float | None] = [None] * len(args)
+    if op in ("Mul", "Div") and (c := const_scalar(other)) is not None:
+        constants[1 - at] = c
+        return Step(op, at, tuple(constants)), ()
+    if op in ("Add", "Sub") and isinstance(other, fx.Node):
+        return Step(op, at, tuple(constants)), (other,)
+    if op == "Where" and isinstance(args[0], fx.Node) and (c := const_scalar(other)) is not None:
+        constants[3 - at] = c
+        return Step(op, at, tuple(constants)), (args[0],)
     raise NoMatch(f"{FX.label(node)} between Q.K^T and softmax")
