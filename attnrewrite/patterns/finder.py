@@ -44,9 +44,11 @@ from attnrewrite.patterns.probs import merged_heads
 from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 from attnrewrite.patterns.view import ONNX
+from attnrewrite.rules.candidate import structure_variant
 from attnrewrite.rules.operands import Factor, attention_operands, upstream_scale
 from attnrewrite.rules.probs import walk_probs
 from attnrewrite.rules.scores import Link, split_steps
+from attnrewrite.rules.variants import Variant, mask_tag
 
 
 @dataclass(frozen=True)
@@ -125,33 +127,24 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
     q_value, q_factors, key = found.q, list(found.q_factors), found.key
     k_operand, k_factors = Operand(key.value, key.layout), list(key.factors)
     v_value = found.v
-    variant = ["softmax:decomposed" if anchor.decomposed else "softmax", key.tag]
-    if found.kv_repeat:
-        variant.append("kv:repeat")
     upstream = upstream_scale(ONNX, q_value)
-    if q_factors:
-        variant.append("scale:on-q")
-    if upstream:
-        variant.append("scale:upstream-q")
-    if k_factors:
-        variant.append("scale:on-k")
-    if chain.float32_upcast:
-        variant.append("softmax:float32-upcast")
-    if probs.nan_guard:
-        variant.append("probs:nan-guard")
-    if any(n.op_type == "Dropout" for n in prob_nodes):
-        variant.append("probs:dropout")
-    if rank_of(chain.qk.outputs[0]) == 3:
-        variant.append("batched-3d")
+    variant = structure_variant(
+        ONNX,
+        decomposed=anchor.decomposed,
+        qk=chain.qk.outputs[0],
+        scores=[step.node.outputs[0] for step in chain.steps],
+        probs=probs,
+        operands=found,
+        upstream=upstream,
+        float32=chain.float32_upcast,
+    )
     reshaped = (*chain.reshaped, *(n.outputs[0] for n in prob_nodes if n.op_type in RESHAPES))
-    if reshaped:
-        variant.append("scores:reshaped")
     nodes = (chain.qk, *(s.node for s in chain.steps), *anchor.nodes, *prob_nodes, pv)
     output, output_layout = probs.pv, Layout.BHSD
     fused_from = anchor.node.metadata_props.get(FUSED_FROM)
     merged = merged_heads(pv) if fused_from else None
     if fused_from:  # written out on load from a com.microsoft op: its output is the block's
-        variant.insert(0, fused_from)
+        variant = (fused_from, *variant)
     if merged:
         nodes, output, output_layout = (*nodes, *merged), merged[1].outputs[0], Layout.BS_HD
     steps = [step.node for step in chain.steps]
@@ -170,7 +163,7 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
         upstream=tuple(upstream),
         steps=chain.steps,
         nodes=nodes,
-        variant=tuple(variant),
+        variant=variant,
         nan_guard=probs.nan_guard,
         float32_softmax=chain.float32_upcast,
         shape_readers=chain.shape_readers,
@@ -239,10 +232,10 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         kind, window, checks = classified
         if kind.needs_tensor:
             bias = _bias_source(bias_steps)
-    variant = (*candidate.variant, *(f"mask:{s.node.op_type.lower()}" for s in bias_steps[:1]))
+    variant = (*candidate.variant, *(mask_tag(s.node.op_type) for s in bias_steps[:1]))
     variant = (*variant, *checks)
     if bias_steps and evaluations.values(candidate.qk.outputs[0]) is None:
-        variant = (*variant, "mask:unclassified")
+        variant = (*variant, Variant.MASK_UNCLASSIFIED)
     q_value = candidate.q.value
     rank = rank_of(candidate.qk.outputs[0]) or rank_of(q_value) or 4
     return AttentionMatch(
@@ -267,7 +260,7 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         q_len=static_dim(q_value, -2),
         kv_len=static_dim(candidate.v.value, -2),
         rank=rank,
-        kv_repeat="kv:repeat" in candidate.variant,
+        kv_repeat=Variant.KV_REPEAT in candidate.variant,
         shape_readers=_still_read(candidate, bias_steps if bias is not None else ()),
         runtime_factors=tuple(runtime),
         nan_guard=candidate.nan_guard,
@@ -455,7 +448,7 @@ def _unless_unchecked(
     as a tensor: exact stays exact, and no method reads a window into it that is not there."""
     if long is None or long_shape is not None or kind not in UNCHECKED_AS:
         return kind, window, ()
-    return UNCHECKED_AS[kind], None, ("mask:window-unchecked",)
+    return UNCHECKED_AS[kind], None, (Variant.MASK_WINDOW_UNCHECKED,)
 
 
 UNCHECKED_AS = {
@@ -524,7 +517,7 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     masks_at = evaluations.values(value)
     q_at, k_at = evaluations.values(match.q.value), evaluations.values(match.k.value)
     if masks_at is None or q_at is None or k_at is None:
-        return replace(match, variant=(*match.variant, "mask:unclassified"))
+        return replace(match, variant=(*match.variant, Variant.MASK_UNCLASSIFIED))
     lengths = [(q.shape[-2], k.shape[-2]) for q, k in zip(q_at, k_at, strict=True)]
     long = evaluations.at_length([value])
     q_long = _long_shape(long, match.q.value, evaluations)

@@ -27,17 +27,20 @@ import torch
 from torch import fx
 
 from attnrewrite.match import Refusal
+from attnrewrite.rules.candidate import structure_variant
 from attnrewrite.rules.operands import (
     Factor,
     Layout,
     attention_operands,
     constant_scalar,
     ungroup_kv,
+    upstream_scale,
 )
 from attnrewrite.rules.probs import PASS_THROUGH, walk_probs
 from attnrewrite.rules.replay import Step
 from attnrewrite.rules.scores import RESHAPES, Link, score_path, split_steps
 from attnrewrite.rules.softmax import decomposed_softmax
+from attnrewrite.rules.variants import Variant
 from attnrewrite.torch.view import FX, bound, const_scalar, op_name
 
 aten = torch.ops.aten
@@ -75,6 +78,7 @@ class Candidate:
     v: fx.Node
     scale: float
     scale_source: str
+    upstream_scale: float = 1.0  # a scalar already applied to q before its reshape (OPT)
     steps: tuple[Step, ...] = ()
     side: tuple[fx.Node, ...] = ()
     is_causal: bool = False
@@ -164,14 +168,14 @@ def match_sdpa(node: fx.Node) -> Candidate:
         scale, source = 1.0 / math.sqrt(qs[-1]), "default 1/sqrt(d)"
     mask = args.get(spec.mask) if spec.mask else None
     variant = [
-        "sdpa" if node.target is aten.scaled_dot_product_attention.default else op_name(node)
+        Variant.SDPA if node.target is aten.scaled_dot_product_attention.default else op_name(node)
     ]
     ungrouped = ungroup_kv(FX, k, v)
     if ungrouped is not None:
         k, v = ungrouped
-        variant.append("repeat_kv")
+        variant.append(Variant.KV_REPEAT)
     if spec.gqa and args.get(spec.gqa):
-        variant.append("enable_gqa")
+        variant.append(Variant.ENABLE_GQA)
     return Candidate(
         anchor=node,
         output=output,
@@ -206,11 +210,11 @@ def match_inlined_softmax(div: fx.Node) -> Candidate:
     """The same with the softmax written out: exp(x - amax(x)) / sum(exp(...)) (rules.softmax)."""
     inlined = decomposed_softmax(FX, div)
     assert inlined is not None  # find() anchors here only when it matches
-    return _attention(div, inlined.scores, inlined.values[:-1], False, "inlined_softmax")
+    return _attention(div, inlined.scores, inlined.values[:-1], False)
 
 
 def _attention(
-    softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], fp32: bool, tag: str = ""
+    softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], fp32: bool
 ) -> Candidate:
     """The block around a softmax (`inside`: the nodes of one written out, data-flow order)."""
     rank = len(shape(softmax))
@@ -230,17 +234,19 @@ def _attention(
     found = attention_operands(FX, matmul.args[0], matmul.args[1], v, FX_LAYOUTS)
     q, key, k, v = found.q, found.key, found.key.value, found.v
     q_scale, k_scale = _product(found.q_factors), _product(key.factors)
-    variant = ["matmul_softmax"]
     sources = [name for name, s in (("q", q_scale), ("k", k_scale), ("scores", scale)) if s != 1.0]
     transposed = key.layout == Layout.BHSD
-    if found.kv_repeat:
-        variant.append("repeat_kv")
-    if not transposed:
-        variant.append("k_stored_transposed")
-    if fp32:
-        variant.append("float32_softmax")
-    if tag:
-        variant.append(tag)
+    upstream = upstream_scale(FX, q)
+    variant = structure_variant(
+        FX,
+        decomposed=bool(inside),  # the nodes of a softmax written out
+        qk=matmul,
+        scores=chain,
+        probs=probs,
+        operands=found,
+        upstream=upstream,
+        float32=fp32,
+    )
     return Candidate(
         anchor=softmax,
         output=output,
@@ -249,12 +255,13 @@ def _attention(
         v=v,
         scale=scale * q_scale * k_scale,
         scale_source="+".join(sources) or "none",
+        upstream_scale=_product(upstream),
         steps=steps,
         side=side,
         k_transposed=not transposed,
         kv_repeat=found.kv_repeat,
         float32_softmax=fp32,
-        variant=tuple(variant),
+        variant=variant,
         nodes=(
             output,
             *reversed(down),

@@ -44,6 +44,7 @@ class FxAttention:
     nodes: tuple[str, ...]
     scale: float
     scale_source: str
+    upstream_scale: float
     mask: MaskKind
     is_causal: bool
     window: int | None
@@ -69,7 +70,7 @@ class FxAttention:
                 v=self.v,
                 layout={"q": "bhsd", "k": "bhsd", "v": "bhsd"},
                 output=self.output,
-                upstream_scale=1.0,
+                upstream_scale=self.upstream_scale,
             ),
             "is_causal": self.is_causal,
             "block": self.block,
@@ -354,6 +355,7 @@ def _settle(
         nodes=meta["nodes"],
         scale=block.scale,
         scale_source=cand.scale_source,
+        upstream_scale=cand.upstream_scale,
         mask=plan.kind,
         is_causal=plan.is_causal,
         window=plan.window,
