@@ -44,40 +44,32 @@ from attnrewrite.patterns.probs import merged_heads
 from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 from attnrewrite.patterns.view import ONNX
-from attnrewrite.rules.candidate import structure_variant
+from attnrewrite.rules.candidate import Candidate, structure_variant
 from attnrewrite.rules.operands import Factor, attention_operands, upstream_scale
 from attnrewrite.rules.probs import walk_probs
 from attnrewrite.rules.scores import Link, split_steps
 from attnrewrite.rules.variants import Variant, mask_tag
 
 
-@dataclass(frozen=True)
-class Candidate:
+@dataclass(frozen=True, kw_only=True)
+class OnnxCandidate(Candidate[ir.Value, ir.Node]):
     """A structural match whose scale and mask still need evaluating."""
 
-    anchor: SoftmaxAnchor
     graph_name: str
-    q: Operand
-    k: Operand
-    v: Operand
     qk: ir.Node
     pv: ir.Node
     factors: tuple[Factor, ...]
     upstream: tuple[Factor, ...]
     steps: tuple[ScoreStep, ...]
-    nodes: tuple[ir.Node, ...]
-    variant: tuple[str, ...]
     nan_guard: bool
-    float32_softmax: bool
     shape_readers: tuple[ir.Node, ...]
     reshaped: tuple[ir.Value, ...]  # reshape outputs between Q.K^T and .V: keep the key axis
-    output: ir.Value
     output_layout: Layout
 
 
 def find_attention(model: ir.Model) -> FindResult:
     opset = default_opset(model)
-    candidates: list[Candidate] = []
+    candidates: list[OnnxCandidate] = []
     fused_matches: list[AttentionMatch] = []
     matches: list[AttentionMatch] = []
     refusals: list[Refusal] = []
@@ -114,7 +106,7 @@ def find_attention(model: ir.Model) -> FindResult:
     return FindResult(tuple(matches), tuple(refusals))
 
 
-def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
+def _structural(anchor: SoftmaxAnchor, graph_name: str) -> OnnxCandidate | str:
     chain = walk_scores(anchor.scores, anchor.nodes)
     if isinstance(chain, str):
         return chain
@@ -124,9 +116,7 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
     pv = probs.pv.producer()
     prob_nodes = tuple(value.producer() for value in probs.values)
     found = attention_operands(ONNX, chain.qk.inputs[0], chain.qk.inputs[1], pv.inputs[1])
-    q_value, q_factors, key = found.q, list(found.q_factors), found.key
-    k_operand, k_factors = Operand(key.value, key.layout), list(key.factors)
-    v_value = found.v
+    q_value, key = found.q, found.key
     upstream = upstream_scale(ONNX, q_value)
     variant = structure_variant(
         ONNX,
@@ -151,15 +141,17 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
     for reader in chain.reshaped_readers:
         if _outlives(reader, nodes, steps):  # q and k cannot give it: it is not their shape
             return f"the shape of reshaped scores is read by '{reader.name}' outside the block"
-    return Candidate(
-        anchor=anchor,
+    return OnnxCandidate(
+        anchor=anchor.node,
         graph_name=graph_name,
-        q=Operand(q_value, Layout.BHSD),
-        k=k_operand,
-        v=Operand(v_value, Layout.BHSD),
+        q=q_value,
+        k=key.value,
+        k_layout=key.layout,
+        v=found.v,
+        kv_repeat=found.kv_repeat,
         qk=chain.qk,
         pv=pv,
-        factors=tuple(q_factors + k_factors),
+        factors=(*found.q_factors, *key.factors),
         upstream=tuple(upstream),
         steps=chain.steps,
         nodes=nodes,
@@ -189,11 +181,11 @@ def _side_inputs(steps: Sequence[ScoreStep]) -> list[ir.Value]:
     ]
 
 
-def _request(candidate: Candidate, evaluations: Evaluations) -> None:
+def _request(candidate: OnnxCandidate, evaluations: Evaluations) -> None:
     chain_factors, bias_steps = _split_steps(candidate.steps)
     for operand in (candidate.q, candidate.v):
-        if _dim(operand.value, -3, 4) is None or _dim(operand.value, -1, 4) is None:
-            evaluations.want(operand.value)
+        if _dim(operand, -3, 4) is None or _dim(operand, -1, 4) is None:
+            evaluations.want(operand)
     for factor in (*candidate.factors, *candidate.upstream, *chain_factors):
         evaluations.want(factor.value)
     if bias_steps:
@@ -204,7 +196,7 @@ def _request(candidate: Candidate, evaluations: Evaluations) -> None:
         evaluations.want(value)
 
 
-def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch | Refusal:
+def _finalize(candidate: OnnxCandidate, evaluations: Evaluations) -> AttentionMatch | Refusal:
     reshape_problem = _reshape_problem(candidate, evaluations)
     if reshape_problem:
         return _refuse(candidate, reshape_problem)
@@ -236,15 +228,15 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
     variant = (*variant, *checks)
     if bias_steps and evaluations.values(candidate.qk.outputs[0]) is None:
         variant = (*variant, Variant.MASK_UNCLASSIFIED)
-    q_value = candidate.q.value
+    q_value = candidate.q
     rank = rank_of(candidate.qk.outputs[0]) or rank_of(q_value) or 4
     return AttentionMatch(
-        anchor=candidate.anchor.node.name or "",
+        anchor=candidate.anchor.name or "",
         graph_name=candidate.graph_name,
         variant=variant,
-        q=candidate.q,
-        k=candidate.k,
-        v=candidate.v,
+        q=Operand(candidate.q),
+        k=Operand(candidate.k, candidate.k_layout),
+        v=Operand(candidate.v),
         output=candidate.output,
         output_layout=candidate.output_layout,
         nodes=candidate.nodes,
@@ -255,12 +247,12 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         bias=bias,
         window=window,
         q_heads=_dim(q_value, -3, rank, evaluations),
-        kv_heads=_dim(candidate.v.value, -3, rank, evaluations),
+        kv_heads=_dim(candidate.v, -3, rank, evaluations),
         head_dim=_dim(q_value, -1, rank, evaluations),
         q_len=static_dim(q_value, -2),
-        kv_len=static_dim(candidate.v.value, -2),
+        kv_len=static_dim(candidate.v, -2),
         rank=rank,
-        kv_repeat=Variant.KV_REPEAT in candidate.variant,
+        kv_repeat=candidate.kv_repeat,
         shape_readers=_still_read(candidate, bias_steps if bias is not None else ()),
         runtime_factors=tuple(runtime),
         nan_guard=candidate.nan_guard,
@@ -269,7 +261,7 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
     )
 
 
-def _unproven_reshapes(candidate: Candidate) -> list[ir.Value]:
+def _unproven_reshapes(candidate: OnnxCandidate) -> list[ir.Value]:
     """Reshape outputs whose key axis shape inference does not show to be the scores'."""
     if not candidate.reshaped:
         return []
@@ -286,7 +278,7 @@ def _unproven_reshapes(candidate: Candidate) -> list[ir.Value]:
     return unproven
 
 
-def _reshape_problem(candidate: Candidate, evaluations: Evaluations) -> str:
+def _reshape_problem(candidate: OnnxCandidate, evaluations: Evaluations) -> str:
     """Why the reshapes between Q.K^T and .V are not mere regroupings of whole key rows
     (each keeps the key axis, and .V reads the probabilities in the scores' shape), or ""."""
     unproven = _unproven_reshapes(candidate)
@@ -308,7 +300,7 @@ def _reshape_problem(candidate: Candidate, evaluations: Evaluations) -> str:
     return ""
 
 
-def _still_read(candidate: Candidate, kept: Sequence[ScoreStep]) -> tuple[ir.Node, ...]:
+def _still_read(candidate: OnnxCandidate, kept: Sequence[ScoreStep]) -> tuple[ir.Node, ...]:
     """Shape readers of the scores whose result outlives the rewrite (a mask used elsewhere,
     or one the new node reads): they are re-routed to q and k. The others (a reshape target
     inside the block) go with the block."""
@@ -376,7 +368,7 @@ def _bias_source(steps: Sequence[ScoreStep]) -> Bias:
 
 
 def _classify(
-    candidate: Candidate, steps: Sequence[ScoreStep], evaluations: Evaluations
+    candidate: OnnxCandidate, steps: Sequence[ScoreStep], evaluations: Evaluations
 ) -> tuple[MaskKind, int | None, tuple[str, ...]] | str:
     """Kind, window and variant tags of the mask the steps add, or why it is no mask."""
     sides = {
@@ -548,6 +540,6 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     )
 
 
-def _refuse(candidate: Candidate, reason: str) -> Refusal:
-    node = candidate.anchor.node
+def _refuse(candidate: OnnxCandidate, reason: str) -> Refusal:
+    node = candidate.anchor
     return Refusal(node.name or "", node.op_type, candidate.graph_name, reason)

@@ -12,8 +12,9 @@ Rules, each small and declarative:
 - scores:     the ONNX finder's walk from softmax to Q.K^T (rules.scores), the bias steps made
               replayable `Step`s (rules.replay: the table the ONNX finder replays too).
 
-A structural match becomes a `Candidate`; its mask kind is decided later, from what the mask
-computes on the example inputs (rewrite.classify). Everything else is a `Refusal` with a reason.
+A structural match becomes an `FxCandidate` (the record the ONNX finder makes too, with what the
+block needs); its mask kind is decided later, from what the mask computes on the example
+inputs (rewrite.classify). Everything else is a `Refusal` with a reason.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import fx
 
 from attnrewrite.match import Refusal
-from attnrewrite.rules.candidate import structure_variant
+from attnrewrite.rules.candidate import Candidate, structure_variant
 from attnrewrite.rules.operands import (
     Factor,
     Layout,
@@ -67,40 +68,31 @@ FX_LAYOUTS = (Layout.BHSD, Layout.BHDS)  # K as the block takes it (k_transposed
 FX_THROUGH = PASS_THROUGH - RESHAPES  # the block computes in the scores' shape
 
 
-@dataclass
-class Candidate:
-    """A structural match: the replacement's inputs, what to replay, and the nodes it covers."""
+@dataclass(frozen=True, kw_only=True)
+class FxCandidate(Candidate[fx.Node, fx.Node]):
+    """A structural match with what the block needs: the scale (constants only), the bias
+    steps to replay and the tensors they read; the mask kind is settled on the example
+    inputs (torch.rewrite)."""
 
-    anchor: fx.Node
-    output: fx.Node
-    q: fx.Node
-    k: fx.Node
-    v: fx.Node
     scale: float
     scale_source: str
     upstream_scale: float = 1.0  # a scalar already applied to q before its reshape (OPT)
     steps: tuple[Step, ...] = ()
     side: tuple[fx.Node, ...] = ()
     is_causal: bool = False
-    k_transposed: bool = False
-    kv_repeat: bool = False
-    float32_softmax: bool = False
-    variant: tuple[str, ...] = ()
-    nodes: tuple[fx.Node, ...] = field(default_factory=tuple)
-    meta: dict[str, object] = field(default_factory=dict)  # filled in by the rewrite
 
 
 class NoMatch(Exception):
     """A rule's reason for not matching (becomes a Refusal)."""
 
 
-def find(graph: fx.Graph) -> tuple[list[Candidate], list[Refusal]]:
-    found: list[Candidate] = []
+def find(graph: fx.Graph) -> tuple[list[FxCandidate], list[Refusal]]:
+    found: list[FxCandidate] = []
     refused: list[Refusal] = []
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
-        rule: Callable[[fx.Node], Candidate] | None = None
+        rule: Callable[[fx.Node], FxCandidate] | None = None
         if node.target in SDPA_OPS:
             rule = match_sdpa
         elif node.target in SOFTMAX_OPS:
@@ -133,7 +125,7 @@ def sole_user(node: fx.Node, what: str) -> fx.Node:
 # --- fused SDPA ------------------------------------------------------------------------------
 
 
-def match_sdpa(node: fx.Node) -> Candidate:
+def match_sdpa(node: fx.Node) -> FxCandidate:
     """sdpa(q, repeat(k), repeat(v), mask, causal, scale) -> block(q, k, v, mask)."""
     spec = SDPA_OPS[node.target]
     args = bound(node)
@@ -176,11 +168,12 @@ def match_sdpa(node: fx.Node) -> Candidate:
         variant.append(Variant.KV_REPEAT)
     if spec.gqa and args.get(spec.gqa):
         variant.append(Variant.ENABLE_GQA)
-    return Candidate(
+    return FxCandidate(
         anchor=node,
         output=output,
         q=q,
         k=k,
+        k_layout=Layout.BHSD,
         v=v,
         scale=float(scale),
         scale_source=source,
@@ -188,6 +181,7 @@ def match_sdpa(node: fx.Node) -> Candidate:
         side=(mask,) if isinstance(mask, fx.Node) else (),
         is_causal=is_causal,
         kv_repeat=ungrouped is not None,
+        float32_softmax=False,
         variant=tuple(variant),
         nodes=tuple(nodes),
     )
@@ -196,7 +190,7 @@ def match_sdpa(node: fx.Node) -> Candidate:
 # --- decomposed matmul -> softmax -> matmul ----------------------------------------------------
 
 
-def match_decomposed(softmax: fx.Node) -> Candidate:
+def match_decomposed(softmax: fx.Node) -> FxCandidate:
     """matmul(q, k^T) -> score steps -> softmax -> casts, dropout -> matmul(., v)."""
     rank = len(shape(softmax))
     dim = softmax.args[1]
@@ -206,7 +200,7 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
     return _attention(softmax, softmax.args[0], (), fp32)
 
 
-def match_inlined_softmax(div: fx.Node) -> Candidate:
+def match_inlined_softmax(div: fx.Node) -> FxCandidate:
     """The same with the softmax written out: exp(x - amax(x)) / sum(exp(...)) (rules.softmax)."""
     inlined = decomposed_softmax(FX, div)
     assert inlined is not None  # find() anchors here only when it matches
@@ -215,7 +209,7 @@ def match_inlined_softmax(div: fx.Node) -> Candidate:
 
 def _attention(
     softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], fp32: bool
-) -> Candidate:
+) -> FxCandidate:
     """The block around a softmax (`inside`: the nodes of one written out, data-flow order)."""
     rank = len(shape(softmax))
     if rank not in (3, 4):
@@ -235,7 +229,6 @@ def _attention(
     q, key, k, v = found.q, found.key, found.key.value, found.v
     q_scale, k_scale = _product(found.q_factors), _product(key.factors)
     sources = [name for name, s in (("q", q_scale), ("k", k_scale), ("scores", scale)) if s != 1.0]
-    transposed = key.layout == Layout.BHSD
     upstream = upstream_scale(FX, q)
     variant = structure_variant(
         FX,
@@ -247,18 +240,18 @@ def _attention(
         upstream=upstream,
         float32=fp32,
     )
-    return Candidate(
+    return FxCandidate(
         anchor=softmax,
         output=output,
         q=q,
         k=k,
+        k_layout=key.layout,
         v=v,
         scale=scale * q_scale * k_scale,
         scale_source="+".join(sources) or "none",
         upstream_scale=_product(upstream),
         steps=steps,
         side=side,
-        k_transposed=not transposed,
         kv_repeat=found.kv_repeat,
         float32_softmax=fp32,
         variant=variant,

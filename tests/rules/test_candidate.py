@@ -1,5 +1,6 @@
-"""The variant tags of a block (rules.candidate): the same form gets the same tags in an ONNX
-and an FX graph, and a form it is not is not tagged."""
+"""The record both finders produce (rules.candidate) and the variant tags of a block: the
+same attention gives the same record and tags in an ONNX and an FX graph, and a form it is
+not is not tagged."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import numpy as np
 import torch
 from onnx import helper
 
+from attnrewrite.patterns.finder import _structural
+from attnrewrite.patterns.softmax import softmax_anchor
 from attnrewrite.patterns.view import ONNX
-from attnrewrite.rules.candidate import structure_variant
-from attnrewrite.rules.operands import attention_operands, upstream_scale
+from attnrewrite.rules.candidate import Candidate, structure_variant
+from attnrewrite.rules.operands import Layout, attention_operands, upstream_scale
 from attnrewrite.rules.probs import walk_probs
 from attnrewrite.rules.scores import score_path
 from attnrewrite.rules.variants import Variant
+from attnrewrite.torch.find import find
 from attnrewrite.torch.view import FX
-from tests.rules.graphs import fx_output, onnx_values
+from tests.rules.graphs import fx_input, fx_output, onnx_values
 
 B, H, S, D = 1, 2, 4, 3
 SHAPES = {"q": [B, H, S, D], "k": [B, H, S, D], "v": [B, H, S, D]}
@@ -73,3 +77,45 @@ def test_the_same_form_gets_the_same_tags_in_onnx_and_fx() -> None:
 
 def test_must_not_tag_a_scale_on_the_scores_as_one_on_q() -> None:
     assert _onnx("scores") == _fx("scores") == (Variant.SOFTMAX, Variant.K_TRANSPOSE)
+
+
+def _shared(candidate: Candidate, name) -> tuple:
+    """The record's fields, graph values by name."""
+    return (
+        (name(candidate.q), name(candidate.k), name(candidate.v)),
+        candidate.k_layout,
+        candidate.kv_repeat,
+        candidate.float32_softmax,
+        candidate.variant,
+    )
+
+
+def test_both_finders_make_one_record_of_one_attention() -> None:
+    """softmax(q @ kt) @ v with K stored transposed: the record names the same inputs."""
+    values = onnx_values(
+        [
+            helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+            helper.make_node("Softmax", ["qk"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "v"], ["out"]),
+        ],
+        {"q": [B, H, S, D], "kt": [B, H, D, S], "v": [B, H, S, D]},
+    )
+    onnx = _structural(softmax_anchor(values["p"].producer(), 18), "main")
+    out = fx_output(
+        lambda q, kt, v: torch.softmax(q @ kt, -1) @ v,
+        torch.randn(B, H, S, D),
+        torch.randn(B, H, D, S),
+        torch.randn(B, H, S, D),
+    )
+    [fx], refused = find(out.graph)
+    assert isinstance(onnx, Candidate) and isinstance(fx, Candidate) and not refused
+    inputs = [fx_input(out, i) for i in range(3)]
+    expected = (
+        ("q", "kt", "v"),
+        Layout.BHDS,
+        False,
+        False,
+        (Variant.SOFTMAX, Variant.K_STORED_TRANSPOSED),
+    )
+    assert _shared(onnx, lambda value: value.name) == expected
+    assert _shared(fx, lambda node: expected[0][inputs.index(node)]) == expected
