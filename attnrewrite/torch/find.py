@@ -64,7 +64,7 @@ SDPA_OPS: dict[object, Sdpa] = {
     aten._scaled_dot_product_attention_math.default: Sdpa(gqa="enable_gqa"),
 }
 SOFTMAX_OPS = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
-FX_LAYOUTS = (Layout.BHSD, Layout.BHDS)  # K as the block takes it (k_transposed: bhds)
+FX_LAYOUTS = (Layout.BHSD, Layout.BHDS)  # K as the block takes it (bhds: it transposes K)
 FX_THROUGH = PASS_THROUGH - RESHAPES  # the block computes in the scores' shape
 
 
