@@ -22,8 +22,9 @@ import onnx_ir as ir
 
 from attnrewrite.rules.operands import Layout
 from attnrewrite.rules.scores import RESHAPES
+from attnrewrite.rules.variants import Variant
 
-__all__ = ["RESHAPES", "Layout"]  # the rules' vocabulary, named here for every later stage
+__all__ = ["RESHAPES", "Layout", "Variant"]  # the rules' vocabulary, named here for every stage
 
 # Node metadata left by substitute.contrib, which writes com.microsoft ops out on load:
 FUSED_FROM = "attnrewrite.fused_from"  # on the Softmax written for an op: "domain:op"
@@ -76,7 +77,7 @@ class ScoreStep:
     """One elementwise node between Q.K^T and Softmax that is not a constant scale.
 
     `score_input` is the index of the input that carries the scores; replaying the steps
-    on a zero score yields the additive bias the attention adds (see patterns.scores).
+    on a zero score yields the additive bias the attention adds (rules.replay).
     """
 
     node: ir.Node

@@ -40,42 +40,36 @@ from attnrewrite.patterns.graph_utils import (
     rank_of,
     static_dim,
 )
-from attnrewrite.patterns.probs import merged_heads, walk_probs
+from attnrewrite.patterns.probs import merged_heads
 from attnrewrite.patterns.scores import walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 from attnrewrite.patterns.view import ONNX
+from attnrewrite.rules.candidate import Candidate, structure_variant
 from attnrewrite.rules.operands import Factor, attention_operands, upstream_scale
-from attnrewrite.rules.scores import PASS_THROUGH
-from attnrewrite.rules.view import is_scalar
+from attnrewrite.rules.probs import walk_probs
+from attnrewrite.rules.scores import Link, split_steps
+from attnrewrite.rules.variants import Variant, mask_tag
 
 
-@dataclass(frozen=True)
-class Candidate:
+@dataclass(frozen=True, kw_only=True)
+class OnnxCandidate(Candidate[ir.Value, ir.Node]):
     """A structural match whose scale and mask still need evaluating."""
 
-    anchor: SoftmaxAnchor
     graph_name: str
-    q: Operand
-    k: Operand
-    v: Operand
     qk: ir.Node
     pv: ir.Node
     factors: tuple[Factor, ...]
     upstream: tuple[Factor, ...]
     steps: tuple[ScoreStep, ...]
-    nodes: tuple[ir.Node, ...]
-    variant: tuple[str, ...]
     nan_guard: bool
-    float32_softmax: bool
     shape_readers: tuple[ir.Node, ...]
     reshaped: tuple[ir.Value, ...]  # reshape outputs between Q.K^T and .V: keep the key axis
-    output: ir.Value
     output_layout: Layout
 
 
 def find_attention(model: ir.Model) -> FindResult:
     opset = default_opset(model)
-    candidates: list[Candidate] = []
+    candidates: list[OnnxCandidate] = []
     fused_matches: list[AttentionMatch] = []
     matches: list[AttentionMatch] = []
     refusals: list[Refusal] = []
@@ -112,63 +106,56 @@ def find_attention(model: ir.Model) -> FindResult:
     return FindResult(tuple(matches), tuple(refusals))
 
 
-def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
+def _structural(anchor: SoftmaxAnchor, graph_name: str) -> OnnxCandidate | str:
     chain = walk_scores(anchor.scores, anchor.nodes)
     if isinstance(chain, str):
         return chain
-    probs = walk_probs(anchor.probs)
+    probs = walk_probs(ONNX, anchor.probs)
     if isinstance(probs, str):
         return probs
-    found = attention_operands(ONNX, chain.qk.inputs[0], chain.qk.inputs[1], probs.pv.inputs[1])
-    q_value, q_factors, key = found.q, list(found.q_factors), found.key
-    k_operand, k_factors = Operand(key.value, key.layout), list(key.factors)
-    v_value = found.v
-    variant = ["softmax:decomposed" if anchor.decomposed else "softmax", key.tag]
-    if found.kv_repeat:
-        variant.append("kv:repeat")
+    pv = probs.pv.producer()
+    prob_nodes = tuple(value.producer() for value in probs.values)
+    found = attention_operands(ONNX, chain.qk.inputs[0], chain.qk.inputs[1], pv.inputs[1])
+    q_value, key = found.q, found.key
     upstream = upstream_scale(ONNX, q_value)
-    if q_factors:
-        variant.append("scale:on-q")
-    if upstream:
-        variant.append("scale:upstream-q")
-    if k_factors:
-        variant.append("scale:on-k")
-    if chain.float32_upcast:
-        variant.append("softmax:float32-upcast")
-    if probs.nan_guard:
-        variant.append("probs:nan-guard")
-    if any(n.op_type == "Dropout" for n in probs.nodes):
-        variant.append("probs:dropout")
-    if rank_of(chain.qk.outputs[0]) == 3:
-        variant.append("batched-3d")
-    reshaped = (*chain.reshaped, *(n.outputs[0] for n in probs.nodes if n.op_type in RESHAPES))
-    if reshaped:
-        variant.append("scores:reshaped")
-    nodes = (chain.qk, *(s.node for s in chain.steps), *anchor.nodes, *probs.nodes, probs.pv)
-    output, output_layout = probs.pv.outputs[0], Layout.BHSD
+    variant = structure_variant(
+        ONNX,
+        decomposed=anchor.decomposed,
+        qk=chain.qk.outputs[0],
+        scores=[step.node.outputs[0] for step in chain.steps],
+        probs=probs,
+        operands=found,
+        upstream=upstream,
+        float32=chain.float32_upcast,
+    )
+    reshaped = (*chain.reshaped, *(n.outputs[0] for n in prob_nodes if n.op_type in RESHAPES))
+    nodes = (chain.qk, *(s.node for s in chain.steps), *anchor.nodes, *prob_nodes, pv)
+    output, output_layout = probs.pv, Layout.BHSD
     fused_from = anchor.node.metadata_props.get(FUSED_FROM)
-    merged = merged_heads(probs.pv) if fused_from else None
+    merged = merged_heads(pv) if fused_from else None
     if fused_from:  # written out on load from a com.microsoft op: its output is the block's
-        variant.insert(0, fused_from)
+        variant = (fused_from, *variant)
     if merged:
         nodes, output, output_layout = (*nodes, *merged), merged[1].outputs[0], Layout.BS_HD
     steps = [step.node for step in chain.steps]
     for reader in chain.reshaped_readers:
         if _outlives(reader, nodes, steps):  # q and k cannot give it: it is not their shape
             return f"the shape of reshaped scores is read by '{reader.name}' outside the block"
-    return Candidate(
-        anchor=anchor,
+    return OnnxCandidate(
+        anchor=anchor.node,
         graph_name=graph_name,
-        q=Operand(q_value, Layout.BHSD),
-        k=k_operand,
-        v=Operand(v_value, Layout.BHSD),
+        q=q_value,
+        k=key.value,
+        k_layout=key.layout,
+        v=found.v,
+        kv_repeat=found.kv_repeat,
         qk=chain.qk,
-        pv=probs.pv,
-        factors=tuple(q_factors + k_factors),
+        pv=pv,
+        factors=(*found.q_factors, *key.factors),
         upstream=tuple(upstream),
         steps=chain.steps,
         nodes=nodes,
-        variant=tuple(variant),
+        variant=variant,
         nan_guard=probs.nan_guard,
         float32_softmax=chain.float32_upcast,
         shape_readers=chain.shape_readers,
@@ -180,16 +167,9 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> Candidate | str:
 
 def _split_steps(steps: Sequence[ScoreStep]) -> tuple[list[Factor], list[ScoreStep]]:
     """Scalar scale steps (factors), and the bias steps: everything from the first mask step."""
-    factors: list[Factor] = []
-    first_mask = len(steps)
-    for i, step in enumerate(steps):
-        node = step.node
-        side = node.inputs[1 - step.score_input] if node.op_type in ("Mul", "Div") else None
-        if side is not None and is_scalar(ONNX, side):
-            factors.append(Factor(side, node.op_type == "Div", node.outputs[0]))
-        elif node.op_type not in PASS_THROUGH:
-            first_mask = min(first_mask, i)
-    return factors, list(steps[first_mask:])
+    links = [Link(step.node.outputs[0], step.score_input) for step in steps]
+    factors, first = split_steps(ONNX, links)
+    return factors, list(steps[first:])
 
 
 def _side_inputs(steps: Sequence[ScoreStep]) -> list[ir.Value]:
@@ -201,11 +181,11 @@ def _side_inputs(steps: Sequence[ScoreStep]) -> list[ir.Value]:
     ]
 
 
-def _request(candidate: Candidate, evaluations: Evaluations) -> None:
+def _request(candidate: OnnxCandidate, evaluations: Evaluations) -> None:
     chain_factors, bias_steps = _split_steps(candidate.steps)
     for operand in (candidate.q, candidate.v):
-        if _dim(operand.value, -3, 4) is None or _dim(operand.value, -1, 4) is None:
-            evaluations.want(operand.value)
+        if _dim(operand, -3, 4) is None or _dim(operand, -1, 4) is None:
+            evaluations.want(operand)
     for factor in (*candidate.factors, *candidate.upstream, *chain_factors):
         evaluations.want(factor.value)
     if bias_steps:
@@ -216,7 +196,7 @@ def _request(candidate: Candidate, evaluations: Evaluations) -> None:
         evaluations.want(value)
 
 
-def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch | Refusal:
+def _finalize(candidate: OnnxCandidate, evaluations: Evaluations) -> AttentionMatch | Refusal:
     reshape_problem = _reshape_problem(candidate, evaluations)
     if reshape_problem:
         return _refuse(candidate, reshape_problem)
@@ -244,19 +224,19 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         kind, window, checks = classified
         if kind.needs_tensor:
             bias = _bias_source(bias_steps)
-    variant = (*candidate.variant, *(f"mask:{s.node.op_type.lower()}" for s in bias_steps[:1]))
+    variant = (*candidate.variant, *(mask_tag(s.node.op_type) for s in bias_steps[:1]))
     variant = (*variant, *checks)
     if bias_steps and evaluations.values(candidate.qk.outputs[0]) is None:
-        variant = (*variant, "mask:unclassified")
-    q_value = candidate.q.value
+        variant = (*variant, Variant.MASK_UNCLASSIFIED)
+    q_value = candidate.q
     rank = rank_of(candidate.qk.outputs[0]) or rank_of(q_value) or 4
     return AttentionMatch(
-        anchor=candidate.anchor.node.name or "",
+        anchor=candidate.anchor.name or "",
         graph_name=candidate.graph_name,
         variant=variant,
-        q=candidate.q,
-        k=candidate.k,
-        v=candidate.v,
+        q=Operand(candidate.q),
+        k=Operand(candidate.k, candidate.k_layout),
+        v=Operand(candidate.v),
         output=candidate.output,
         output_layout=candidate.output_layout,
         nodes=candidate.nodes,
@@ -267,12 +247,12 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
         bias=bias,
         window=window,
         q_heads=_dim(q_value, -3, rank, evaluations),
-        kv_heads=_dim(candidate.v.value, -3, rank, evaluations),
+        kv_heads=_dim(candidate.v, -3, rank, evaluations),
         head_dim=_dim(q_value, -1, rank, evaluations),
         q_len=static_dim(q_value, -2),
-        kv_len=static_dim(candidate.v.value, -2),
+        kv_len=static_dim(candidate.v, -2),
         rank=rank,
-        kv_repeat="kv:repeat" in candidate.variant,
+        kv_repeat=candidate.kv_repeat,
         shape_readers=_still_read(candidate, bias_steps if bias is not None else ()),
         runtime_factors=tuple(runtime),
         nan_guard=candidate.nan_guard,
@@ -281,7 +261,7 @@ def _finalize(candidate: Candidate, evaluations: Evaluations) -> AttentionMatch 
     )
 
 
-def _unproven_reshapes(candidate: Candidate) -> list[ir.Value]:
+def _unproven_reshapes(candidate: OnnxCandidate) -> list[ir.Value]:
     """Reshape outputs whose key axis shape inference does not show to be the scores'."""
     if not candidate.reshaped:
         return []
@@ -298,7 +278,7 @@ def _unproven_reshapes(candidate: Candidate) -> list[ir.Value]:
     return unproven
 
 
-def _reshape_problem(candidate: Candidate, evaluations: Evaluations) -> str:
+def _reshape_problem(candidate: OnnxCandidate, evaluations: Evaluations) -> str:
     """Why the reshapes between Q.K^T and .V are not mere regroupings of whole key rows
     (each keeps the key axis, and .V reads the probabilities in the scores' shape), or ""."""
     unproven = _unproven_reshapes(candidate)
@@ -320,7 +300,7 @@ def _reshape_problem(candidate: Candidate, evaluations: Evaluations) -> str:
     return ""
 
 
-def _still_read(candidate: Candidate, kept: Sequence[ScoreStep]) -> tuple[ir.Node, ...]:
+def _still_read(candidate: OnnxCandidate, kept: Sequence[ScoreStep]) -> tuple[ir.Node, ...]:
     """Shape readers of the scores whose result outlives the rewrite (a mask used elsewhere,
     or one the new node reads): they are re-routed to q and k. The others (a reshape target
     inside the block) go with the block."""
@@ -388,7 +368,7 @@ def _bias_source(steps: Sequence[ScoreStep]) -> Bias:
 
 
 def _classify(
-    candidate: Candidate, steps: Sequence[ScoreStep], evaluations: Evaluations
+    candidate: OnnxCandidate, steps: Sequence[ScoreStep], evaluations: Evaluations
 ) -> tuple[MaskKind, int | None, tuple[str, ...]] | str:
     """Kind, window and variant tags of the mask the steps add, or why it is no mask."""
     sides = {
@@ -460,7 +440,7 @@ def _unless_unchecked(
     as a tensor: exact stays exact, and no method reads a window into it that is not there."""
     if long is None or long_shape is not None or kind not in UNCHECKED_AS:
         return kind, window, ()
-    return UNCHECKED_AS[kind], None, ("mask:window-unchecked",)
+    return UNCHECKED_AS[kind], None, (Variant.MASK_WINDOW_UNCHECKED,)
 
 
 UNCHECKED_AS = {
@@ -529,7 +509,7 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     masks_at = evaluations.values(value)
     q_at, k_at = evaluations.values(match.q.value), evaluations.values(match.k.value)
     if masks_at is None or q_at is None or k_at is None:
-        return replace(match, variant=(*match.variant, "mask:unclassified"))
+        return replace(match, variant=(*match.variant, Variant.MASK_UNCLASSIFIED))
     lengths = [(q.shape[-2], k.shape[-2]) for q, k in zip(q_at, k_at, strict=True)]
     long = evaluations.at_length([value])
     q_long = _long_shape(long, match.q.value, evaluations)
@@ -560,6 +540,6 @@ def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> Attentio
     )
 
 
-def _refuse(candidate: Candidate, reason: str) -> Refusal:
-    node = candidate.anchor.node
+def _refuse(candidate: OnnxCandidate, reason: str) -> Refusal:
+    node = candidate.anchor
     return Refusal(node.name or "", node.op_type, candidate.graph_name, reason)

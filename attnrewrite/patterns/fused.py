@@ -27,6 +27,7 @@ from attnrewrite.match import (
 from attnrewrite.patterns.graph_utils import float_attr, int_attr, is_op, rank_of, static_dim
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.operands import ungroup_kv
+from attnrewrite.rules.variants import Variant, rank_tag
 
 MS = "com.microsoft"
 
@@ -101,12 +102,12 @@ def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
         return _refuse(node, graph_name, "Attention inputs of unknown rank")
     if not isinstance(head_dim, int):
         return _refuse(node, graph_name, "Attention head size is not static: scale unknown")
-    variant: tuple[str, ...] = ("onnx:Attention", f"rank{rank}")
+    variant: tuple[str, ...] = (Variant.ONNX_ATTENTION, rank_tag(rank))
     ungrouped = ungroup_kv(ONNX, k, v)
     if rank == 4 and ungrouped is not None:  # K, V repeated before the op: take the sources
         k, v = ungrouped
         kv_heads = static_dim(k, 1)
-        variant = (*variant, "kv:repeat")
+        variant = (*variant, Variant.KV_REPEAT)
     causal = bool(int_attr(node, "is_causal", 0))
     mask = _input(node, 3)
     bias = None

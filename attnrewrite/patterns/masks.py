@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from attnrewrite.match import MaskKind, ScoreStep, reshapes_scores
 from attnrewrite.patterns.graph_utils import int_attr
+from attnrewrite.rules.replay import Step, replay
 
 # A bias at or below this masks its key: exp underflows to 0 in fp32 for any score within
 # thousands of the row's largest. Half of the -10000 that onnxruntime's kernels and older
@@ -38,41 +39,28 @@ def replay_on_zero(
     dtype: np.dtype,
     scores_shape: Sequence[int] = (),
 ) -> np.ndarray:
-    """Apply the steps to a zero score; `side(i, j)` is input j of step i. Steps that reshape
-    the scores need the zero in the scores' shape, and the bias is returned in it."""
+    """Apply the steps to a zero score (rules.replay, in numpy); `side(i, j)` is input j of
+    step i. Steps that reshape the scores need the zero in the scores' shape, and the bias is
+    returned in it."""
     reshapes = reshapes_scores(steps)
-    result = np.zeros(tuple(scores_shape) if reshapes else (), dtype=dtype)
-    for i, step in enumerate(steps):
-        node, at = step.node, step.score_input
-        args = [result if j == at else side(i, j) for j in range(len(node.inputs))]
-        result = _apply(node.op_type, node, args)
+    zero = np.zeros(tuple(scores_shape) if reshapes else (), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        result = replay([_replayable(step) for step in steps], side, zero, np)
     return np.reshape(result, scores_shape) if reshapes else np.asarray(result)
 
 
-def _apply(op: str, node: ir.Node, args: list[np.ndarray]) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if op == "Add":
-            return args[0] + args[1]
-        if op == "Sub":
-            return args[0] - args[1]
-        if op == "Mul":
-            return args[0] * args[1]
-        if op == "Div":
-            return args[0] / args[1]
-        if op == "Where":
-            return np.where(args[0].astype(bool), args[1], args[2])
-        if op == "Cast":
-            return args[0].astype(ir.DataType(int(node.attributes["to"].value)).numpy())
-        if op == "Identity":
-            return args[0]
-        if op == "Reshape":
-            keep = not int_attr(node, "allowzero", 0)  # 0 copies the input's dimension
-            dims = [args[0].shape[k] if d == 0 and keep else int(d) for k, d in enumerate(args[1])]
-            return np.reshape(args[0], dims)
-        if op == "Flatten":
-            axis = int_attr(node, "axis", 1) or 0
-            return np.reshape(args[0], (int(np.prod(args[0].shape[:axis])), -1))
-    raise ValueError(f"cannot replay {op}")
+PARAMS: dict[str, Callable[[ir.Node], object]] = {  # what rules.replay needs of a node
+    "Cast": lambda node: ir.DataType(int(node.attributes["to"].value)).numpy(),
+    "Reshape": lambda node: int_attr(node, "allowzero", 0),
+    "Flatten": lambda node: int_attr(node, "axis", 1),
+}
+
+
+def _replayable(step: ScoreStep) -> Step:
+    """The step as rules.replay takes it: every input but the scores evaluated (`side`)."""
+    node = step.node
+    param = PARAMS[node.op_type](node) if node.op_type in PARAMS else None
+    return Step(node.op_type, step.score_input, (None,) * len(node.inputs), param)
 
 
 def hidden(bias: ArrayT) -> ArrayT:

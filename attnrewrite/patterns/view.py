@@ -59,6 +59,25 @@ class OnnxView:
         assert isinstance(value, ir.Value)
         return consumers(value)
 
+    def readers(self, value: object) -> Sequence[object]:
+        assert isinstance(value, ir.Value)
+        return [node.outputs[0] for node in consumers(value)]
+
+    def is_output(self, value: object) -> bool:
+        return isinstance(value, ir.Value) and value.is_graph_output()
+
+    def more_outputs_read(self, value: object) -> bool:
+        node = value.producer() if isinstance(value, ir.Value) else None
+        return node is not None and any(out.uses() for out in node.outputs[1:])
+
+    def op_type(self, value: object) -> str | None:
+        node = value.producer() if isinstance(value, ir.Value) else None
+        return None if node is None else node.op_type
+
+    def node_name(self, value: object) -> str:
+        node = value.producer() if isinstance(value, ir.Value) else None
+        return "" if node is None else str(node.name)
+
     def label(self, value: object) -> str | None:
         node = value.producer() if isinstance(value, ir.Value) else None
         return None if node is None else f"{node.op_type} '{node.name}'"

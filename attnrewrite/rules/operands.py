@@ -12,6 +12,7 @@ from enum import StrEnum
 import numpy as np
 
 from attnrewrite.rules.pattern import Pat, Rule, RuleSet
+from attnrewrite.rules.variants import Variant
 from attnrewrite.rules.view import GraphView, agrees, is_scalar, rank
 
 X, C = Pat.var("x"), Pat.var("c")
@@ -176,7 +177,7 @@ def key_operand(view: GraphView, operand: object, layouts: tuple[Layout, ...] = 
         return key
     kt, factors = strip_scale(view, operand)
     through = tuple(f.product for f in factors)
-    return Key(kt, Layout.BHDS, tuple(factors), "k:stored-transposed", through)
+    return Key(kt, Layout.BHDS, tuple(factors), Variant.K_STORED_TRANSPOSED, through)
 
 
 def _key(view: GraphView, operand: object) -> Key:
@@ -189,17 +190,17 @@ def _key(view: GraphView, operand: object) -> Key:
         if as_key == tuple(range(len(perm))):
             key, more = strip_scale(view, source)
             seen = (*through, *passed, *(f.product for f in more))
-            return Key(key, Layout.BHSD, (*factors, *more), "k:transpose", seen)
+            return Key(key, Layout.BHSD, (*factors, *more), Variant.K_TRANSPOSE, seen)
         if as_key == (0, 2, 1, 3):
             seen = (*through, *passed)
-            return Key(source, Layout.BSHD, tuple(factors), "k:transpose-bshd", seen)
+            return Key(source, Layout.BSHD, tuple(factors), Variant.K_TRANSPOSE_BSHD, seen)
     merged = MERGED_HEADS.apply(view, kt)
     if merged is not None:
-        (source, passed), tag = merged, "k:reshape-transpose-reshape"
+        (source, passed), tag = merged, Variant.K_RESHAPE_TRANSPOSE_RESHAPE
         key, more = strip_scale(view, source)
         seen = (*through, *passed, *(f.product for f in more))
         return Key(key, Layout.BHSD, (*factors, *more), tag, seen)
-    return Key(kt, Layout.BHDS, tuple(factors), "k:stored-transposed", through)
+    return Key(kt, Layout.BHDS, tuple(factors), Variant.K_STORED_TRANSPOSED, through)
 
 
 # --- grouped-query K, V ---------------------------------------------------------------------

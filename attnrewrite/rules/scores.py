@@ -10,9 +10,11 @@ patterns.masks). Which inputs of a step may carry the scores:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from attnrewrite.rules.view import GraphView
+from attnrewrite.rules.operands import Factor
+from attnrewrite.rules.view import GraphView, is_scalar
 
 SCORE_INPUTS: dict[str, tuple[int, ...]] = {
     "Add": (0, 1),  # scores + bias, bias + scores
@@ -75,6 +77,23 @@ def _path(view: GraphView, value: object, depth: int) -> tuple[object, list[Link
         qk, links = found
         return qk, [*links, Link(value, index)]
     return reason
+
+
+def split_steps(view: GraphView, links: Sequence[Link]) -> tuple[list[Factor], int]:
+    """The scalar factors among the steps (their product multiplies the raw scores), and where
+    the bias steps start: at the first step that reads a mask or bias. Replayed on a zero
+    score, the steps from there give the bias (rules.replay); the factors before it scale
+    only the raw scores."""
+    factors: list[Factor] = []
+    first = len(links)
+    for i, link in enumerate(links):
+        op = view.op(link.value)
+        side = view.inputs(link.value)[1 - link.score_input] if op in ("Mul", "Div") else None
+        if side is not None and is_scalar(view, side):
+            factors.append(Factor(side, op == "Div", link.value))
+        elif op not in PASS_THROUGH:
+            first = min(first, i)
+    return factors, first
 
 
 def _readers(view: GraphView, value: object) -> int:

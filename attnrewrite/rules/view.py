@@ -52,6 +52,28 @@ class GraphView(Protocol):
         """The nodes reading `value`, each once."""
         ...
 
+    def readers(self, value: object) -> Sequence[object]:
+        """What the nodes reading `value` compute (each one's first output), each node once; the
+        graph's outputs are not among them (see `is_output`). Walks down the graph use these."""
+        ...
+
+    def is_output(self, value: object) -> bool:
+        """Whether the graph returns `value`."""
+        ...
+
+    def more_outputs_read(self, value: object) -> bool:
+        """Whether another output of the value's producer is read (a Dropout's mask)."""
+        ...
+
+    def op_type(self, value: object) -> str | None:
+        """The producer's own op name in any domain (SoftmaxGrad_13, native_dropout), None for a
+        graph input: for messages and for ops outside the view's vocabulary."""
+        ...
+
+    def node_name(self, value: object) -> str:
+        """The producer's name, as messages name nodes."""
+        ...
+
     def label(self, value: object) -> str | None:
         """The producer as messages name it ("Mul 'name'"), None for a graph input."""
         ...

@@ -8,55 +8,12 @@ The block is differentiable wherever the method's torch reference is (plain torc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
 from attnrewrite import methods as references
 from attnrewrite.methods.exact import as_4d, expand_kv, positions_mask
-
-
-@dataclass(frozen=True)
-class Step:
-    """One score step between Q.K^T and softmax, replayed on a zero score to get the bias.
-
-    kind: ``add`` (+t), ``sub`` (-t), ``scale`` (*const), ``fill`` (where(t, const, s): a
-    masked_fill), ``keep`` (where(t, s, const)), ``mask`` (an SDPA attn_mask taken as is).
-    Every kind but ``scale`` reads the next side tensor.
-    """
-
-    kind: str
-    const: float = 0.0
-
-    @property
-    def reads_tensor(self) -> bool:
-        return self.kind != "scale"
-
-
-def replay(steps: tuple[Step, ...], side: tuple[Tensor, ...], like: Tensor) -> Tensor | None:
-    """The additive bias the steps add to the scores (None: they add nothing)."""
-    bias: Tensor | None = None
-    tensors = iter(side)
-    for step in steps:
-        if step.kind == "scale":
-            bias = None if bias is None else bias * step.const
-            continue
-        t = next(tensors)
-        zero = bias if bias is not None else like.new_zeros(())
-        if step.kind == "mask":
-            bias = t
-        elif step.kind == "add":
-            bias = t if bias is None else bias + t
-        elif step.kind == "sub":
-            bias = -t if bias is None else bias - t
-        elif step.kind == "fill":
-            bias = torch.where(t, step.const, zero)
-        elif step.kind == "keep":
-            bias = torch.where(t, zero, step.const)
-        else:
-            raise ValueError(f"unknown score step {step.kind!r}")
-    return bias
+from attnrewrite.rules.replay import Step, replay
 
 
 def fold_causal(bias: Tensor, sq: int, skv: int) -> Tensor:
@@ -112,8 +69,13 @@ class AttentionBlock(nn.Module):
         )
 
     def raw_bias(self, q: Tensor, side: tuple[Tensor, ...]) -> Tensor | None:
-        bias = replay(self.steps, side, q)
-        if bias is not None and self.rank == 3:
+        """The additive bias the score steps add (rules.replay, in torch, on the side tensors
+        in order); None when there is no mask."""
+        if not self.steps:
+            return None
+        tensors = iter(side)
+        bias = replay(self.steps, lambda i, j: next(tensors), q.new_zeros(()), torch)
+        if self.rank == 3:
             bias = bias.unsqueeze(1) if bias.dim() == 3 else bias
         return bias
 

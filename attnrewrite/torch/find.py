@@ -5,14 +5,16 @@ Rules, each small and declarative:
 - fused:      aten.scaled_dot_product_attention and its flash / efficient / math / cpu-flash
               variants (SDPA_OPS: where each reads its mask, dropout, is_causal, scale);
 - decomposed: matmul(q, k^T) -> [scale | add | sub | masked_fill | where | cast]* -> softmax
-              -> [cast | inactive dropout]* -> matmul(., v);
+              -> [cast | inactive dropout]* -> matmul(., v): the ONNX finder's walk down
+              (rules.probs), reshapes not followed;
 - operands:   scale on q, k or k^T, K^T, grouped-query repeat: the ONNX finder's rules
               (rules.operands), read through the FX view (torch.view);
-- scores:     the ONNX finder's walk from softmax to Q.K^T (rules.scores), each step made a
-              replayable `Step` (scale by a constant scalar, add, sub, keep, fill).
+- scores:     the ONNX finder's walk from softmax to Q.K^T (rules.scores), the bias steps made
+              replayable `Step`s (rules.replay: the table the ONNX finder replays too).
 
-A structural match becomes a `Candidate`; its mask kind is decided later, from what the mask
-computes on the example inputs (rewrite.classify). Everything else is a `Refusal` with a reason.
+A structural match becomes an `FxCandidate` (the record the ONNX finder makes too, with what the
+block needs); its mask kind is decided later, from what the mask computes on the example
+inputs (rewrite.classify). Everything else is a `Refusal` with a reason.
 """
 
 from __future__ import annotations
@@ -20,22 +22,26 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import fx
 
 from attnrewrite.match import Refusal
+from attnrewrite.rules.candidate import Candidate, structure_variant
 from attnrewrite.rules.operands import (
     Factor,
     Layout,
     attention_operands,
     constant_scalar,
     ungroup_kv,
+    upstream_scale,
 )
-from attnrewrite.rules.scores import Link, score_path
+from attnrewrite.rules.probs import PASS_THROUGH, walk_probs
+from attnrewrite.rules.replay import Step
+from attnrewrite.rules.scores import RESHAPES, Link, score_path, split_steps
 from attnrewrite.rules.softmax import decomposed_softmax
-from attnrewrite.torch.block import Step
+from attnrewrite.rules.variants import Variant
 from attnrewrite.torch.view import FX, bound, const_scalar, op_name
 
 aten = torch.ops.aten
@@ -58,42 +64,35 @@ SDPA_OPS: dict[object, Sdpa] = {
     aten._scaled_dot_product_attention_math.default: Sdpa(gqa="enable_gqa"),
 }
 SOFTMAX_OPS = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
-FX_LAYOUTS = (Layout.BHSD, Layout.BHDS)  # K as the block takes it (k_transposed: bhds)
+FX_LAYOUTS = (Layout.BHSD, Layout.BHDS)  # K as the block takes it (bhds: it transposes K)
+FX_THROUGH = PASS_THROUGH - RESHAPES  # the block computes in the scores' shape
 
 
-@dataclass
-class Candidate:
-    """A structural match: the replacement's inputs, what to replay, and the nodes it covers."""
+@dataclass(frozen=True, kw_only=True)
+class FxCandidate(Candidate[fx.Node, fx.Node]):
+    """A structural match with what the block needs: the scale (constants only), the bias
+    steps to replay and the tensors they read; the mask kind is settled on the example
+    inputs (torch.rewrite)."""
 
-    anchor: fx.Node
-    output: fx.Node
-    q: fx.Node
-    k: fx.Node
-    v: fx.Node
     scale: float
     scale_source: str
+    upstream_scale: float = 1.0  # a scalar already applied to q before its reshape (OPT)
     steps: tuple[Step, ...] = ()
     side: tuple[fx.Node, ...] = ()
     is_causal: bool = False
-    k_transposed: bool = False
-    kv_repeat: bool = False
-    float32_softmax: bool = False
-    variant: tuple[str, ...] = ()
-    nodes: tuple[fx.Node, ...] = field(default_factory=tuple)
-    meta: dict[str, object] = field(default_factory=dict)  # filled in by the rewrite
 
 
 class NoMatch(Exception):
     """A rule's reason for not matching (becomes a Refusal)."""
 
 
-def find(graph: fx.Graph) -> tuple[list[Candidate], list[Refusal]]:
-    found: list[Candidate] = []
+def find(graph: fx.Graph) -> tuple[list[FxCandidate], list[Refusal]]:
+    found: list[FxCandidate] = []
     refused: list[Refusal] = []
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
-        rule: Callable[[fx.Node], Candidate] | None = None
+        rule: Callable[[fx.Node], FxCandidate] | None = None
         if node.target in SDPA_OPS:
             rule = match_sdpa
         elif node.target in SOFTMAX_OPS:
@@ -126,7 +125,7 @@ def sole_user(node: fx.Node, what: str) -> fx.Node:
 # --- fused SDPA ------------------------------------------------------------------------------
 
 
-def match_sdpa(node: fx.Node) -> Candidate:
+def match_sdpa(node: fx.Node) -> FxCandidate:
     """sdpa(q, repeat(k), repeat(v), mask, causal, scale) -> block(q, k, v, mask)."""
     spec = SDPA_OPS[node.target]
     args = bound(node)
@@ -161,26 +160,28 @@ def match_sdpa(node: fx.Node) -> Candidate:
         scale, source = 1.0 / math.sqrt(qs[-1]), "default 1/sqrt(d)"
     mask = args.get(spec.mask) if spec.mask else None
     variant = [
-        "sdpa" if node.target is aten.scaled_dot_product_attention.default else op_name(node)
+        Variant.SDPA if node.target is aten.scaled_dot_product_attention.default else op_name(node)
     ]
     ungrouped = ungroup_kv(FX, k, v)
     if ungrouped is not None:
         k, v = ungrouped
-        variant.append("repeat_kv")
+        variant.append(Variant.KV_REPEAT)
     if spec.gqa and args.get(spec.gqa):
-        variant.append("enable_gqa")
-    return Candidate(
+        variant.append(Variant.ENABLE_GQA)
+    return FxCandidate(
         anchor=node,
         output=output,
         q=q,
         k=k,
+        k_layout=Layout.BHSD,
         v=v,
         scale=float(scale),
         scale_source=source,
-        steps=(Step("mask"),) if isinstance(mask, fx.Node) else (),
+        steps=(Step("Mask", 0, (None, None)),) if isinstance(mask, fx.Node) else (),
         side=(mask,) if isinstance(mask, fx.Node) else (),
         is_causal=is_causal,
         kv_repeat=ungrouped is not None,
+        float32_softmax=False,
         variant=tuple(variant),
         nodes=tuple(nodes),
     )
@@ -189,7 +190,7 @@ def match_sdpa(node: fx.Node) -> Candidate:
 # --- decomposed matmul -> softmax -> matmul ----------------------------------------------------
 
 
-def match_decomposed(softmax: fx.Node) -> Candidate:
+def match_decomposed(softmax: fx.Node) -> FxCandidate:
     """matmul(q, k^T) -> score steps -> softmax -> casts, dropout -> matmul(., v)."""
     rank = len(shape(softmax))
     dim = softmax.args[1]
@@ -199,61 +200,61 @@ def match_decomposed(softmax: fx.Node) -> Candidate:
     return _attention(softmax, softmax.args[0], (), fp32)
 
 
-def match_inlined_softmax(div: fx.Node) -> Candidate:
+def match_inlined_softmax(div: fx.Node) -> FxCandidate:
     """The same with the softmax written out: exp(x - amax(x)) / sum(exp(...)) (rules.softmax)."""
     inlined = decomposed_softmax(FX, div)
     assert inlined is not None  # find() anchors here only when it matches
-    return _attention(div, inlined.scores, inlined.values[:-1], False, "inlined_softmax")
+    return _attention(div, inlined.scores, inlined.values[:-1], False)
 
 
 def _attention(
-    softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], fp32: bool, tag: str = ""
-) -> Candidate:
+    softmax: fx.Node, scores: fx.Node, inside: tuple[object, ...], fp32: bool
+) -> FxCandidate:
     """The block around a softmax (`inside`: the nodes of one written out, data-flow order)."""
     rank = len(shape(softmax))
     if rank not in (3, 4):
         raise NoMatch(f"rank-{rank} scores: only [B, H, S, S] and [B*H, S, S] are handled")
-    down = [softmax]
-    node = sole_user(softmax, "softmax output")
-    while FX.op(node) in ("Cast", "Identity") or node.target is aten.dropout.default:
+    probs = walk_probs(FX, softmax, FX_THROUGH)
+    if isinstance(probs, str):
+        raise NoMatch(probs)
+    for node in probs.values:
         if node.target is aten.dropout.default and node.args[1] and node.args[2]:
             raise NoMatch(f"attention dropout p={node.args[1]} in training mode")
-        down.append(node)
-        node = sole_user(node, "attention probabilities")
-    if FX.op(node) != "MatMul" or node.args[0] is not down[-1]:
-        raise NoMatch(f"softmax output is not multiplied by V (it reaches {node.name})")
-    output, v = node, node.args[1]
+    down = [softmax, *probs.values]
+    output, v = probs.pv, probs.pv.args[1]
     if len(shape(v)) != rank:
         raise NoMatch(f"probabilities of rank {rank} multiply a rank-{len(shape(v))} V")
     steps, side, chain, scale, matmul = walk_scores(scores)
     found = attention_operands(FX, matmul.args[0], matmul.args[1], v, FX_LAYOUTS)
     q, key, k, v = found.q, found.key, found.key.value, found.v
     q_scale, k_scale = _product(found.q_factors), _product(key.factors)
-    variant = ["matmul_softmax"]
     sources = [name for name, s in (("q", q_scale), ("k", k_scale), ("scores", scale)) if s != 1.0]
-    transposed = key.layout == Layout.BHSD
-    if found.kv_repeat:
-        variant.append("repeat_kv")
-    if not transposed:
-        variant.append("k_stored_transposed")
-    if fp32:
-        variant.append("float32_softmax")
-    if tag:
-        variant.append(tag)
-    return Candidate(
+    upstream = upstream_scale(FX, q)
+    variant = structure_variant(
+        FX,
+        decomposed=bool(inside),  # the nodes of a softmax written out
+        qk=matmul,
+        scores=chain,
+        probs=probs,
+        operands=found,
+        upstream=upstream,
+        float32=fp32,
+    )
+    return FxCandidate(
         anchor=softmax,
         output=output,
         q=q,
         k=k,
+        k_layout=key.layout,
         v=v,
         scale=scale * q_scale * k_scale,
         scale_source="+".join(sources) or "none",
+        upstream_scale=_product(upstream),
         steps=steps,
         side=side,
-        k_transposed=not transposed,
         kv_repeat=found.kv_repeat,
         float32_softmax=fp32,
-        variant=tuple(variant),
+        variant=variant,
         nodes=(
             output,
             *reversed(down),
@@ -280,47 +281,49 @@ def walk_scores(
     node: fx.Node,
 ) -> tuple[tuple[Step, ...], tuple[fx.Node, ...], list[fx.Node], float, fx.Node]:
     """From the softmax input up to Q.K^T (rules.scores): (steps, side tensors, chain, scale,
-    matmul). Each step becomes a replayable `Step`; the chain lists the nodes, last first."""
+    matmul). The constant factors make the scale; the steps from the first that reads a mask
+    are what the block replays (rules.replay) on the side tensors. The chain lists the
+    nodes, last first."""
     path = score_path(FX, node)
     if isinstance(path, str):
         raise NoMatch(path)
     matmul, links = path
-    steps: list[Step] = []
-    side: list[fx.Node] = []
-    scale = 1.0
     for link in links:
         if link.value is not node:
             sole_user(link.value, "attention scores")
-        step, tensor = _step(link)
-        if step is not None and step.kind == "scale":
-            scale *= step.const
-        if step is not None:
-            steps.append(step)
-        if tensor is not None:
-            side.append(tensor)
+        if FX.op(link.value) in RESHAPES:  # the block computes in q's shape
+            raise NoMatch(f"{FX.label(link.value)} between Q.K^T and softmax")
+    factors, first = split_steps(FX, links)
+    steps: list[Step] = []
+    side: list[fx.Node] = []
+    for link in links[first:]:
+        found = _step(link)
+        if found is not None:
+            steps.append(found[0])
+            side.extend(found[1])
     chain = [link.value for link in reversed(links)]
-    return tuple(steps), tuple(side), chain, scale, matmul
+    return tuple(steps), tuple(side), chain, _product(factors), matmul
 
 
-def _step(link: Link) -> tuple[Step | None, fx.Node | None]:
-    """The replayable form of one score step and the tensor it reads (None for a cast):
+def _step(link: Link) -> tuple[Step, tuple[fx.Node, ...]] | None:
+    """The replayable form of one bias step and the tensors it reads (None for a cast):
 
-    Mul(s, c) | Mul(c, s) | Div(s, c)   -> scale c | 1/c   (c a constant scalar)
-    Add(s, t) | Add(t, s) | Sub(s, t)   -> add t | sub t
-    Where(m, s, c)                      -> keep m, c        (where(m, s, c))
-    Where(m, c, s)                      -> fill m, c        (masked_fill(s, m, c))
+    Mul(s, c) | Mul(c, s) | Div(s, c)   -> the same, c a constant scalar
+    Add(s, t) | Add(t, s) | Sub(s, t)   -> the same, t read by the block
+    Where(m, s, c) | Where(m, c, s)     -> the same, m read by the block, c a constant scalar
     """
     node, at = link.value, link.score_input
     op, args = FX.op(node), FX.inputs(node)
     if op in ("Cast", "Identity"):
-        return None, None
+        return None
     other = args[1 - at] if op in ("Mul", "Div", "Add", "Sub") else args[3 - at]
-    if op in ("Mul", "Div"):
-        c = const_scalar(other)
-        if c is not None:
-            return Step("scale", 1.0 / c if op == "Div" else c), None
-    elif op in ("Add", "Sub") and isinstance(other, fx.Node):
-        return Step(op.lower()), other
-    elif op == "Where" and isinstance(args[0], fx.Node) and (c := const_scalar(other)) is not None:
-        return Step("keep" if at == 1 else "fill", c), args[0]
+    constants: list[float | None] = [None] * len(args)
+    if op in ("Mul", "Div") and (c := const_scalar(other)) is not None:
+        constants[1 - at] = c
+        return Step(op, at, tuple(constants)), ()
+    if op in ("Add", "Sub") and isinstance(other, fx.Node):
+        return Step(op, at, tuple(constants)), (other,)
+    if op == "Where" and isinstance(args[0], fx.Node) and (c := const_scalar(other)) is not None:
+        constants[3 - at] = c
+        return Step(op, at, tuple(constants)), (args[0],)
     raise NoMatch(f"{FX.label(node)} between Q.K^T and softmax")

@@ -19,11 +19,11 @@ from torch import Tensor, fx, nn
 
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.match import MaskKind, Refusal, describe_block
+from attnrewrite.match import Layout, MaskKind, Refusal, describe_block
 from attnrewrite.methods.exact import as_4d, bias_logits, positions_mask
 from attnrewrite.patterns import masks
 from attnrewrite.torch.block import AttentionBlock, fold_causal
-from attnrewrite.torch.find import Candidate, find, shape
+from attnrewrite.torch.find import FxCandidate, find, shape
 from attnrewrite.torch.trace import AUTO, ExampleInputs, split_inputs, trace
 from attnrewrite.torch.view import IGNORED_USERS
 
@@ -44,6 +44,7 @@ class FxAttention:
     nodes: tuple[str, ...]
     scale: float
     scale_source: str
+    upstream_scale: float
     mask: MaskKind
     is_causal: bool
     window: int | None
@@ -69,7 +70,7 @@ class FxAttention:
                 v=self.v,
                 layout={"q": "bhsd", "k": "bhsd", "v": "bhsd"},
                 output=self.output,
-                upstream_scale=1.0,
+                upstream_scale=self.upstream_scale,
             ),
             "is_causal": self.is_causal,
             "block": self.block,
@@ -177,14 +178,14 @@ def rewrite(
     if not candidates:
         why = "; ".join(sorted({r.reason for r in refusals})[:2]) or "the graph has no softmax"
         raise AttnRewriteError(f"no softmax attention found in {type(model).__name__}: {why}")
-    blocks = [_substitute(gm, i, c) for i, c in enumerate(candidates)]
+    placed = [_substitute(gm, i, c) for i, c in enumerate(candidates)]
     gm.graph.lint()
     gm.recompile()
-    records = _probe(gm, blocks, example_inputs)
+    records = _probe(gm, [(p.name, p.block) for p in placed], example_inputs)
     dynamic = bool(program.range_constraints)  # some input axis stayed symbolic
     matches = tuple(
         _settle(block, cand, rec, method, resolved, dynamic)
-        for block, cand, rec in zip(blocks, candidates, records, strict=True)
+        for block, cand, rec in zip(placed, candidates, records, strict=True)
     )
     signature = None if isinstance(model, torch.export.ExportedProgram) else _signature(model)
     return TorchRewrite(gm, matches, tuple(refusals), method, resolved, signature)
@@ -197,23 +198,36 @@ def _signature(model: nn.Module) -> inspect.Signature | None:
         return None
 
 
-def _substitute(gm: fx.GraphModule, index: int, c: Candidate) -> tuple[str, AttentionBlock]:
+@dataclass(frozen=True)
+class Placed:
+    """A block put in the graph, and what the report names of the nodes it replaced (read
+    before they went)."""
+
+    name: str
+    block: AttentionBlock
+    names: tuple[str, str, str, str, str]  # anchor, q, k, v, output
+    nodes: tuple[str, ...]
+    data_dependent: bool  # the mask reads the model's inputs
+
+
+def _substitute(gm: fx.GraphModule, index: int, c: FxCandidate) -> Placed:
     """output = block(q, k, v, *side); the matched nodes go when nothing else reads them."""
     block = AttentionBlock(
         scale=c.scale,
         is_causal=c.is_causal,
         steps=c.steps,
-        k_transposed=c.k_transposed,
+        k_transposed=c.k_layout == Layout.BHDS,
         rank=len(shape(c.q)),
     )
     name = f"attnrewrite_{index}"
     gm.add_submodule(name, block)
-    c.meta = {
-        "names": (c.anchor.name, c.q.name, c.k.name, c.v.name, c.output.name),
-        "nodes": tuple(n.name for n in c.nodes),
-        "shapes": (shape(c.q), shape(c.k), shape(c.v)),
-        "data_dependent": any(_reads_inputs(s) for s in c.side),
-    }
+    placed = Placed(
+        name,
+        block,
+        (c.anchor.name, c.q.name, c.k.name, c.v.name, c.output.name),
+        tuple(n.name for n in c.nodes),
+        any(_reads_inputs(s) for s in c.side),
+    )
     with gm.graph.inserting_before(c.output):
         call = gm.graph.call_module(name, (c.q, c.k, c.v, *c.side))
     call.meta["val"] = c.output.meta.get("val")
@@ -224,7 +238,7 @@ def _substitute(gm: fx.GraphModule, index: int, c: Candidate) -> tuple[str, Atte
                 gm.graph.erase_node(user)
         if not node.users:
             gm.graph.erase_node(node)
-    return name, block
+    return placed
 
 
 def _reads_inputs(node: fx.Node) -> bool:
@@ -307,19 +321,18 @@ def classify(bias: Tensor | None, sq: int, skv: int, causal_flag: bool, data_dep
 
 
 def _settle(
-    named: tuple[str, AttentionBlock],
-    cand: Candidate,
+    placed: Placed,
+    cand: FxCandidate,
     record: tuple[Tensor, ...],
     method: str,
     params: dict[str, object],
     dynamic: bool = False,
 ) -> FxAttention:
     """Fix the block's mask handling from its example inputs, then try the method on them."""
-    name, block = named
+    block = placed.block
     q, k, v, raw = record
     sq, skv = q.shape[-2], k.shape[-2]
-    meta = cand.meta
-    plan = classify(raw, sq, skv, cand.is_causal, meta["data_dependent"])
+    plan = classify(raw, sq, skv, cand.is_causal, placed.data_dependent)
     if dynamic and raw is not None and plan.mode == "none":  # read at one length only: keep it
         plan = MaskPlan(
             plan.kind, "fold" if plan.is_causal else "full", plan.is_causal, plan.window
@@ -341,19 +354,20 @@ def _settle(
         block.method, block.params = method, dict(params)
     except ValueError as err:
         fallback = f"{method} cannot run this block: {err}"
-    anchor, qn, kn, vn, out = meta["names"]
+    anchor, qn, kn, vn, out = placed.names
     (_, hq, _, d), (_, hkv, _, _) = q.shape, k.shape
     return FxAttention(
         anchor=anchor,
-        block=name,
+        block=placed.name,
         variant=cand.variant,
         q=qn,
         k=kn,
         v=vn,
         output=out,
-        nodes=meta["nodes"],
+        nodes=placed.nodes,
         scale=block.scale,
         scale_source=cand.scale_source,
+        upstream_scale=cand.upstream_scale,
         mask=plan.kind,
         is_causal=plan.is_causal,
         window=plan.window,

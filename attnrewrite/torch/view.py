@@ -48,6 +48,7 @@ OPS: dict[object, str] = {
     aten.clone.default: "Identity",
     aten.contiguous.default: "Identity",
     aten.alias.default: "Identity",
+    aten.dropout.default: "Dropout",  # (x, p, train): identity unless training
     aten.exp.default: "Exp",
     aten.sum.dim_IntList: "ReduceSum",
     aten.amax.default: "ReduceMax",
@@ -121,10 +122,26 @@ class FxView:
         assert isinstance(value, fx.Node)
         return [u for u in value.users if u.target not in IGNORED_USERS]
 
-    def label(self, value: object) -> str | None:
+    def readers(self, value: object) -> Sequence[object]:
+        return [u for u in self.consumers(value) if isinstance(u, fx.Node) and u.op != "output"]
+
+    def is_output(self, value: object) -> bool:
+        return isinstance(value, fx.Node) and any(u.op == "output" for u in value.users)
+
+    def more_outputs_read(self, value: object) -> bool:
+        return False  # a node is one value: tuple outputs are read through getitem nodes
+
+    def op_type(self, value: object) -> str | None:
         if not isinstance(value, fx.Node) or value.op != "call_function":
             return None
-        return f"{op_name(value)} '{value.name}'"
+        return op_name(value)
+
+    def node_name(self, value: object) -> str:
+        return self.name(value)
+
+    def label(self, value: object) -> str | None:
+        op = self.op_type(value)
+        return None if op is None else f"{op} '{self.name(value)}'"
 
     def name(self, value: object) -> str:
         return value.name if isinstance(value, fx.Node) else repr(value)

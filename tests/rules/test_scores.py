@@ -9,8 +9,8 @@ import torch
 from onnx import helper
 
 from attnrewrite.patterns.view import ONNX
+from attnrewrite.rules.replay import Step
 from attnrewrite.rules.scores import score_path
-from attnrewrite.torch.block import Step
 from attnrewrite.torch.find import NoMatch, walk_scores
 from attnrewrite.torch.view import FX
 from tests.rules.graphs import fx_output, onnx_values
@@ -56,7 +56,11 @@ def test_fx_finds_the_same_steps_and_replays_them() -> None:
     assert FX.op(path[0]) == "MatMul"
     assert _links(FX, path) == [("Div", 0), ("Where", 2), ("Where", 1), ("Add", 0)]
     steps, side, chain, scale, matmul = walk_scores(out)
-    assert steps == (Step("scale", 0.5), Step("fill", -1e4), Step("keep", 0.0), Step("add"))
+    assert steps == (  # from the first mask: the scale before it is the scale alone
+        Step("Where", 2, (None, -1e4, None)),
+        Step("Where", 1, (None, None, 0.0)),
+        Step("Add", 0, (None, None)),
+    )
     assert (scale, matmul, chain[0]) == (0.5, path[0], out)
     assert len(side) == 3  # the two masks and the bias
 

@@ -8,13 +8,14 @@ import torch
 
 import attnrewrite.torch as art
 from attnrewrite.match import MaskKind
+from attnrewrite.rules.variants import Variant
 from tests.torch_path.models import batch, transformer
 
 CASES = {  # (arch, attn_implementation) -> (mask kind, q heads, kv heads, variant tag)
-    ("gpt2", "eager"): (MaskKind.CAUSAL_PADDING, 2, 2, "matmul_softmax"),
-    ("llama", "eager"): (MaskKind.CAUSAL_PADDING, 4, 2, "repeat_kv"),
-    ("llama", "sdpa"): (MaskKind.CAUSAL_PADDING, 4, 2, "sdpa"),
-    ("bert", "sdpa"): (MaskKind.PADDING, 2, 2, "sdpa"),
+    ("gpt2", "eager"): (MaskKind.CAUSAL_PADDING, 2, 2, Variant.SOFTMAX),
+    ("llama", "eager"): (MaskKind.CAUSAL_PADDING, 4, 2, Variant.KV_REPEAT),
+    ("llama", "sdpa"): (MaskKind.CAUSAL_PADDING, 4, 2, Variant.SDPA),
+    ("bert", "sdpa"): (MaskKind.PADDING, 2, 2, Variant.SDPA),
 }
 
 
