@@ -30,7 +30,7 @@ from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, no_attention, rewrite_model
 from attnrewrite.plan.calibrate import BlockOperands, capture, plannable
 from attnrewrite.plan.candidates import Candidate
-from attnrewrite.plan.fit import ROWS, fitted_arrays
+from attnrewrite.plan.fit import MIN_QUERY_BLOCKS, ROWS, fitted_arrays
 from attnrewrite.plan.measure import Bench
 from attnrewrite.plan.workspace import Workspace
 from attnrewrite.progress import steps
@@ -137,8 +137,9 @@ def _record(
         "fitted_input": "the last inputs of each calibrated node: float32 [heads, head dim] "
         "initializers '<node>/<name>'; a row of zeros is the method without calibration",
         "objective": "relative squared error of each head's output against exact attention, "
-        f"on {ROWS} sampled query rows with a far field, by L-BFGS from the head's mean query; "
-        f"a head the fit does not improve on {ROWS} other rows keeps its mean query",
+        f"on {ROWS} or more sampled query rows with a far field (at least {MIN_QUERY_BLOCKS}"
+        " whole query blocks where there are that many), by L-BFGS from the head's mean query;"
+        " a head the fit does not improve on as many other rows keeps its mean query",
         "calibration": calibration.describe(),
         "seconds": seconds,  # capture, fits and error measurements
         "fit_seconds": sum(b["fit_seconds"] for b in fitted),

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from attnrewrite.methods.multipole import Grid
 
 ROWS = 512  # query rows sampled per block (whole query blocks), enough to fit d numbers a head
+MIN_QUERY_BLOCKS = 4  # whole query blocks sampled at least: one 512-row block fits big blocks badly
 ITERATIONS = 30  # L-BFGS iterations (on two SmolLM2 blocks at 2048, 20 did about as well)
 SEED = 0  # which query blocks are sampled: the same fit on the same inputs
 
@@ -52,9 +53,12 @@ def fit_expansion(
     iterations: int = ITERATIONS,
 ) -> np.ndarray:
     """Expansion points [Hq, d] (float32) for `block` with multipole `params`: fitted on
-    `rows` sampled query rows, checked per head on as many others; a head whose fitted point
-    does worse there than its mean query keeps the mean query (a fit on few rows can chase
-    them). Zeros where the block has no far field at its length (nothing to fit)."""
+    `rows` sampled query rows (at least MIN_QUERY_BLOCKS whole query blocks where the block
+    has twice that many with a far field: multipole block 512 at n = 4096 fitted on one block
+    reached 94.8% held-out top-1 on SmolLM2, on three 95.2%), checked per head on as many
+    others; a head whose fitted point does worse there than its mean query keeps the mean
+    query (a fit on few rows can chase them). Zeros where the block has no far field at its
+    length (nothing to fit)."""
     import torch
 
     grid = _grid(block, params)
@@ -66,7 +70,7 @@ def fit_expansion(
     order = candidates[
         torch.randperm(len(candidates), generator=torch.Generator().manual_seed(SEED))
     ]
-    per_set = min(max(1, -(-rows // grid.block)), len(order) // 2)  # query blocks
+    per_set = min(max(MIN_QUERY_BLOCKS, -(-rows // grid.block)), len(order) // 2)
     if not per_set:  # one query block with a far field: no fit that could be checked
         return start.to(torch.float32).numpy()
     fit_on, check_on = order[:per_set].sort().values, order[per_set : 2 * per_set].sort().values
