@@ -10,11 +10,13 @@ Costs: the same node timed on operands of the block's shapes at the target lengt
 head and over all of them: time = fixed + per_head * heads, the fixed part being what a node
 costs whatever its width (the split penalty of a per-head plan). A flop count predicted
 conv-basis 30-80x too fast (onnxruntime's DFT) and said nothing of that overhead. Nodes are
-timed without onnxruntime's memory arena, as the whole models they are compared with in
-benchmarks/pretrained_speed.py: timed with it, nodes priced SmolLM2 plans at 2048 twice as
-fast as the models measured with it (0.53), and the plans chosen ran 0.8x the original's
-speed (benchmarks/RESULTS.md). Timings differ from run to run; a cost table kept in a file
-(`--costs`) makes plans repeatable and spares the timing on a second run.
+timed with onnxruntime's memory arena, as onnxruntime runs a model by default and as the
+planner's whole-model check (plan.speed) times plans: without it the approximations' nodes
+paid 2-2.5x for their buffers and chunked exact nothing (SmolLM2's shapes at n = 2048: exact
+in 16 chunks 20.0 / 20.7 ms, multipole block 128 25.6 / 10.3 ms, without / with), so the table
+ranked chunked exact first where whole models ran multipole 1.3x faster. The whole-model check
+keeps a plan only if it measures faster. Timings differ from run to run; a cost table kept in
+a file (`--costs`) makes plans repeatable and spares the timing on a second run.
 """
 
 from __future__ import annotations
@@ -86,11 +88,14 @@ class Bench:
         window: int | None,
         mask: str,
         fitted: Mapping[str, np.ndarray],
+        arena: bool,
     ) -> ort.InferenceSession:
-        """The candidate's node as a one-node model, built once per key; with `fitted`, the
-        calibrated variant, its arrays inputs fed per block (one session serves them all)."""
+        """The candidate's node as a one-node model; with `fitted`, the calibrated variant, its
+        arrays inputs fed per block (one session serves them all). Arena-less sessions are
+        built once per key and kept for the whole plan; a session with onnxruntime's arena is
+        built for one timing and dropped after it, so its buffers never pile up."""
         key = (candidate.label, sig, scale, window, mask, tuple(fitted))
-        if key not in self._sessions:
+        if arena or key not in self._sessions:
             method = get_method(candidate.method, candidate.params)
             if fitted:
                 method = method.with_fitted(fitted)
@@ -102,10 +107,14 @@ class Bench:
                 opset=self.opset,
                 mask_dtype=np.dtype(mask) if mask else None,
             )
-            options = cpu_options(self.threads)  # kept for the whole plan: no arena
-            self._sessions[key] = ort.InferenceSession(
-                model.SerializeToString(), options, ["CPUExecutionProvider"]
+            session = ort.InferenceSession(
+                model.SerializeToString(),
+                cpu_options(self.threads, arena),
+                ["CPUExecutionProvider"],
             )
+            if arena:
+                return session
+            self._sessions[key] = session
         return self._sessions[key]
 
     def _run(
@@ -115,10 +124,11 @@ class Bench:
         operands: Sequence[np.ndarray],
         sig: Signature,
         fitted: Mapping[str, np.ndarray] | None = None,
+        arena: bool = False,
     ) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
         mask = str(operands[3].dtype) if len(operands) > 3 else ""
         fitted = fitted or {}
-        session = self._session(candidate, sig, block.scale, block.window, mask, fitted)
+        session = self._session(candidate, sig, block.scale, block.window, mask, fitted, arena)
         feeds = dict(zip(input_names(sig), operands, strict=True))
         return session, feeds | {k: np.asarray(v, np.float32) for k, v in fitted.items()}
 
@@ -146,7 +156,7 @@ class Bench:
         key = (
             f"{candidate.label} {block.signature.overload} heads={block.heads} "
             f"d={block.q.shape[-1]}/{block.v.shape[-1]} mask={mask} n={seq_len} "
-            f"threads={self.threads}"
+            f"threads={self.threads} arena"
         )
         if key not in self.costs:
             self.costs[key] = self._timed(candidate, block, seq_len)
@@ -162,7 +172,7 @@ class Bench:
                 for f in METHODS[candidate.method].fitted
                 if candidate.fitted
             }
-            session, feeds = self._run(candidate, block, operands, sig, fitted)
+            session, feeds = self._run(candidate, block, operands, sig, fitted, arena=True)
             times.append(best_ms(lambda s=session, f=feeds: s.run(None, f), self.repeats))
         one, every = times
         per_head = max((every - one) / max(block.heads - 1, 1), 0.0)
@@ -173,7 +183,10 @@ class Bench:
         copies of its q, k and v heads, and the outputs concatenated back in head order (the
         copies substitute.rewrite writes; odd and even heads, so none is a contiguous run)."""
         heads, kv_heads = block.heads, block.k.shape[1]
-        key = f"split heads={heads}/{kv_heads} {block.q.dtype} n={seq_len} threads={self.threads}"
+        key = (
+            f"split heads={heads}/{kv_heads} {block.q.dtype} n={seq_len} "
+            f"threads={self.threads} arena"
+        )
         if key not in self.costs:
             operands = [
                 np.zeros((1, h, seq_len, x.shape[-1]), block.q.dtype)
@@ -181,7 +194,7 @@ class Bench:
             ]
             session = ort.InferenceSession(
                 _split_model(heads, kv_heads, block.q.dtype).SerializeToString(),
-                cpu_options(self.threads),
+                cpu_options(self.threads, arena=True),
                 ["CPUExecutionProvider"],
             )
             feeds = dict(zip(("q", "k", "v"), operands, strict=True))
