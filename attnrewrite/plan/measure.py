@@ -62,6 +62,7 @@ class Bench:
         self.opset, self.threads, self.repeats = opset, threads, repeats
         self._sessions: dict[tuple, ort.InferenceSession] = {}
         self.costs: dict[str, Cost] = {}  # what cost() measured or loaded, by node and shapes
+        self._timed_as = f"threads={threads} arena"  # how costs are timed: part of their keys
 
     def load(self, path: Path) -> None:
         """Costs measured earlier (a file `save` wrote): those nodes are not timed again."""
@@ -95,27 +96,25 @@ class Bench:
         built once per key and kept for the whole plan; a session with onnxruntime's arena is
         built for one timing and dropped after it, so its buffers never pile up."""
         key = (candidate.label, sig, scale, window, mask, tuple(fitted))
-        if arena or key not in self._sessions:
-            method = get_method(candidate.method, candidate.params)
-            if fitted:
-                method = method.with_fitted(fitted)
-            model = node_model(
-                method,
-                sig,
-                scale=scale,
-                window=window,
-                opset=self.opset,
-                mask_dtype=np.dtype(mask) if mask else None,
-            )
-            session = ort.InferenceSession(
-                model.SerializeToString(),
-                cpu_options(self.threads, arena),
-                ["CPUExecutionProvider"],
-            )
-            if arena:
-                return session
+        if not arena and key in self._sessions:
+            return self._sessions[key]
+        method = get_method(candidate.method, candidate.params)
+        if fitted:
+            method = method.with_fitted(fitted)
+        model = node_model(
+            method,
+            sig,
+            scale=scale,
+            window=window,
+            opset=self.opset,
+            mask_dtype=np.dtype(mask) if mask else None,
+        )
+        session = ort.InferenceSession(
+            model.SerializeToString(), cpu_options(self.threads, arena), ["CPUExecutionProvider"]
+        )
+        if not arena:
             self._sessions[key] = session
-        return self._sessions[key]
+        return session
 
     def _run(
         self,
@@ -155,8 +154,7 @@ class Bench:
         mask = "none" if block.mask is None else f"{block.mask.dtype}/{block.mask.shape[-2] == 1}"
         key = (
             f"{candidate.label} {block.signature.overload} heads={block.heads} "
-            f"d={block.q.shape[-1]}/{block.v.shape[-1]} mask={mask} n={seq_len} "
-            f"threads={self.threads} arena"
+            f"d={block.q.shape[-1]}/{block.v.shape[-1]} mask={mask} n={seq_len} {self._timed_as}"
         )
         if key not in self.costs:
             self.costs[key] = self._timed(candidate, block, seq_len)
@@ -183,10 +181,7 @@ class Bench:
         copies of its q, k and v heads, and the outputs concatenated back in head order (the
         copies substitute.rewrite writes; odd and even heads, so none is a contiguous run)."""
         heads, kv_heads = block.heads, block.k.shape[1]
-        key = (
-            f"split heads={heads}/{kv_heads} {block.q.dtype} n={seq_len} "
-            f"threads={self.threads} arena"
-        )
+        key = f"split heads={heads}/{kv_heads} {block.q.dtype} n={seq_len} {self._timed_as}"
         if key not in self.costs:
             operands = [
                 np.zeros((1, h, seq_len, x.shape[-1]), block.q.dtype)
