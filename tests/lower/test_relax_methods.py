@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 pytest.importorskip("tvm")
 
 from attnrewrite.layers import LayerSpec, attention_layer
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.lower import build, load
 from attnrewrite.lower.errors import LowerError
 from attnrewrite.lower.graph import unroll_loops
@@ -35,7 +35,7 @@ SEQ = 40  # > 2 x block 8 (a multipole far field) and > bases 4 (conv-basis appr
 
 def rewrite(proto: onnx.ModelProto, method: str, params: dict) -> onnx.ModelProto:
     chosen = get_method(method, params)
-    model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.min_opset))
+    model = prepare_model(proto, min_opset=chosen.min_opset)
     result = substitute(model, find_attention(model).matches, chosen)
     assert result.rewritten and not any(block.fallback for block in result.rewritten)
     return ir.serde.serialize_model(model)
