@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.inliner
+import onnx_ir as ir
 
 from attnrewrite.lower import cumsum
 from attnrewrite.lower.errors import LowerError
@@ -107,10 +108,11 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, dims: Mapping[str, int])
         model = onnx.load(os.fspath(model))
     model = onnx.inliner.inline_local_functions(model)
     _fix_dims(model, dims)
-    folded = _fold(model)
-    if unroll_loops(folded):
-        folded = _fold(folded)
-    folded = drop_empty_operands(folded)
+    graph = ir.from_proto(_fold(model))
+    if unroll_loops(graph):
+        graph = ir.from_proto(_fold(ir.to_proto(graph)))
+    drop_empty_operands(graph)
+    folded = ir.to_proto(graph)  # TVM's frontend and onnxruntime's folding take protobuf
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in folded.graph.node if n.domain})
     if foreign:
         raise LowerError(f"ops outside the ONNX domain remain after inlining: {foreign}")

@@ -244,9 +244,9 @@ def test_unrolled_loop_computes_the_same_numbers():
     rng = np.random.default_rng(2)
     inputs = {"x": rng.standard_normal((4, 3), np.float32), "w": rng.standard_normal(3, np.float32)}
     want = run(model, inputs)[0]
-    unrolled = onnx.ModelProto()
-    unrolled.CopyFrom(model)
-    assert unroll_loops(unrolled)
+    graph = ir.from_proto(model)
+    assert unroll_loops(graph)
+    unrolled = ir.to_proto(graph)
     onnx.checker.check_model(unrolled, full_check=True)
     assert "Loop" not in {n.op_type for n in unrolled.graph.node}
     expected = np.zeros(3, np.float32)
@@ -258,7 +258,7 @@ def test_unrolled_loop_computes_the_same_numbers():
 
 def test_data_dependent_loop_is_a_lower_error():
     with pytest.raises(LowerError, match=r"^Loop 'sum': a data-dependent loop condition"):
-        unroll_loops(loop_model(condition_from_data=True))
+        unroll_loops(ir.from_proto(loop_model(condition_from_data=True)))
 
 
 CUDA_LAYER = LayerSpec(heads=2, kv_heads=2, head_dim=8)
