@@ -66,7 +66,7 @@ def rewrite_model(
     if not found.matches:
         raise no_attention(path, found)
     result = substitute(model, found.matches, method, plans)
-    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)  # the checker reads protobuf
     repaired = {"repaired_on_load": notes} if (notes := repairs(model)) else {}
     report = {**rewrite_report(path, method, found, result), **repaired, **(extra or {})}
     # exact everywhere must reproduce the original; approximations must stay finite

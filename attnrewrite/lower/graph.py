@@ -2,12 +2,12 @@
 
 Both keep every number: they only restructure what TVM cannot take.
 
-- ``unroll_loops``: TVM's ONNX frontend has no ``Loop`` converter. The conv-basis body sums
+- ``UnrollLoops``: TVM's ONNX frontend has no ``Loop`` converter. The conv-basis body sums
   its bases with a Loop (one segment's spectrum in memory at a time in onnxruntime); once the
   shapes are static its trip count is a constant, and the Loop is unrolled into copies of its
   body, the iteration number a constant, the loop-carried values chained. The additions keep
   their order, so the sums are the same.
-- ``drop_empty_operands``: the multipole body has no far field when the keys fit in the near
+- ``DropEmptyOperands``: the multipole body has no far field when the keys fit in the near
   field (Skv <= 2 ``block``: no level, zero summaries), and its far-field tensors then have a
   zero extent ([.., 0, d] summaries, [.., m, 0] logit biases) that only ever reach a Concat.
   TVM's ONNX frontend imports them, but ``relax.build`` then fails in its
@@ -16,7 +16,7 @@ Both keep every number: they only restructure what TVM cannot take.
   three-line Relax module). Dropping zero-extent
   operands of Concat (which contribute nothing) leaves those chains dead, and they go.
 
-Both work on onnx-ir's model: its values know their producers and readers.
+Both are onnx-ir passes (in place): its values know their producers and readers.
 """
 
 from __future__ import annotations
@@ -105,28 +105,31 @@ def _unroll(graph: ir.Graph, node: ir.Node) -> None:
     )
 
 
-def unroll_loops(model: ir.Model) -> bool:
-    """Unroll every top-level Loop of ``model`` in place; True if there was one."""
-    loops = [n for n in model.graph if n.op_type == "Loop" and n.domain == ""]
-    for loop in loops:
-        _unroll(model.graph, loop)
-    return bool(loops)
+class UnrollLoops(ir.passes.InPlacePass):
+    """Unroll every top-level Loop with a constant trip count, or a LowerError."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        loops = [n for n in model.graph if n.op_type == "Loop" and n.domain == ""]
+        for loop in loops:
+            _unroll(model.graph, loop)
+        return ir.passes.PassResult(model, modified=bool(loops))
 
 
-def drop_empty_operands(model: ir.Model) -> bool:
-    """Drop zero-extent Concat operands of ``model`` and what only they needed, in place;
-    True if there was one."""
-    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    changed = False
-    for node in model.graph:
-        if node.op_type != "Concat" or node.domain:
-            continue
-        kept = [x for x in node.inputs if x is None or x.shape is None or 0 not in x.shape]
-        if kept and len(kept) < len(node.inputs):
-            for index, value in enumerate(kept):
-                node.replace_input_with(index, value)
-            node.resize_inputs(len(kept))
-            changed = True
-    if changed:
-        RemoveUnusedNodesPass()(model)
-    return changed
+class DropEmptyOperands(ir.passes.InPlacePass):
+    """Drop zero-extent Concat operands and what only they needed."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+        changed = False
+        for node in model.graph:
+            if node.op_type != "Concat" or node.domain:
+                continue
+            kept = [x for x in node.inputs if x is None or x.shape is None or 0 not in x.shape]
+            if kept and len(kept) < len(node.inputs):
+                for index, value in enumerate(kept):
+                    node.replace_input_with(index, value)
+                node.resize_inputs(len(kept))
+                changed = True
+        if changed:
+            RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, modified=changed)

@@ -19,7 +19,7 @@ from attnrewrite.layers import LayerSpec, attention_layer
 from attnrewrite.loading import prepare_model
 from attnrewrite.lower import build, load
 from attnrewrite.lower.errors import LowerError
-from attnrewrite.lower.graph import unroll_loops
+from attnrewrite.lower.graph import UnrollLoops
 from attnrewrite.lower.relax_import import compile_relax, prepare, to_relax
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
@@ -245,7 +245,7 @@ def test_unrolled_loop_computes_the_same_numbers():
     inputs = {"x": rng.standard_normal((4, 3), np.float32), "w": rng.standard_normal(3, np.float32)}
     want = run(model, inputs)[0]
     graph = ir.from_proto(model)
-    assert unroll_loops(graph)
+    assert UnrollLoops()(graph).modified
     unrolled = ir.to_proto(graph)
     onnx.checker.check_model(unrolled, full_check=True)
     assert "Loop" not in {n.op_type for n in unrolled.graph.node}
@@ -258,7 +258,7 @@ def test_unrolled_loop_computes_the_same_numbers():
 
 def test_data_dependent_loop_is_a_lower_error():
     with pytest.raises(LowerError, match=r"^Loop 'sum': a data-dependent loop condition"):
-        unroll_loops(ir.from_proto(loop_model(condition_from_data=True)))
+        UnrollLoops()(ir.from_proto(loop_model(condition_from_data=True)))
 
 
 CUDA_LAYER = LayerSpec(heads=2, kv_heads=2, head_dim=8)
