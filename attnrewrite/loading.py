@@ -16,7 +16,6 @@ import google.protobuf.message
 import numpy as np
 import onnx
 import onnx.external_data_helper
-import onnx.shape_inference
 import onnx.version_converter
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
@@ -30,6 +29,9 @@ MIN_OPSET = 11  # oldest opset read; older models are converted to REWRITE_OPSET
 REWRITE_OPSET = 13  # Softmax reduces over one axis from here on; bodies read attribute refs
 MAX_OPSET = onnx.defs.onnx_opset_version()
 MAX_PROTO_BYTES = 2 << 30  # protobuf's limit for one message
+# the finder copes with missing shapes: inference is a help, not a requirement (it leaves
+# the model as it was when it fails); the weights stay out of the copy it infers on
+INFER_SHAPES = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)
 
 
 def default_opset(model: ir.Model) -> int:
@@ -181,8 +183,7 @@ def prepare_model(
     target = max(min_opset, REWRITE_OPSET)
     if opset < target:
         model = ConvertOpset(target, label)(model).model
-    # the finder copes with missing shapes: inference is a help, not a requirement
-    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    INFER_SHAPES(model)
     if any(n.domain == MS_DOMAIN and n.op_type in RULES for n in model.graph):
         model = ExpandContribAttention()(model).model
     return model
@@ -221,7 +222,5 @@ class ExpandContribAttention(ir.passes.FunctionalPass):
     works on protobuf), shapes inferred again for the values it gives."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        proto = expand_contrib_attention(ir.to_proto(model))
-        with contextlib.suppress(onnx.shape_inference.InferenceError, ValueError):
-            proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-        return ir.passes.PassResult(deserialize(proto), modified=True)
+        expanded = deserialize(expand_contrib_attention(ir.to_proto(model)))
+        return ir.passes.PassResult(INFER_SHAPES(expanded).model, modified=True)
