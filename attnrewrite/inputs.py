@@ -93,7 +93,7 @@ def generate_inputs(
             continue
         dims = value.shape or ()
         shape = [dimension_size(dim, axis, seq_len, batch) for axis, dim in enumerate(dims)]
-        planned[value.name or ""] = (shape, _array_type(value))
+        planned[value.name or ""] = (shape, array_type(value))
     total = sum(array_bytes(f"input '{n}'", s, d) for n, (s, d) in planned.items())
     shapes = ", ".join(f"{n} {s}" for n, (s, _) in planned.items())
     check_bytes(f"the generated inputs ({shapes[:200]})", total)
@@ -104,13 +104,15 @@ def generate_inputs(
     return _full_caches(feeds, seq_len)
 
 
-def _array_type(value: ir.Value) -> np.dtype:
+def array_type(value: ir.Value) -> np.dtype:
+    """The input's numpy type; one line for a type that has none (no tensor, or undefined)."""
+    kind = value.type.dtype if isinstance(value.type, ir.TensorType) else ir.DataType.UNDEFINED
     try:
-        return np.dtype(ir.DataType(value.dtype or 0).numpy())
+        return np.dtype(kind.numpy())
     except TypeError:
         raise AttnRewriteError(
-            f"input '{value.name}' has element type {int(value.dtype or 0)}, which has no "
-            "array type to generate"
+            f"input '{value.name}' has element type {int(kind)}, which has no array type to "
+            "generate"
         ) from None
 
 

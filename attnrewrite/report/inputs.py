@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from attnrewrite.budget import array_bytes, check_bytes
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.inputs import generate_inputs, vocabulary_sizes
+from attnrewrite.inputs import array_type, generate_inputs, vocabulary_sizes
 
 TEXT_BYTES_PER_TOKEN = 64  # read at most this much text per token needed (a tokenizer's worst)
 
@@ -63,16 +63,12 @@ def graph_inputs(model: ir.Model) -> list[ir.Value]:
     return [v for v in model.graph.inputs if not v.is_initializer()]
 
 
-def _array_type(value: ir.Value) -> np.dtype:
-    return np.dtype(ir.DataType(value.dtype or 0).numpy())
-
-
 def _signature(model: ir.Model) -> str:
     """`input_ids int64 [batch, seq], attention_mask int64 [batch, seq]`."""
     parts = []
     for value in graph_inputs(model):
         dims = ", ".join(str(d) if isinstance(d, int) else d.value or "0" for d in _dims(value))
-        parts.append(f"{value.name} {_array_type(value)} [{dims}]")
+        parts.append(f"{value.name} {array_type(value)} [{dims}]")
     return ", ".join(parts)
 
 
@@ -90,7 +86,7 @@ def check_fits(model: ir.Model, feeds: dict[str, np.ndarray], label: str) -> Non
                 f"{', '.join(sorted(feeds)) or 'nothing'}; the model takes {_signature(model)})"
             )
         array = feeds[name]
-        want = _array_type(value)
+        want = array_type(value)
         if array.dtype != want:
             raise AttnRewriteError(
                 f"{label}: input '{name}' is {array.dtype}, the model expects {want}"
