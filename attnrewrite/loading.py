@@ -29,9 +29,6 @@ MIN_OPSET = 11  # oldest opset read; older models are converted to REWRITE_OPSET
 REWRITE_OPSET = 13  # Softmax reduces over one axis from here on; bodies read attribute refs
 MAX_OPSET = onnx.defs.onnx_opset_version()
 MAX_PROTO_BYTES = 2 << 30  # protobuf's limit for one message
-# the finder copes with missing shapes: inference is a help, not a requirement (it leaves
-# the model as it was when it fails); the weights stay out of the copy it infers on
-INFER_SHAPES = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)
 
 
 def default_opset(model: ir.Model) -> int:
@@ -183,7 +180,7 @@ def prepare_model(
     target = max(min_opset, REWRITE_OPSET)
     if opset < target:
         model = ConvertOpset(target, label)(model).model
-    INFER_SHAPES(model)
+    InferShapes()(model)
     if any(n.domain == MS_DOMAIN and n.op_type in RULES for n in model.graph):
         model = ExpandContribAttention()(model).model
     return model
@@ -197,6 +194,24 @@ def deserialize(proto: onnx.ModelProto, label: str = "model") -> ir.Model:
         cause = err.__cause__ or err
         reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise AttnRewriteError(f"{label} is not a valid ONNX graph: {reason}") from None
+
+
+class InferShapes(ir.passes.InPlacePass):
+    """onnx-ir's shape inference, which infers on a copy without the weights. The finder copes
+    with missing shapes: inference is a help, not a requirement (a failure changes nothing).
+
+    The pass puts the initializers it left out back after the others: their order is kept,
+    so the rewritten model is written as before."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        initializers = model.graph.initializers
+        order = list(initializers.values())
+        result = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+        if list(initializers.values()) != order:
+            initializers.clear()
+            for value in order:
+                initializers.add(value)
+        return ir.passes.PassResult(model, modified=result.modified)
 
 
 class ConvertOpset(ir.passes.FunctionalPass):
@@ -223,4 +238,4 @@ class ExpandContribAttention(ir.passes.FunctionalPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         expanded = deserialize(expand_contrib_attention(ir.to_proto(model)))
-        return ir.passes.PassResult(INFER_SHAPES(expanded).model, modified=True)
+        return ir.passes.PassResult(InferShapes()(expanded).model, modified=True)
