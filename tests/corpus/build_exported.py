@@ -427,6 +427,52 @@ def hf_qwen2_sliding(impl: str, window: int = SLIDING_WINDOW) -> Callable[[], Bu
     return build
 
 
+GEMMA_HEAD_DIM = 2 * HEAD_DIM  # heads x head dim wider than the hidden size, as in Gemma
+GEMMA_QUERY_SCALAR = 24  # scale 24^-0.5, not head_dim^-0.5: read from the graph, not assumed
+
+
+def hf_gemma3(impl: str) -> Callable[[], Built]:
+    """Gemma 3's layout: a sliding-window layer and a full one, q/k RMS norms, a head dim
+    decoupled from the hidden size and the scale from query_pre_attn_scalar."""
+
+    def build() -> Built:
+        _seeded()
+        cfg = transformers.Gemma3TextConfig(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=KV_HEADS_GQA,
+            head_dim=GEMMA_HEAD_DIM,
+            query_pre_attn_scalar=GEMMA_QUERY_SCALAR,
+            sliding_window=SLIDING_WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=MAX_POS,
+            use_cache=False,
+            attn_implementation=impl,
+        )
+        model = transformers.Gemma3ForCausalLM(cfg).eval()
+        common = dict(
+            kv_heads=KV_HEADS_GQA, head_dim=GEMMA_HEAD_DIM, scale=GEMMA_QUERY_SCALAR**-0.5
+        )
+        return Built(
+            module=CausalLMWrapper(model).eval(),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+            make_inputs=lambda b, s, g: (ids_like(b, s, g), padding_mask(b, s, g)),
+            inputs_desc={"input_ids": IDS_DESC, "attention_mask": MASK_DESC},
+            expected=expected(
+                group(1, "causal_padding", window=SLIDING_WINDOW, **common),
+                group(1, "causal_padding", **common),
+            ),
+            notes=f"layer 0 sliding window {SLIDING_WINDOW}, layer 1 full; q/k norms",
+        )
+
+    return build
+
+
 def hf_encoder(arch: str, impl: str) -> Callable[[], Built]:
     def build() -> Built:
         _seeded()
@@ -1019,6 +1065,7 @@ def all_specs() -> list[Spec]:
             ex = std + ([("dynamo", 23)] if (arch, impl) in OPSET23 else [])
             add(f"{arch}_{impl}", "transformers", arch, impl, hf_causal_lm(arch, impl), ex)
         add(f"qwen2sw_{impl}", "transformers", "qwen2", impl, hf_qwen2_sliding(impl), std)
+        add(f"gemma3_{impl}", "transformers", "gemma3", impl, hf_gemma3(impl), std)
         if impl == "eager":  # opset-12 exports (Softmax(axis=3), converted on load)
             old = [("torchscript", 12)]
             for arch in ("gpt2", "bert", "distilbert"):
