@@ -59,9 +59,8 @@ from attnrewrite.substitute.signature import Signature
 FLOOR = -1e30  # the reference's clamp: a shift below FLOOR / 2 means "nothing recovered"
 BIG = 2**62
 FFT_DTYPE = ir.DataType.DOUBLE  # float32 transforms: ~3e-5 off on the first causal rows at n = 200
-DIRECT_CHUNKS = (
-    8  # column chunks of transform="direct": 1/8 of a chunk's product is above the diagonal
-)
+DIRECT_CHUNKS = 8  # column chunks of transform="direct" (each wastes its square's upper half)
+DIRECT_CHUNK_ENTRIES = 1 << 24  # and at most this many kernel entries a head per chunk (64 MB)
 
 
 class _Ops:
@@ -297,7 +296,8 @@ class _Triangle:
         seg = b.reduce("ReduceSum", b.op("Cast", starts, to=ir.DataType.INT64), [-1], keepdims=0)
         live = b.op("Min", self.cols, self.length)  # columns past the last row reach no row
         size = b.op("Div", b.op("Add", live, o.s(DIRECT_CHUNKS - 1)), o.s(DIRECT_CHUNKS))
-        size = o.clip(size, o.s(1), None)
+        most = b.op("Div", o.s(DIRECT_CHUNK_ENTRIES), b.op("Add", self.length, self.cols))
+        size = o.clip(o.clip(size, None, most), o.s(1), None)
         trips = b.op("Div", b.op("Add", live, b.op("Sub", size, o.s(1))), size)
 
         body = LoopBody(b, "cbd", carried=(o.dtype,))

@@ -19,6 +19,7 @@ import torch
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.layers import LayerSpec
+from attnrewrite.substitute import convbasis as convbasis_body
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
@@ -272,3 +273,12 @@ def test_exported_window_with_padding_reads_each_keys_own_row(q_len, kv_len) -> 
     of key j must be read where query j sees it."""
     spec = LayerSpec(mask="padding", window=5)
     assert body_error(spec, "convbasis", {"bases": 8}, q_len, kv_len) <= 1e-5
+
+
+@pytest.mark.parametrize(("causal", "sq", "skv"), [(True, 37, 37), (True, 5, 41), (False, 23, 29)])
+def test_direct_chunks_capped_by_their_entries(monkeypatch, causal, sq, skv) -> None:
+    """Long sequences take more, narrower column chunks (each chunk's gathered kernel rows are
+    bounded); with one column a chunk the sums are the same."""
+    monkeypatch.setattr(convbasis_body, "DIRECT_CHUNK_ENTRIES", 2 * (sq + skv) + 1)
+    sig = _sig(causal=causal, keywise=True, bias="additive")
+    assert direct_error(sig, {"bases": 5}, sq=sq, skv=skv, pad=3) <= TOL
