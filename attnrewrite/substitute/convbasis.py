@@ -215,15 +215,14 @@ class _Triangle:
         extra = self.in_range(t)
         if extra is not None:
             ok = b.op("And", ok, extra)
-        if self.real is None:  # row indices shared by every head: [C-1, T]
-            q_cur = b.op("Gather", self.q, o.clip(cur_rows, o.s(0), top_row), axis=2)
-            q_left = b.op("Gather", self.q, o.clip(left_rows, o.s(0), top_row), axis=2)
+        if self.real is None:
+            cur, prev = self._neighbour_probes(probe, left_rows, top_row)
         else:
             q_cur = self._gather_rows(self.q, o.clip(cur_rows, o.s(0), top_row))
             q_left = self._gather_rows(self.q, o.clip(left_rows, o.s(0), top_row))
-        k_cur = o.slice(self.k, 1, BIG, 2)
-        cur = b.op("MatMul", q_cur, b.op("Unsqueeze", k_cur, o.i(-1)))  # [B, H, C-1, T, 1]
-        prev = b.op("MatMul", q_left, b.op("Unsqueeze", k_left, o.i(-1)))
+            k_cur = o.slice(self.k, 1, BIG, 2)
+            cur = b.op("MatMul", q_cur, b.op("Unsqueeze", k_cur, o.i(-1)))  # [B, H, C-1, T, 1]
+            prev = b.op("MatMul", q_left, b.op("Unsqueeze", k_left, o.i(-1)))
         diff = b.op("Abs", b.op("Sub", cur, prev))
         diff = o.where(b.op("Unsqueeze", ok, o.i(-1)), diff, o.f(0.0))
         score = b.reduce("ReduceMax", diff, [-2, -1], keepdims=0)  # [B, H, C-1]
@@ -239,6 +238,38 @@ class _Triangle:
         points = b.op("Concat", first, b.op("Add", picks, o.s(1)), axis=-1)
         count = b.op("Add", picks_n, o.s(1))
         return o.topk(points, count, largest=0, values=True)
+
+    def _neighbour_probes(
+        self, probe: ir.Value, left_rows: ir.Value, top_row: ir.Value
+    ) -> tuple[ir.Value, ir.Value]:
+        """Every key weighted: (column c's probes, column c - 1's at c's distances), c >= 1,
+        [B, H, C-1, T, 1]. Column c probes from distance tau(c) = max(r0 - c + 1, t_min); where
+        tau(c - 1) = tau(c) (c > r0 + 1 - t_min: all but the first column of self-attention)
+        the left column's probes are its own, so only the first columns are probed twice."""
+        o, b = self.o, self.o.b
+        cols = b.op("Range", o.s(0), self.cols, o.s(1))  # [C]
+        tau = o.clip(b.op("Sub", b.op("Add", self.r0, o.s(1)), cols), o.s(self.t_min), None)
+        rows = b.op(
+            "Add",
+            b.op("Unsqueeze", b.op("Sub", b.op("Add", cols, tau), self.r0), o.i(-1)),
+            b.op("Range", o.s(0), probe, o.s(1)),
+        )  # [C, T]
+        q_rows = b.op("Gather", self.q, o.clip(rows, o.s(0), top_row), axis=2)
+        own = b.op("MatMul", q_rows, b.op("Unsqueeze", self.k, o.i(-1)))  # [B, H, C, T, 1]
+        special = o.clip(
+            b.op("Sub", b.op("Add", self.r0, o.s(1)), o.s(self.t_min)),
+            o.s(0),
+            b.op("Sub", self.cols, o.s(1)),
+        )
+        q_left = b.op(
+            "Gather", self.q, o.clip(o.slice(left_rows, 0, special, 0), o.s(0), top_row), axis=2
+        )
+        first_prev = b.op(
+            "MatMul", q_left, b.op("Unsqueeze", o.slice(self.k, 0, special, 2), o.i(-1))
+        )
+        last = b.op("Sub", self.cols, o.s(1))
+        prev = b.op("Concat", first_prev, o.slice(own, special, last, 2), axis=2)
+        return o.slice(own, 1, BIG, 2), prev
 
     def profiles(self, points: ir.Value) -> ir.Value:
         """[B, H, k, L] log-kernels S_i[t] (-inf: outside the rows / window, padded point)."""
