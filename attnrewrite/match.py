@@ -1,7 +1,7 @@
 """The canonical description of one softmax attention, however the graph spelled it.
 
-Every finder (ONNX Softmax anchors, fused ONNX attention ops, later torch FX) produces
-`AttentionMatch` values; the rewrite, the lowering and the reports read only these.
+Every finder (ONNX Softmax anchors, fused ONNX attention ops, torch FX) produces
+`AttentionMatch` values; the rewrite, the planner and the reports read only these.
 A match says what the attention computes:
 
     out = softmax(scale * q @ k^T + bias [+ causal/window mask]) @ v
@@ -17,10 +17,8 @@ the model. A stage that edits a model binds it there (`AttentionMatch.bind`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 import onnx_ir as ir
 
@@ -95,77 +93,6 @@ class Bias:
         return any(step.op in RESHAPES for step in self.steps)
 
 
-class BlockFacts(Protocol):
-    """What both finders (ONNX and torch.fx) know about an attention block, under the same
-    names: ``AttentionMatch`` and ``FxAttention`` both are one."""
-
-    @property
-    def anchor(self) -> str: ...
-    @property
-    def variant(self) -> Sequence[str]: ...
-    @property
-    def mask(self) -> MaskKind: ...
-    @property
-    def window(self) -> int | None: ...
-    @property
-    def scale(self) -> float: ...
-    @property
-    def scale_source(self) -> str: ...
-    @property
-    def q_heads(self) -> int | None: ...
-    @property
-    def kv_heads(self) -> int | None: ...
-    @property
-    def head_dim(self) -> int | None: ...
-    @property
-    def q_len(self) -> int | str | None: ...
-    @property
-    def kv_len(self) -> int | str | None: ...
-    @property
-    def float32_softmax(self) -> bool: ...
-
-
-def describe_block(
-    block: BlockFacts,
-    *,
-    graph: str,
-    nodes: Sequence[str],
-    q: str | None,
-    k: str | None,
-    v: str | None,
-    layout: Mapping[str, str],
-    output: str | None,
-    upstream_scale: float,
-) -> dict[str, object]:
-    """One attention block as rewrite.json and `inspect` describe it, whichever finder found
-    it: one vocabulary, written in one place. The keywords are what the finders hold in
-    different forms (node objects or names, layouts, graph names)."""
-    return {
-        "anchor": block.anchor,
-        "graph": graph,
-        "variant": list(block.variant),
-        "nodes": list(nodes),
-        "q": q,
-        "k": k,
-        "v": v,
-        "layout": dict(layout),
-        "output": output,
-        "mask": block.mask.value,
-        "window": block.window,
-        "scale": block.scale,
-        "scale_source": block.scale_source,
-        "upstream_scale": upstream_scale,
-        "effective_scale": block.scale * upstream_scale,
-        "q_heads": block.q_heads,
-        "kv_heads": block.kv_heads,
-        "kv_groups": block.q_heads // block.kv_heads if block.q_heads and block.kv_heads else None,
-        "head_dim": block.head_dim,
-        "q_len": block.q_len,
-        "kv_len": block.kv_len,
-        "float32_softmax": block.float32_softmax,
-    }
-
-
 @dataclass(frozen=True)
 class AttentionMatch:
     """One attention block, in canonical form.
@@ -219,18 +146,36 @@ class AttentionMatch:
         return self.mask in (MaskKind.PADDING, MaskKind.CAUSAL_PADDING) or self.bias.one_row
 
     def describe(self) -> dict[str, object]:
-        """JSON-ready description for rewrite.json and `inspect`."""
-        return describe_block(
-            self,
-            graph=self.graph_name,
-            nodes=self.nodes,
-            q=self.q.value,
-            k=self.k.value,
-            v=self.v.value,
-            layout={"q": self.q.layout.value, "k": self.k.layout.value, "v": self.v.layout.value},
-            output=self.output,
-            upstream_scale=self.upstream_scale,
-        )
+        """JSON-ready description for rewrite.json and `inspect`, whichever finder found it."""
+        q_heads, kv_heads = self.q_heads, self.kv_heads
+        return {
+            "anchor": self.anchor,
+            "graph": self.graph_name,
+            "variant": list(self.variant),
+            "nodes": list(self.nodes),
+            "q": self.q.value,
+            "k": self.k.value,
+            "v": self.v.value,
+            "layout": {
+                "q": self.q.layout.value,
+                "k": self.k.layout.value,
+                "v": self.v.layout.value,
+            },
+            "output": self.output,
+            "mask": self.mask.value,
+            "window": self.window,
+            "scale": self.scale,
+            "scale_source": self.scale_source,
+            "upstream_scale": self.upstream_scale,
+            "effective_scale": self.effective_scale,
+            "q_heads": q_heads,
+            "kv_heads": kv_heads,
+            "kv_groups": q_heads // kv_heads if q_heads and kv_heads else None,
+            "head_dim": self.head_dim,
+            "q_len": self.q_len,
+            "kv_len": self.kv_len,
+            "float32_softmax": self.float32_softmax,
+        }
 
     def bind(self, scope: Scope) -> Bound:
         """The match's nodes and values in one model (its graph's `scope`); ValueError when
