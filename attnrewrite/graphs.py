@@ -3,7 +3,7 @@ by name: a match holds names, and a stage that edits a model looks them up here.
 
     "main"                                   the model's graph
     "main/Loop:loop.body"                    a control-flow body (node's op type, name, attribute)
-    "function domain::name"                  a model-local function, and its bodies likewise
+    "function domain::name[:overload]"       a model-local function, and its bodies likewise
 
 Names are what the matches address, so the finder first gives every node a name unique in
 its graph (`name_nodes`); values are named by the ONNX format itself.
@@ -21,7 +21,8 @@ def all_graphs(model: ir.Model) -> Iterator[tuple[str, ir.Graph | ir.Function]]:
     yield "main", model.graph
     yield from _subgraphs(model.graph, "main")
     for function in model.functions.values():
-        name = f"function {function.domain}::{function.name}"
+        overload = f":{function.overload}" if function.overload else ""
+        name = f"function {function.domain}::{function.name}{overload}"
         yield name, function
         yield from _subgraphs(function, name)
 
