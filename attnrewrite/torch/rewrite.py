@@ -336,7 +336,7 @@ def _settle(
         graph_name=GRAPH,
         variant=cand.variant,
         q=Operand(qn, heads=hq),
-        k=Operand(kn, heads=hkv),  # as the block takes it (it transposes a K^T itself)
+        k=Operand(kn, heads=hkv),  # described bhsd, as before, even when K^T (cand.k_layout)
         v=Operand(vn, heads=hkv),
         output=out,
         nodes=placed.nodes,
