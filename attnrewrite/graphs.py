@@ -64,7 +64,6 @@ class Scope:
     objects the names meant."""
 
     def __init__(self, graph: ir.Graph | ir.Function):
-        self.graph = graph
         self._nodes = {node.name: node for node in graph}
         values: list[ir.Value] = list(graph.inputs)
         if isinstance(graph, ir.Graph):

@@ -182,7 +182,6 @@ class AttentionMatch:
         the model lacks one of them."""
         bias = self.bias or Bias()
         return Bound(
-            graph=scope.graph,
             q=scope.value(self.q.value),
             k=scope.value(self.k.value),
             v=scope.value(self.v.value),
@@ -199,7 +198,6 @@ class AttentionMatch:
 class Bound:
     """A match's names resolved in one model: the objects a rewrite of that model edits."""
 
-    graph: ir.Graph | ir.Function
     q: ir.Value
     k: ir.Value
     v: ir.Value
