@@ -1,7 +1,7 @@
 """The canonical description of one softmax attention, however the graph spelled it.
 
-Every finder (ONNX Softmax anchors, fused ONNX attention ops, later torch FX) produces
-`AttentionMatch` values; the rewrite, the lowering and the reports read only these.
+Every finder (ONNX Softmax anchors, fused ONNX attention ops, torch FX) produces
+`AttentionMatch` values; the rewrite, the planner and the reports read only these.
 A match says what the attention computes:
 
     out = softmax(scale * q @ k^T + bias [+ causal/window mask]) @ v
@@ -9,18 +9,22 @@ A match says what the attention computes:
 with q [..., Hq, Sq, d], k [..., Hkv, Skv, d], v [..., Hkv, Skv, dv] once each operand's
 layout adapter is applied. Anything the finder could not express this way becomes a
 `Refusal` with a reason that reaches the user.
+
+A match is plain data: it names the nodes and values it covers (unique in its graph, see
+attnrewrite.graphs), so it can be kept, compared and pickled, and it holds for every copy of
+the model. A stage that edits a model binds it there (`AttentionMatch.bind`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 import onnx_ir as ir
 
+from attnrewrite.graphs import Scope
 from attnrewrite.rules.operands import Layout
+from attnrewrite.rules.replay import Step
 from attnrewrite.rules.scores import RESHAPES
 from attnrewrite.rules.variants import Variant
 
@@ -65,113 +69,28 @@ class MaskKind(StrEnum):
 
 @dataclass(frozen=True)
 class Operand:
-    """A tensor feeding the attention, with the layout it arrives in."""
+    """A tensor feeding the attention (by value name), with the layout it arrives in."""
 
-    value: ir.Value
+    value: str
     layout: Layout = Layout.BHSD
     heads: int | None = None
 
 
 @dataclass(frozen=True)
-class ScoreStep:
-    """One elementwise node between Q.K^T and Softmax that is not a constant scale.
-
-    `score_input` is the index of the input that carries the scores; replaying the steps
-    on a zero score yields the additive bias the attention adds (rules.replay).
-    """
-
-    node: ir.Node
-    score_input: int
-
-
-@dataclass(frozen=True)
 class Bias:
-    """Where the additive bias comes from: a value used as is, or steps to replay on zero."""
+    """Where the additive bias comes from: a value used as is, or score steps to replay on a
+    zero score (rules.replay; each names its node, whose other inputs it reads)."""
 
-    value: ir.Value | None = None
-    steps: tuple[ScoreStep, ...] = ()
+    value: str | None = None
+    steps: tuple[Step, ...] = ()
     boolean_keep: bool = False  # value is a boolean mask, True = attend
+    one_row: bool = False  # value's query axis is statically 1: it only weighs keys
 
     @property
     def reshapes(self) -> bool:
-        return reshapes_scores(self.steps)
-
-
-def reshapes_scores(steps: Sequence[ScoreStep]) -> bool:
-    """Whether the steps reshape the scores: replayed on zero, they then need the scores'
-    shape, and give the bias back in it."""
-    return any(step.node.op_type in RESHAPES for step in steps)
-
-
-class BlockFacts(Protocol):
-    """What both finders (ONNX and torch.fx) know about an attention block, under the same
-    names: ``AttentionMatch`` and ``FxAttention`` both are one."""
-
-    @property
-    def anchor(self) -> str: ...
-    @property
-    def variant(self) -> Sequence[str]: ...
-    @property
-    def mask(self) -> MaskKind: ...
-    @property
-    def window(self) -> int | None: ...
-    @property
-    def scale(self) -> float: ...
-    @property
-    def scale_source(self) -> str: ...
-    @property
-    def q_heads(self) -> int | None: ...
-    @property
-    def kv_heads(self) -> int | None: ...
-    @property
-    def head_dim(self) -> int | None: ...
-    @property
-    def q_len(self) -> int | str | None: ...
-    @property
-    def kv_len(self) -> int | str | None: ...
-    @property
-    def float32_softmax(self) -> bool: ...
-
-
-def describe_block(
-    block: BlockFacts,
-    *,
-    graph: str,
-    nodes: Sequence[str],
-    q: str | None,
-    k: str | None,
-    v: str | None,
-    layout: Mapping[str, str],
-    output: str | None,
-    upstream_scale: float,
-) -> dict[str, object]:
-    """One attention block as rewrite.json and `inspect` describe it, whichever finder found
-    it: one vocabulary, written in one place. The keywords are what the finders hold in
-    different forms (node objects or names, layouts, graph names)."""
-    return {
-        "anchor": block.anchor,
-        "graph": graph,
-        "variant": list(block.variant),
-        "nodes": list(nodes),
-        "q": q,
-        "k": k,
-        "v": v,
-        "layout": dict(layout),
-        "output": output,
-        "mask": block.mask.value,
-        "window": block.window,
-        "scale": block.scale,
-        "scale_source": block.scale_source,
-        "upstream_scale": upstream_scale,
-        "effective_scale": block.scale * upstream_scale,
-        "q_heads": block.q_heads,
-        "kv_heads": block.kv_heads,
-        "kv_groups": block.q_heads // block.kv_heads if block.q_heads and block.kv_heads else None,
-        "head_dim": block.head_dim,
-        "q_len": block.q_len,
-        "kv_len": block.kv_len,
-        "float32_softmax": block.float32_softmax,
-    }
+        """Whether the steps reshape the scores: replayed on zero, they then need the scores'
+        shape, and give the bias back in it."""
+        return any(step.op in RESHAPES for step in self.steps)
 
 
 @dataclass(frozen=True)
@@ -188,8 +107,8 @@ class AttentionMatch:
     q: Operand
     k: Operand
     v: Operand
-    output: ir.Value
-    nodes: tuple[ir.Node, ...]
+    output: str
+    nodes: tuple[str, ...]
     scale: float
     scale_source: str
     mask: MaskKind
@@ -204,8 +123,9 @@ class AttentionMatch:
     output_layout: Layout = Layout.BHSD
     rank: int = 4
     kv_repeat: bool = False  # the body repeats k, v heads to match q (grouped-query attention)
-    shape_readers: tuple[ir.Node, ...] = ()  # Shape nodes reading the scores: re-routed to q, k
-    runtime_factors: tuple[tuple[ir.Value, bool], ...] = ()  # (value, divide) applied to q
+    shape_readers: tuple[str, ...] = ()  # Shape nodes reading the scores: re-routed to q, k
+    runtime_factors: tuple[tuple[str, bool], ...] = ()  # (value, divide) applied to q
+    dtype: ir.DataType = ir.DataType.FLOAT  # q's element type (v's where q's is unknown)
     nan_guard: bool = False
     float32_softmax: bool = False
     causal_in_bias: bool = False  # the bias itself hides future keys (not an is_causal flag)
@@ -223,24 +143,70 @@ class AttentionMatch:
         per-query bias can still honour these, as key weights."""
         if self.bias is None:
             return False
-        if self.mask in (MaskKind.PADDING, MaskKind.CAUSAL_PADDING):
-            return True
-        shape = self.bias.value.shape if self.bias.value is not None else None
-        return shape is not None and len(shape) >= 2 and shape[-2] == 1
+        return self.mask in (MaskKind.PADDING, MaskKind.CAUSAL_PADDING) or self.bias.one_row
 
     def describe(self) -> dict[str, object]:
-        """JSON-ready description for rewrite.json and `inspect`."""
-        return describe_block(
-            self,
-            graph=self.graph_name,
-            nodes=[n.name for n in self.nodes],
-            q=self.q.value.name,
-            k=self.k.value.name,
-            v=self.v.value.name,
-            layout={"q": self.q.layout.value, "k": self.k.layout.value, "v": self.v.layout.value},
-            output=self.output.name.removesuffix("__replaced") if self.output.name else None,
-            upstream_scale=self.upstream_scale,
+        """JSON-ready description for rewrite.json and `inspect`, whichever finder found it."""
+        q_heads, kv_heads = self.q_heads, self.kv_heads
+        return {
+            "anchor": self.anchor,
+            "graph": self.graph_name,
+            "variant": list(self.variant),
+            "nodes": list(self.nodes),
+            "q": self.q.value,
+            "k": self.k.value,
+            "v": self.v.value,
+            "layout": {
+                "q": self.q.layout.value,
+                "k": self.k.layout.value,
+                "v": self.v.layout.value,
+            },
+            "output": self.output,
+            "mask": self.mask.value,
+            "window": self.window,
+            "scale": self.scale,
+            "scale_source": self.scale_source,
+            "upstream_scale": self.upstream_scale,
+            "effective_scale": self.effective_scale,
+            "q_heads": q_heads,
+            "kv_heads": kv_heads,
+            "kv_groups": q_heads // kv_heads if q_heads and kv_heads else None,
+            "head_dim": self.head_dim,
+            "q_len": self.q_len,
+            "kv_len": self.kv_len,
+            "float32_softmax": self.float32_softmax,
+        }
+
+    def bind(self, scope: Scope) -> Bound:
+        """The match's nodes and values in one model (its graph's `scope`); ValueError when
+        the model lacks one of them."""
+        bias = self.bias or Bias()
+        return Bound(
+            q=scope.value(self.q.value),
+            k=scope.value(self.k.value),
+            v=scope.value(self.v.value),
+            output=scope.value(self.output),
+            nodes=tuple(scope.node(name) for name in self.nodes),
+            shape_readers=tuple(scope.node(name) for name in self.shape_readers),
+            runtime_factors=tuple((scope.value(n), divide) for n, divide in self.runtime_factors),
+            bias=scope.value(bias.value) if bias.value is not None else None,
+            bias_steps=tuple(scope.node(step.node) for step in bias.steps if step.node),
         )
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A match's names resolved in one model: the objects a rewrite of that model edits."""
+
+    q: ir.Value
+    k: ir.Value
+    v: ir.Value
+    output: ir.Value
+    nodes: tuple[ir.Node, ...]
+    shape_readers: tuple[ir.Node, ...]
+    runtime_factors: tuple[tuple[ir.Value, bool], ...]
+    bias: ir.Value | None
+    bias_steps: tuple[ir.Node, ...]  # the nodes of the bias's steps, in step order
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from attnrewrite import methods
 from attnrewrite.loading import load_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.plan.calibrate import capture
+from attnrewrite.plan.workspace import Workspace
 from attnrewrite.report.inputs import from_text
 
 N, D, HEADS = 256, 32, 4
@@ -54,7 +55,8 @@ def heads(kind: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
         found = find_attention(model)
         text = Path(json.__file__).with_name("decoder.py")
         feeds = from_text(ir.load(str(EXAMPLE)), text, "bytes", N, batch=1).feeds
-        block = capture(model, found.matches, feeds)[2]
+        with Workspace(model, found.matches) as workspace:
+            block = capture(workspace, feeds).blocks[2]
         scale = block.scale
         q, k, v = (torch.from_numpy(x).double() for x in (block.q, block.k, block.v))
         return q * (scale * math.sqrt(q.shape[-1])), k, v  # the model's scale, at 1/sqrt(d)

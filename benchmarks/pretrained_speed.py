@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=EXAMPLE / "smollm2.onnx")
     parser.add_argument("--tokenizer", type=Path, default=EXAMPLE / "tokenizer.json")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
-    parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
+    parser.add_argument(
+        "--budgets", type=float, nargs="*", default=list(BUDGETS), help="none: no auto plans"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--heads", type=int, default=9, help="for onnxruntime's optimizer")
@@ -114,7 +116,7 @@ def main() -> None:
                 rows.append({"config": cand.label, "path": out / MODEL_FILE})
             if args.plans:
                 rows += [plan_row(plan / MODEL_FILE, plan_record(plan), n) for plan in args.plans]
-            else:
+            elif args.budgets:
                 calibration = from_text(signature, calibration_text, str(args.tokenizer), n, 2)
                 with Planner(args.model, calibration, costs=args.costs) as planner:
                     for budget in args.budgets:

@@ -266,9 +266,20 @@ METHODS: dict[str, Method] = {
                     least=0,
                     most=None,
                 ),
+                Param(
+                    "transform",
+                    "direct",
+                    "how the k convolutions are applied: direct (Toeplitz blocks as matrix "
+                    "products, O(n^2), fast where FFTs are slow) or fft (O(n log n))",
+                    choices=("direct", "fft"),
+                ),
             ),
             OnnxOp(
-                "ConvBasisAttention", min_opset=17, full_bias=False, refuses=_binary_has_no_body
+                "ConvBasisAttention",
+                structural=("transform",),
+                min_opset=17,
+                full_bias=False,
+                refuses=_binary_has_no_body,
             ),
             full_bias=True,
             window=True,

@@ -235,6 +235,19 @@ class _Triangle:
         y = torch.fft.irfft(acc, n=n_fft, dim=2)
         return y[:, :, self.r0 : self.r0 + self.rows]
 
+    def apply_direct(self, logs: Tensor, points: Tensor, shift: Tensor) -> Tensor:
+        """The same sum as `apply`, as one product with the matrix it convolves by:
+        A[r, c] = exp(S_seg(c))[r + r0 - c] (zero above the diagonal and before the first
+        change point)."""
+        kern = F.pad(torch.exp(logs - shift[..., None, None]), (0, 0, 1, 0))  # row 0: no basis
+        cols = torch.arange(self.cols, device=self.device)
+        seg = (cols[:, None] >= points[..., None, :]).sum(-1)  # [B, H, C]
+        rows_of = kern.gather(2, seg[..., None].expand(-1, -1, -1, self.length))  # [B, H, C, L]
+        t = self.r0 + torch.arange(self.rows, device=self.device)[None, :] - cols[:, None]
+        a = rows_of.gather(3, t.clamp(min=0).expand(*rows_of.shape[:2], -1, -1))  # [B, H, C, R]
+        a = a.masked_fill(t < 0, 0.0)
+        return a.transpose(-1, -2) @ self.x
+
 
 def attention(
     q: Tensor,
@@ -249,9 +262,12 @@ def attention(
     probe: int = 8,
     recovery: str = "topk",
     tol: float = 0.25,
+    transform: str = "direct",
 ) -> Tensor:
-    """Conv-basis attention: k recovered bases per triangle, applied by FFT."""
-    get("convbasis").validate(bases=bases, probe=probe, recovery=recovery, tol=tol)
+    """Conv-basis attention: k recovered bases per triangle, applied directly or by FFT."""
+    get("convbasis").validate(
+        bases=bases, probe=probe, recovery=recovery, tol=tol, transform=transform
+    )
     check_inputs(q, k, v, bias, is_causal, window)
     bsz, hq, sq, _ = q.shape
     skv = k.shape[2]
@@ -289,7 +305,8 @@ def attention(
         top = torch.stack([logs.amax(dim=(-1, -2)) for *_, logs in found]).amax(0)
         shift = torch.where(top > FLOOR / 2, top, 0.0)
         for tri, points, logs in found:
-            part = tri.apply(logs, points, shift)
+            apply = tri.apply_direct if transform == "direct" else tri.apply
+            part = apply(logs, points, shift)
             if tri.score.flip:
                 y = y + part.flip(2)
             else:

@@ -1,5 +1,7 @@
 """Find every softmax attention in a model: anchor, walk, evaluate, describe.
 
+0. Name every node that has no name of its own (attnrewrite.graphs): matches address nodes
+   by name.
 1. Anchor on each Softmax (or decomposed softmax) and on each fused attention op, in the
    main graph, control-flow bodies and model-local functions.
 2. Walk up to Q.K^T and down to .V (`scores`, `probs`), recover q, k, v (`operands`).
@@ -18,35 +20,38 @@ import numpy as np
 import onnx_ir as ir
 
 from attnrewrite import evaluate as ev
+from attnrewrite.graphs import Scope, all_graphs, name_nodes
 from attnrewrite.loading import default_opset
 from attnrewrite.match import (
     FUSED_FROM,
     RESHAPES,
     AttentionMatch,
     Bias,
+    Bound,
     FindResult,
     Layout,
     MaskKind,
     Operand,
     Refusal,
-    ScoreStep,
 )
 from attnrewrite.patterns import fused, masks
 from attnrewrite.patterns.evaluations import Evaluations, LongSample
 from attnrewrite.patterns.graph_utils import (
-    all_graphs,
     consumers,
+    element_type,
     numpy_dtype,
+    one_query_row,
     rank_of,
     static_dim,
 )
 from attnrewrite.patterns.probs import merged_heads
-from attnrewrite.patterns.scores import walk_scores
+from attnrewrite.patterns.scores import ScoreStep, walk_scores
 from attnrewrite.patterns.softmax import SoftmaxAnchor, softmax_anchor
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.candidate import Candidate, structure_variant
 from attnrewrite.rules.operands import Factor, attention_operands, upstream_scale
 from attnrewrite.rules.probs import walk_probs
+from attnrewrite.rules.replay import Step
 from attnrewrite.rules.scores import Link, split_steps
 from attnrewrite.rules.variants import Variant, mask_tag
 
@@ -68,19 +73,24 @@ class OnnxCandidate(Candidate[ir.Value, ir.Node]):
 
 
 def find_attention(model: ir.Model) -> FindResult:
+    """Every attention block of the model, and every Softmax or attention op that is not one,
+    with the reason. Names the model's unnamed nodes (the only change it makes)."""
+    name_nodes(model)
     opset = default_opset(model)
     candidates: list[OnnxCandidate] = []
-    fused_matches: list[AttentionMatch] = []
+    fused_matches: list[tuple[AttentionMatch, Bound]] = []
     matches: list[AttentionMatch] = []
     refusals: list[Refusal] = []
     for graph_name, graph in all_graphs(model):
+        scope = None  # the graph's names, once a fused op needs its values
         for node in list(graph):
             fused_result = fused.match_fused(node, graph_name)
             if isinstance(fused_result, Refusal):
                 refusals.append(fused_result)
                 continue
             if isinstance(fused_result, AttentionMatch):
-                fused_matches.append(fused_result)
+                scope = scope or Scope(graph)
+                fused_matches.append((fused_result, fused_result.bind(scope)))
                 continue
             anchor = softmax_anchor(node, opset)
             if anchor is None:
@@ -93,13 +103,13 @@ def find_attention(model: ir.Model) -> FindResult:
     evaluations = Evaluations(model)
     for candidate in candidates:
         _request(candidate, evaluations)
-    for match in fused_matches:
-        if match.bias is not None and match.bias.value is not None:
-            evaluations.want_mask([match.bias.value])
-            evaluations.want(match.q.value)
-            evaluations.want(match.k.value)
+    for _, bound in fused_matches:
+        if bound.bias is not None:
+            evaluations.want_mask([bound.bias])
+            evaluations.want(bound.q)
+            evaluations.want(bound.k)
     evaluations.run()
-    matches.extend(_classify_fused(match, evaluations) for match in fused_matches)
+    matches.extend(_classify_fused(match, bound, evaluations) for match, bound in fused_matches)
     for candidate in candidates:
         done = _finalize(candidate, evaluations)
         (matches if isinstance(done, AttentionMatch) else refusals).append(done)
@@ -202,12 +212,12 @@ def _finalize(candidate: OnnxCandidate, evaluations: Evaluations) -> AttentionMa
         return _refuse(candidate, reshape_problem)
     chain_factors, bias_steps = _split_steps(candidate.steps)
     scale = 1.0
-    runtime: list[tuple[ir.Value, bool]] = []
+    runtime: list[tuple[str, bool]] = []
     sources: set[str] = set()
     for factor in (*candidate.factors, *chain_factors):
         values = evaluations.values(factor.value)
         if values is None or not all(np.array_equal(values[0], v) for v in values[1:]):
-            runtime.append((factor.value, factor.divide))
+            runtime.append((factor.value.name or "", factor.divide))
             sources.add("runtime")
             continue
         number = float(np.ravel(values[0])[0])
@@ -234,12 +244,12 @@ def _finalize(candidate: OnnxCandidate, evaluations: Evaluations) -> AttentionMa
         anchor=candidate.anchor.name or "",
         graph_name=candidate.graph_name,
         variant=variant,
-        q=Operand(candidate.q),
-        k=Operand(candidate.k, candidate.k_layout),
-        v=Operand(candidate.v),
-        output=candidate.output,
+        q=Operand(candidate.q.name or ""),
+        k=Operand(candidate.k.name or "", candidate.k_layout),
+        v=Operand(candidate.v.name or ""),
+        output=candidate.output.name or "",
         output_layout=candidate.output_layout,
-        nodes=candidate.nodes,
+        nodes=tuple(node.name or "" for node in candidate.nodes),
         scale=scale,
         scale_source=scale_source,
         upstream_scale=upstream,
@@ -258,6 +268,7 @@ def _finalize(candidate: OnnxCandidate, evaluations: Evaluations) -> AttentionMa
         nan_guard=candidate.nan_guard,
         float32_softmax=candidate.float32_softmax,
         causal_in_bias=bias is not None and kind.is_causal,  # the bias replays every step
+        dtype=element_type(candidate.q, candidate.v),
     )
 
 
@@ -300,12 +311,12 @@ def _reshape_problem(candidate: OnnxCandidate, evaluations: Evaluations) -> str:
     return ""
 
 
-def _still_read(candidate: OnnxCandidate, kept: Sequence[ScoreStep]) -> tuple[ir.Node, ...]:
+def _still_read(candidate: OnnxCandidate, kept: Sequence[ScoreStep]) -> tuple[str, ...]:
     """Shape readers of the scores whose result outlives the rewrite (a mask used elsewhere,
     or one the new node reads): they are re-routed to q and k. The others (a reshape target
     inside the block) go with the block."""
     return tuple(
-        reader
+        reader.name or ""
         for reader in candidate.shape_readers
         if _outlives(reader, candidate.nodes, [step.node for step in kept])
     )
@@ -363,8 +374,9 @@ def _bias_source(steps: Sequence[ScoreStep]) -> Bias:
     """The bias as a value when the only step adds it; otherwise steps to replay on zero."""
     if len(steps) == 1 and steps[0].node.op_type == "Add":
         step = steps[0]
-        return Bias(value=step.node.inputs[1 - step.score_input])
-    return Bias(steps=tuple(steps))
+        value = step.node.inputs[1 - step.score_input]
+        return Bias(value.name, one_row=one_query_row(value))
+    return Bias(steps=tuple(masks.replayable(step) for step in steps))
 
 
 def _classify(
@@ -396,10 +408,11 @@ def _classify(
         if node.op_type == "Mul" and not all(np.isin(v, (0, 1)).all() for v in values):
             return f"scores are multiplied by '{node.inputs[j].name}', which is not a 0/1 mask"
     zero_dtype = numpy_dtype(steps[0].node.inputs[steps[0].score_input])
+    replayed = [masks.replayable(step) for step in steps]
     found = []
     for sample, shape in enumerate(shapes):
         side = functools.partial(_side_at, side_values, sample)
-        bias = masks.replay_on_zero(steps, side, zero_dtype, shape)
+        bias = masks.replay_on_zero(replayed, side, zero_dtype, shape)
         found.append((*masks.classify(bias, *shape[-2:]), shape[-1]))
     kind, window = masks.merge(found)
     graph = evaluations.model.graph
@@ -411,7 +424,7 @@ def _classify(
     keywise = None
     per_query = _per_query_data([sides[key] for key in data], graph)
     if data and not per_query and kind in (MaskKind.BIAS, MaskKind.CAUSAL_BIAS):
-        keywise = _keywise_data_part(steps, side_values, data, shapes, zero_dtype)
+        keywise = _keywise_data_part(replayed, side_values, data, shapes, zero_dtype)
     if keywise is not None:
         kind, window = masks.with_padding(keywise[0]), keywise[1]
     else:
@@ -453,7 +466,7 @@ UNCHECKED_AS = {
 
 
 def _keywise_data_part(
-    steps: Sequence[ScoreStep],
+    steps: Sequence[Step],
     side_values: dict[tuple[int, int], list[np.ndarray]],
     data: set[tuple[int, int]],
     shapes: list[tuple[int, ...]],
@@ -501,19 +514,21 @@ def _per_query_data(values: Sequence[ir.Value], graph: ir.Graph) -> bool:
     )
 
 
-def _classify_fused(match: AttentionMatch, evaluations: Evaluations) -> AttentionMatch:
+def _classify_fused(
+    match: AttentionMatch, bound: Bound, evaluations: Evaluations
+) -> AttentionMatch:
     """A fused op's mask input, classified like any other; shape-only masks become flags."""
-    if match.bias is None or match.bias.value is None:
+    if match.bias is None or bound.bias is None:
         return match
-    value = match.bias.value
+    value = bound.bias
     masks_at = evaluations.values(value)
-    q_at, k_at = evaluations.values(match.q.value), evaluations.values(match.k.value)
+    q_at, k_at = evaluations.values(bound.q), evaluations.values(bound.k)
     if masks_at is None or q_at is None or k_at is None:
         return replace(match, variant=(*match.variant, Variant.MASK_UNCLASSIFIED))
     lengths = [(q.shape[-2], k.shape[-2]) for q, k in zip(q_at, k_at, strict=True)]
     long = evaluations.at_length([value])
-    q_long = _long_shape(long, match.q.value, evaluations)
-    k_long = _long_shape(long, match.k.value, evaluations)
+    q_long = _long_shape(long, bound.q, evaluations)
+    k_long = _long_shape(long, bound.k, evaluations)
     if long is not None and q_long is not None and k_long is not None:
         masks_at = [*masks_at, long.values[0]]
         lengths.append((q_long[-2], k_long[-2]))

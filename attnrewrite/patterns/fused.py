@@ -24,7 +24,15 @@ from attnrewrite.match import (
     Operand,
     Refusal,
 )
-from attnrewrite.patterns.graph_utils import float_attr, int_attr, is_op, rank_of, static_dim
+from attnrewrite.patterns.graph_utils import (
+    element_type,
+    float_attr,
+    int_attr,
+    is_op,
+    one_query_row,
+    rank_of,
+    static_dim,
+)
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.operands import ungroup_kv
 from attnrewrite.rules.variants import Variant, rank_tag
@@ -113,17 +121,19 @@ def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
     bias = None
     kind = MaskKind.CAUSAL if causal else MaskKind.NONE
     if mask is not None:
-        bias = Bias(value=mask, boolean_keep=mask.dtype == ir.DataType.BOOL)
+        bias = Bias(
+            mask.name, boolean_keep=mask.dtype == ir.DataType.BOOL, one_row=one_query_row(mask)
+        )
         kind = MaskKind.CAUSAL_BIAS if causal else MaskKind.BIAS
     return AttentionMatch(
         anchor=node.name or "",
         graph_name=graph_name,
         variant=variant,
-        q=Operand(q, layout, q_heads if isinstance(q_heads, int) else None),
-        k=Operand(k, layout, kv_heads if isinstance(kv_heads, int) else None),
-        v=Operand(v, layout, kv_heads if isinstance(kv_heads, int) else None),
-        output=node.outputs[0],
-        nodes=(node,),
+        q=Operand(q.name, layout, q_heads if isinstance(q_heads, int) else None),
+        k=Operand(k.name, layout, kv_heads if isinstance(kv_heads, int) else None),
+        v=Operand(v.name, layout, kv_heads if isinstance(kv_heads, int) else None),
+        output=node.outputs[0].name,
+        nodes=(node.name,),
         scale=float_attr(node, "scale", 1.0 / math.sqrt(head_dim)) or 1.0 / math.sqrt(head_dim),
         scale_source="attribute" if "scale" in node.attributes else "default",
         mask=kind,
@@ -137,4 +147,5 @@ def _onnx_attention(node: ir.Node, graph_name: str) -> AttentionMatch | Refusal:
         rank=4,
         kv_repeat=not (isinstance(q_heads, int) and q_heads == kv_heads),
         float32_softmax=int_attr(node, "softmax_precision", 0) == ir.DataType.FLOAT,
+        dtype=element_type(q, v),
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import onnx_ir as ir
 
@@ -49,29 +47,15 @@ def static_dim(value: ir.Value, axis: int) -> int | str | None:
     return str(dim.value) if dim.value is not None else None
 
 
-def all_graphs(model: ir.Model) -> Iterator[tuple[str, ir.Graph | ir.Function]]:
-    """The main graph, every control-flow body inside it, and every model-local function."""
-    yield "main", model.graph
-    yield from _subgraphs(model.graph, "main")
-    for function in model.functions.values():
-        name = f"function {function.domain}::{function.name}"
-        yield name, function
-        yield from _subgraphs(function, name)
-
-
-def _subgraphs(graph: ir.Graph | ir.Function, path: str) -> Iterator[tuple[str, ir.Graph]]:
-    for node in graph:
-        for attr in node.attributes.values():
-            bodies = []
-            if attr.type == ir.AttributeType.GRAPH:
-                bodies = [(attr.name, attr.value)]
-            elif attr.type == ir.AttributeType.GRAPHS:
-                bodies = [(f"{attr.name}[{i}]", g) for i, g in enumerate(attr.value)]
-            for label, body in bodies:
-                sub_path = f"{path}/{node.op_type}:{node.name}.{label}"
-                yield sub_path, body
-                yield from _subgraphs(body, sub_path)
-
-
 def numpy_dtype(value: ir.Value) -> np.dtype:
     return np.dtype(value.dtype.numpy()) if value.dtype is not None else np.dtype(np.float32)
+
+
+def element_type(q: ir.Value, v: ir.Value) -> ir.DataType:
+    """The attention's element type: q's, else v's, else float."""
+    return q.dtype or v.dtype or ir.DataType.FLOAT
+
+
+def one_query_row(bias: ir.Value) -> bool:
+    """Whether the bias's query axis is statically 1 ([B, 1, 1, Skv]): it only weighs keys."""
+    return bias.shape is not None and len(bias.shape) >= 2 and bias.shape[-2] == 1

@@ -20,8 +20,9 @@ from typing import TypeVar
 import numpy as np
 import onnx_ir as ir
 
-from attnrewrite.match import MaskKind, ScoreStep, reshapes_scores
+from attnrewrite.match import RESHAPES, MaskKind
 from attnrewrite.patterns.graph_utils import int_attr
+from attnrewrite.patterns.scores import ScoreStep
 from attnrewrite.rules.replay import Step, replay
 
 # A bias at or below this masks its key: exp underflows to 0 in fp32 for any score within
@@ -34,7 +35,7 @@ ArrayT = TypeVar("ArrayT")
 
 
 def replay_on_zero(
-    steps: Sequence[ScoreStep],
+    steps: Sequence[Step],
     side: Callable[[int, int], np.ndarray],
     dtype: np.dtype,
     scores_shape: Sequence[int] = (),
@@ -42,10 +43,10 @@ def replay_on_zero(
     """Apply the steps to a zero score (rules.replay, in numpy); `side(i, j)` is input j of
     step i. Steps that reshape the scores need the zero in the scores' shape, and the bias is
     returned in it."""
-    reshapes = reshapes_scores(steps)
+    reshapes = any(step.op in RESHAPES for step in steps)
     zero = np.zeros(tuple(scores_shape) if reshapes else (), dtype=dtype)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        result = replay([_replayable(step) for step in steps], side, zero, np)
+        result = replay(steps, side, zero, np)
     return np.reshape(result, scores_shape) if reshapes else np.asarray(result)
 
 
@@ -56,11 +57,12 @@ PARAMS: dict[str, Callable[[ir.Node], object]] = {  # what rules.replay needs of
 }
 
 
-def _replayable(step: ScoreStep) -> Step:
-    """The step as rules.replay takes it: every input but the scores evaluated (`side`)."""
+def replayable(step: ScoreStep) -> Step:
+    """The step as rules.replay takes it, naming its node: every input but the scores given
+    when replaying (`side`, or the node's own inputs in a rewrite)."""
     node = step.node
     param = PARAMS[node.op_type](node) if node.op_type in PARAMS else None
-    return Step(node.op_type, step.score_input, (None,) * len(node.inputs), param)
+    return Step(node.op_type, step.score_input, (None,) * len(node.inputs), param, node.name)
 
 
 def hidden(bias: ArrayT) -> ArrayT:

@@ -7,10 +7,18 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from attnrewrite.match import ScoreStep
 from attnrewrite.patterns.graph_utils import consumers, is_op
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.scores import RESHAPES, score_path
+
+
+@dataclass(frozen=True)
+class ScoreStep:
+    """One elementwise node between Q.K^T and Softmax, and the index of the input carrying
+    the scores (the match keeps it as a rules.replay Step, by the node's name)."""
+
+    node: ir.Node
+    score_input: int
 
 
 @dataclass(frozen=True)

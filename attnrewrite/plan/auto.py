@@ -102,7 +102,7 @@ class Planner:
         found = find_attention(model)
         if not found.matches:
             raise AttnRewriteError(f"no softmax attention found in {path}")
-        self.outputs = [m.describe()["output"] for m in found.matches]
+        self.outputs = [m.output for m in found.matches]
         self.workspace = Workspace(model, found.matches, threads)
         del model, found  # the workspace holds the model from here on
         try:

@@ -58,14 +58,14 @@ def plannable(match: AttentionMatch) -> bool:
 
 def capture(workspace: Workspace, feeds: Mapping[str, np.ndarray]) -> Capture:
     """Operands and exact outputs of every plannable block, and the model's outputs."""
-    copy, copied = workspace.copy()
-    wanted = [i for i, m in enumerate(copied) if plannable(m)]
-    result = substitute(copy, [copied[i] for i in wanted], get_method("exact"))
+    copy, matches = workspace.copy(), workspace.matches
+    wanted = [i for i, m in enumerate(matches) if plannable(m)]
+    result = substitute(copy, [matches[i] for i in wanted], get_method("exact"))
     nodes = {node.name: node for node in copy.graph}
     groups: list[tuple[int, list[str]]] = []
     extra = []
     for rewritten in result.rewritten:  # a block whose rewrite failed is not planned
-        index = copied.index(rewritten.match)
+        index = matches.index(rewritten.match)
         node = nodes[rewritten.node]
         groups.append((index, [v.name for v in (*node.inputs, node.outputs[0]) if v]))
         extra += [v for v in (*node.inputs, node.outputs[0]) if v is not None]
@@ -77,7 +77,7 @@ def capture(workspace: Workspace, feeds: Mapping[str, np.ndarray]) -> Capture:
     arrays = dict(zip(names, workspace.run(copy, feeds, names), strict=True))
     blocks = []
     for index, group in groups:
-        match = copied[index]
+        match = matches[index]
         *operands, exact = (arrays[name] for name in group)
         q, k, v, *mask = operands
         blocks.append(

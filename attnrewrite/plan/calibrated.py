@@ -64,7 +64,7 @@ def calibrated_rewrite(
         fitted, plans, refused = [], {}, {}
         with steps("fitting heads", len(captured)) as advance:
             for block in captured:
-                output = workspace.matches[block.index].describe()["output"]
+                output = workspace.matches[block.index].output
                 why = method.limit(block.signature)
                 try:
                     if why is None:
@@ -148,7 +148,7 @@ def _record(
         "median_error_fitted": float(np.median(error)) if error.size else None,
         "blocks": fitted,
         "refused": refused,
-        "not_captured": [m.describe()["output"] for m in matches if not plannable(m)],
+        "not_captured": [m.output for m in matches if not plannable(m)],
     }
 
 

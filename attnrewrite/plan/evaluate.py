@@ -36,8 +36,8 @@ class EndToEnd:
         original's time and memory at long context)."""
         self.workspace, self.inputs = workspace, inputs
         if reference is None:
-            copy, copied = workspace.copy()
-            substitute(copy, copied, get_method("exact"))
+            copy = workspace.copy()
+            substitute(copy, workspace.matches, get_method("exact"))
             reference = workspace.run(copy, inputs.feeds)
         self.reference = reference
         self._seen: dict[tuple, dict[str, float]] = {}
@@ -51,8 +51,8 @@ class EndToEnd:
             )
         )
         if key not in self._seen:
-            copy, copied = self.workspace.copy()
-            substitute(copy, copied, get_method("exact"), plans)
+            copy = self.workspace.copy()
+            substitute(copy, self.workspace.matches, get_method("exact"), plans)
             self._seen[key] = self._compare(self.workspace.run(copy, self.inputs.feeds))
         return self._seen[key]
 

@@ -89,6 +89,6 @@ class SpeedCheck:
         return self._exact
 
     def _session(self, plans: Mapping[int, Sequence[HeadGroup]]) -> ort.InferenceSession:
-        copy, copied = self.workspace.copy()
-        substitute(copy, copied, get_method("exact"), plans)
+        copy = self.workspace.copy()
+        substitute(copy, self.workspace.matches, get_method("exact"), plans)
         return self.workspace.session(copy, arena=True)

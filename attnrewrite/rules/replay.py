@@ -18,12 +18,15 @@ from typing import Any
 class Step:
     """One score step as replay needs it: the op (ONNX spelling), the input carrying the
     scores, each input's number when known now (None: the scores, or a tensor given when
-    replaying) and the op's parameter (Cast: dtype, Reshape: allowzero, Flatten: axis)."""
+    replaying) and the op's parameter (Cast: dtype, Reshape: allowzero, Flatten: axis).
+    The ONNX finder's steps also name their node: a rewrite replays it in the graph, on the
+    node's own inputs and attributes (substitute.rewrite)."""
 
     op: str
     score_input: int
     constants: tuple[float | None, ...]
     param: Any = None
+    node: str | None = None
 
 
 def _reshape(xp: Any, args: list[Any], allowzero: int) -> Any:

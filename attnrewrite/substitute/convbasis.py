@@ -10,7 +10,12 @@ Per triangle (the causal lower part; bidirectional adds the strictly-upper part,
    with every query and a GatherElements (rows above the first query, KV cache: the first
    query's row along the same diagonal), masked to -inf outside the window / the rows;
 3. one shift per head (the largest recovered score of both triangles), kernels exp(S_i - c),
-   and Y = sum_i conv(kernel_i, [V w, w] on columns [p_i, p_{i+1})) by DFT at a power-of-two
+   and Y = sum_i conv(kernel_i, [V w, w] on columns [p_i, p_{i+1})), by ``transform``:
+   "direct" (default): as products with the Toeplitz blocks of those convolutions, O(n^2) like
+   exact attention's P.V alone, but one Gather, one copy and one MatMul per column chunk
+   (`_Triangle.apply_direct`); onnxruntime's DFT runs at ~2 GFLOP/s on one thread, which made
+   the transforms 6.5x slower than the whole original model at n = 2048;
+   "fft": by DFT at a power-of-two
    length >= the linear length (onnxruntime's DFT is radix-2 only there, O(n^2) otherwise).
    The kernels are real, so channels go in pairs as one complex signal (half the transforms of
    real-input ones, which onnxruntime computes no faster, and no spectrum unpacking); products
@@ -18,16 +23,17 @@ Per triangle (the causal lower part; bidirectional adds the strictly-upper part,
    memory at a time) and inverted once;
 4. O = Y[:, :dv] / Y[:, dv], zeros for rows that see no weighted key.
 
-The transforms run in float64 (FFT_DTYPE): in float32 their absolute error (~1e-7 of the
-largest row sum) is 3e-5 relative on a causal layer at n = 200, the first rows' sums being
-small (the reference's documented limit); the rest computes in float32 (fp16 inputs too).
+With "fft", the transforms run in float64 (FFT_DTYPE): in float32 their absolute error (~1e-7
+of the largest row sum) is 3e-5 relative on a causal layer at n = 200, the first rows' sums
+being small (the reference's documented limit); the rest computes in float32 (fp16 inputs too).
 Measured alternative, not kept: the transforms as MatMuls (four-step Cooley-Tukey, O(n^1.5))
 were slower than the DFT op in float64 on CPU (1.6 s against 1.1 s at n = 1024) and about twice
 as fast in float32, which fails 1e-5 for the reason above; the TVM lowering uses that
 formulation on GPUs (attnrewrite/lower/fft.py).
 
-``bases`` and ``probe`` are read from the node at run time: nothing is baked in. Key-wise masks
-(padding) are key weights; a causal window zeroes kernel entries t >= window (read at run time).
+``bases`` and ``probe`` are read from the node at run time; ``transform`` picks the overload.
+Key-wise masks (padding) are key weights; a causal window zeroes kernel entries t >= window
+(read at run time).
 Per-query biases stay exact (the reference folds them into the profiles; not done here), and
 recovery="binary" (a sequential search) has no body.
 """
@@ -53,6 +59,8 @@ from attnrewrite.substitute.signature import Signature
 FLOOR = -1e30  # the reference's clamp: a shift below FLOOR / 2 means "nothing recovered"
 BIG = 2**62
 FFT_DTYPE = ir.DataType.DOUBLE  # float32 transforms: ~3e-5 off on the first causal rows at n = 200
+DIRECT_CHUNKS = 8  # column chunks of transform="direct" (each wastes its square's upper half)
+DIRECT_CHUNK_ENTRIES = 1 << 24  # and at most this many kernel entries a head per chunk (64 MB)
 
 
 class _Ops:
@@ -207,15 +215,14 @@ class _Triangle:
         extra = self.in_range(t)
         if extra is not None:
             ok = b.op("And", ok, extra)
-        if self.real is None:  # row indices shared by every head: [C-1, T]
-            q_cur = b.op("Gather", self.q, o.clip(cur_rows, o.s(0), top_row), axis=2)
-            q_left = b.op("Gather", self.q, o.clip(left_rows, o.s(0), top_row), axis=2)
+        if self.real is None:
+            cur, prev = self._neighbour_probes(probe, left_rows, top_row)
         else:
             q_cur = self._gather_rows(self.q, o.clip(cur_rows, o.s(0), top_row))
             q_left = self._gather_rows(self.q, o.clip(left_rows, o.s(0), top_row))
-        k_cur = o.slice(self.k, 1, BIG, 2)
-        cur = b.op("MatMul", q_cur, b.op("Unsqueeze", k_cur, o.i(-1)))  # [B, H, C-1, T, 1]
-        prev = b.op("MatMul", q_left, b.op("Unsqueeze", k_left, o.i(-1)))
+            k_cur = o.slice(self.k, 1, BIG, 2)
+            cur = b.op("MatMul", q_cur, b.op("Unsqueeze", k_cur, o.i(-1)))  # [B, H, C-1, T, 1]
+            prev = b.op("MatMul", q_left, b.op("Unsqueeze", k_left, o.i(-1)))
         diff = b.op("Abs", b.op("Sub", cur, prev))
         diff = o.where(b.op("Unsqueeze", ok, o.i(-1)), diff, o.f(0.0))
         score = b.reduce("ReduceMax", diff, [-2, -1], keepdims=0)  # [B, H, C-1]
@@ -231,6 +238,38 @@ class _Triangle:
         points = b.op("Concat", first, b.op("Add", picks, o.s(1)), axis=-1)
         count = b.op("Add", picks_n, o.s(1))
         return o.topk(points, count, largest=0, values=True)
+
+    def _neighbour_probes(
+        self, probe: ir.Value, left_rows: ir.Value, top_row: ir.Value
+    ) -> tuple[ir.Value, ir.Value]:
+        """Every key weighted: (column c's probes, column c - 1's at c's distances), c >= 1,
+        [B, H, C-1, T, 1]. Column c probes from distance tau(c) = max(r0 - c + 1, t_min); where
+        tau(c - 1) = tau(c) (c > r0 + 1 - t_min: all but the first column of self-attention)
+        the left column's probes are its own, so only the first columns are probed twice."""
+        o, b = self.o, self.o.b
+        cols = b.op("Range", o.s(0), self.cols, o.s(1))  # [C]
+        tau = o.clip(b.op("Sub", b.op("Add", self.r0, o.s(1)), cols), o.s(self.t_min), None)
+        rows = b.op(
+            "Add",
+            b.op("Unsqueeze", b.op("Sub", b.op("Add", cols, tau), self.r0), o.i(-1)),
+            b.op("Range", o.s(0), probe, o.s(1)),
+        )  # [C, T]
+        q_rows = b.op("Gather", self.q, o.clip(rows, o.s(0), top_row), axis=2)
+        own = b.op("MatMul", q_rows, b.op("Unsqueeze", self.k, o.i(-1)))  # [B, H, C, T, 1]
+        special = o.clip(
+            b.op("Sub", b.op("Add", self.r0, o.s(1)), o.s(self.t_min)),
+            o.s(0),
+            b.op("Sub", self.cols, o.s(1)),
+        )
+        q_left = b.op(
+            "Gather", self.q, o.clip(o.slice(left_rows, 0, special, 0), o.s(0), top_row), axis=2
+        )
+        first_prev = b.op(
+            "MatMul", q_left, b.op("Unsqueeze", o.slice(self.k, 0, special, 2), o.i(-1))
+        )
+        last = b.op("Sub", self.cols, o.s(1))
+        prev = b.op("Concat", first_prev, o.slice(own, special, last, 2), axis=2)
+        return o.slice(own, 1, BIG, 2), prev
 
     def profiles(self, points: ir.Value) -> ir.Value:
         """[B, H, k, L] log-kernels S_i[t] (-inf: outside the rows / window, padded point)."""
@@ -265,6 +304,93 @@ class _Triangle:
                 b.op("Unsqueeze", b.op("Cast", real_points, to=ir.DataType.BOOL), o.i(-1)),
             )
         return o.where(keep, vals, o.f(-np.inf))
+
+    def apply_direct(self, logs: ir.Value, points: ir.Value, shift: ir.Value) -> ir.Value:
+        """The same sum as `apply`, as products with the Toeplitz blocks: rows [r0, r0 + R) of
+        Y[r] = sum_c exp(S_seg(c) - shift)[r - c] x[c], in DIRECT_CHUNKS column chunks (a Loop).
+
+        A chunk of Cc columns from c0 reaches rows [max(c0, r0), L) only. Its matrix comes from
+        the skew trick: each column's kernel row (one GatherND from a small table: every basis
+        at the distances the chunk reads, then Cc zeros; Wd wide), flattened and read back
+        Wd - 1 wide, moves row j j places right with zeros around the band; one MatMul over
+        that band (up to 2 Cc columns more than needed) and a Slice of the D1-row product.
+        No transform and no float64: every term is a non-negative product summed by MatMul.
+        """
+        o, b = self.o, self.o.b
+        kern = b.op("Exp", b.op("Sub", logs, shift))  # [B, H, k, L]
+        none = b.op("Mul", o.slice(kern, 0, 1, 2), o.f(0.0))  # columns before the first point
+        kern = b.op("Concat", none, kern, axis=2)  # [B, H, k + 1, L]
+        idx = b.op("Range", o.s(0), self.cols, o.s(1))  # [C]
+        starts = b.op(
+            "GreaterOrEqual", b.op("Unsqueeze", idx, o.i(-1)), b.op("Unsqueeze", points, o.i(2))
+        )
+        seg = b.reduce("ReduceSum", b.op("Cast", starts, to=ir.DataType.INT64), [-1], keepdims=0)
+        live = b.op("Min", self.cols, self.length)  # columns past the last row reach no row
+        size = b.op("Div", b.op("Add", live, o.s(DIRECT_CHUNKS - 1)), o.s(DIRECT_CHUNKS))
+        most = b.op("Div", o.s(DIRECT_CHUNK_ENTRIES), b.op("Add", self.length, self.cols))
+        size = o.clip(o.clip(size, None, most), o.s(1), None)
+        trips = b.op("Div", b.op("Add", live, b.op("Sub", size, o.s(1))), size)
+
+        body = LoopBody(b, "cbd", carried=(o.dtype,))
+        loop, (y_in,) = body.b, body.carried
+        lo = _Ops(loop, o.dtype)
+
+        def vec(*values: ir.Value) -> ir.Value:
+            return loop.op("Concat", *(loop.op("Reshape", v, lo.i(1)) for v in values), axis=0)
+
+        c0 = loop.op("Mul", body.iteration, size)
+        c1 = loop.op("Min", loop.op("Add", c0, size), live)
+        cc = loop.op("Sub", c1, c0)
+        width = loop.op("Sub", self.length, c0)  # distances a column of the chunk can reach
+        skip = lo.clip(loop.op("Sub", self.r0, c0), lo.s(0), None)  # rows above the outputs
+        s0 = lo.clip(loop.op("Add", loop.op("Sub", skip, cc), lo.s(1)), lo.s(0), None)
+        table = lo.slice(kern, s0, width, 3)
+        heads = loop.op("Shape", table)
+        zeros = loop.op(
+            "Expand", lo.f(0.0), loop.op("Concat", lo.slice(heads, 0, 3, 0), vec(cc), axis=0)
+        )
+        table = loop.op("Concat", table, zeros, axis=3)  # [B, H, k + 1, Wd]
+        wide = lo.dim(table, 3)
+        rows_of = loop.op(
+            "GatherND",
+            table,
+            loop.op("Unsqueeze", lo.slice(seg, c0, c1, 2), lo.i(-1)),
+            batch_dims=2,
+        )  # [B, H, Cc, Wd]
+        flat = loop.op("Reshape", rows_of, loop.op("Concat", self.lead, lo.i(-1), axis=0))
+        band = loop.op("Sub", wide, lo.s(1))
+        flat = lo.slice(flat, 0, loop.op("Mul", cc, band), 2)
+        skewed = loop.op("Reshape", flat, loop.op("Concat", self.lead, vec(cc, band), axis=0))
+        # skewed[j, i] = kernel of column c0 + j at distance s0 + i - j (zero off the band)
+        part = loop.op("MatMul", lo.slice(self.x, c0, c1, 3), skewed)  # [B, H, D1, Wd - 1]
+        first = loop.op("Sub", skip, s0)
+        part = lo.slice(part, first, loop.op("Add", first, loop.op("Sub", width, skip)), 3)
+        above = loop.op("Sub", loop.op("Add", c0, skip), self.r0)  # output rows before it
+        part = loop.op(
+            "Pad", part, loop.op("Concat", lo.i(0, 0, 0), vec(above), lo.i(0, 0, 0, 0), axis=0)
+        )
+        y_out = loop.op("Add", y_in, part)
+
+        channels = o.dim(self.x, 2)
+        start = b.op(
+            "Expand",
+            o.f(0.0),
+            b.op(
+                "Concat",
+                self.lead,
+                b.op("Reshape", channels, o.i(1)),
+                b.op("Reshape", self.rows, o.i(1)),
+                axis=0,
+            ),
+        )
+        (y,) = b.tape.op_multi_out(
+            "Loop",
+            [trips, b.const(True, np.bool_), start],
+            attributes={"body": body.graph([y_out])},
+            num_outputs=1,
+        )
+        y.name = f"{body.tag}_y"
+        return y
 
     def apply(self, logs: ir.Value, points: ir.Value, shift: ir.Value) -> ir.Value:
         """sum_i conv(exp(S_i - shift), x on segment i) by DFT: rows [r0, r0 + R): [B,H,D1,R].
@@ -372,6 +498,7 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     query = b.op("Mul", query, scale)
     bases = b.int_attr("bases")
     probe = b.int_attr("probe")
+    direct = params["transform"] == "direct"
     sq, skv = o.dim(query, 2), o.dim(key, 2)
     lead = b.op("Slice", b.op("Shape", query), o.i(0), o.i(2))
 
@@ -423,7 +550,7 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
 
     y = None
     for tri, points, logs in found:
-        part = tri.apply(logs, points, shift)
+        part = tri.apply_direct(logs, points, shift) if direct else tri.apply(logs, points, shift)
         if tri.t_min == 1:
             part = o.flip(part, 3)
         else:

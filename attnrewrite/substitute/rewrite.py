@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from attnrewrite.graphs import Scope, scopes
 from attnrewrite.loading import default_opset
-from attnrewrite.match import AttentionMatch, Bias, Layout, Operand
+from attnrewrite.match import AttentionMatch, Bias, Bound, Layout, Operand
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
 from attnrewrite.substitute.methods import ResolvedMethod, get_method
 from attnrewrite.substitute.signature import Signature
@@ -82,14 +83,16 @@ def substitute(
     """Rewrite `model` in place. A block the method cannot honour (a mask it cannot carry,
     an opset without the ops it needs, a body that fails to build) gets exact attention, with
     the reason; a block that cannot be rewritten at all is left as it was and reported.
-    `plans` (match index -> head groups) gives blocks a method per group of heads instead."""
+    `plans` (match index -> head groups) gives blocks a method per group of heads instead.
+    The matches' names are looked up before any block is rewritten."""
     opset = default_opset(model)
     exact = get_method("exact")
+    graphs = scopes(model)
     done: list[Rewritten] = []
     failed: list[Failed] = []
     for position, match in enumerate(matches):
         groups = (plans or {}).get(position)
-        outcome = _rewrite_block(model, match, method, groups, exact, opset)
+        outcome = _rewrite_block(model, match, graphs, method, groups, exact, opset)
         (done if isinstance(outcome, Rewritten) else failed).append(outcome)
     if done:
         model.opset_imports[DOMAIN] = DOMAIN_VERSION
@@ -100,12 +103,19 @@ def substitute(
 def _rewrite_block(
     model: ir.Model,
     match: AttentionMatch,
+    graphs: Mapping[str, Scope],
     method: ResolvedMethod,
     groups: Sequence[HeadGroup] | None,
     exact: ResolvedMethod,
     opset: int,
 ) -> Rewritten | Failed:
     """The method (or the per-head plan) where it can, exact with the reason where not."""
+    try:
+        bound = match.bind(graphs[match.graph_name])
+    except KeyError:
+        return Failed(match, f"rewrite failed: the model has no graph '{match.graph_name}'")
+    except ValueError as err:
+        return Failed(match, f"rewrite failed: {err}")
     sig = Signature.of(match)
     if groups and len(groups) == 1 and sorted(groups[0].heads) == list(range(match.q_heads or 0)):
         method, groups = groups[0].method, None  # one method for every head: one plain node
@@ -115,14 +125,14 @@ def _rewrite_block(
                 g if _limit(g.method, sig, opset) is None else HeadGroup(exact, g.heads)
                 for g in groups
             ]
-            return _rewrite_one(model, match, exact, opset, groups=safe)
+            return _rewrite_one(model, match, bound, exact, opset, groups=safe)
         reason = _limit(method, sig, opset)
         if reason is None:
-            return _rewrite_one(model, match, method, opset)
+            return _rewrite_one(model, match, bound, method, opset)
     except (ValueError, TypeError, KeyError) as err:
         reason = f"{'per-head plan' if groups else method.name} failed: {err}"
     try:
-        return _rewrite_one(model, match, exact, opset, fallback=reason)
+        return _rewrite_one(model, match, bound, exact, opset, fallback=reason)
     except (ValueError, TypeError, KeyError) as err:
         return Failed(match, f"rewrite failed: {err}")
 
@@ -138,28 +148,29 @@ def _limit(method: ResolvedMethod, sig: Signature, opset: int) -> str | None:
 def _rewrite_one(
     model: ir.Model,
     match: AttentionMatch,
+    bound: Bound,
     method: ResolvedMethod,
     opset: int,
     fallback: str | None = None,
     groups: Sequence[HeadGroup] | None = None,
 ) -> Rewritten:
-    anchor = match.output.producer()
-    first = match.nodes[0]
+    anchor = bound.output.producer()
+    first = bound.nodes[0]
     if anchor is None or anchor.graph is None:
-        raise ValueError(f"output '{match.output.name}' has no producer in a graph")
+        raise ValueError(f"output '{match.output}' has no producer in a graph")
     graph = anchor.graph
-    name = f"{match.anchor or match.output.name}/{'HeadPlan' if groups else method.op_type}"
+    name = f"{match.anchor or match.output}/{'HeadPlan' if groups else method.op_type}"
     # q and k exist before Q.K^T: their adapters, and the shapes masks read, go there;
     # v and the bias may be computed later, so the rest goes just before the .V MatMul.
     early, late = ir.tape.Tape(), ir.tape.Tape()
-    query = _to_canonical(early, match.q)
-    for value, divide in match.runtime_factors:
+    query = _to_canonical(early, bound.q, match.q)
+    for value, divide in bound.runtime_factors:
         query = early.op("Div" if divide else "Mul", [query, value])
-    key = _to_canonical(early, match.k)
-    rerouted = [(r, _scores_shape(early, r, query, key)) for r in match.shape_readers]
-    inputs = [query, key, _to_canonical(late, match.v)]
+    key = _to_canonical(early, bound.k, match.k)
+    rerouted = [(r, _scores_shape(early, r, query, key)) for r in bound.shape_readers]
+    inputs = [query, key, _to_canonical(late, bound.v, match.v)]
     if match.bias is not None:
-        inputs.append(_bias_value(late, match.bias, query, key))
+        inputs.append(_bias_value(late, match.bias, bound, query, key))
     signature = Signature.of(match)
     if groups is None:
         out = _attention_node(late, model, match, method, signature, inputs, opset, name)
@@ -175,14 +186,14 @@ def _rewrite_one(
         graph.insert_before(where, tape.nodes)
     for reader, shape in rerouted:
         reader.outputs[0].replace_all_uses_with(shape, replace_graph_outputs=True)
-    old_name = match.output.name
-    match.output.name = f"{old_name}__replaced"
-    match.output.replace_all_uses_with(out, replace_graph_outputs=True)
-    out.name = old_name
-    out.type, out.shape = match.output.type, match.output.shape  # graph outputs need a type
-    _remove_dead(graph, (*match.nodes, *(reader for reader, _ in rerouted)))
+    replaced = bound.output
+    replaced.name = f"{match.output}__replaced"
+    replaced.replace_all_uses_with(out, replace_graph_outputs=True)
+    out.name = match.output
+    out.type, out.shape = replaced.type, replaced.shape  # graph outputs need a type
+    _remove_dead(graph, (*bound.nodes, *(reader for reader, _ in rerouted)))
     overload = "+".join(sorted({n.overload for n in late.nodes if n.domain == DOMAIN}))
-    return Rewritten(match, name, overload, old_name or "", method, fallback, tuple(groups or ()))
+    return Rewritten(match, name, overload, match.output, method, fallback, tuple(groups or ()))
 
 
 def _attention_node(
@@ -372,9 +383,8 @@ def _ints(tape: ir.tape.Tape, values: list[int]) -> ir.Value:
     return tape.op("Constant", [], attributes={"value": ir.tensor(np.array(values, np.int64))})
 
 
-def _to_canonical(tape: ir.tape.Tape, operand: Operand) -> ir.Value:
+def _to_canonical(tape: ir.tape.Tape, value: ir.Value, operand: Operand) -> ir.Value:
     """Adapter from the operand's layout to [..., heads, seq, dim]."""
-    value = operand.value
     if operand.layout == Layout.BHSD:
         return value
     if operand.layout == Layout.BHDS:
@@ -410,13 +420,14 @@ def _scores_dims(tape: ir.tape.Tape, query: ir.Value, key: ir.Value) -> ir.Value
     return tape.op("Concat", [lead, kv_len], attributes={"axis": 0})
 
 
-def _bias_value(tape: ir.tape.Tape, bias: Bias, query: ir.Value, key: ir.Value) -> ir.Value:
+def _bias_value(
+    tape: ir.tape.Tape, bias: Bias, bound: Bound, query: ir.Value, key: ir.Value
+) -> ir.Value:
     """The bias tensor: as given, or the score steps replayed on a zero score (on zeros in
     the scores' shape, and back to it, when the steps reshape the scores)."""
-    if bias.value is not None:
-        return bias.value
-    first = bias.steps[0]
-    score_in = first.node.inputs[first.score_input]
+    if bound.bias is not None:
+        return bound.bias
+    score_in = bound.bias_steps[0].inputs[bias.steps[0].score_input]
     zero = ir.tensor(
         np.zeros(1 if bias.reshapes else (), (score_in.dtype or ir.DataType.FLOAT).numpy())
     )
@@ -425,10 +436,10 @@ def _bias_value(tape: ir.tape.Tape, bias: Bias, query: ir.Value, key: ir.Value) 
         current = tape.op("ConstantOfShape", [shape], attributes={"value": zero})
     else:
         current = tape.op("Constant", [], attributes={"value": zero})
-    for step in bias.steps:
-        inputs = list(step.node.inputs)
+    for step, node in zip(bias.steps, bound.bias_steps, strict=True):
+        inputs = list(node.inputs)
         inputs[step.score_input] = current
-        current = tape.op(step.node.op_type, inputs, attributes=dict(step.node.attributes))
+        current = tape.op(step.op, inputs, attributes=dict(node.attributes))
     return tape.op("Reshape", [current, shape]) if bias.reshapes else current
 
 

@@ -30,13 +30,12 @@ class Signature:
 
     @classmethod
     def of(cls, match: AttentionMatch) -> Signature:
-        dtype = match.q.value.dtype or match.v.value.dtype or ir.DataType.FLOAT
         bias = "none"
         if match.bias is not None:
             bias = "keep" if match.bias.boolean_keep else "additive"
         return cls(
             rank=match.rank,
-            dtype=dtype,
+            dtype=match.dtype,
             bias=bias,
             keywise=match.keywise,
             causal=match.mask.is_causal,

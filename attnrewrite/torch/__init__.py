@@ -5,8 +5,9 @@
     fast(**batch).loss.backward()
     art.export_onnx(fast, example_inputs, "fast.onnx")
 
-The FX finder (find.py) speaks the ONNX finder's vocabulary (attnrewrite.match: MaskKind,
-Refusal); each attention becomes an AttentionBlock calling the method's torch reference.
+The FX finder (find.py) speaks the ONNX finder's vocabulary and gives its record
+(attnrewrite.match: AttentionMatch, naming FX nodes; MaskKind, Refusal); each attention
+becomes an AttentionBlock calling the method's torch reference.
 """
 
 from __future__ import annotations

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from onnx_ir.tensor_adapters import from_torch_dtype
 from torch import Tensor, fx, nn
 
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.match import Layout, MaskKind, Refusal, describe_block
+from attnrewrite.match import AttentionMatch, Bias, Layout, MaskKind, Operand, Refusal
 from attnrewrite.methods.exact import as_4d, bias_logits, positions_mask
 from attnrewrite.patterns import masks
 from attnrewrite.torch.block import AttentionBlock, fold_causal
@@ -32,28 +33,12 @@ GRAPH = "main"
 
 @dataclass(frozen=True)
 class FxAttention:
-    """One rewritten attention, described with the ONNX finder's vocabulary (match.py)."""
+    """One rewritten attention: its match (the record the ONNX finder makes too, match.py,
+    naming FX nodes), the block that replaced it and the method it runs."""
 
-    anchor: str
+    match: AttentionMatch
     block: str
-    variant: tuple[str, ...]
-    q: str
-    k: str
-    v: str
-    output: str
-    nodes: tuple[str, ...]
-    scale: float
-    scale_source: str
-    upstream_scale: float
-    mask: MaskKind
-    is_causal: bool
-    window: int | None
-    q_heads: int | None
-    kv_heads: int | None
-    head_dim: int | None
-    q_len: int | None
-    kv_len: int | None
-    float32_softmax: bool
+    is_causal: bool  # the block's own causal flag (a causal mask may be folded into it)
     method: str
     params: dict[str, object] = field(default_factory=dict)
     fallback: str | None = None
@@ -61,17 +46,7 @@ class FxAttention:
     def describe(self) -> dict[str, object]:
         """The keys of AttentionMatch.describe(), plus the block and the method it runs."""
         return {
-            **describe_block(
-                self,
-                graph=GRAPH,
-                nodes=self.nodes,
-                q=self.q,
-                k=self.k,
-                v=self.v,
-                layout={"q": "bhsd", "k": "bhsd", "v": "bhsd"},
-                output=self.output,
-                upstream_scale=self.upstream_scale,
-            ),
+            **self.match.describe(),
             "is_causal": self.is_causal,
             "block": self.block,
             "method": self.method,
@@ -129,8 +104,8 @@ class TorchRewrite(nn.Module):
                 "rewritten": len(self.matches),
                 "kept_exact": sum(m.fallback is not None for m in self.matches),
                 "not_rewritten": len(self.refusals),
-                "variants": dict(Counter("+".join(m.variant) for m in self.matches)),
-                "masks": dict(Counter(m.mask.value for m in self.matches)),
+                "variants": dict(Counter("+".join(m.match.variant) for m in self.matches)),
+                "masks": dict(Counter(m.match.mask.value for m in self.matches)),
             },
             "matches": matches,
             "not_rewritten": [r.describe() for r in self.refusals],
@@ -356,30 +331,33 @@ def _settle(
         fallback = f"{method} cannot run this block: {err}"
     anchor, qn, kn, vn, out = placed.names
     (_, hq, _, d), (_, hkv, _, _) = q.shape, k.shape
-    return FxAttention(
+    match = AttentionMatch(
         anchor=anchor,
-        block=placed.name,
+        graph_name=GRAPH,
         variant=cand.variant,
-        q=qn,
-        k=kn,
-        v=vn,
+        q=Operand(qn, heads=hq),
+        k=Operand(kn, heads=hkv),  # described bhsd, as before, even when K^T (cand.k_layout)
+        v=Operand(vn, heads=hkv),
         output=out,
         nodes=placed.nodes,
         scale=block.scale,
         scale_source=cand.scale_source,
         upstream_scale=cand.upstream_scale,
         mask=plan.kind,
-        is_causal=plan.is_causal,
+        bias=Bias(steps=cand.steps) if plan.mode != "none" else None,
         window=plan.window,
         q_heads=hq,
         kv_heads=hkv,
         head_dim=d,
         q_len=sq,
         kv_len=skv,
+        rank=q.dim(),
+        kv_repeat=cand.kv_repeat,
         float32_softmax=cand.float32_softmax,
-        method=block.method,
-        params=dict(block.params),
-        fallback=fallback,
+        dtype=from_torch_dtype(q.dtype),
+    )
+    return FxAttention(
+        match, placed.name, plan.is_causal, block.method, dict(block.params), fallback
     )
 
 

@@ -8,6 +8,8 @@ the function directly. Blocks the body cannot honour stay exact with a reason.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -17,6 +19,7 @@ import torch
 from attnrewrite import methods as references
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.layers import LayerSpec
+from attnrewrite.substitute import convbasis as convbasis_body
 from attnrewrite.substitute.body import DOMAIN, DOMAIN_VERSION, build_function
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.signature import Signature
@@ -30,6 +33,7 @@ from tests.bodies.harness import (
 )
 
 TOL = 1e-5
+TRANSFORMS = ("direct", "fft")
 SMALL = {"heads": 4, "kv_heads": 4, "head_dim": 16}
 SPECS = {
     "causal": LayerSpec(**SMALL),
@@ -61,22 +65,25 @@ CASES = [  # (layer, q_len, kv_len): every layer at one query, the others at odd
 ]
 
 
+@pytest.mark.parametrize("transform", TRANSFORMS)
 @pytest.mark.parametrize(("name", "q_len", "kv_len"), CASES)
-def test_layer_matches_reference(name, q_len, kv_len) -> None:
-    error, *_ = layer_error(SPECS[name], {"bases": 3}, q_len, kv_len)
+def test_layer_matches_reference(name, q_len, kv_len, transform) -> None:
+    error, *_ = layer_error(SPECS[name], {"bases": 3, "transform": transform}, q_len, kv_len)
     assert error <= TOL
 
 
+@pytest.mark.parametrize("transform", TRANSFORMS)
 @pytest.mark.parametrize(("name", "q_len"), [("causal", 200), ("bidirectional_padding", 100)])
-def test_a_few_hundred_tokens_default_bases(name, q_len) -> None:
-    error, *_ = layer_error(SPECS[name], {}, q_len)
+def test_a_few_hundred_tokens_default_bases(name, q_len, transform) -> None:
+    error, *_ = layer_error(SPECS[name], {"transform": transform}, q_len)
     assert error <= TOL
 
 
+@pytest.mark.parametrize("transform", TRANSFORMS)
 @pytest.mark.parametrize("name", ["causal_padding", "bidirectional", "causal_padding_gqa"])
-def test_k_at_least_n_is_exact_attention(name) -> None:
+def test_k_at_least_n_is_exact_attention(name, transform) -> None:
     spec = SPECS[name]
-    error, feeds, out = layer_error(spec, {"bases": 40}, 21, 30)
+    error, feeds, out = layer_error(spec, {"bases": 40, "transform": transform}, 21, 30)
     assert error <= TOL
     assert relative_error(reference(spec, "exact", None, feeds), out) <= TOL
 
@@ -84,15 +91,18 @@ def test_k_at_least_n_is_exact_attention(name) -> None:
 @pytest.mark.parametrize(("name", "opset"), [("causal_padding", 20), ("bidirectional_gqa", 21)])
 def test_opset_20_signature_of_dft(name, opset) -> None:
     for q_len, kv_len in ((11, None), (4, 13)):
-        error, *_ = layer_error(SPECS[name], {"bases": 4, "probe": 3}, q_len, kv_len, opset)
+        params = {"bases": 4, "probe": 3, "transform": "fft"}
+        error, *_ = layer_error(SPECS[name], params, q_len, kv_len, opset)
         assert error <= TOL
 
 
 def test_parameters_are_read_at_run_time() -> None:
-    """One overload serves every bases/probe value: nothing is baked into the function."""
+    """One overload per transform serves every bases/probe value: only the transform (which
+    builds a different graph) is baked into the function."""
     method = get_method("convbasis", {"bases": 5, "probe": 2})
-    assert method.method.onnx.structural == ()
+    assert method.method.onnx.structural == ("transform",)
     assert get_method("convbasis").overload(_sig()) == method.overload(_sig())
+    assert get_method("convbasis", {"transform": "fft"}).overload(_sig()) != method.overload(_sig())
 
 
 def test_blocks_it_cannot_honour_stay_exact() -> None:
@@ -228,17 +238,20 @@ def direct_error(sig: Signature, params: dict, **kw) -> float:
 )
 def test_window(keywise, sq, skv) -> None:
     sig = _sig(window=True, keywise=keywise, bias="additive" if keywise else "none")
-    for bases in (3, 16):
+    for bases, transform in itertools.product((3, 16), TRANSFORMS):
+        params = {"bases": bases, "transform": transform}
         error = direct_error(
-            sig, {"bases": bases}, sq=sq, skv=skv, window=4, pad=min(2, skv // 3) if keywise else 0
+            sig, params, sq=sq, skv=skv, window=4, pad=min(2, skv // 3) if keywise else 0
         )
         assert error <= TOL
 
 
+@pytest.mark.parametrize("transform", TRANSFORMS)
 @pytest.mark.parametrize(("causal", "bias"), [(True, "additive"), (False, "keep")])
-def test_rank3_operands_and_boolean_masks(causal, bias) -> None:
+def test_rank3_operands_and_boolean_masks(causal, bias, transform) -> None:
     sig = _sig(rank=3, causal=causal, keywise=True, bias=bias)
-    assert direct_error(sig, {"bases": 4}, sq=10, skv=10, pad=3) <= TOL
+    params = {"bases": 4, "transform": transform}
+    assert direct_error(sig, params, sq=10, skv=10, pad=3) <= TOL
 
 
 def test_fp16_inputs_compute_in_fp32() -> None:
@@ -247,9 +260,10 @@ def test_fp16_inputs_compute_in_fp32() -> None:
     assert error <= 2e-3  # fp16 output rounding
 
 
-def test_every_key_padded_gives_zeros() -> None:
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_every_key_padded_gives_zeros(transform) -> None:
     sig = _sig(keywise=True, bias="additive", causal=False)
-    ref, out = direct_outputs(sig, {"bases": 3}, sq=4, skv=6, pad=6)
+    ref, out = direct_outputs(sig, {"bases": 3, "transform": transform}, sq=4, skv=6, pad=6)
     assert not ref.any() and not out.any()
 
 
@@ -259,3 +273,12 @@ def test_exported_window_with_padding_reads_each_keys_own_row(q_len, kv_len) -> 
     of key j must be read where query j sees it."""
     spec = LayerSpec(mask="padding", window=5)
     assert body_error(spec, "convbasis", {"bases": 8}, q_len, kv_len) <= 1e-5
+
+
+@pytest.mark.parametrize(("causal", "sq", "skv"), [(True, 37, 37), (True, 5, 41), (False, 23, 29)])
+def test_direct_chunks_capped_by_their_entries(monkeypatch, causal, sq, skv) -> None:
+    """Long sequences take more, narrower column chunks (each chunk's gathered kernel rows are
+    bounded); with one column a chunk the sums are the same."""
+    monkeypatch.setattr(convbasis_body, "DIRECT_CHUNK_ENTRIES", 2 * (sq + skv) + 1)
+    sig = _sig(causal=causal, keywise=True, bias="additive")
+    assert direct_error(sig, {"bases": 5}, sq=sq, skv=skv, pad=3) <= TOL

@@ -95,6 +95,15 @@ KV_HEADS_GQA = 2
 FFN = 16  # MLP width -- irrelevant to attention, kept small for file size
 LAYERS = 2
 MAX_POS = 64
+LM_SHAPE = dict(  # the decoder LMs' sizes, in the names most transformers configs share
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    intermediate_size=FFN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    max_position_embeddings=MAX_POS,
+    use_cache=False,
+)
 EXPORT_SEQ = 8
 OTHER_SEQ = 11
 EXPORT_BATCH = 2
@@ -311,16 +320,7 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
         T = transformers
         kv = HEADS
         mask = "causal_padding"
-        common_llama = dict(
-            vocab_size=VOCAB,
-            hidden_size=HIDDEN,
-            intermediate_size=FFN,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            max_position_embeddings=MAX_POS,
-            use_cache=False,
-            attn_implementation=impl,
-        )
+        common_llama = dict(**LM_SHAPE, attn_implementation=impl)
         if arch == "gpt2":
             cfg = T.GPT2Config(
                 vocab_size=VOCAB,
@@ -368,18 +368,23 @@ def hf_causal_lm(arch: str, impl: str) -> Callable[[], Built]:
             model = T.BloomForCausalLM(cfg)
         else:
             raise ValueError(arch)
-        model.eval()
-        return Built(
-            module=CausalLMWrapper(model).eval(),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["logits"],
-            dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
-            make_inputs=lambda b, s, g: (ids_like(b, s, g), padding_mask(b, s, g)),
-            inputs_desc={"input_ids": IDS_DESC, "attention_mask": MASK_DESC},
-            expected=expected(group(LAYERS, mask, kv_heads=kv)),
-        )
+        return padded_lm(model, expected(group(LAYERS, mask, kv_heads=kv)))
 
     return build
+
+
+def padded_lm(model: nn.Module, want: dict[str, Any], notes: str | None = None) -> Built:
+    """A causal LM taking input_ids and a padding attention_mask, returning logits."""
+    return Built(
+        module=CausalLMWrapper(model.eval()).eval(),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+        make_inputs=lambda b, s, g: (ids_like(b, s, g), padding_mask(b, s, g)),
+        inputs_desc={"input_ids": IDS_DESC, "attention_mask": MASK_DESC},
+        expected=want,
+        notes=notes,
+    )
 
 
 SLIDING_WINDOW = 4
@@ -391,17 +396,11 @@ def hf_qwen2_sliding(impl: str, window: int = SLIDING_WINDOW) -> Callable[[], Bu
     def build() -> Built:
         _seeded()
         cfg = transformers.Qwen2Config(
-            vocab_size=VOCAB,
-            hidden_size=HIDDEN,
-            intermediate_size=FFN,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
+            **LM_SHAPE,
             num_key_value_heads=KV_HEADS_GQA,
-            max_position_embeddings=MAX_POS,
             use_sliding_window=True,
             sliding_window=window,
             max_window_layers=0,  # every layer uses the sliding window
-            use_cache=False,
             attn_implementation=impl,
         )
         assert all(t == "sliding_attention" for t in cfg.layer_types), cfg.layer_types
@@ -423,6 +422,38 @@ def hf_qwen2_sliding(impl: str, window: int = SLIDING_WINDOW) -> Callable[[], Bu
                 else {}
             ),
         )
+
+    return build
+
+
+GEMMA_HEAD_DIM = 2 * HEAD_DIM  # heads x head dim wider than the hidden size, as in Gemma
+GEMMA_QUERY_SCALAR = 24  # scale 24^-0.5, not head_dim^-0.5: read from the graph, not assumed
+
+
+def hf_gemma3(impl: str) -> Callable[[], Built]:
+    """Gemma 3's layout: a sliding-window layer and a full one, q/k RMS norms, a head dim
+    decoupled from the hidden size and the scale from query_pre_attn_scalar."""
+
+    def build() -> Built:
+        _seeded()
+        cfg = transformers.Gemma3TextConfig(
+            **LM_SHAPE,
+            num_key_value_heads=KV_HEADS_GQA,
+            head_dim=GEMMA_HEAD_DIM,
+            query_pre_attn_scalar=GEMMA_QUERY_SCALAR,
+            sliding_window=SLIDING_WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            attn_implementation=impl,
+        )
+        common = dict(
+            kv_heads=KV_HEADS_GQA, head_dim=GEMMA_HEAD_DIM, scale=GEMMA_QUERY_SCALAR**-0.5
+        )
+        want = expected(
+            group(1, "causal_padding", window=SLIDING_WINDOW, **common),
+            group(1, "causal_padding", **common),
+        )
+        notes = f"layer 0 sliding window {SLIDING_WINDOW}, layer 1 full; q/k norms"
+        return padded_lm(transformers.Gemma3ForCausalLM(cfg), want, notes)
 
     return build
 
@@ -1019,6 +1050,7 @@ def all_specs() -> list[Spec]:
             ex = std + ([("dynamo", 23)] if (arch, impl) in OPSET23 else [])
             add(f"{arch}_{impl}", "transformers", arch, impl, hf_causal_lm(arch, impl), ex)
         add(f"qwen2sw_{impl}", "transformers", "qwen2", impl, hf_qwen2_sliding(impl), std)
+        add(f"gemma3_{impl}", "transformers", "gemma3", impl, hf_gemma3(impl), std)
         if impl == "eager":  # opset-12 exports (Softmax(axis=3), converted on load)
             old = [("torchscript", 12)]
             for arch in ("gpt2", "bert", "distilbert"):

@@ -140,13 +140,26 @@ def test_single_query_decode_is_exact_at_any_k():
 
 def test_float32_ffts_stay_close_to_float64():
     q, k, v = relative_qkv(256, h=4, noise=0.02)
-    wide = convbasis.attention(q, k, v, scale=1.0, is_causal=True, bases=256)
+    wide = convbasis.attention(q, k, v, scale=1.0, is_causal=True, bases=256, transform="fft")
     narrow = convbasis.attention(
-        q.float(), k.float(), v.float(), scale=1.0, is_causal=True, bases=256
+        q.float(), k.float(), v.float(), scale=1.0, is_causal=True, bases=256, transform="fft"
     )
     assert rel_err(narrow, wide) < 1e-2
     rows = (narrow.double() - wide).norm(dim=-1) / wide.norm(dim=-1)
     assert (rows > 1e-2).float().mean() < 0.02  # only the first rows, with tiny sums, suffer
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_direct_and_fft_transforms_compute_the_same_sums(is_causal):
+    """The transform changes rounding only; direct sums of non-negative terms keep every row
+    accurate in float32, where the FFT's absolute error swamps the first rows' small sums."""
+    q, k, v = relative_qkv(256, h=4, noise=0.02)
+    kwargs = {"scale": 1.0, "is_causal": is_causal, "bases": 7}
+    by_fft = convbasis.attention(q, k, v, transform="fft", **kwargs)
+    assert rel_err(convbasis.attention(q, k, v, transform="direct", **kwargs), by_fft) < 1e-12
+    narrow = convbasis.attention(q.float(), k.float(), v.float(), transform="direct", **kwargs)
+    rows = (narrow.double() - by_fft).norm(dim=-1) / by_fft.norm(dim=-1)
+    assert rows.max() < 1e-5
 
 
 def test_fast_length_is_the_smallest_5_smooth_length():
@@ -168,6 +181,7 @@ def test_fast_length_is_the_smallest_5_smooth_length():
         ({"probe": 0}, "probe"),
         ({"recovery": "greedy"}, "recovery"),
         ({"tol": -1.0}, "tol"),
+        ({"transform": "winograd"}, "transform"),
     ],
 )
 def test_bad_parameters_raise(kwargs, message):

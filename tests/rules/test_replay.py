@@ -9,8 +9,8 @@ import pytest
 import torch
 from onnx import helper
 
-from attnrewrite.match import ScoreStep
-from attnrewrite.patterns.masks import replay_on_zero
+from attnrewrite.patterns.masks import replay_on_zero, replayable
+from attnrewrite.patterns.scores import ScoreStep
 from attnrewrite.patterns.view import ONNX
 from attnrewrite.rules.replay import replay
 from attnrewrite.rules.scores import score_path
@@ -66,7 +66,7 @@ def test_onnx_steps_replay_in_numpy_to_the_same_bias() -> None:
     def side(i: int, j: int) -> np.ndarray:
         return np.asarray(arrays[steps[i].node.inputs[j].name], np.float32 if j else None)
 
-    bias = replay_on_zero(steps, side, np.dtype(np.float32))
+    bias = replay_on_zero([replayable(step) for step in steps], side, np.dtype(np.float32))
     expected = np.where(KEEP, np.where(HIDE, -1e4, 0.0), 0.0) + BIAS
     np.testing.assert_allclose(bias, expected)
 

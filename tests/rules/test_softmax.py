@@ -78,7 +78,7 @@ class InlinedAttention(torch.nn.Module):
 def test_fx_finder_rewrites_attention_with_an_inlined_softmax() -> None:
     q, k, v = torch.randn(3, 2, 2, 5, 4, generator=torch.Generator().manual_seed(0)).unbind(0)
     fast = art.rewrite(InlinedAttention(), (q, k, v), "exact", strict=False)
-    [m] = fast.matches
+    [m] = (r.match for r in fast.matches)
     assert (m.mask, m.scale, Variant.SOFTMAX_DECOMPOSED in m.variant) == (MaskKind.NONE, 0.5, True)
     torch.testing.assert_close(fast(q, k, v), InlinedAttention()(q, k, v), rtol=1e-5, atol=1e-6)
     assert not any(n.target is torch.ops.aten.exp.default for n in fast.graph_module.graph.nodes)

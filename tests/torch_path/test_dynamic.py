@@ -26,7 +26,7 @@ def test_default_config_with_a_kv_cache_traces_and_returns_the_cache(arch: str, 
     model = transformer(arch, impl, use_cache=True)
     inputs = batch(labels=False)
     fast = art.rewrite(model, inputs, "exact")
-    [m] = fast.matches
+    [m] = (r.match for r in fast.matches)
     assert m.kv_heads == (2 if arch == "llama" else m.q_heads)  # GQA still seen through
     for n, b in ((7, 2), (12, 3), (3, 1)):  # the example's shape, then others
         feeds = _other_batch(n, b)

@@ -3,11 +3,13 @@ softmaxes it must refuse. Every match is checked by running the exact rewrite.""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
 import attnrewrite.torch as art
-from attnrewrite.match import MaskKind
+from attnrewrite.match import AttentionMatch, MaskKind
 from attnrewrite.rules.variants import Variant
 from tests.torch_path.models import Classifier, HandAttention
 
@@ -60,7 +62,7 @@ def test_form_is_matched_and_exact(name: str) -> None:
     x = X16 if kwargs.get("dim") == 16 else X
     fast = art.rewrite(model, (x,), "exact", strict=False)
     assert len(fast.matches) == 1, fast.report()
-    m = fast.matches[0]
+    m = fast.matches[0].match
     assert m.mask is kind
     assert m.window == window
     assert m.scale == pytest.approx(0.5)  # head dim 4
@@ -76,10 +78,28 @@ def test_form_is_matched_and_exact(name: str) -> None:
     assert set(m.describe()) >= {"mask", "scale", "window", "q_heads", "kv_heads", "variant"}
 
 
+def test_the_record_is_the_onnx_finders_match_naming_fx_nodes() -> None:
+    model = HandAttention(mask="alibi").eval()
+    fast = art.rewrite(model, (X,), "exact", strict=False)
+    (rewritten,) = fast.matches
+    m = rewritten.match
+    assert isinstance(m, AttentionMatch) and pickle.loads(pickle.dumps(m)) == m
+    names = {node.name for node in fast.graph_module.graph.nodes}
+    assert m.q.value in names and m.k.value in names and m.v.value in names  # the block's inputs
+    assert m.bias is not None and m.bias.steps  # the steps the block replays on the mask
+    assert rewritten.describe() == {
+        **m.describe(),
+        "is_causal": rewritten.is_causal,
+        "block": rewritten.block,
+        "method": "exact",
+        "params": rewritten.params,
+    }
+
+
 def test_strict_trace_matches_too() -> None:
     model = HandAttention(mask="window").eval()
     fast = art.rewrite(model, (X,), "exact", strict=True)
-    assert [m.mask for m in fast.matches] == [MaskKind.SLIDING_WINDOW]
+    assert [m.match.mask for m in fast.matches] == [MaskKind.SLIDING_WINDOW]
 
 
 def test_softmax_that_is_not_attention_is_refused_with_reason() -> None:
@@ -119,7 +139,7 @@ def test_fused_variants_with_tuple_outputs() -> None:
 
     q, k, v = torch.randn(3, 1, 2, 5, 4).unbind(0)
     fast = art.rewrite(Fused(), (q, k, v), strict=False)
-    assert [(m.variant[0], m.mask) for m in fast.matches] == [
+    assert [(m.match.variant[0], m.match.mask) for m in fast.matches] == [
         ("_scaled_dot_product_flash_attention_for_cpu", MaskKind.CAUSAL),
         ("_scaled_dot_product_attention_math", MaskKind.NONE),
     ]
@@ -130,7 +150,8 @@ def test_dynamic_shapes_keep_shape_masks_exact_at_other_lengths() -> None:
     model = HandAttention(mask="window", window=3).eval()
     s = torch.export.Dim("s", min=2, max=16)
     fast = art.rewrite(model, (X,), "exact", strict=False, dynamic_shapes=({1: s},))
-    assert (fast.matches[0].mask, fast.matches[0].window) == (MaskKind.SLIDING_WINDOW, 3)
+    (m,) = fast.matches
+    assert (m.match.mask, m.match.window) == (MaskKind.SLIDING_WINDOW, 3)
     for n in (2, 11):
         y = torch.randn(2, n, 8)
         torch.testing.assert_close(fast(y), model(y), rtol=1e-5, atol=1e-6)

@@ -31,9 +31,10 @@ def test_exact_rewrite_reproduces_outputs_and_gradients(arch: str, impl: str) ->
     model = transformer(arch, impl)
     inputs = batch(labels=arch != "bert")
     fast = art.rewrite(model, inputs, "exact", strict=False)
-    [m] = fast.matches
+    [rewritten] = fast.matches
+    m = rewritten.match
     assert (m.mask, m.q_heads, m.kv_heads) == (kind, hq, hkv)
-    assert tag in m.variant and m.fallback is None
+    assert tag in m.variant and rewritten.fallback is None
     assert m.scale == pytest.approx(m.head_dim**-0.5)
 
     ref = _loss(model(**inputs))
@@ -52,7 +53,7 @@ def test_without_a_mask_input_the_mask_is_causal() -> None:
     model = transformer("gpt2", "sdpa")
     fast = art.rewrite(model, batch(padding=False), "multipole", strict=False, block=2)
     [m] = fast.matches
-    assert (m.mask, m.is_causal, m.method, m.params["block"]) == (
+    assert (m.match.mask, m.is_causal, m.method, m.params["block"]) == (
         MaskKind.CAUSAL,
         True,
         "multipole",
