@@ -22,7 +22,8 @@ from onnx_ir.passes.common import ShapeInferencePass
 
 from attnrewrite.budget import array_bytes, check_bytes, size_text
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.repair import every_node, merge_constants, repair
+from attnrewrite.graphs import all_graphs
+from attnrewrite.repair import merge_constants, repair
 from attnrewrite.substitute.contrib import MS_DOMAIN, RULES, expand_contrib_attention
 
 MIN_OPSET = 11  # oldest opset read; older models are converted to REWRITE_OPSET on load
@@ -90,7 +91,7 @@ def _stored_tensors(model: ir.Model) -> Iterator[onnx.TensorProto]:
     tensors: list[ir.TensorProtocol | None] = [
         value.const_value for graph in model.graphs() for value in graph.initializers.values()
     ]
-    for node in every_node(model):
+    for node in (node for _, graph in all_graphs(model) for node in graph):
         for attr in node.attributes.values():
             if isinstance(attr, ir.Attr) and attr.type == ir.AttributeType.TENSOR:
                 tensors.append(attr.value)

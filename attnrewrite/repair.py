@@ -23,6 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.graphs import all_graphs
 
 MS_DOMAIN = "com.microsoft"
 REPAIRED = "attnrewrite.repaired"  # model metadata key: what was repaired on load, "; "-joined
@@ -36,13 +37,6 @@ def repairs(model: ir.Model) -> list[str]:
 
 def _note(model: ir.Model, notes: list[str]) -> None:
     model.metadata_props[REPAIRED] = "; ".join([*repairs(model), *notes])
-
-
-def every_node(model: ir.Model) -> Iterator[ir.Node]:
-    """The nodes of the main graph, its subgraphs and the model's functions."""
-    yield from ir.traversal.RecursiveGraphIterator(model.graph)
-    for function in model.functions.values():
-        yield from ir.traversal.RecursiveGraphIterator(function)
 
 
 def merge_constants(proto: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
@@ -99,7 +93,7 @@ class ImportContribOpset(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if MS_DOMAIN in model.opset_imports or all(
-            node.domain != MS_DOMAIN for node in every_node(model)
+            node.domain != MS_DOMAIN for _, graph in all_graphs(model) for node in graph
         ):
             return ir.passes.PassResult(model, modified=False)
         model.opset_imports[MS_DOMAIN] = 1
