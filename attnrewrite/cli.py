@@ -27,7 +27,7 @@ from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN, VERIFY_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError, VerificationError
 
 if TYPE_CHECKING:
-    import onnx
+    import onnx_ir as ir
 
     from attnrewrite.match import FindResult
     from attnrewrite.report.run import InputChoice
@@ -519,18 +519,18 @@ def _target(args: argparse.Namespace) -> str | None:
 
 def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
     """The rewritten model compiled for `target` at the --batch / --seq-len shapes."""
-    import onnx
+    import onnx_ir as ir
 
     from attnrewrite.inputs import dimension_size
     from attnrewrite.lower import build  # TVM only when asked for
     from attnrewrite.pipeline import MODEL_FILE
 
-    model = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
+    model = ir.load(str(out_dir / MODEL_FILE))  # the weights stay on disk: signature only
     dims = {
-        dim.dim_param: dimension_size(dim, axis, args.seq_len, args.batch)
-        for value in model.graph.input
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim)
-        if dim.dim_param
+        dim.value: dimension_size(dim, axis, args.seq_len, args.batch)
+        for value in model.graph.inputs
+        for axis, dim in enumerate(value.shape or ())
+        if isinstance(dim, ir.SymbolicDim) and dim.value
     }
     try:
         folder = build(out_dir / MODEL_FILE, target, None, dims)
@@ -546,7 +546,7 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
 
 
 def _check_compiled(
-    folder: Path, path: Path, model: onnx.ModelProto, target: str, args: argparse.Namespace
+    folder: Path, path: Path, model: ir.Model, target: str, args: argparse.Namespace
 ) -> str:
     """The library against onnxruntime on the rewritten model (attnrewrite.lower.check)."""
     import tvm

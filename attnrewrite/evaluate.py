@@ -63,10 +63,7 @@ def ones_feeds(graph: ir.Graph, seq_len: int, batch: int) -> dict[str, np.ndarra
         if value.is_initializer():
             continue
         dims = [] if value.shape is None else list(value.shape)
-        shape = [
-            dimension_size(d if isinstance(d, int) else d.value, axis, seq_len, batch)
-            for axis, d in enumerate(dims)
-        ]
+        shape = [dimension_size(d, axis, seq_len, batch) for axis, d in enumerate(dims)]
         dtype = value.dtype.numpy() if value.dtype is not None else np.float32
         feeds[value.name or ""] = np.ones(shape, dtype=dtype)
     return feeds

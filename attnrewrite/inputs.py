@@ -9,11 +9,10 @@ cache lengths, every other one is the sequence length.
 from __future__ import annotations
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
 from attnrewrite.budget import array_bytes, check_bytes
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.protograph import readers
 
 DEFAULT_BATCH = 2
 DEFAULT_PAST = 3
@@ -28,45 +27,47 @@ LOOKUPS = {
 }
 
 
-def vocabulary_sizes(graph: onnx.GraphProto) -> dict[str, int]:
+def vocabulary_sizes(graph: ir.Graph) -> dict[str, int]:
     """Input name -> rows of the smallest embedding table it indexes (Gather(table, ids)),
     following the ids through reshapes and casts."""
-    tables = {init.name: init.dims[0] for init in graph.initializer if init.dims}
-    for node in graph.node:  # tied weights arrive through Identity
-        if node.op_type == "Identity" and node.input[0] in tables:
-            tables[node.output[0]] = tables[node.input[0]]
-    reading = readers(graph)
     sizes = {}
-    for value in graph.input:
-        frontier, found = [value.name], []
+    for value in graph.inputs:
+        frontier, found = [value], []
         for _ in range(6):
             following = []
-            for name in frontier:
-                for node in reading.get(name, []):
+            for current in frontier:
+                for node, index in current.uses():
                     found += [
-                        tables[node.input[table]]
+                        rows
                         for ids, table in LOOKUPS.get(node.op_type, ())
-                        if len(node.input) > table
-                        and node.input[ids] == name
-                        and node.input[table] in tables
+                        if index == ids and (rows := _table_rows(node, table)) is not None
                     ]
-                    if node.op_type in SHAPE_ONLY_OPS and node.input[0] == name:
-                        following.append(node.output[0])
+                    if node.op_type in SHAPE_ONLY_OPS and index == 0:
+                        following.append(node.outputs[0])
             frontier = following
         if found:
-            sizes[value.name] = min(found)
+            sizes[value.name or ""] = min(found)
     return sizes
 
 
+def _table_rows(node: ir.Node, index: int) -> int | None:
+    """Rows of the initializer `node` reads at `index` (tied weights arrive through Identity)."""
+    table = node.inputs[index] if len(node.inputs) > index else None
+    producer = table.producer() if table is not None else None
+    if producer is not None and producer.op_type == "Identity":
+        table = producer.inputs[0]
+    if table is None or not table.is_initializer() or table.const_value is None:
+        return None
+    shape = table.const_value.shape
+    return shape[0] if len(shape) else None
+
+
 def dimension_size(
-    dim: onnx.TensorShapeProto.Dimension | int | str | None,
-    axis: int,
-    seq_len: int,
-    batch: int = DEFAULT_BATCH,
+    dim: ir.SymbolicDim | int | str | None, axis: int, seq_len: int, batch: int = DEFAULT_BATCH
 ) -> int:
     """A concrete size for one dimension of an input, from its name and position."""
-    if isinstance(dim, onnx.TensorShapeProto.Dimension):
-        dim = dim.dim_value if dim.HasField("dim_value") else dim.dim_param
+    if isinstance(dim, ir.SymbolicDim):
+        dim = dim.value
     if isinstance(dim, int):
         return dim
     name = (dim or "").lower()
@@ -80,30 +81,19 @@ def dimension_size(
 
 
 def generate_inputs(
-    model: onnx.ModelProto, seq_len: int, batch: int = DEFAULT_BATCH, seed: int = 0
+    model: ir.Model, seq_len: int, batch: int = DEFAULT_BATCH, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """One array per graph input, sized and checked against the memory budget before any
     is allocated."""
     rng = np.random.default_rng(seed)
-    initializers = {init.name for init in model.graph.initializer}
     vocab = vocabulary_sizes(model.graph)
     planned = {}
-    for value in model.graph.input:
-        if value.name in initializers:
+    for value in model.graph.inputs:
+        if value.is_initializer():
             continue
-        tensor_type = value.type.tensor_type
-        shape = [
-            dimension_size(dim, axis, seq_len, batch)
-            for axis, dim in enumerate(tensor_type.shape.dim)
-        ]
-        try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        except (KeyError, ValueError):
-            raise AttnRewriteError(
-                f"input '{value.name}' has element type {tensor_type.elem_type}, which has no "
-                "array type to generate"
-            ) from None
-        planned[value.name] = (shape, dtype)
+        dims = value.shape or ()
+        shape = [dimension_size(dim, axis, seq_len, batch) for axis, dim in enumerate(dims)]
+        planned[value.name or ""] = (shape, array_type(value))
     total = sum(array_bytes(f"input '{n}'", s, d) for n, (s, d) in planned.items())
     shapes = ", ".join(f"{n} {s}" for n, (s, _) in planned.items())
     check_bytes(f"the generated inputs ({shapes[:200]})", total)
@@ -112,6 +102,18 @@ def generate_inputs(
         for name, (shape, dtype) in planned.items()
     }
     return _full_caches(feeds, seq_len)
+
+
+def array_type(value: ir.Value) -> np.dtype:
+    """The input's numpy type; one line for a type that has none (no tensor, or undefined)."""
+    kind = value.type.dtype if isinstance(value.type, ir.TensorType) else ir.DataType.UNDEFINED
+    try:
+        return np.dtype(kind.numpy())
+    except TypeError:
+        raise AttnRewriteError(
+            f"input '{value.name}' has element type {int(kind)}, which has no array type to "
+            "generate"
+        ) from None
 
 
 # GroupQueryAttention's cache lengths, as past + n plus this offset: every cache full

@@ -66,7 +66,7 @@ def rewrite_model(
     if not found.matches:
         raise no_attention(path, found)
     result = substitute(model, found.matches, method, plans)
-    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)  # the checker reads protobuf
     repaired = {"repaired_on_load": notes} if (notes := repairs(model)) else {}
     report = {**rewrite_report(path, method, found, result), **repaired, **(extra or {})}
     # exact everywhere must reproduce the original; approximations must stay finite
@@ -78,7 +78,7 @@ def rewrite_model(
     with staged_directory(out_dir) as staging:
         save_model(model, staging / MODEL_FILE)
         if verify:
-            parity = _verify(path, staging / MODEL_FILE, result, seq_len)
+            parity = _verify(path, staging / MODEL_FILE, model, result, seq_len)
             report["verification"] = {"passed": _passed(parity, strict), **parity.describe()}
         (staging / RECORD_FILE).write_text(json.dumps(report, indent=2) + "\n")
     summary = _summary(report, parity, out_dir, strict, seq_len)
@@ -100,18 +100,20 @@ def _why_none(found: FindResult) -> str:
     return f"{len(found.refusals)} Softmax/attention op(s) not attention ({top})"
 
 
-def _verify(original: Path, rewritten: Path, result: SubstituteResult, seq_len: int) -> Parity:
+def _verify(
+    original: Path, rewritten: Path, model: ir.Model, result: SubstituteResult, seq_len: int
+) -> Parity:
     """Both models at `seq_len`, or beyond the widest window a block keeps (where the window
-    changes anything); at `seq_len` if the models cannot run there."""
-    original_model, rewritten_model = onnx.load(str(original)), onnx.load(str(rewritten))
+    changes anything); at `seq_len` if the models cannot run there. `model` is the rewritten
+    one, in memory: it takes the original's inputs."""
     blocks = [r.output for r in result.rewritten if r.match.graph_name == "main"]
     widest = max((r.match.window or 0 for r in result.rewritten), default=0)
     error = ""
     for length in dict.fromkeys((max(seq_len, widest + 2), seq_len)):
         for batch in VERIFY_BATCHES:  # some exported graphs only run at batch 1
-            feeds = generate_inputs(original_model, length, batch=batch)
+            feeds = generate_inputs(model, length, batch=batch)
             try:
-                return compare(original_model, rewritten_model, feeds, blocks, length)
+                return compare(original, rewritten, model, feeds, blocks, length)
             except Exception as err:  # onnxruntime raises several types: "could not run"
                 error = str(err).splitlines()[0]
     raise AttnRewriteError(

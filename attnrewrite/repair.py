@@ -4,91 +4,50 @@ Files made by others break rules onnxruntime forgives. What has one reading is r
 and noted in the model's metadata (REPAIRED, later in rewrite.json); what has none is one
 clear line:
 
-    a com.microsoft node, no com.microsoft opset import   -> import com.microsoft v1 (its only)
     Constant nodes writing one name, with equal values    -> one Constant
     Constant nodes writing one name, with unequal values  -> refused (onnxruntime takes the last)
+    a name written by two other nodes                     -> refused
+    a com.microsoft node, no com.microsoft opset import   -> import com.microsoft v1 (its only)
     nodes out of topological order                        -> sorted (stable)
-    a cycle, a name written by two other nodes            -> refused
+    a cycle                                               -> refused
+
+onnx-ir refuses a name written twice, so `merge_constants` works on the protobuf before it is
+deserialized; the other repairs are onnx-ir passes (REPAIRS) on the deserialized model.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import onnx
 import onnx_ir as ir
 
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.protograph import graphs
+from attnrewrite.graphs import all_graphs
 
 MS_DOMAIN = "com.microsoft"
 REPAIRED = "attnrewrite.repaired"  # model metadata key: what was repaired on load, "; "-joined
 
-Rule = Callable[[onnx.ModelProto, str], list[str]]  # repairs in place, returns notes
-
-
-def repair(proto: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
-    """`proto` itself when it needs nothing, else a repaired copy noting what was done."""
-    if not any(needed(proto) for needed, _ in RULES):
-        return proto
-    repaired = onnx.ModelProto()
-    repaired.CopyFrom(proto)
-    notes = [note for needed, fix in RULES if needed(repaired) for note in fix(repaired, label)]
-    entry = repaired.metadata_props.add()
-    entry.key, entry.value = REPAIRED, "; ".join(notes)
-    return repaired
-
-
-def deserialize(proto: onnx.ModelProto, label: str = "model") -> ir.Model:
-    """onnx-ir's model, or one line saying why it cannot read what is left."""
-    try:
-        return ir.serde.deserialize_model(proto)
-    except Exception as err:  # onnx-ir wraps what it meets in several types
-        cause = err.__cause__ or err
-        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise AttnRewriteError(f"{label} is not a valid ONNX graph: {reason}") from None
-
 
 def repairs(model: ir.Model) -> list[str]:
-    """What `repair` did to the model, for the report."""
+    """What the repairs did to the model, for the report."""
     text = model.metadata_props.get(REPAIRED, "")
     return text.split("; ") if text else []
 
 
-def _nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    for graph in graphs(proto.graph):
-        yield from graph.node
-    for function in proto.functions:
-        yield from function.node
+def _note(model: ir.Model, notes: list[str]) -> None:
+    model.metadata_props[REPAIRED] = "; ".join([*repairs(model), *notes])
 
 
-def _missing_contrib_import(proto: onnx.ModelProto) -> bool:
-    imported = {o.domain for o in proto.opset_import}
-    return MS_DOMAIN not in imported and any(n.domain == MS_DOMAIN for n in _nodes(proto))
-
-
-def _import_contrib(proto: onnx.ModelProto, label: str) -> list[str]:
-    proto.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
-    return [f"added the {MS_DOMAIN} opset import its nodes need (version 1, its only one)"]
-
-
-def _written_twice(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    writers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.output:
-            if name:
-                writers.setdefault(name, []).append(node)
-    return {name: nodes for name, nodes in writers.items() if len(nodes) > 1}
-
-
-def _has_duplicates(proto: onnx.ModelProto) -> bool:
-    return any(_written_twice(graph) for graph in graphs(proto.graph))
-
-
-def _merge_constants(proto: onnx.ModelProto, label: str) -> list[str]:
+def merge_constants(proto: onnx.ModelProto, label: str = "model") -> onnx.ModelProto:
+    """`proto` itself when no name has two writers, else a copy with identical Constants
+    writing one name merged into one (noted in its metadata)."""
+    if not any(_written_twice(graph) for graph in _graphs(proto.graph)):
+        return proto
+    merged = onnx.ModelProto()
+    merged.CopyFrom(proto)
     notes = []
-    for graph in graphs(proto.graph):
+    for graph in _graphs(merged.graph):
         for name, writers in _written_twice(graph).items():
             kinds = {n.op_type for n in writers}
             if kinds != {"Constant"}:
@@ -105,70 +64,90 @@ def _merge_constants(proto: onnx.ModelProto, label: str) -> list[str]:
             for extra in writers[1:]:
                 graph.node.remove(extra)
             notes.append(f"merged {len(writers)} identical Constant nodes writing '{name}'")
-    return notes
+    entry = merged.metadata_props.add()
+    entry.key, entry.value = REPAIRED, "; ".join(notes)
+    return merged
 
 
-def _unsorted(proto: onnx.ModelProto) -> bool:
-    return any(_order(graph) is not None for graph in graphs(proto.graph))
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph`, then every subgraph its nodes hold, depth first: the protobuf's own walk, as
+    this repair runs before onnx-ir can read the model."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                yield from _graphs(sub)
 
 
-def _sort(proto: onnx.ModelProto, label: str) -> list[str]:
-    notes = []
-    for graph in graphs(proto.graph):
-        order = _order(graph)
-        if order is None:
-            continue
-        if len(order) < len(graph.node):
-            raise AttnRewriteError(f"{label}: graph '{graph.name}' has a cycle")
-        nodes = [graph.node[i] for i in order]
-        del graph.node[:]
-        graph.node.extend(nodes)
-        notes.append(f"sorted the nodes of graph '{graph.name}' topologically")
-    return notes
+def _written_twice(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    writers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.output:
+            if name:
+                writers.setdefault(name, []).append(node)
+    return {name: nodes for name, nodes in writers.items() if len(nodes) > 1}
 
 
-def _order(graph: onnx.GraphProto) -> list[int] | None:
-    """A stable topological order of the nodes (fewer than all on a cycle), or None when
-    they are in order already. Names no node here writes (inputs, initializers, outer
-    scope) are available from the start."""
-    written = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
-    needs = [
-        {written[name] for name in _reads(node) if name in written and written[name] != i}
-        for i, node in enumerate(graph.node)
-    ]
-    if all(all(j < i for j in deps) for i, deps in enumerate(needs)):
-        return None
-    waiting = [len(deps) for deps in needs]
-    users: dict[int, list[int]] = {}
-    for i, deps in enumerate(needs):
-        for j in deps:
-            users.setdefault(j, []).append(i)
-    ready = [i for i, count in enumerate(waiting) if count == 0]
-    heapq.heapify(ready)  # smallest index first: the original order wherever it is valid
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for user in users.get(i, ()):
-            waiting[user] -= 1
-            if waiting[user] == 0:
-                heapq.heappush(ready, user)
-    return order
+class ImportContribOpset(ir.passes.InPlacePass):
+    """Import com.microsoft (version 1, its only one) where its nodes are used without it."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if MS_DOMAIN in model.opset_imports or all(
+            node.domain != MS_DOMAIN for _, graph in all_graphs(model) for node in graph
+        ):
+            return ir.passes.PassResult(model, modified=False)
+        model.opset_imports[MS_DOMAIN] = 1
+        _note(
+            model,
+            [f"added the {MS_DOMAIN} opset import its nodes need (version 1, its only one)"],
+        )
+        return ir.passes.PassResult(model, modified=True)
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """Names the node reads, those its subgraphs read from the outer scope included."""
-    names = {name for name in node.input if name}
-    for attr in node.attribute:
-        for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            inner = {o for n in body.node for o in n.output} | {i.name for i in body.input}
-            inner |= {t.name for t in body.initializer}
-            names |= {name for n in body.node for name in _reads(n) if name not in inner}
-    return names
+class SortNodes(ir.passes.InPlacePass):
+    """Sort every graph topologically (onnx-ir's stable sort keeps an order that is valid)."""
+
+    def __init__(self, label: str = "model") -> None:
+        super().__init__()
+        self.label = label
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        before = {graph: list(graph) for graph in model.graphs()}
+        try:
+            model.graph.sort()
+        except ValueError:
+            cyclic = next((g for g in model.graphs() if not _in_order(g)), model.graph)
+            raise AttnRewriteError(f"{self.label}: graph '{cyclic.name}' has a cycle") from None
+        notes = [
+            f"sorted the nodes of graph '{graph.name}' topologically"
+            for graph, nodes in before.items()
+            if list(graph) != nodes
+        ]
+        if notes:
+            _note(model, notes)
+        return ir.passes.PassResult(model, modified=bool(notes))
 
 
-RULES: tuple[tuple[Callable[[onnx.ModelProto], bool], Rule], ...] = (
-    (_missing_contrib_import, _import_contrib),
-    (_has_duplicates, _merge_constants),
-    (_unsorted, _sort),
-)
+def _in_order(graph: ir.Graph) -> bool:
+    """Whether every node of `graph` comes after the nodes of `graph` it reads."""
+    seen: set[ir.Node] = set()
+    for node in graph:
+        producers = (value.producer() for value in node.inputs if value is not None)
+        if any(p is not None and p.graph is graph and p not in seen for p in producers):
+            return False
+        seen.add(node)
+    return True
+
+
+def repair(model: ir.Model, label: str = "model") -> ir.Model:
+    """The model with what onnx-ir reads but the standard refuses repaired, in place."""
+    passes = ir.passes.PassManager([ImportContribOpset(), SortNodes(label)])
+    try:
+        return passes(model).model
+    except ir.passes.PassError as err:  # the manager wraps what a pass raises, by step
+        cause: BaseException | None = err
+        while isinstance(cause, ir.passes.PassError):
+            cause = cause.__cause__
+        if isinstance(cause, AttnRewriteError):
+            raise cause from None
+        raise

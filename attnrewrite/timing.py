@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 import onnxruntime as ort
-from onnx import numpy_helper
 
 SHARED_MIN_BYTES = 1 << 20  # initializers this large are shared between timed sessions
 
@@ -123,14 +122,14 @@ def shared_weight_sessions(
 
 def _large_initializers(path: Path) -> dict[str, np.ndarray]:
     """The main graph's numeric initializers of SHARED_MIN_BYTES or more, as arrays (numpy's
-    own dtypes: what onnxruntime takes from a numpy buffer)."""
-    graph = onnx.load(str(path)).graph
+    own dtypes: what onnxruntime takes from a numpy buffer), each a copy of its own."""
     arrays = {}
-    for tensor in graph.initializer:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        size = int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
-        if dtype.kind in "biuf" and size >= SHARED_MIN_BYTES:
-            arrays[tensor.name] = numpy_helper.to_array(tensor)
+    for name, value in ir.load(str(path)).graph.initializers.items():
+        tensor = value.const_value
+        if tensor is None or tensor.dtype.numpy().kind not in "biuf":
+            continue
+        if tensor.nbytes >= SHARED_MIN_BYTES:
+            arrays[name] = np.array(tensor.numpy())
     return arrays
 
 

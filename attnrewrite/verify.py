@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.inliner
+import onnx_ir as ir
 import onnxruntime as ort
 
 FP32_TOLERANCE = 1e-5  # relative: float rounding of a reordered fp32 computation
@@ -50,20 +51,19 @@ def difference(name: str, reference: np.ndarray, candidate: np.ndarray) -> Diffe
     return Difference(name, max_abs, relative, finite)
 
 
-def tolerance_for(model: onnx.ModelProto) -> float:
-    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-    types = {v.type.tensor_type.elem_type for v in model.graph.output}
+def tolerance_for(model: ir.Model) -> float:
+    half = {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+    types = {v.dtype for v in model.graph.outputs}
     return FP16_TOLERANCE if types & half else FP32_TOLERANCE
 
 
 def run_with_outputs(
-    model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], extra: Sequence[str]
+    path: Path, feeds: Mapping[str, np.ndarray], extra: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """All graph outputs plus the named intermediate values. A path is read here (external
-    data in memory: models under 2 GB); a loaded model is run as it is, not read again."""
-    path = None if isinstance(model, onnx.ModelProto) else model
-    if path is not None:
-        model = onnx.load(str(path))
+    """All graph outputs plus the named intermediate values of the model file (external data
+    in memory: models under 2 GB). Read as protobuf: onnxruntime takes the serialized bytes,
+    and the file's own are the cheapest to give it."""
+    model = onnx.load(str(path))
     if model.functions:  # onnxruntime's own inlining grows faster than the graph: 1,000
         model = onnx.inliner.inline_local_functions(model)  # blocks take 106 s, this 2 s
     names = [o.name for o in model.graph.output]
@@ -73,8 +73,7 @@ def run_with_outputs(
         serialized = model.SerializeToString()
     finally:
         del model.graph.output[len(model.graph.output) - len(added) :]
-    if path is not None:
-        del model  # read here: the weights live on in onnxruntime's copy only
+    del model  # the weights live on in onnxruntime's copy only
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # the graphs as written: a comparison needs no fusions, and onnxruntime's optimizer grows
@@ -116,17 +115,20 @@ class Parity:
 
 
 def compare(
-    original: onnx.ModelProto,
-    rewritten: onnx.ModelProto,
+    original: Path,
+    rewritten: Path,
+    signature: ir.Model,
     feeds: Mapping[str, np.ndarray],
     blocks: Sequence[str],
     seq_len: int,
 ) -> Parity:
+    """The two model files on `feeds`; `signature` is either model (both take the same
+    inputs and give the same outputs)."""
     reference = run_with_outputs(original, feeds, blocks)
     candidate = run_with_outputs(rewritten, feeds, blocks)
-    graph_outputs = [o.name for o in original.graph.output]
+    graph_outputs = [o.name or "" for o in signature.graph.outputs]
     outputs = tuple(difference(n, reference[n], candidate[n]) for n in graph_outputs)
     block_diffs = tuple(difference(n, reference[n], candidate[n]) for n in blocks)
-    tolerance = tolerance_for(original)
+    tolerance = tolerance_for(signature)
     ran_at = {reference[n].shape[-2] for n in blocks if np.ndim(reference[n]) >= 2}
     return Parity(outputs, block_diffs, tolerance, max(ran_at, default=seq_len), seq_len)

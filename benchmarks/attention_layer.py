@@ -36,7 +36,7 @@ from rich.table import Table
 
 from attnrewrite import __version__
 from attnrewrite.layers import LayerSpec, attention_layer
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.report.build import latency_ms
 from attnrewrite.substitute.methods import get_method
@@ -52,7 +52,7 @@ def build(spec: LayerSpec, method: str, folder: Path) -> Path:
     proto = attention_layer(spec)
     if method != ORIGINAL:
         chosen = get_method(method)
-        model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.min_opset))
+        model = prepare_model(proto, min_opset=chosen.min_opset)
         result = substitute(model, find_attention(model).matches, chosen)
         (block,) = result.rewritten
         if block.fallback:

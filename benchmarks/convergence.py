@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -54,7 +54,7 @@ def heads(kind: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
         model = load_model(EXAMPLE)
         found = find_attention(model)
         text = Path(json.__file__).with_name("decoder.py")
-        feeds = from_text(onnx.load(str(EXAMPLE)), text, "bytes", N, batch=1).feeds
+        feeds = from_text(ir.load(str(EXAMPLE)), text, "bytes", N, batch=1).feeds
         with Workspace(model, found.matches) as workspace:
             block = capture(workspace, feeds).blocks[2]
         scale = block.scale

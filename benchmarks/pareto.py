@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timing rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pareto.json"))
     args = parser.parse_args()
-    signature = onnx.load(str(EXAMPLE))
+    signature = ir.load(str(EXAMPLE))
     console = Console()
     results = []
     head_dim = find_attention(load_model(EXAMPLE)).matches[0].head_dim

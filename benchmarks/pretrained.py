@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 from rich.console import Console
 from rich.table import Table
 
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     console = Console()
-    signature = onnx.load(str(args.model), load_external_data=False)
+    signature = ir.load(str(args.model))
     match = find_attention(load_model(args.model)).matches[0]
     head_dim, causal = match.head_dim or 64, match.mask.is_causal
     with tempfile.TemporaryDirectory() as tmp:

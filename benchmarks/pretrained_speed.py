@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 import psutil
 from pretrained import EXAMPLE, plan_label, plan_record, texts  # beside this file
 from pretrained import SINGLE as METHODS
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     console = Console()
-    signature = onnx.load(str(args.model), load_external_data=False)
+    signature = ir.load(str(args.model))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         calibration_text, held_text = texts(folder)

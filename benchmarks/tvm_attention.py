@@ -35,7 +35,7 @@ from rich.table import Table
 
 from attnrewrite import __version__
 from attnrewrite.layers import LayerSpec, attention_layer
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
@@ -46,8 +46,7 @@ METHODS = ("convbasis", "multipole", "polysketch")
 def rewritten_layer(method: str, folder: Path) -> Path:
     """The causal layer rewritten with `method` at its defaults, saved in `folder`."""
     chosen = get_method(method)
-    proto = prepare_proto(attention_layer(LayerSpec()), min_opset=chosen.min_opset)
-    model = ir.serde.deserialize_model(proto)
+    model = prepare_model(attention_layer(LayerSpec()), min_opset=chosen.min_opset)
     (block,) = substitute(model, find_attention(model).matches, chosen).rewritten
     if block.fallback:
         raise SystemExit(f"{method} kept the block exact: {block.fallback}")

@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.match import FindResult
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
@@ -18,7 +18,7 @@ from attnrewrite.verify import difference
 def find_and_rewrite(
     proto: onnx.ModelProto,
 ) -> tuple[FindResult, SubstituteResult, onnx.ModelProto]:
-    model = ir.serde.deserialize_model(prepare_proto(proto))
+    model = prepare_model(proto)
     found = find_attention(model)
     result = substitute(model, found.matches, get_method("exact"))
     rewritten = ir.serde.serialize_model(model)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 from attnrewrite.cli import main
@@ -82,7 +83,7 @@ def test_generated_inputs_are_sized_before_allocation() -> None:
     proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "S"  # sized by --seq-len
     proto.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 2**30
     with pytest.raises(AttnRewriteError, match=r"the generated inputs \(x \[2, 65536, 1073741824"):
-        generate_inputs(proto, seq_len=65536)
+        generate_inputs(ir.from_proto(proto), seq_len=65536)
 
 
 def test_an_initializer_holding_less_than_its_shape_is_refused(tmp_path, capsys) -> None:

@@ -13,7 +13,7 @@ import onnx_ir as ir
 import pytest
 
 from attnrewrite.inputs import generate_inputs
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
@@ -42,7 +42,7 @@ def _form(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     if name in CASES:
         return CASES[name].model, CASES[name].feeds(11)
     proto = onnx.load(str(CORPUS / f"{name}.onnx"))
-    return proto, generate_inputs(proto, 11)
+    return proto, generate_inputs(ir.from_proto(proto), 11)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -50,7 +50,7 @@ def _form(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 def test_every_method_on_contrib_ops(form: str, method: str) -> None:
     proto, feeds = _form(form)
     chosen = get_method(method, PARAMS.get(method))
-    model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.min_opset))
+    model = prepare_model(proto, min_opset=chosen.min_opset)
     found = find_attention(model)
     assert found.matches and all(m.variant[0].startswith("com.microsoft:") for m in found.matches)
     result = substitute(model, found.matches, chosen)

@@ -16,7 +16,7 @@ import pytest
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from attnrewrite.inputs import generate_inputs
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
@@ -64,14 +64,14 @@ FORMS = (
 def test_every_method_on_fp16_forms(form: str, method: str) -> None:
     proto = _form(form)
     chosen = get_method(method, PARAMS[method])
-    model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.min_opset))
+    model = prepare_model(proto, min_opset=chosen.min_opset)
     found = find_attention(model)
     assert found.matches, [r.reason for r in found.refusals]
     result = substitute(model, found.matches, chosen)
     assert not result.failed
     rewritten = ir.serde.serialize_model(model)
     onnx.checker.check_model(rewritten, full_check=True)
-    feeds = generate_inputs(proto, 11)
+    feeds = generate_inputs(ir.from_proto(proto), 11)
     outputs = run(rewritten, feeds)
     assert all(np.isfinite(o).all() for o in outputs)
     if method == "exact":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import torch
 
@@ -275,7 +276,7 @@ def _check(checkpoint: Checkpoint, wrapper: LogitsOnly, path: Path) -> float:
     vocabulary, a padded row): the max relative error of the logits, refused above
     MAX_RELATIVE_ERROR."""
     batch, seq = CHECK_SHAPE
-    feeds = generate_inputs(onnx.load(str(path), load_external_data=False), seq, batch)
+    feeds = generate_inputs(ir.load(str(path)), seq, batch)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
 from attnrewrite.export import staged_directory
 from attnrewrite.lower.relax_import import load
@@ -67,7 +67,7 @@ class ArtifactCheck:
         )
 
 
-def library_tolerance(model: onnx.ModelProto) -> float:
+def library_tolerance(model: ir.Model) -> float:
     """``TOLERANCE``, or the rewrite's own tolerance where it is wider (float16 outputs)."""
     return max(TOLERANCE, tolerance_for(model))
 

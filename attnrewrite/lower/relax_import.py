@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.inliner
+import onnx_ir as ir
 
 from attnrewrite.lower import cumsum
 from attnrewrite.lower.errors import LowerError
-from attnrewrite.lower.graph import drop_empty_operands, unroll_loops
+from attnrewrite.lower.graph import DropEmptyOperands, UnrollLoops
 from attnrewrite.lower.targets import database_for, make_target, target_name
 
 LIBRARY = "model.so"
@@ -102,15 +103,19 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def prepare(model: onnx.ModelProto | str | os.PathLike, dims: Mapping[str, int]) -> onnx.ModelProto:
     """A copy of ``model`` that ``from_onnx`` imports: inlined, static, shape-folded, Loops
-    unrolled, zero-extent Concat operands dropped (``attnrewrite.lower.graph``)."""
+    unrolled, zero-extent Concat operands dropped (``attnrewrite.lower.graph``).
+
+    Protobuf at both ends: onnx's inliner, onnxruntime's folding and TVM's frontend take a
+    ModelProto; the graph edits between them run on onnx-ir."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(os.fspath(model))
     model = onnx.inliner.inline_local_functions(model)
     _fix_dims(model, dims)
-    folded = _fold(model)
-    if unroll_loops(folded):
-        folded = _fold(folded)
-    folded = drop_empty_operands(folded)
+    graph = ir.from_proto(_fold(model))
+    if UnrollLoops()(graph).modified:
+        graph = ir.from_proto(_fold(ir.to_proto(graph)))
+    DropEmptyOperands()(graph)
+    folded = ir.to_proto(graph)  # TVM's frontend and onnxruntime's folding take protobuf
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in folded.graph.node if n.domain})
     if foreign:
         raise LowerError(f"ops outside the ONNX domain remain after inlining: {foreign}")

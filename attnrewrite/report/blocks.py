@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
+import onnx_ir as ir
 
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.pipeline import RECORD_FILE
@@ -71,15 +71,13 @@ def _matches(record: Mapping) -> list:
     return found
 
 
-def blocks_of(
-    record: Mapping, original: onnx.ModelProto, rewritten: onnx.ModelProto
-) -> list[Block]:
+def blocks_of(record: Mapping, original: ir.Model, rewritten: ir.Model) -> list[Block]:
     """The record's blocks of the main graph, in the rewritten graph's order. A block whose
     output the original does not hold has nothing to be compared with and is left out."""
-    known = {out for node in original.graph.node for out in node.output}
-    known |= {o.name for o in original.graph.output}
-    written = {node.name: node.output[0] for node in rewritten.graph.node if node.output}
-    place = {node.output[0]: i for i, node in enumerate(rewritten.graph.node) if node.output}
+    known = {out.name for node in original.graph for out in node.outputs}
+    known |= {o.name for o in original.graph.outputs}
+    written = {node.name: node.outputs[0].name for node in rewritten.graph if node.outputs}
+    place = {node.outputs[0].name: i for i, node in enumerate(rewritten.graph) if node.outputs}
     try:
         blocks = [
             _block(match, written)

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from attnrewrite import __version__
 from attnrewrite.errors import AttnRewriteError
+from attnrewrite.loading import deserialize
 from attnrewrite.memory import peak_rss_mb, release_freed
+from attnrewrite.repair import merge_constants
 from attnrewrite.report import metrics
 from attnrewrite.report.blocks import Block, blocks_of, read_record
 from attnrewrite.report.inputs import ReportInputs, graph_inputs
@@ -38,32 +41,34 @@ from attnrewrite.verify import run_with_outputs
 SCHEMA_VERSION = 1
 
 
-def graph_only(path: Path) -> onnx.ModelProto:
+def graph_only(path: Path) -> ir.Model:
     """The model without its weights' bytes: what the comparison reads of its structure.
 
-    A copy: the parsed model's memory (protobuf's arena, with the file's bytes) stays whole
-    while any part of it lives, fields cleared or not (SmolLM2: 0.5 GiB a model, held
-    through both runs)."""
+    The weights' bytes are cleared in the parsed protobuf, which is copied before onnx-ir
+    reads it (what onnx-ir refuses repaired as on load): the parsed model's memory
+    (protobuf's arena, with the file's bytes) stays whole while any part of it lives, fields
+    cleared or not (SmolLM2: 0.5 GiB a model, held through both runs)."""
     proto = onnx.load(str(path), load_external_data=False)
     for tensor in proto.graph.initializer:
         tensor.ClearField("raw_data")
     structure = onnx.ModelProto()
     structure.CopyFrom(proto)
-    return structure
+    del proto
+    return deserialize(merge_constants(structure, str(path)), str(path))
 
 
-def check_same_signature(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> None:
+def check_same_signature(original: ir.Model, rewritten: ir.Model) -> None:
     """The rewritten model must take the original's inputs and give its outputs."""
-    ins = [(v.name, v.type.tensor_type.elem_type) for v in graph_inputs(original)]
-    got = [(v.name, v.type.tensor_type.elem_type) for v in graph_inputs(rewritten)]
-    outs = [o.name for o in original.graph.output]
-    if sorted(ins) != sorted(got) or outs != [o.name for o in rewritten.graph.output]:
+    ins = [(v.name, v.dtype) for v in graph_inputs(original)]
+    got = [(v.name, v.dtype) for v in graph_inputs(rewritten)]
+    outs = [o.name for o in original.graph.outputs]
+    if sorted(ins) != sorted(got) or outs != [o.name for o in rewritten.graph.outputs]:
         raise AttnRewriteError(
             "the rewritten model does not belong to the original: inputs "
-            f"{sorted(n for n, _ in got)} / outputs {[o.name for o in rewritten.graph.output]}"
+            f"{sorted(n for n, _ in got)} / outputs {[o.name for o in rewritten.graph.outputs]}"
             f" differ from {sorted(n for n, _ in ins)} / {outs}"
         )
-    if not any(node.domain == DOMAIN for node in rewritten.graph.node):
+    if not any(node.domain == DOMAIN for node in rewritten.graph):
         raise AttnRewriteError("the rewritten model has no attnrewrite node in its main graph")
 
 
@@ -104,9 +109,9 @@ def compare_models(
     """(outputs, blocks) metrics of the rewritten model against the original; the blocks are
     those its rewrite record (rewrite.json beside it) lists."""
     record = read_record(rewritten)
-    original_proto, rewritten_proto = graph_only(original), graph_only(rewritten)
-    check_same_signature(original_proto, rewritten_proto)
-    blocks = blocks_of(record, original_proto, rewritten_proto)
+    original_graph, rewritten_graph = graph_only(original), graph_only(rewritten)
+    check_same_signature(original_graph, rewritten_graph)
+    blocks = blocks_of(record, original_graph, rewritten_graph)
     extra = [b.output for b in blocks]
     try:  # one model in memory at a time, read by the run and freed after it
         release_freed()  # what the rewrite freed: the original's run is the report's peak
@@ -120,9 +125,9 @@ def compare_models(
             f"the models do not run on these inputs: {str(err).splitlines()[0]}"
         ) from None
     outputs = []
-    for out in original_proto.graph.output:
-        x, y = reference[out.name], candidate[out.name]
-        row = metrics.tensor_metrics(out.name, x, y)
+    for name in (out.name or "" for out in original_graph.graph.outputs):
+        x, y = reference[name], candidate[name]
+        row = metrics.tensor_metrics(name, x, y)
         row["logits"] = (
             metrics.logits_metrics(x, y, inputs.token_ids, inputs.keep)
             if inputs.is_logits(x)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
 from attnrewrite.budget import array_bytes, check_bytes
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.inputs import generate_inputs, vocabulary_sizes
+from attnrewrite.inputs import array_type, generate_inputs, vocabulary_sizes
 
 TEXT_BYTES_PER_TOKEN = 64  # read at most this much text per token needed (a tokenizer's worst)
 
@@ -59,48 +59,48 @@ class ReportInputs:
         }
 
 
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {init.name for init in model.graph.initializer}
-    return [v for v in model.graph.input if v.name not in initializers]
+def graph_inputs(model: ir.Model) -> list[ir.Value]:
+    return [v for v in model.graph.inputs if not v.is_initializer()]
 
 
-def _signature(model: onnx.ModelProto) -> str:
+def _signature(model: ir.Model) -> str:
     """`input_ids int64 [batch, seq], attention_mask int64 [batch, seq]`."""
     parts = []
     for value in graph_inputs(model):
-        tensor = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        dims = ", ".join(d.dim_param or str(d.dim_value) for d in tensor.shape.dim)
-        parts.append(f"{value.name} {dtype} [{dims}]")
+        dims = ", ".join(str(d) if isinstance(d, int) else d.value or "0" for d in _dims(value))
+        parts.append(f"{value.name} {array_type(value)} [{dims}]")
     return ", ".join(parts)
 
 
-def check_fits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str) -> None:
+def _dims(value: ir.Value) -> tuple[int | ir.SymbolicDim, ...]:
+    return tuple(value.shape or ())
+
+
+def check_fits(model: ir.Model, feeds: dict[str, np.ndarray], label: str) -> None:
     """Every model input present with its rank, element type and fixed sizes."""
     for value in graph_inputs(model):
-        if value.name not in feeds:
+        name = value.name or ""
+        if name not in feeds:
             raise AttnRewriteError(
-                f"{label} has no input '{value.name}' that the model needs (it holds "
+                f"{label} has no input '{name}' that the model needs (it holds "
                 f"{', '.join(sorted(feeds)) or 'nothing'}; the model takes {_signature(model)})"
             )
-        array = feeds[value.name]
-        tensor = value.type.tensor_type
-        want = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        array = feeds[name]
+        want = array_type(value)
         if array.dtype != want:
             raise AttnRewriteError(
-                f"{label}: input '{value.name}' is {array.dtype}, the model expects {want}"
+                f"{label}: input '{name}' is {array.dtype}, the model expects {want}"
             )
-        dims = tensor.shape.dim
+        dims = _dims(value)
         if array.ndim != len(dims):
             raise AttnRewriteError(
-                f"{label}: input '{value.name}' has rank {array.ndim}, the model expects "
-                f"{len(dims)}"
+                f"{label}: input '{name}' has rank {array.ndim}, the model expects {len(dims)}"
             )
         for axis, dim in enumerate(dims):
-            if dim.HasField("dim_value") and dim.dim_value != array.shape[axis]:
+            if isinstance(dim, int) and dim != array.shape[axis]:
                 raise AttnRewriteError(
-                    f"{label}: input '{value.name}' axis {axis} is {array.shape[axis]}, the "
-                    f"model expects {dim.dim_value}"
+                    f"{label}: input '{name}' axis {axis} is {array.shape[axis]}, the "
+                    f"model expects {dim}"
                 )
     vocab = vocabulary_sizes(model.graph)
     for name, size in vocab.items():
@@ -111,7 +111,7 @@ def check_fits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], label: str)
             )
 
 
-def from_npz(model: onnx.ModelProto, path: Path) -> ReportInputs:
+def from_npz(model: ir.Model, path: Path) -> ReportInputs:
     try:
         with np.load(path) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
@@ -144,7 +144,7 @@ def _npy_bytes(archive: zipfile.ZipFile, member: str) -> int:
 
 
 def from_text(
-    model: onnx.ModelProto, path: Path, tokenizer: str, seq_len: int, batch: int
+    model: ir.Model, path: Path, tokenizer: str, seq_len: int, batch: int
 ) -> ReportInputs:
     """Token ids from a text file: `tokenizer` is a tokenizer.json, or "bytes" (UTF-8)."""
     if not path.is_file():
@@ -179,5 +179,5 @@ def from_text(
     return ReportInputs(feeds, "text", str(path))
 
 
-def generated(model: onnx.ModelProto, seq_len: int, batch: int) -> ReportInputs:
+def generated(model: ir.Model, seq_len: int, batch: int) -> ReportInputs:
     return ReportInputs(generate_inputs(model, seq_len, batch), "generated")

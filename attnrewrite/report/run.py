@@ -8,7 +8,7 @@ from pathlib import Path
 
 from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN
 from attnrewrite.errors import AttnRewriteError
-from attnrewrite.loading import load_proto
+from attnrewrite.loading import load_model
 from attnrewrite.memory import unmap_large_buffers
 from attnrewrite.pipeline import rewrite_model
 from attnrewrite.progress import steps
@@ -33,7 +33,7 @@ class InputChoice:
     batch: int = REPORT_BATCH
 
     def load(self, model_path: Path) -> ReportInputs:
-        model = load_proto(model_path)  # one clear line for a missing or corrupt file
+        model = load_model(model_path)  # one clear line for a missing or corrupt file
         if self.npz is not None:
             return from_npz(model, self.npz)
         if self.text is not None:

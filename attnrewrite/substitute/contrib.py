@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
@@ -166,7 +167,7 @@ def _evaluated_shapes(proto: onnx.ModelProto, shapes: Shapes, dtypes: dict[str, 
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(probe.SerializeToString(), options)
-        feeds = generate_inputs(proto, PROBE_LENGTH)
+        feeds = generate_inputs(ir.from_proto(proto), PROBE_LENGTH)
         values = session.run(unknown, {i.name: feeds[i.name] for i in session.get_inputs()})
     except Exception:  # onnxruntime raises many types: all mean "not known"
         return {}

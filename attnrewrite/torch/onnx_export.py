@@ -23,7 +23,7 @@ import torch
 
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.export import save_model
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
@@ -85,7 +85,7 @@ def export_onnx(
                 raise AttnRewriteError(
                     f"torch.onnx.export failed: {type(err).__name__}: {first}"
                 ) from None
-        model = ir.serde.deserialize_model(prepare_proto(onnx.load(str(exact_path)), "export"))
+        model = prepare_model(onnx.load(str(exact_path)), "export")
     found = find_attention(model)
     if len(found.matches) != len(fast.matches):
         raise AttnRewriteError(

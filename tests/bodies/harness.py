@@ -17,7 +17,7 @@ import torch
 
 from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec, attention_layer
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import ResolvedMethod, get_method
 from attnrewrite.substitute.rewrite import SubstituteResult, substitute
@@ -47,9 +47,7 @@ def rewrite_layer(
     chosen = get_method(method, params)
     if fitted:
         chosen = chosen.with_fitted(fitted)
-    model = ir.serde.deserialize_model(
-        prepare_proto(attention_layer(spec, opset), min_opset=chosen.min_opset)
-    )
+    model = prepare_model(attention_layer(spec, opset), min_opset=chosen.min_opset)
     found = find_attention(model)
     assert len(found.matches) == 1, found
     result = substitute(model, found.matches, chosen)

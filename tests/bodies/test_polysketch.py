@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from attnrewrite import methods as references
 from attnrewrite.layers import LayerSpec
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
 from attnrewrite.substitute.rewrite import substitute
@@ -133,7 +133,7 @@ def test_rank3_operands() -> None:
         )
     params = {"block": 8}
     chosen = get_method("polysketch", params)
-    model = ir.serde.deserialize_model(prepare_proto(onnx.load_from_string(buffer.getvalue())))
+    model = prepare_model(onnx.load_from_string(buffer.getvalue()))
     (match,) = find_attention(model).matches
     if match.head_dim is None:  # the finder infers head dims of rank-4 operands only
         assert "head dim" in chosen.limit(Signature.of(match))

@@ -16,10 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 pytest.importorskip("tvm")
 
 from attnrewrite.layers import LayerSpec, attention_layer
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.lower import build, load
 from attnrewrite.lower.errors import LowerError
-from attnrewrite.lower.graph import unroll_loops
+from attnrewrite.lower.graph import UnrollLoops
 from attnrewrite.lower.relax_import import compile_relax, prepare, to_relax
 from attnrewrite.patterns import find_attention
 from attnrewrite.substitute.methods import get_method
@@ -35,7 +35,7 @@ SEQ = 40  # > 2 x block 8 (a multipole far field) and > bases 4 (conv-basis appr
 
 def rewrite(proto: onnx.ModelProto, method: str, params: dict) -> onnx.ModelProto:
     chosen = get_method(method, params)
-    model = ir.serde.deserialize_model(prepare_proto(proto, min_opset=chosen.min_opset))
+    model = prepare_model(proto, min_opset=chosen.min_opset)
     result = substitute(model, find_attention(model).matches, chosen)
     assert result.rewritten and not any(block.fallback for block in result.rewritten)
     return ir.serde.serialize_model(model)
@@ -244,9 +244,9 @@ def test_unrolled_loop_computes_the_same_numbers():
     rng = np.random.default_rng(2)
     inputs = {"x": rng.standard_normal((4, 3), np.float32), "w": rng.standard_normal(3, np.float32)}
     want = run(model, inputs)[0]
-    unrolled = onnx.ModelProto()
-    unrolled.CopyFrom(model)
-    assert unroll_loops(unrolled)
+    graph = ir.from_proto(model)
+    assert UnrollLoops()(graph).modified
+    unrolled = ir.to_proto(graph)
     onnx.checker.check_model(unrolled, full_check=True)
     assert "Loop" not in {n.op_type for n in unrolled.graph.node}
     expected = np.zeros(3, np.float32)
@@ -258,7 +258,7 @@ def test_unrolled_loop_computes_the_same_numbers():
 
 def test_data_dependent_loop_is_a_lower_error():
     with pytest.raises(LowerError, match=r"^Loop 'sum': a data-dependent loop condition"):
-        unroll_loops(loop_model(condition_from_data=True))
+        UnrollLoops()(ir.from_proto(loop_model(condition_from_data=True)))
 
 
 CUDA_LAYER = LayerSpec(heads=2, kv_heads=2, head_dim=8)

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from attnrewrite.layers import LayerSpec, attention_layer
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 from attnrewrite.lower import build, load, targets
 from attnrewrite.lower.relax_import import legalize, prepare, to_relax
 from attnrewrite.lower.tune import default_seconds, merge_best
@@ -33,8 +33,7 @@ DIMS = {"batch": 1, "q_len": 32, "kv_len": 32}
 
 def multipole_layer(folder: Path) -> Path:
     method = get_method("multipole")
-    proto = prepare_proto(attention_layer(SPEC), min_opset=method.min_opset)
-    model = ir.serde.deserialize_model(proto)
+    model = prepare_model(attention_layer(SPEC), min_opset=method.min_opset)
     (block,) = substitute(model, find_attention(model).matches, method).rewritten
     assert not block.fallback
     path = folder / "multipole.onnx"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 import pytest
 
 from attnrewrite.plan.auto import MAX_TIMED, Planner, auto_rewrite, split_rows
@@ -30,7 +30,7 @@ COST_LEN = 2048  # costs are measured where the plan will run: there multipole s
 
 @pytest.fixture(scope="module")
 def calibration():
-    return from_text(onnx.load(str(MODEL)), TEXT, "bytes", SEQ_LEN, batch=4)
+    return from_text(ir.load(str(MODEL)), TEXT, "bytes", SEQ_LEN, batch=4)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
@@ -29,7 +30,7 @@ SCHEMA = json.loads(resources.files("attnrewrite.report").joinpath("schema.json"
 
 
 def _text(name: str):
-    return from_text(onnx.load(str(MODEL)), SOURCE / name, "bytes", SEQ_LEN, batch=1)
+    return from_text(ir.load(str(MODEL)), SOURCE / name, "bytes", SEQ_LEN, batch=1)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from attnrewrite.inputs import generate_inputs
 from attnrewrite.layers import LayerSpec, attention_layer
-from attnrewrite.loading import load_model, prepare_proto
+from attnrewrite.loading import load_model, prepare_model
 from attnrewrite.patterns import find_attention
 from attnrewrite.report import metrics
 from attnrewrite.substitute.methods import get_method
@@ -36,7 +36,7 @@ def _planned(tmp_path: Path, plans: dict) -> tuple[Path, list[str]]:
 
 def _per_head(tmp_path: Path, plans: dict, seq_len: int) -> list[list[float]]:
     path, blocks = _planned(tmp_path, plans)
-    feeds = generate_inputs(onnx.load(str(EXAMPLE)), seq_len, batch=2)
+    feeds = generate_inputs(ir.load(str(EXAMPLE)), seq_len, batch=2)
     x = run_with_outputs(EXAMPLE, feeds, blocks)
     y = run_with_outputs(path, feeds, blocks)
     return [metrics.per_head(x[b], y[b], 4) for b in blocks]
@@ -66,7 +66,7 @@ def test_only_the_approximated_heads_change(tmp_path) -> None:
 def test_gqa_blocks_split_by_query_head(tmp_path, kv_heads) -> None:
     spec = LayerSpec(heads=4, kv_heads=kv_heads, head_dim=16, mask="padding")
     proto = attention_layer(spec)
-    model = ir.serde.deserialize_model(prepare_proto(proto))
+    model = prepare_model(proto)
     found = find_attention(model)
     exact, whole = get_method("exact"), get_method("multipole", {"block": 64})
     plans = {0: [HeadGroup(whole, (3, 0)), HeadGroup(exact, (1, 2))]}
@@ -92,7 +92,7 @@ def test_grouped_query_blocks_route_kv_heads(tmp_path, approximated, kept, repea
     multipole of block >= n (exact) any wrong kv head shows as an error; with block 2 only the
     approximated heads change."""
     path = Path(__file__).parents[1] / "corpus" / "exported" / "llama_eager_ts17.onnx"
-    feeds = generate_inputs(onnx.load(str(path)), 11, batch=2)
+    feeds = generate_inputs(ir.load(str(path)), 11, batch=2)
     exact = get_method("exact")
     for block, bound in ((64, 1e-6), (2, None)):
         model = load_model(path)
@@ -124,7 +124,7 @@ def test_a_mask_is_split_by_head_only_when_it_has_heads(mask, split) -> None:
     know, and that is still expanded."""
     spec = LayerSpec(causal=False, heads=4, kv_heads=4, head_dim=16, mask=mask)
     proto = attention_layer(spec)
-    model = ir.serde.deserialize_model(prepare_proto(proto))
+    model = prepare_model(proto)
     found = find_attention(model)
     exact, chunked = get_method("exact"), get_method("exact", {"chunks": 2})  # carry any bias
     plans = {0: [HeadGroup(chunked, (3, 0)), HeadGroup(exact, (1, 2))]}

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-import onnx
+import onnx_ir as ir
 import pytest
 
 from attnrewrite.cli import main
@@ -27,7 +27,7 @@ def test_a_per_head_plan_is_one_block_with_its_groups_measured_per_head(tmp_path
     rewrite_model(EXAMPLE, exact, out, verify=False, plans=plans)
     [first, second] = json.loads((out / "rewrite.json").read_text())["matches"]
     assert [g["heads"] for g in second["heads"]] == [[0, 2], [1, 3]]
-    inputs = generated(onnx.load(str(EXAMPLE)), seq_len=24, batch=2)
+    inputs = generated(ir.load(str(EXAMPLE)), seq_len=24, batch=2)
     _, rows, blocks = compare_models(EXAMPLE, out / "model.onnx", inputs)
     assert [row["output"] for row in rows] == [first["output"], second["output"]]
     assert [(row["method"], row["params"]) for row in rows] == [

@@ -57,7 +57,7 @@ def resident_mib():
 
 start = resident_mib()
 structure = graph_only(sys.argv[1])
-print(resident_mib() - start, len(structure.graph.initializer))
+print(resident_mib() - start, len(structure.graph.initializers))
 """
 
 

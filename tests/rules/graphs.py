@@ -11,7 +11,7 @@ import onnx_ir as ir
 import torch
 from onnx import helper
 
-from attnrewrite.loading import prepare_proto
+from attnrewrite.loading import prepare_model
 
 
 def onnx_values(
@@ -28,7 +28,7 @@ def onnx_values(
         [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)],
         [onnx.numpy_helper.from_array(a, n) for n, a in (constants or {}).items()],
     )
-    model = ir.serde.deserialize_model(prepare_proto(helper.make_model(graph)))
+    model = prepare_model(helper.make_model(graph))
     found = {v.name: v for v in model.graph.inputs}
     found |= {v.name: v for v in model.graph.initializers.values()}
     found |= {v.name: v for node in model.graph for v in node.outputs}
