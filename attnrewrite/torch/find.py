@@ -293,16 +293,23 @@ def walk_scores(
             sole_user(link.value, "attention scores")
         if FX.op(link.value) in RESHAPES:  # the block computes in q's shape
             raise NoMatch(f"{FX.label(link.value)} between Q.K^T and softmax")
-    factors, first = split_steps(FX, links)
+    split = split_steps(FX, links)
+    if isinstance(split, str):
+        raise NoMatch(split)
+    if split.softcap is not None:
+        raise NoMatch(
+            f"logit soft-capping (cap {split.softcap:g}) is not carried by the torch rewrite; "
+            "the ONNX rewrite of the exported model honours it"
+        )
     steps: list[Step] = []
     side: list[fx.Node] = []
-    for link in links[first:]:
+    for link in links[split.first :]:
         found = _step(link)
         if found is not None:
             steps.append(found[0])
             side.extend(found[1])
     chain = [link.value for link in reversed(links)]
-    return tuple(steps), tuple(side), chain, _product(factors), matmul
+    return tuple(steps), tuple(side), chain, _product(split.factors), matmul
 
 
 def _step(link: Link) -> tuple[Step, tuple[fx.Node, ...]] | None:

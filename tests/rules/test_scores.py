@@ -73,17 +73,15 @@ def test_a_step_that_is_no_scale_or_mask_is_refused() -> None:
         ],
         INPUTS,
     )
-    assert (
-        score_path(ONNX, values["out"])
-        == "scores pass through Tanh '', which is not a scale or mask"
+    assert score_path(ONNX, values["out"]).startswith(
+        "scores pass through Tanh '', which is not a logit soft-cap c * tanh(s / c)"
     )
     assert "graph input" in score_path(ONNX, values["q"])
     out = fx_output(
-        lambda q, kt: torch.tanh(q @ kt), torch.randn(*INPUTS["q"]), torch.randn(*INPUTS["kt"])
+        lambda q, kt: torch.exp(q @ kt), torch.randn(*INPUTS["q"]), torch.randn(*INPUTS["kt"])
     )
     assert (
-        score_path(FX, out)
-        == f"scores pass through tanh '{out.name}', which is not a scale or mask"
+        score_path(FX, out) == f"scores pass through exp '{out.name}', which is not a scale or mask"
     )
     out = fx_output(
         lambda q, kt, w: (q @ kt) * w, *(torch.randn(*INPUTS[n]) for n in ("q", "kt", "bias"))
