@@ -55,14 +55,14 @@ def test_fx_finds_the_same_steps_and_replays_them() -> None:
     path = score_path(FX, out)
     assert FX.op(path[0]) == "MatMul"
     assert _links(FX, path) == [("Div", 0), ("Where", 2), ("Where", 1), ("Add", 0)]
-    steps, side, chain, scale, matmul = walk_scores(out)
-    assert steps == (  # from the first mask: the scale before it is the scale alone
+    walked = walk_scores(out)
+    assert walked.steps == (  # from the first mask: the scale before it is the scale alone
         Step("Where", 2, (None, -1e4, None)),
         Step("Where", 1, (None, None, 0.0)),
         Step("Add", 0, (None, None)),
     )
-    assert (scale, matmul, chain[0]) == (0.5, path[0], out)
-    assert len(side) == 3  # the two masks and the bias
+    assert (walked.scale, walked.matmul, walked.chain[0]) == (0.5, path[0], out)
+    assert len(walked.side) == 3  # the two masks and the bias
 
 
 def test_a_step_that_is_no_scale_or_mask_is_refused() -> None:
