@@ -4,10 +4,11 @@ Every finder (ONNX Softmax anchors, fused ONNX attention ops, torch FX) produces
 `AttentionMatch` values; the rewrite, the planner and the reports read only these.
 A match says what the attention computes:
 
-    out = softmax(scale * q @ k^T + bias [+ causal/window mask]) @ v
+    out = softmax(cap(scale * q @ k^T) + bias [+ causal/window mask]) @ v
 
-with q [..., Hq, Sq, d], k [..., Hkv, Skv, d], v [..., Hkv, Skv, dv] once each operand's
-layout adapter is applied. Anything the finder could not express this way becomes a
+where cap(s) = softcap * tanh(s / softcap) under a logit soft-cap (Gemma 2), else s; with
+q [..., Hq, Sq, d], k [..., Hkv, Skv, d], v [..., Hkv, Skv, dv] once each operand's layout
+adapter is applied. Anything the finder could not express this way becomes a
 `Refusal` with a reason that reaches the user.
 
 A match is plain data: it names the nodes and values it covers (unique in its graph, see
@@ -115,6 +116,7 @@ class AttentionMatch:
     upstream_scale: float = 1.0  # a scalar already applied to q before its reshape (OPT)
     bias: Bias | None = None
     window: int | None = None
+    softcap: float | None = None  # logit soft-cap c: scores c * tanh(s / c) before the mask
     q_heads: int | None = None
     kv_heads: int | None = None
     head_dim: int | None = None
@@ -164,6 +166,7 @@ class AttentionMatch:
             "output": self.output,
             "mask": self.mask.value,
             "window": self.window,
+            "softcap": self.softcap,
             "scale": self.scale,
             "scale_source": self.scale_source,
             "upstream_scale": self.upstream_scale,

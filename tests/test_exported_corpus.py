@@ -43,6 +43,8 @@ def test_exported_model(name: str) -> None:
     assert masks == _expected_counts(entry, lambda g: g["mask"])
     windows = Counter(m.window for m in found.matches)
     assert windows == _expected_counts(entry, lambda g: g.get("window"))
+    softcaps = Counter(m.softcap for m in found.matches)
+    assert softcaps == _expected_counts(entry, lambda g: g.get("softcap"))
     scales = Counter(round(m.effective_scale, 5) for m in found.matches)
     assert scales == _expected_counts(
         entry, lambda g: round(g["scale"], 5)

@@ -30,6 +30,7 @@ def _check_description(case: Case, found, tol: float) -> None:
     for match in found.matches:
         # an fp16 graph stores its scale in fp16: 1/sqrt(8) is 0.35359 there
         assert match.scale == pytest.approx(expected["scale"], rel=tol / 10)
+        assert match.softcap == expected.get("softcap")
         if case.name in UNCLASSIFIED_MASK:
             assert match.mask.value == "bias" and "mask:unclassified" in match.variant
         else:

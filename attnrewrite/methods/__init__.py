@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-COMMON = ("q", "k", "v", "scale", "is_causal", "bias", "window")
+COMMON = ("q", "k", "v", "scale", "is_causal", "bias", "window", "softcap")
 MAX_SIZE = 1 << 10  # the largest size parameter (see attnrewrite.methods.exact)
 MAX_CHUNKS = 64  # more query chunks only add nodes: the skipped work is already ~(c-1)/2c
 MAX_LEVELS = 20  # levels double the group: 20 reach a million tokens (the body shifts by it)
@@ -119,7 +119,9 @@ class Method:
     ``rule``: a check across parameters (the ranges are the params'), returning why they do
     not fit together. ``full_bias``: accepts a bias that varies per query (otherwise only
     key-wise biases such as padding masks). ``window``: honours a causal sliding window narrower
-    than the keys. ``bidirectional``: computes non-causal attention (otherwise causal only).
+    than the keys. ``softcap``: honours a logit soft-cap (Gemma 2's cap * tanh(s / cap) on the
+    scaled scores, before the mask; its reference then takes ``softcap``). ``bidirectional``:
+    computes non-causal attention (otherwise causal only).
     ``exact_up_to``: for given parameters, the longest key sequence the method computes exactly
     by construction, with or without a causal mask (inf for exact; None when no length is, as
     for PolySketch's fitted kernel): a report at that length has not exercised the
@@ -132,6 +134,7 @@ class Method:
     onnx: OnnxOp
     full_bias: bool
     window: bool
+    softcap: bool = False
     bidirectional: bool = True
     rule: Callable[[Mapping[str, object]], str | None] = _no_rule
     exact_up_to: Callable[[Mapping[str, object]], float | None] = lambda params: None
@@ -183,10 +186,16 @@ class Method:
         is_causal: bool,
         bias: Tensor | None = None,
         window: int | None = None,
+        softcap: float | None = None,
         **params: object,
     ) -> Tensor:
-        """Run the method with validated parameters (and fitted arrays, by name)."""
-        fitted = {f.name: params.pop(f.name) for f in self.fitted if f.name in params}
+        """Run the method with validated parameters (and fitted arrays, by name); a soft-cap
+        only where the method honours one (ValueError otherwise)."""
+        extra = {f.name: params.pop(f.name) for f in self.fitted if f.name in params}
+        if softcap is not None:
+            if not self.softcap:
+                raise ValueError(f"{self.name} cannot honour logit soft-capping")
+            extra["softcap"] = softcap
         return self.attention(
             q,
             k,
@@ -196,7 +205,7 @@ class Method:
             bias=bias,
             window=window,
             **self.resolve(params),
-            **fitted,
+            **extra,
         )
 
 
@@ -246,6 +255,7 @@ METHODS: dict[str, Method] = {
             OnnxOp("ExactAttention", structural=("chunks",), ranks=None),
             full_bias=True,
             window=True,
+            softcap=True,
             exact_up_to=lambda p: math.inf,
         ),
         Method(
@@ -366,6 +376,7 @@ METHODS: dict[str, Method] = {
             OnnxOp("WindowAttention", structural=("width", "sinks")),
             full_bias=True,
             window=True,
+            softcap=True,
             exact_up_to=lambda p: p["width"],  # every key in the band (causal: + sinks)
         ),
         Method(

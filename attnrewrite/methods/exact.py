@@ -7,6 +7,8 @@ It also holds the conventions all methods share, so that "what a mask means" is 
 - positions: query i sits at key position i + (Skv - Sq) (bottom-right alignment, the KV-cache
   convention); ``is_causal`` keeps keys j <= that position and ``window`` (causal only) further
   keeps j > position - window;
+- softcap: a logit soft-cap c replaces the scaled scores s by c * tanh(s / c) before the bias
+  and masks (Gemma 2); None: none;
 - bias: additive, broadcastable to [B, Hq, Sq, Skv]; entries at or below half the dtype's most
   negative value (finfo.min masks) count as -inf, a bool bias follows SDPA (True = attend);
 - a row with no visible key returns zeros, never NaN;
@@ -19,6 +21,8 @@ It also holds the conventions all methods share, so that "what a mask means" is 
 """
 
 from __future__ import annotations
+
+from math import inf
 
 import torch
 from torch import Tensor
@@ -96,6 +100,15 @@ def refuse_binding_window(method: str, skv: int, window: int | None, why: str) -
         )
 
 
+def soft_cap(logits: Tensor, softcap: float | None) -> Tensor:
+    """cap * tanh(logits / cap), Gemma 2's logit soft-capping (None: the logits as they are)."""
+    if softcap is None:
+        return logits
+    if isinstance(softcap, bool) or not isinstance(softcap, int | float) or not 0 < softcap < inf:
+        raise ValueError(f"softcap must be a positive finite number, got {softcap!r}")
+    return softcap * torch.tanh(logits / softcap)
+
+
 def bias_logits(bias: Tensor, dtype: torch.dtype) -> Tensor:
     """Additive logits with every masked entry as -inf, so all methods agree on 'masked'."""
     if bias.dtype == torch.bool:
@@ -155,12 +168,14 @@ def dense_attention(
     bias: Tensor | None,
     window: int | None,
     allowed: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """Masked softmax attention on the full score matrix; ``allowed`` adds a sparsity pattern."""
     check_inputs(q, k, v, bias, is_causal, window)
     k, v = expand_kv(k, v, q.shape[1])
     ct = compute_dtype(q.dtype)
     logits = scale * (q.to(ct) @ k.to(ct).transpose(-1, -2))
+    logits = soft_cap(logits, softcap)
     if bias is not None:
         logits = logits + bias_logits(bias, ct)
     pattern = positions_mask(q.shape[2], k.shape[2], is_causal, window, q.device)
@@ -181,8 +196,10 @@ def attention(
     bias: Tensor | None = None,
     window: int | None = None,
     chunks: int = 4,
+    softcap: float | None = None,
 ) -> Tensor:
-    """softmax(scale q k^T + bias + causal/window mask) v, exactly.
+    """softmax(cap(scale q k^T) + bias + causal/window mask) v, exactly (cap: the logit
+    soft-cap c * tanh(s / c) when ``softcap`` is given).
 
     Causal attention is computed in ``chunks`` query chunks, each against only the keys it can
     see (and, with a model window, not those before it): the same numbers as the full masked
@@ -193,7 +210,9 @@ def attention(
     check_inputs(q, k, v, bias, is_causal, window)
     sq, skv = q.shape[2], k.shape[2]
     if not is_causal or chunks == 1:
-        return dense_attention(q, k, v, scale=scale, is_causal=is_causal, bias=bias, window=window)
+        return dense_attention(
+            q, k, v, scale=scale, is_causal=is_causal, bias=bias, window=window, softcap=softcap
+        )
     parts = []
     for start, end, key_start, key_end in chunk_bounds(sq, skv, chunks, window):
         if key_end == key_start:  # queries left of every key see nothing: zeros, as whole
@@ -215,6 +234,7 @@ def attention(
                 is_causal=True,
                 bias=part_bias,
                 window=window,
+                softcap=softcap,
             )
         )
     return torch.cat(parts, dim=2)

@@ -4,9 +4,9 @@ Exact softmax restricted to a sparse pattern: a query at key position p sees the
 ending at p (causal: p - width < j <= p; bidirectional: |j - p| < width) plus the first ``sinks``
 keys, which StreamingLLM showed carry much of the mass of trained heads. The model's own mask
 is intersected with that pattern, so every bias (padding, ALiBi, full tensors), GQA,
-cross-attention and a model ``window`` are honoured exactly. With width >= max(Sq, Skv) it is
-exact attention. This reference evaluates the dense masked score matrix (O(Sq Skv d)); a fused
-kernel would touch O(Sq (width + sinks) d).
+cross-attention, a model ``window`` and a logit soft-cap are honoured exactly. With
+width >= max(Sq, Skv) it is exact attention. This reference evaluates the dense masked score
+matrix (O(Sq Skv d)); a fused kernel would touch O(Sq (width + sinks) d).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def attention(
     window: int | None = None,
     width: int = 64,
     sinks: int = 4,
+    softcap: float | None = None,
 ) -> Tensor:
     """Exact softmax over the sink + local pattern (causal keys j > p are still excluded)."""
     get("window").validate(width=width, sinks=sinks)
@@ -45,5 +46,13 @@ def attention(
         q.shape[2], k.shape[2], is_causal=is_causal, width=width, sinks=sinks, device=q.device
     )
     return dense_attention(
-        q, k, v, scale=scale, is_causal=is_causal, bias=bias, window=window, allowed=allowed
+        q,
+        k,
+        v,
+        scale=scale,
+        is_causal=is_causal,
+        bias=bias,
+        window=window,
+        allowed=allowed,
+        softcap=softcap,
     )

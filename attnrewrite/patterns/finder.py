@@ -66,6 +66,9 @@ class OnnxCandidate(Candidate[ir.Value, ir.Node]):
     factors: tuple[Factor, ...]
     upstream: tuple[Factor, ...]
     steps: tuple[ScoreStep, ...]
+    chain_factors: tuple[Factor, ...]  # scalar steps on the scores (a soft-cap's c among them)
+    bias_steps: tuple[ScoreStep, ...]  # the steps from the first that reads a mask
+    softcap: float | None
     nan_guard: bool
     shape_readers: tuple[ir.Node, ...]
     reshaped: tuple[ir.Value, ...]  # reshape outputs between Q.K^T and .V: keep the key axis
@@ -120,6 +123,10 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> OnnxCandidate | str:
     chain = walk_scores(anchor.scores, anchor.nodes)
     if isinstance(chain, str):
         return chain
+    links = [Link(step.node.outputs[0], step.score_input, step.cap) for step in chain.steps]
+    split = split_steps(ONNX, links)
+    if isinstance(split, str):
+        return split
     probs = walk_probs(ONNX, anchor.probs)
     if isinstance(probs, str):
         return probs
@@ -164,6 +171,9 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> OnnxCandidate | str:
         factors=(*found.q_factors, *key.factors),
         upstream=tuple(upstream),
         steps=chain.steps,
+        chain_factors=split.factors,
+        bias_steps=chain.steps[split.first :],
+        softcap=split.softcap,
         nodes=nodes,
         variant=variant,
         nan_guard=probs.nan_guard,
@@ -173,13 +183,6 @@ def _structural(anchor: SoftmaxAnchor, graph_name: str) -> OnnxCandidate | str:
         output=output,
         output_layout=output_layout,
     )
-
-
-def _split_steps(steps: Sequence[ScoreStep]) -> tuple[list[Factor], list[ScoreStep]]:
-    """Scalar scale steps (factors), and the bias steps: everything from the first mask step."""
-    links = [Link(step.node.outputs[0], step.score_input) for step in steps]
-    factors, first = split_steps(ONNX, links)
-    return factors, list(steps[first:])
 
 
 def _side_inputs(steps: Sequence[ScoreStep]) -> list[ir.Value]:
@@ -192,7 +195,7 @@ def _side_inputs(steps: Sequence[ScoreStep]) -> list[ir.Value]:
 
 
 def _request(candidate: OnnxCandidate, evaluations: Evaluations) -> None:
-    chain_factors, bias_steps = _split_steps(candidate.steps)
+    chain_factors, bias_steps = candidate.chain_factors, candidate.bias_steps
     for operand in (candidate.q, candidate.v):
         if _dim(operand, -3, 4) is None or _dim(operand, -1, 4) is None:
             evaluations.want(operand)
@@ -210,7 +213,7 @@ def _finalize(candidate: OnnxCandidate, evaluations: Evaluations) -> AttentionMa
     reshape_problem = _reshape_problem(candidate, evaluations)
     if reshape_problem:
         return _refuse(candidate, reshape_problem)
-    chain_factors, bias_steps = _split_steps(candidate.steps)
+    chain_factors, bias_steps = candidate.chain_factors, candidate.bias_steps
     scale = 1.0
     runtime: list[tuple[str, bool]] = []
     sources: set[str] = set()
@@ -256,6 +259,7 @@ def _finalize(candidate: OnnxCandidate, evaluations: Evaluations) -> AttentionMa
         mask=kind,
         bias=bias,
         window=window,
+        softcap=candidate.softcap,
         q_heads=_dim(q_value, -3, rank, evaluations),
         kv_heads=_dim(candidate.v, -3, rank, evaluations),
         head_dim=_dim(q_value, -1, rank, evaluations),

@@ -19,6 +19,7 @@ class ScoreStep:
 
     node: ir.Node
     score_input: int
+    cap: float | None = None  # a logit soft-cap's Tanh or its product by the cap
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ def walk_scores(softmax_input: ir.Value, softmax_nodes: tuple[ir.Node, ...]) -> 
     if isinstance(path, str):
         return path
     qk = path[0].producer()
-    links = [(link.value.producer(), link.score_input) for link in path[1]]
-    chain = [qk, *(node for node, _ in links)]
+    links = [(link.value.producer(), link.score_input, link.cap) for link in path[1]]
+    chain = [qk, *(node for node, _, _ in links)]
     readers = [(node,) for node in chain[1:]] + [softmax_nodes]
     shape_readers: list[ir.Node] = []
     reshaped_readers: list[ir.Node] = []
@@ -52,10 +53,10 @@ def walk_scores(softmax_input: ir.Value, softmax_nodes: tuple[ir.Node, ...]) -> 
         if others or value.is_graph_output():
             who = f"node '{others[0].name}'" if others else "a graph output"
             return f"scores '{value.name}' have another consumer ({who})"
-    steps = tuple(ScoreStep(node, idx) for node, idx in links)
+    steps = tuple(ScoreStep(node, idx, cap) for node, idx, cap in links)
     upcast = any(
         node.op_type == "Cast" and int(node.attributes["to"].value) == ir.DataType.FLOAT
-        for node, _ in links
+        for node, _, _ in links
     ) and qk.outputs[0].dtype not in (None, ir.DataType.FLOAT)
-    reshapes = tuple(node.outputs[0] for node, _ in links if node.op_type in RESHAPES)
+    reshapes = tuple(node.outputs[0] for node, _, _ in links if node.op_type in RESHAPES)
     return ScoreChain(qk, steps, upcast, tuple(shape_readers), reshapes, tuple(reshaped_readers))

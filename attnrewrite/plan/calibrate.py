@@ -35,6 +35,7 @@ class BlockOperands:
     signature: Signature
     scale: float
     window: int | None
+    softcap: float | None = None  # the block's logit soft-cap (its nodes read it)
 
     @property
     def heads(self) -> int:
@@ -91,6 +92,7 @@ def capture(workspace: Workspace, feeds: Mapping[str, np.ndarray]) -> Capture:
                 signature=Signature.of(match),
                 scale=float(match.scale),
                 window=match.window,
+                softcap=match.softcap,
             )
         )
     return Capture(blocks, [arrays[name] for name in outputs])

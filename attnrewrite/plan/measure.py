@@ -56,7 +56,8 @@ class Cost:
 
 
 class Bench:
-    """Candidate nodes in onnxruntime, one session per (candidate, signature, scale, window)."""
+    """Candidate nodes in onnxruntime, one session per (candidate, signature, scale, window,
+    soft-cap)."""
 
     def __init__(self, opset: int, threads: int = 0, repeats: int = REPEATS) -> None:
         self.opset, self.threads, self.repeats = opset, threads, repeats
@@ -85,8 +86,7 @@ class Bench:
         self,
         candidate: Candidate,
         sig: Signature,
-        scale: float,
-        window: int | None,
+        block: BlockOperands,
         mask: str,
         fitted: Mapping[str, np.ndarray],
         arena: bool,
@@ -95,7 +95,7 @@ class Bench:
         arrays inputs fed per block (one session serves them all). Arena-less sessions are
         built once per key and kept for the whole plan; a session with onnxruntime's arena is
         built for one timing and dropped after it, so its buffers never pile up."""
-        key = (candidate.label, sig, scale, window, mask, tuple(fitted))
+        key = (candidate.label, sig, block.scale, block.window, block.softcap, mask, tuple(fitted))
         if not arena and key in self._sessions:
             return self._sessions[key]
         method = get_method(candidate.method, candidate.params)
@@ -104,8 +104,9 @@ class Bench:
         model = node_model(
             method,
             sig,
-            scale=scale,
-            window=window,
+            scale=block.scale,
+            window=block.window,
+            softcap=block.softcap,
             opset=self.opset,
             mask_dtype=np.dtype(mask) if mask else None,
         )
@@ -127,7 +128,7 @@ class Bench:
     ) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
         mask = str(operands[3].dtype) if len(operands) > 3 else ""
         fitted = fitted or {}
-        session = self._session(candidate, sig, block.scale, block.window, mask, fitted, arena)
+        session = self._session(candidate, sig, block, mask, fitted, arena)
         feeds = dict(zip(input_names(sig), operands, strict=True))
         return session, feeds | {k: np.asarray(v, np.float32) for k, v in fitted.items()}
 

@@ -68,6 +68,7 @@ def structure_variant(
         Variant.SCORES_RESHAPED: any(
             view.op(value) in RESHAPES for value in (*scores, *probs.values)
         ),
+        Variant.SOFTCAP: any(view.op(value) == "Tanh" for value in scores),
     }
     form = Variant.SOFTMAX_DECOMPOSED if decomposed else Variant.SOFTMAX
     return (form, operands.key.tag, *(tag for tag, found in tagged.items() if found))

@@ -5,7 +5,9 @@ Every step is elementwise in the scores, or a reshape that keeps the key axis (B
 the ONNX finder checks that. So the chain computes `f(raw)` with `f(raw) = a * raw + f(0)`
 up to positions pushed to a very negative value: `a` is the product of the scalar factors,
 and replaying the other steps on a zero score gives the additive bias (see
-patterns.masks). Which inputs of a step may carry the scores:
+patterns.masks). A logit soft-cap (rules.softcap) is the one step that is not: the chain then
+computes f(c * tanh(a * raw / c)), scale factors before the cap, mask steps after it.
+Which inputs of a step may carry the scores:
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attnrewrite.rules.operands import Factor
+from attnrewrite.rules.softcap import SOFTCAP
 from attnrewrite.rules.view import GraphView, is_scalar
 
 SCORE_INPUTS: dict[str, tuple[int, ...]] = {
@@ -26,6 +29,7 @@ SCORE_INPUTS: dict[str, tuple[int, ...]] = {
 PASS_THROUGH = frozenset({"Cast", "Identity", "Reshape", "Flatten"})  # input 0 is the scores
 RESHAPES = frozenset({"Reshape", "Flatten"})  # steps that regroup whole key rows
 MAX_STEPS = 16
+NOT_COMPUTED = ", not computed by a MatMul"  # the least telling reason: a side input's walk
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,17 @@ class Link:
 
     value: object
     score_input: int
+    cap: float | None = None  # a logit soft-cap's Tanh or its product by the cap
+
+
+@dataclass(frozen=True)
+class Split:
+    """The steps sorted out: the scalar factors whose product multiplies the raw scores (a
+    soft-cap's own c among them), the logit soft-cap, and where the bias steps start."""
+
+    factors: tuple[Factor, ...]
+    softcap: float | None
+    first: int
 
 
 def score_path(view: GraphView, value: object) -> tuple[object, tuple[Link, ...]] | str:
@@ -48,12 +63,25 @@ def score_path(view: GraphView, value: object) -> tuple[object, tuple[Link, ...]
 def _path(view: GraphView, value: object, depth: int) -> tuple[object, list[Link]] | str:
     label = view.label(value)
     if label is None:
-        return f"scores '{view.name(value)}' are a graph input, not computed by a MatMul"
+        return f"scores '{view.name(value)}' are a graph input{NOT_COMPUTED}"
     op = view.op(value)
     if op == "MatMul":
         return value, []
     if depth >= MAX_STEPS:
         return "no Q.K^T MatMul within reach of the Softmax input"
+    capped = SOFTCAP.apply(view, value)
+    if capped is not None:
+        found = _path(view, capped.scores, depth + 1)
+        if isinstance(found, str):
+            return found
+        qk, links = found
+        cap_links = [Link(capped.tanh, 0, capped.cap), Link(value, capped.score_input, capped.cap)]
+        return qk, [*links, *cap_links]
+    if op == "Tanh":
+        return (
+            f"scores pass through {label}, which is not a logit soft-cap c * tanh(s / c) "
+            "(no product by a positive constant scalar c)"
+        )
     if op in PASS_THROUGH:
         candidates: tuple[int, ...] = (0,)
     elif op in SCORE_INPUTS:
@@ -72,28 +100,36 @@ def _path(view: GraphView, value: object, depth: int) -> tuple[object, list[Link
             continue
         found = _path(view, source, depth + 1)
         if isinstance(found, str):
-            reason = reason or found
+            reason = found if not reason or reason.endswith(NOT_COMPUTED) else reason
             continue
         qk, links = found
         return qk, [*links, Link(value, index)]
     return reason
 
 
-def split_steps(view: GraphView, links: Sequence[Link]) -> tuple[list[Factor], int]:
-    """The scalar factors among the steps (their product multiplies the raw scores), and where
-    the bias steps start: at the first step that reads a mask or bias. Replayed on a zero
-    score, the steps from there give the bias (rules.replay); the factors before it scale
-    only the raw scores."""
+def split_steps(view: GraphView, links: Sequence[Link]) -> Split | str:
+    """The scalar factors among the steps (their product multiplies the raw scores), the
+    logit soft-cap, and where the bias steps start: at the first step that reads a mask or
+    bias. Replayed on a zero score, the steps from there give the bias (rules.replay); the
+    factors before it scale only the raw scores. A cap must come before every mask step and
+    after every factor but its own c (the reason otherwise)."""
     factors: list[Factor] = []
     first = len(links)
+    softcap = None
     for i, link in enumerate(links):
         op = view.op(link.value)
         side = view.inputs(link.value)[1 - link.score_input] if op in ("Mul", "Div") else None
-        if side is not None and is_scalar(view, side):
+        if link.cap is not None and op == "Tanh":
+            if first < i:
+                return f"a mask is added to the scores before the logit soft-cap {link.cap:g}"
+            softcap = link.cap
+        elif side is not None and is_scalar(view, side):
+            if softcap is not None and link.cap is None:
+                return f"the scores are scaled again after the logit soft-cap {softcap:g}"
             factors.append(Factor(side, op == "Div", link.value))
         elif op not in PASS_THROUGH:
             first = min(first, i)
-    return factors, first
+    return Split(tuple(factors), softcap, first)
 
 
 def _readers(view: GraphView, value: object) -> int:

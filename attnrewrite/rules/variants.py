@@ -26,6 +26,7 @@ class Variant(StrEnum):
     DROPOUT = "probs:dropout"  # inference dropout on the probabilities
     BATCHED_3D = "batched-3d"  # [B*H, S, d] operands
     SCORES_RESHAPED = "scores:reshaped"  # reshapes of whole key rows between Q.K^T and .V
+    SOFTCAP = "scores:softcap"  # logit soft-capping c * tanh(s / c) (Gemma 2, Grok)
     MASK_UNCLASSIFIED = "mask:unclassified"  # a mask that could not be evaluated
     MASK_WINDOW_UNCHECKED = "mask:window-unchecked"  # a window wider than could be looked for
     ONNX_ATTENTION = "onnx:Attention"  # the ai.onnx Attention op

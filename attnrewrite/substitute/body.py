@@ -139,6 +139,14 @@ def causal_allowed(b: Body, query: ir.Value, key: ir.Value, window: bool) -> ir.
     return allowed
 
 
+def soft_cap(b: Body, scores: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """softcap * tanh(scores / softcap), the cap read from the node's `softcap` attribute."""
+    cap = b.float_attr("softcap")
+    if dtype != ir.DataType.FLOAT:
+        cap = b.op("Cast", cap, to=dtype)
+    return b.op("Mul", b.op("Tanh", b.op("Div", scores, cap)), cap)
+
+
 def to_rank4(b: Body, x: ir.Value, rank: int) -> ir.Value:
     """Rank-3 operands ([B*H, S, d]) gain a unit batch axis; bodies compute on [B, H, S, d]."""
     if rank == 4:

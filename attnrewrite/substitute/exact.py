@@ -5,7 +5,9 @@ Causal attention is computed in ``chunks`` query chunks (reference:
 `attnrewrite.methods.exact`): chunk c of ceil(Sq / chunks) queries multiplies only the keys its
 last query can see (and, with a model window, none before its first query's window), so about
 (chunks - 1) / (2 chunks) of the score matrix, its softmax and its memory are never computed.
-Each chunk is the plain masked softmax of its rows, so the outputs are the same numbers.
+Each chunk is the plain masked softmax of its rows, so the outputs are the same numbers. A logit
+soft-cap (sig.softcap; its value the node's `softcap` attribute) maps each chunk's scaled scores
+to softcap * tanh(s / softcap) before the mask, as the original does.
 Chunk bounds are computed at run time (Slice clamps them), so every length works; chunks past
 the queries are empty tensors. The causal mask is one small additive [rows, keys] tensor per
 chunk (a broadcast Add of 0 / lowest is 2-3x cheaper than a broadcast Where on the scores),
@@ -27,6 +29,7 @@ from attnrewrite.substitute.body import (
     dim,
     dims,
     repeat_kv,
+    soft_cap,
     swap_last_two,
     unsqueeze,
     vec,
@@ -106,6 +109,8 @@ def _attend(
     compute = sig.compute_dtype
     if compute != sig.dtype:
         scores = b.op("Cast", scores, to=compute)
+    if sig.softcap:
+        scores = soft_cap(b, scores, compute)
     keep = bias = None
     if sig.bias == "additive":
         bias = b.op("Cast", mask, to=compute)

@@ -73,6 +73,8 @@ class ResolvedMethod:
             ir.AttrInt64("is_causal", 0),
             ir.AttrInt64("window", 0),
         ]
+        if self.method.softcap:
+            common.append(ir.AttrFloat32("softcap", 1.0))
         return common + [ir.convenience.convert_attribute(k, v) for k, v in self.params.items()]
 
     def overload(self, sig: Signature) -> str:
@@ -96,6 +98,9 @@ class ResolvedMethod:
         method, onnx = self.method, self.method.onnx
         if sig.window and not method.window:
             return f"{self.name} cannot honour a sliding window narrower than the keys"
+        if sig.softcap and not method.softcap:
+            honour = " and ".join(m.name for m in METHODS.values() if m.softcap)
+            return f"logit soft-capping is honoured by {honour} only"
         if sig.bias != "none" and not sig.keywise and not (method.full_bias and onnx.full_bias):
             who = self.name if not method.full_bias else f"the {self.name} body"
             return f"{who} honours only key-wise masks (padding), not per-query biases (ALiBi)"

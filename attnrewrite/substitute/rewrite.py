@@ -228,6 +228,8 @@ def _attention_node(
     }
     if match.window is not None:
         attributes["window"] = int(match.window)
+    if match.softcap is not None:
+        attributes["softcap"] = float(match.softcap)
     return tape.op(
         method.op_type,
         [*inputs, *fitted],

@@ -1,7 +1,8 @@
 """The structural variant of an attention node, which selects its function overload.
 
-Attributes (scale, window, method parameters) are values; whether there is a bias input,
-causality, kv-head repeat and dtype change the body's structure, so each combination gets
+Attributes (scale, window, the soft-cap's value, method parameters) are values; whether there
+is a bias input, causality, a logit soft-cap, kv-head repeat and dtype change the body's
+structure, so each combination gets
 its own overload of the op's function: `ExactAttention` / overload `r4_f32_causal_bias`.
 """
 
@@ -27,6 +28,7 @@ class Signature:
     float32_softmax: bool
     head_dim: int | None = None  # static q/k head dim where known (sketch matrices need it)
     causal_in_bias: bool = False  # the bias hides future keys itself: the body adds no causal mask
+    softcap: bool = False  # scores capped to softcap * tanh(s / softcap) (its value: attribute)
 
     @classmethod
     def of(cls, match: AttentionMatch) -> Signature:
@@ -45,6 +47,7 @@ class Signature:
             nan_guard=match.nan_guard,
             float32_softmax=match.float32_softmax,
             head_dim=match.head_dim,
+            softcap=match.softcap is not None,
         )
 
     @property
@@ -59,6 +62,7 @@ class Signature:
             "keepmask": self.bias == "keep",
             "causal": self.causal,
             "window": self.window,
+            "softcap": self.softcap,
             "gqa": self.kv_repeat,
             "nanguard": self.nan_guard,
             "softmax32": self.float32_softmax and self.dtype != ir.DataType.FLOAT,

@@ -1,6 +1,7 @@
 """One attention node as a model of its own: the unit the planner times and measures.
 
-    query, key, value[, mask][, fitted] -> MultipoleAttention{scale, is_causal, window, params}
+    query, key, value[, mask][, fitted] -> MultipoleAttention{scale, is_causal, window, softcap,
+                                                               params}
       -> output
 
 The node and its function are what the rewrite writes into a model for a block of this
@@ -33,6 +34,7 @@ def node_model(
     *,
     scale: float,
     window: int | None = None,
+    softcap: float | None = None,
     opset: int = 18,
     mask_dtype: np.dtype | None = None,
 ) -> onnx.ModelProto:
@@ -56,6 +58,8 @@ def node_model(
     attributes: dict[str, object] = {"scale": float(scale), "is_causal": int(sig.causal)}
     if window is not None:
         attributes["window"] = int(window)
+    if softcap is not None:
+        attributes["softcap"] = float(softcap)
     node = onnx.helper.make_node(
         method.op_type, names, ["output"], domain=DOMAIN, **attributes, **method.params
     )

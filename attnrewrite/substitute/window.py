@@ -17,6 +17,8 @@ O(n (2 width + sinks) d) rather than O(Sq Skv d):
   model window, whose last row hides the early keys) element by element from its flattened
   [rows * cols] view (broadcast axes indexed at 0, so no O(Sq Skv) copy is made); entries at or
   below half the dtype's lowest value count as -inf (the reference's convention);
+- a logit soft-cap (sig.softcap) maps the scaled scores to softcap * tanh(s / softcap) before
+  the mask, as exact attention does;
 - one MatMul, one softmax over the concatenation, one MatMul; rows with no visible key (queries
   left of every key, fully masked rows) give zeros, the reference's convention.
 
@@ -42,6 +44,7 @@ from attnrewrite.substitute.body import (
     mask_as_rank4,
     mask_logits,
     repeat_kv,
+    soft_cap,
     to_rank4,
     unsqueeze,
     vec,
@@ -133,6 +136,8 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     values = b.op("Gather", value, idx, axis=2)
     scaled = b.op("Mul", qb, b.float_attr("scale"))
     scores = b.op("MatMul", scaled, b.op("Transpose", keys, perm=[0, 1, 2, 4, 3]))
+    if sig.softcap:
+        scores = soft_cap(b, scores, F32)
     minus_inf = b.const(-np.inf, np.float32)
     visible = None
     if logits is None and sig.bias == "none":

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from attnrewrite import methods as references
-from attnrewrite.methods.exact import as_4d, expand_kv, positions_mask
+from attnrewrite.methods.exact import as_4d, expand_kv, positions_mask, soft_cap
 from attnrewrite.rules.replay import Step, replay
 
 
@@ -31,7 +31,8 @@ def fold_causal(bias: Tensor, sq: int, skv: int) -> Tensor:
 
 
 class AttentionBlock(nn.Module):
-    """softmax(scale q k^T + bias [+ causal/window]) v through an attnrewrite method.
+    """softmax(cap(scale q k^T) + bias [+ causal/window]) v through an attnrewrite method
+    (cap: the logit soft-cap ``softcap``, when the model has one).
 
     ``mask_mode``: ``none`` (the graph's mask is the causal/window pattern given by the flags,
     or absent), ``fold`` (causal flag + the mask's key-wise part, see fold_causal), ``full``
@@ -48,6 +49,7 @@ class AttentionBlock(nn.Module):
         steps: tuple[Step, ...],
         k_transposed: bool = False,
         rank: int = 4,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
         self.method = "exact"
@@ -55,6 +57,7 @@ class AttentionBlock(nn.Module):
         self.scale = scale
         self.is_causal = is_causal
         self.window: int | None = None
+        self.softcap = softcap
         self.steps = steps
         self.k_transposed = k_transposed
         self.rank = rank
@@ -65,7 +68,8 @@ class AttentionBlock(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"method={self.method}, params={self.params}, scale={self.scale:.4g}, "
-            f"is_causal={self.is_causal}, window={self.window}, mask={self.mask_mode}"
+            f"is_causal={self.is_causal}, window={self.window}, softcap={self.softcap}, "
+            f"mask={self.mask_mode}"
         )
 
     def raw_bias(self, q: Tensor, side: tuple[Tensor, ...]) -> Tensor | None:
@@ -105,6 +109,7 @@ class AttentionBlock(nn.Module):
                 is_causal=self.is_causal,
                 bias=bias,
                 window=self.window,
+                softcap=self.softcap,
                 **self.params,
             )
         return out.squeeze(1) if self.rank == 3 else out
@@ -112,7 +117,7 @@ class AttentionBlock(nn.Module):
     def plain_exact(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
         """Exact attention as matmul -> mask -> softmax -> matmul (what exporters write)."""
         k, v = expand_kv(k, v, q.shape[1])
-        scores = (q @ k.transpose(-1, -2)) * self.scale
+        scores = soft_cap((q @ k.transpose(-1, -2)) * self.scale, self.softcap)
         low = torch.finfo(scores.dtype).min
         if bias is not None and bias.dtype == torch.bool:
             scores = scores.masked_fill(~bias, low)

@@ -4,8 +4,8 @@ Rules, each small and declarative:
 
 - fused:      aten.scaled_dot_product_attention and its flash / efficient / math / cpu-flash
               variants (SDPA_OPS: where each reads its mask, dropout, is_causal, scale);
-- decomposed: matmul(q, k^T) -> [scale | add | sub | masked_fill | where | cast]* -> softmax
-              -> [cast | inactive dropout]* -> matmul(., v): the ONNX finder's walk down
+- decomposed: matmul(q, k^T) -> [scale | soft-cap | add | sub | masked_fill | where | cast]*
+              -> softmax -> [cast | inactive dropout]* -> matmul(., v): the ONNX finder's walk down
               (rules.probs), reshapes not followed;
 - operands:   scale on q, k or k^T, K^T, grouped-query repeat: the ONNX finder's rules
               (rules.operands), read through the FX view (torch.view);
@@ -80,6 +80,7 @@ class FxCandidate(Candidate[fx.Node, fx.Node]):
     steps: tuple[Step, ...] = ()
     side: tuple[fx.Node, ...] = ()
     is_causal: bool = False
+    softcap: float | None = None  # logit soft-cap c: scores c * tanh(s / c) before the mask
 
 
 class NoMatch(Exception):
@@ -224,11 +225,13 @@ def _attention(
     output, v = probs.pv, probs.pv.args[1]
     if len(shape(v)) != rank:
         raise NoMatch(f"probabilities of rank {rank} multiply a rank-{len(shape(v))} V")
-    steps, side, chain, scale, matmul = walk_scores(scores)
+    walked = walk_scores(scores)
+    chain, matmul = walked.chain, walked.matmul
     found = attention_operands(FX, matmul.args[0], matmul.args[1], v, FX_LAYOUTS)
     q, key, k, v = found.q, found.key, found.key.value, found.v
     q_scale, k_scale = _product(found.q_factors), _product(key.factors)
-    sources = [name for name, s in (("q", q_scale), ("k", k_scale), ("scores", scale)) if s != 1.0]
+    scales = (("q", q_scale), ("k", k_scale), ("scores", walked.scale))
+    sources = [name for name, s in scales if s != 1.0]
     upstream = upstream_scale(FX, q)
     variant = structure_variant(
         FX,
@@ -247,11 +250,12 @@ def _attention(
         k=k,
         k_layout=key.layout,
         v=v,
-        scale=scale * q_scale * k_scale,
+        scale=walked.scale * q_scale * k_scale,
         scale_source="+".join(sources) or "none",
         upstream_scale=_product(upstream),
-        steps=steps,
-        side=side,
+        steps=walked.steps,
+        side=walked.side,
+        softcap=walked.softcap,
         kv_repeat=found.kv_repeat,
         float32_softmax=fp32,
         variant=variant,
@@ -277,13 +281,24 @@ def _product(factors: tuple[Factor, ...] | list[Factor]) -> float:
     return product
 
 
-def walk_scores(
-    node: fx.Node,
-) -> tuple[tuple[Step, ...], tuple[fx.Node, ...], list[fx.Node], float, fx.Node]:
-    """From the softmax input up to Q.K^T (rules.scores): (steps, side tensors, chain, scale,
-    matmul). The constant factors make the scale; the steps from the first that reads a mask
-    are what the block replays (rules.replay) on the side tensors. The chain lists the
-    nodes, last first."""
+@dataclass(frozen=True)
+class Scores:
+    """The walk from a softmax input up to Q.K^T: the bias steps the block replays and the
+    tensors they read, the nodes walked through (last first), the scale, the logit soft-cap
+    and the Q.K^T matmul."""
+
+    steps: tuple[Step, ...]
+    side: tuple[fx.Node, ...]
+    chain: list[fx.Node]
+    scale: float
+    softcap: float | None
+    matmul: fx.Node
+
+
+def walk_scores(node: fx.Node) -> Scores:
+    """From the softmax input up to Q.K^T (rules.scores). The constant factors make the scale
+    (a soft-cap's c among them, see rules.softcap); the steps from the first that reads a mask
+    are what the block replays (rules.replay) on the side tensors."""
     path = score_path(FX, node)
     if isinstance(path, str):
         raise NoMatch(path)
@@ -293,16 +308,18 @@ def walk_scores(
             sole_user(link.value, "attention scores")
         if FX.op(link.value) in RESHAPES:  # the block computes in q's shape
             raise NoMatch(f"{FX.label(link.value)} between Q.K^T and softmax")
-    factors, first = split_steps(FX, links)
+    split = split_steps(FX, links)
+    if isinstance(split, str):
+        raise NoMatch(split)
     steps: list[Step] = []
     side: list[fx.Node] = []
-    for link in links[first:]:
+    for link in links[split.first :]:
         found = _step(link)
         if found is not None:
             steps.append(found[0])
             side.extend(found[1])
     chain = [link.value for link in reversed(links)]
-    return tuple(steps), tuple(side), chain, _product(factors), matmul
+    return Scores(tuple(steps), tuple(side), chain, _product(split.factors), split.softcap, matmul)
 
 
 def _step(link: Link) -> tuple[Step, tuple[fx.Node, ...]] | None:

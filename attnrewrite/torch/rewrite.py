@@ -193,6 +193,7 @@ def _substitute(gm: fx.GraphModule, index: int, c: FxCandidate) -> Placed:
         steps=c.steps,
         k_transposed=c.k_layout == Layout.BHDS,
         rank=len(shape(c.q)),
+        softcap=c.softcap,
     )
     name = f"attnrewrite_{index}"
     gm.add_submodule(name, block)
@@ -314,7 +315,7 @@ def _settle(
         )
     block.is_causal, block.window, block.mask_mode = plan.is_causal, plan.window, plan.mode
     reference = references.get("exact")(
-        q, k, v, scale=block.scale, is_causal=cand.is_causal, bias=raw
+        q, k, v, scale=block.scale, is_causal=cand.is_causal, bias=raw, softcap=block.softcap
     )
     planned = _block_bias(block, raw, sq, skv)
     if not torch.allclose(_run(block, "exact", {}, q, k, v, planned), reference, atol=1e-5):
@@ -346,6 +347,7 @@ def _settle(
         mask=plan.kind,
         bias=Bias(steps=cand.steps) if plan.mode != "none" else None,
         window=plan.window,
+        softcap=block.softcap,
         q_heads=hq,
         kv_heads=hkv,
         head_dim=d,
@@ -385,5 +387,6 @@ def _run(
             is_causal=block.is_causal,
             bias=bias,
             window=block.window,
+            softcap=block.softcap,
             **params,
         )

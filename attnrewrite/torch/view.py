@@ -50,6 +50,7 @@ OPS: dict[object, str] = {
     aten.alias.default: "Identity",
     aten.dropout.default: "Dropout",  # (x, p, train): identity unless training
     aten.exp.default: "Exp",
+    aten.tanh.default: "Tanh",
     aten.sum.dim_IntList: "ReduceSum",
     aten.amax.default: "ReduceMax",
 }

@@ -134,6 +134,7 @@ def group(
     scale: float | None = None,
     cross: bool = False,
     window: int | None = None,
+    softcap: float | None = None,
 ) -> dict[str, Any]:
     if causal is None:
         causal = mask.startswith("causal") or mask == "sliding_window"
@@ -147,6 +148,7 @@ def group(
         "scale": float(head_dim**-0.5 if scale is None else scale),
         "cross": cross,
         **({"window": window} if window is not None else {}),
+        **({"softcap": softcap} if softcap is not None else {}),
     }
 
 
@@ -430,13 +432,43 @@ GEMMA_HEAD_DIM = 2 * HEAD_DIM  # heads x head dim wider than the hidden size, as
 GEMMA_QUERY_SCALAR = 24  # scale 24^-0.5, not head_dim^-0.5: read from the graph, not assumed
 
 
+# Gemma 2's cap is 50; weights of a trained model's size (not the 0.02 of a fresh one) give
+# the tiny model scores that this cap bends, so a rewrite that dropped it shows.
+GEMMA2_SOFTCAP = 2.0
+GEMMA2_INIT = 0.5
+
+
 def hf_gemma3(impl: str) -> Callable[[], Built]:
     """Gemma 3's layout: a sliding-window layer and a full one, q/k RMS norms, a head dim
     decoupled from the hidden size and the scale from query_pre_attn_scalar."""
+    notes = f"layer 0 sliding window {SLIDING_WINDOW}, layer 1 full; q/k norms"
+    return _gemma(transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, impl, notes)
+
+
+def hf_gemma2(impl: str) -> Callable[[], Built]:
+    """Gemma 2: Gemma 3's layout without the q/k norms, with logit soft-capping
+    (cap * tanh(s / cap) before the mask). transformers builds it with eager attention only
+    (its sdpa takes no cap): the sdpa entries record that refusal."""
+    notes = (
+        f"layer 0 sliding window {SLIDING_WINDOW}, layer 1 full; logit soft-cap {GEMMA2_SOFTCAP}"
+    )
+    model = transformers.Gemma2ForCausalLM
+    return _gemma(
+        transformers.Gemma2Config,
+        model,
+        impl,
+        notes,
+        attn_logit_softcapping=GEMMA2_SOFTCAP,
+        initializer_range=GEMMA2_INIT,
+    )
+
+
+def _gemma(config: type, model: type, impl: str, notes: str, **more: float) -> Callable[[], Built]:
+    """Gemma 3's layout in `config` (with `more` settings), the expected groups as it says."""
 
     def build() -> Built:
         _seeded()
-        cfg = transformers.Gemma3TextConfig(
+        cfg = config(
             **LM_SHAPE,
             num_key_value_heads=KV_HEADS_GQA,
             head_dim=GEMMA_HEAD_DIM,
@@ -444,16 +476,19 @@ def hf_gemma3(impl: str) -> Callable[[], Built]:
             sliding_window=SLIDING_WINDOW,
             layer_types=["sliding_attention", "full_attention"],
             attn_implementation=impl,
+            **more,
         )
         common = dict(
-            kv_heads=KV_HEADS_GQA, head_dim=GEMMA_HEAD_DIM, scale=GEMMA_QUERY_SCALAR**-0.5
+            kv_heads=KV_HEADS_GQA,
+            head_dim=GEMMA_HEAD_DIM,
+            scale=GEMMA_QUERY_SCALAR**-0.5,
+            softcap=more.get("attn_logit_softcapping"),
         )
         want = expected(
             group(1, "causal_padding", window=SLIDING_WINDOW, **common),
             group(1, "causal_padding", **common),
         )
-        notes = f"layer 0 sliding window {SLIDING_WINDOW}, layer 1 full; q/k norms"
-        return padded_lm(transformers.Gemma3ForCausalLM(cfg), want, notes)
+        return padded_lm(model(cfg), want, notes)
 
     return build
 
@@ -1051,6 +1086,7 @@ def all_specs() -> list[Spec]:
             add(f"{arch}_{impl}", "transformers", arch, impl, hf_causal_lm(arch, impl), ex)
         add(f"qwen2sw_{impl}", "transformers", "qwen2", impl, hf_qwen2_sliding(impl), std)
         add(f"gemma3_{impl}", "transformers", "gemma3", impl, hf_gemma3(impl), std)
+        add(f"gemma2_{impl}", "transformers", "gemma2", impl, hf_gemma2(impl), std)
         if impl == "eager":  # opset-12 exports (Softmax(axis=3), converted on load)
             old = [("torchscript", 12)]
             for arch in ("gpt2", "bert", "distilbert"):

@@ -87,10 +87,12 @@ def expect(
     head_dim: int = D,
     scale: float = SCALE,
     cross: bool = False,
+    softcap: float | None = None,
 ) -> dict:
     """Description of one attention block."""
     assert mask in MASK_KINDS, mask
     return {
+        "softcap": softcap,
         "mask": mask,
         "window": window,
         "q_heads": q_heads,
@@ -1641,6 +1643,86 @@ def wide_window_cases() -> list[Case]:
         ),
     ]
     return [dataclasses.replace(case, lengths=lengths) for case in cases]
+
+
+# --------------------------------------------------------------------------- 15b logit soft-cap
+
+SOFTCAP = 2.0  # small against scores of about +-3, so a rewrite that dropped it shows
+
+
+def soft_cap(inner: str = "div", *, cap_first: bool = False, scale: float = 1.0) -> Masker:
+    """Gemma 2's logit soft-cap on the scores: cap * tanh(scale * s / cap), the division
+    written as Div by cap ("div") or Mul by scale / cap ("mul": the scale folded into it,
+    as flash-attention writes softcap); the cap first in the product with `cap_first`."""
+
+    def apply(b: Builder, s: str) -> str:
+        if inner == "div":
+            s = b.op("Div", s, b.scalar(SOFTCAP / scale))
+        else:
+            s = b.op("Mul", s, b.scalar(scale / SOFTCAP))
+        t = b.op("Tanh", s)
+        return b.op("Mul", b.scalar(SOFTCAP), t) if cap_first else b.op("Mul", t, b.scalar(SOFTCAP))
+
+    return apply
+
+
+@register
+def softcap_variants() -> list[Case]:
+    def gemma2(b, x):
+        q, k, v = qkv_heads(b, x, kv_heads=KVH)
+        k, v = repeat_kv(b, k, H // KVH), repeat_kv(b, v, H // KVH)
+        mask = chain(soft_cap(), add_bias(causal_bias_range))
+        return attend(b, q, k, v, scale="mul", mask=mask)
+
+    def windowed(b, x):
+        mask = chain(soft_cap(cap_first=True), add_bias(sliding_bias(3), first=True))
+        return attend(b, *qkv_heads(b, x), scale="div", mask=mask)
+
+    def folded(b, x):
+        mask = chain(soft_cap("mul", scale=SCALE), add_bias(causal_bias_range))
+        return attend(b, *qkv_heads(b, x), scale=None, mask=mask)
+
+    def per_head(b, x):  # a Tanh times a [1, H, 1, 1] tensor: no scalar cap
+        def capped(b: Builder, s: str) -> str:
+            return b.op("Mul", b.op("Tanh", s), b.const(np.full((1, H, 1, 1), SOFTCAP)))
+
+        return attend(b, *qkv_heads(b, x), mask=chain(capped, add_bias(causal_bias_range)))
+
+    b = Builder("tanh_not_a_softcap", seed=93)
+    out_proj(b, per_head(b, hidden_input(b)).ctx)
+    m = b.model()
+    return [
+        simple_case(
+            "softcap_gemma2",
+            expect("causal", kv_heads=KVH, softcap=SOFTCAP),
+            seed=90,
+            body=gemma2,
+            note="Gemma 2: (scores * scale) / cap -> Tanh -> * cap, then the causal mask; GQA",
+        ),
+        simple_case(
+            "softcap_sliding_cap_first",
+            expect("sliding_window", window=3, softcap=SOFTCAP),
+            seed=91,
+            body=windowed,
+            note="cap * Tanh(scores / sqrt(d) / cap), the band mask added first",
+        ),
+        simple_case(
+            "softcap_scale_folded",
+            expect("causal", softcap=SOFTCAP),
+            seed=92,
+            body=folded,
+            note="cap * Tanh(scores * (scale / cap)): the scale folded into the cap's division",
+        ),
+        Case(
+            "tanh_not_a_softcap",
+            m,
+            0,
+            refuse("not a logit soft-cap"),
+            auto_feeds(m, 93),
+            True,
+            "NEGATIVE: Tanh(scores) times a per-head [1, H, 1, 1] tensor, not a scalar cap",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- 16 decomposed softmax

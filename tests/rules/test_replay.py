@@ -33,7 +33,8 @@ def test_fx_steps_replay_in_torch_to_what_the_graph_adds() -> None:
     q, kt = torch.randn(B, H, S, D), torch.randn(B, H, D, S)
     masks = (torch.from_numpy(HIDE), torch.from_numpy(KEEP), torch.from_numpy(BIAS))
     out = fx_output(scores, q, kt, *masks)
-    steps, side, *_ = walk_scores(out)
+    walked = walk_scores(out)
+    steps, side = walked.steps, walked.side
     inputs = [fx_input(out, i) for i in range(5)]
     tensors = iter([masks[inputs.index(node) - 2] for node in side])
     bias = replay(steps, lambda i, j: next(tensors), q.new_zeros(()), torch)

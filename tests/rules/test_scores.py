@@ -55,14 +55,14 @@ def test_fx_finds_the_same_steps_and_replays_them() -> None:
     path = score_path(FX, out)
     assert FX.op(path[0]) == "MatMul"
     assert _links(FX, path) == [("Div", 0), ("Where", 2), ("Where", 1), ("Add", 0)]
-    steps, side, chain, scale, matmul = walk_scores(out)
-    assert steps == (  # from the first mask: the scale before it is the scale alone
+    walked = walk_scores(out)
+    assert walked.steps == (  # from the first mask: the scale before it is the scale alone
         Step("Where", 2, (None, -1e4, None)),
         Step("Where", 1, (None, None, 0.0)),
         Step("Add", 0, (None, None)),
     )
-    assert (scale, matmul, chain[0]) == (0.5, path[0], out)
-    assert len(side) == 3  # the two masks and the bias
+    assert (walked.scale, walked.matmul, walked.chain[0]) == (0.5, path[0], out)
+    assert len(walked.side) == 3  # the two masks and the bias
 
 
 def test_a_step_that_is_no_scale_or_mask_is_refused() -> None:
@@ -73,17 +73,15 @@ def test_a_step_that_is_no_scale_or_mask_is_refused() -> None:
         ],
         INPUTS,
     )
-    assert (
-        score_path(ONNX, values["out"])
-        == "scores pass through Tanh '', which is not a scale or mask"
+    assert score_path(ONNX, values["out"]).startswith(
+        "scores pass through Tanh '', which is not a logit soft-cap c * tanh(s / c)"
     )
     assert "graph input" in score_path(ONNX, values["q"])
     out = fx_output(
-        lambda q, kt: torch.tanh(q @ kt), torch.randn(*INPUTS["q"]), torch.randn(*INPUTS["kt"])
+        lambda q, kt: torch.exp(q @ kt), torch.randn(*INPUTS["q"]), torch.randn(*INPUTS["kt"])
     )
     assert (
-        score_path(FX, out)
-        == f"scores pass through tanh '{out.name}', which is not a scale or mask"
+        score_path(FX, out) == f"scores pass through exp '{out.name}', which is not a scale or mask"
     )
     out = fx_output(
         lambda q, kt, w: (q @ kt) * w, *(torch.randn(*INPUTS[n]) for n in ("q", "kt", "bias"))

@@ -45,6 +45,14 @@ def transformer(
             use_cache=use_cache, attn_implementation=impl,
         )  # fmt: skip
         model = T.LlamaForCausalLM(cfg)
+    elif arch == "gemma2":  # logit soft-capping; weights large enough that the cap bends
+        cfg = T.Gemma2Config(
+            vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=4, query_pre_attn_scalar=4,
+            attn_logit_softcapping=1.5, initializer_range=0.5, max_position_embeddings=32,
+            use_cache=use_cache, attn_implementation=impl,
+        )  # fmt: skip
+        model = T.Gemma2ForCausalLM(cfg)
     elif arch == "bert":
         cfg = T.BertConfig(
             vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -64,7 +72,8 @@ class HandAttention(nn.Module):
     `window` keys), "alibi" (causal + a per-query distance bias), "keep" (where(tril, s, -inf));
     kv_heads < heads: grouped-query by repeat_interleave; bmm: 3-D [B*H, S, d] scores;
     k_stored_t: K kept transposed by its projection; sdpa: F.scaled_dot_product_attention;
-    fill: what the "tril" mask writes over hidden scores (-inf, finfo.min, -1e4, ...).
+    fill: what the "tril" mask writes over hidden scores (-inf, finfo.min, -1e4, ...);
+    softcap: Gemma 2's logit soft-cap, softcap * tanh(scores / softcap) before the mask.
     """
 
     def __init__(
@@ -80,6 +89,7 @@ class HandAttention(nn.Module):
         sdpa: bool = False,
         extra_softmax: bool = False,
         fill: float = float("-inf"),
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
         self.dim, self.heads, self.kv_heads = dim, heads, kv_heads or heads
@@ -90,7 +100,7 @@ class HandAttention(nn.Module):
         self.register_buffer("tril", torch.tril(torch.ones(16, 16)))
         self.scale_on, self.mask, self.window = scale_on, mask, window
         self.bmm, self.k_stored_t, self.sdpa = bmm, k_stored_t, sdpa
-        self.extra_softmax, self.fill = extra_softmax, fill
+        self.extra_softmax, self.fill, self.softcap = extra_softmax, fill, softcap
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
@@ -114,6 +124,8 @@ class HandAttention(nn.Module):
             scores = q @ (kt * c)
         else:
             scores = (q @ kt) / torch.full([], math.sqrt(self.hd))
+        if self.softcap is not None:
+            scores = self.softcap * torch.tanh(scores / self.softcap)
         i = torch.arange(s)
         if self.mask == "tril":
             scores = scores.masked_fill(self.tril[:s, :s] == 0, self.fill)

@@ -39,6 +39,17 @@ def test_exact_export_of_a_trained_transformer(tmp_path: Path) -> None:
     np.testing.assert_allclose(logits, fast(**inputs).logits.detach().numpy(), atol=1e-5)
 
 
+def test_a_soft_capped_model_exports_with_its_cap(tmp_path: Path) -> None:
+    model = transformer("gemma2", "eager")
+    inputs = batch(labels=False)
+    fast = art.rewrite(model, inputs, "exact", strict=False)
+    report = art.export_onnx(fast, inputs, tmp_path / "fast.onnx")
+    assert _attnrewrite_ops(tmp_path / "fast.onnx") == ["ExactAttention"]
+    assert report["blocks"][0]["softcap"] == 1.5
+    [logits] = _ort(tmp_path / "fast.onnx", {k: v.numpy() for k, v in inputs.items()})
+    np.testing.assert_allclose(logits, model(**inputs).logits.detach().numpy(), atol=1e-5)
+
+
 def test_export_refuses_a_plain_module(tmp_path: Path) -> None:
     with pytest.raises(art.AttnRewriteError, match="module returned by"):
         art.export_onnx(HandAttention(), (torch.randn(1, 3, 8),), tmp_path / "x.onnx")

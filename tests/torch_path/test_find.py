@@ -36,6 +36,7 @@ FORMS = {  # kwargs -> (mask kind, window, scale source, variant tag)
         Variant.KV_REPEAT,
     ),
     "bmm_3d": ({"bmm": True}, MaskKind.CAUSAL, None, "q", None),
+    "softcap": ({"softcap": 0.5}, MaskKind.CAUSAL, None, "q", Variant.SOFTCAP),
     "k_stored_transposed": (
         {"k_stored_t": True},
         MaskKind.CAUSAL,
@@ -76,6 +77,26 @@ def test_form_is_matched_and_exact(name: str) -> None:
     )
     torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-6)
     assert set(m.describe()) >= {"mask", "scale", "window", "q_heads", "kv_heads", "variant"}
+
+
+def test_a_soft_cap_is_honoured_by_exact_and_window_and_kept_exact_by_the_others() -> None:
+    torch.manual_seed(0)
+    model = HandAttention(softcap=0.5).eval()
+    uncapped = HandAttention().eval()
+    uncapped.load_state_dict(model.state_dict())
+    assert (model(X) - uncapped(X)).abs().max() > 1e-2  # the cap shows in the outputs
+    for method, params in (("exact", {}), ("window", {"width": 16, "sinks": 0})):
+        fast = art.rewrite(model, (X,), method, strict=False, **params)
+        [rewritten] = fast.matches
+        assert (rewritten.method, rewritten.fallback) == (method, None)
+        assert rewritten.match.softcap == 0.5 and rewritten.describe()["softcap"] == 0.5
+        torch.testing.assert_close(fast(X), model(X), rtol=1e-5, atol=1e-6)
+    fast = art.rewrite(model, (X,), "multipole", strict=False)
+    [rewritten] = fast.matches
+    assert rewritten.fallback == (
+        "multipole cannot run this block: multipole cannot honour logit soft-capping"
+    )
+    torch.testing.assert_close(fast(X), model(X), rtol=1e-5, atol=1e-6)
 
 
 def test_the_record_is_the_onnx_finders_match_naming_fx_nodes() -> None:

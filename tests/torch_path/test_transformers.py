@@ -16,6 +16,7 @@ CASES = {  # (arch, attn_implementation) -> (mask kind, q heads, kv heads, varia
     ("llama", "eager"): (MaskKind.CAUSAL_PADDING, 4, 2, Variant.KV_REPEAT),
     ("llama", "sdpa"): (MaskKind.CAUSAL_PADDING, 4, 2, Variant.SDPA),
     ("bert", "sdpa"): (MaskKind.PADDING, 2, 2, Variant.SDPA),
+    ("gemma2", "eager"): (MaskKind.CAUSAL_PADDING, 4, 2, Variant.SOFTCAP),
 }
 
 
