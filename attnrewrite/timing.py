@@ -65,14 +65,10 @@ def cpu_options(threads: int, arena: bool = False) -> ort.SessionOptions:
     8k: the original peaks at 6 GB alone; a report with arenas kept 18.7 GB, a plan passed
     24 GB). Without it every run pays the page faults of its large buffers (one attention
     node at n = 4096 ran 1.5-3x slower), which slows the original's whole-score attention
-    most; ``arena`` times a model as onnxruntime runs it by default. Without the arena the
-    memory pattern goes too: it allocates one block for all of a run's intermediate tensors,
-    whose lifetimes it does not overlap as well as freeing each tensor when done does
-    (SmolLM2 at 4096, one session: peak 3.07 GiB with it, 2.09 without)."""
+    most; ``arena`` times a model as onnxruntime runs it by default."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_cpu_mem_arena = arena
-    options.enable_mem_pattern = arena
     options.log_severity_level = 3
     return options
 
