@@ -28,7 +28,12 @@ from attnrewrite.match import FindResult
 from attnrewrite.patterns import find_attention
 from attnrewrite.repair import repairs
 from attnrewrite.substitute.methods import ResolvedMethod
-from attnrewrite.substitute.rewrite import HeadGroup, SubstituteResult, substitute
+from attnrewrite.substitute.rewrite import (
+    HeadGroup,
+    SubstituteResult,
+    kept_exact_note,
+    substitute,
+)
 from attnrewrite.verify import Parity, compare
 
 MODEL_FILE = "model.onnx"
@@ -185,8 +190,7 @@ def _summary(report: dict, parity: Parity | None, out_dir: Path, strict: bool, a
         f"rewrote {counts['rewritten']}/{counts['attention_blocks']} attention blocks with "
         f"{report['method']['name']}"
     )
-    if counts["kept_exact"]:
-        line += f" ({counts['kept_exact']} kept exact: the method cannot honour their mask)"
+    line += kept_exact_note(m.get("fallback") for m in report["matches"])
     if report.get("repaired_on_load"):
         line += f" (input repaired on load: {'; '.join(report['repaired_on_load'])})"
     if counts["not_rewritten"]:

@@ -10,7 +10,8 @@ untouched (still exact) and reported; the others are still rewritten.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -457,3 +458,12 @@ def _remove_dead(graph: ir.Graph | ir.Function, seeds: Sequence[ir.Node]) -> Non
         producers = [v.producer() for v in node.inputs if v is not None and v.producer()]
         graph.remove(node, safe=True)
         work.extend(p for p in producers if p is not None)
+
+
+def kept_exact_note(fallbacks: Iterable[str | None]) -> str:
+    """' (N kept exact: count x reason; ...)' for the summary line, '' when none was."""
+    reasons = Counter(f for f in fallbacks if f is not None)
+    if not reasons:
+        return ""
+    why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
+    return f" ({reasons.total()} kept exact: {why})"

@@ -17,6 +17,7 @@ from attnrewrite import __version__
 from attnrewrite.errors import AttnRewriteError, VerificationError
 from attnrewrite.export import staged_directory
 from attnrewrite.pipeline import RECORD_FILE
+from attnrewrite.substitute.rewrite import kept_exact_note
 from attnrewrite.torch import archive
 from attnrewrite.torch.onnx_export import export_onnx
 from attnrewrite.torch.rewrite import TorchRewrite, rewrite
@@ -114,10 +115,8 @@ def _parity(
 
 
 def _summary(fast: TorchRewrite, parity: float, out_dir: Path) -> str:
-    kept = sum(m.fallback is not None for m in fast.matches)
     line = f"rewrote {len(fast.matches)} attention blocks with {fast.method}"
-    if kept:
-        line += f" ({kept} kept exact: the method cannot honour their mask)"
+    line += kept_exact_note(m.fallback for m in fast.matches)
     if fast.refusals:
         line += f", {len(fast.refusals)} softmax op(s) not rewritten (see rewrite.json)"
     line += f"; max rel error {parity:.1e} on the program's example inputs"
