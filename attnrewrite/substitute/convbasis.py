@@ -4,8 +4,9 @@ recovery="topk", in standard ops (DFT from opset 17; its axis is an input from o
 Per triangle (the causal lower part; bidirectional adds the strictly-upper part, reversed):
 
 1. jumps: column c's first ``probe`` entries against the nearest weighted column to its left at
-   the same distances, rows gathered with Gather/GatherND (O(n T d)); the ``bases`` - 1 largest
-   jumps plus the first weighted column are the change points (TopK, sorted);
+   the same distances, read from one band of scores (`_Triangle.band`: blocked MatMuls, no
+   copy of T query rows per column); the ``bases`` - 1 largest jumps plus the first weighted
+   column are the change points (TopK, sorted);
 2. profiles: the change-point columns' scores down their diagonals, one MatMul of those keys
    with every query and a GatherElements (rows above the first query, KV cache: the first
    query's row along the same diagonal), masked to -inf outside the window / the rows;
@@ -59,8 +60,9 @@ from attnrewrite.substitute.signature import Signature
 FLOOR = -1e30  # the reference's clamp: a shift below FLOOR / 2 means "nothing recovered"
 BIG = 2**62
 FFT_DTYPE = ir.DataType.DOUBLE  # float32 transforms: ~3e-5 off on the first causal rows at n = 200
-DIRECT_CHUNKS = 8  # column chunks of transform="direct" (each wastes its square's upper half)
+DIRECT_CHUNKS = 16  # column chunks of transform="direct" (each wastes its square's upper half)
 DIRECT_CHUNK_ENTRIES = 1 << 24  # and at most this many kernel entries a head per chunk (64 MB)
+BAND_BLOCK = 32  # key columns a block of the probe band's products (at least ``probe``)
 
 
 class _Ops:
@@ -160,7 +162,6 @@ class _Triangle:
         top_row = b.op("Sub", self.rows, o.s(1))
         if self.real is None:
             left = b.op("Sub", cols, o.s(1))  # [C-1]
-            k_left = o.slice(self.k, 0, -1, 2)
             first = b.op("Expand", o.i(0), b.op("Concat", self.lead, o.i(1), axis=0))
         else:
             idx = b.op("Range", o.s(0), self.cols, o.s(1))
@@ -194,7 +195,6 @@ class _Triangle:
             left = o.slice(last, 0, -1, 2)  # [B, H, C-1]
             has_left = b.op("GreaterOrEqual", left, o.s(0))
             left = o.clip(left, o.s(0), None)
-            k_left = self._gather_rows(self.k, left)
             total = o.slice(count, -1, BIG, 2)
             first = o.where(
                 b.op("Greater", total, o.s(0)),
@@ -215,17 +215,13 @@ class _Triangle:
         extra = self.in_range(t)
         if extra is not None:
             ok = b.op("And", ok, extra)
+        band = self.band(probe)
         if self.real is None:
-            cur, prev = self._neighbour_probes(probe, left_rows, top_row)
+            cur, prev = self._neighbour_probes(band, probe, left_rows, top_row)
         else:
-            q_cur = self._gather_rows(self.q, o.clip(cur_rows, o.s(0), top_row))
-            q_left = self._gather_rows(self.q, o.clip(left_rows, o.s(0), top_row))
-            k_cur = o.slice(self.k, 1, BIG, 2)
-            cur = b.op("MatMul", q_cur, b.op("Unsqueeze", k_cur, o.i(-1)))  # [B, H, C-1, T, 1]
-            prev = b.op("MatMul", q_left, b.op("Unsqueeze", k_left, o.i(-1)))
-        diff = b.op("Abs", b.op("Sub", cur, prev))
-        diff = o.where(b.op("Unsqueeze", ok, o.i(-1)), diff, o.f(0.0))
-        score = b.reduce("ReduceMax", diff, [-2, -1], keepdims=0)  # [B, H, C-1]
+            cur, prev = self._weighted_probes(band, left, t0, cur_rows, left_rows, top_row)
+        diff = o.where(ok, b.op("Abs", b.op("Sub", cur, prev)), o.f(0.0))
+        score = b.reduce("ReduceMax", diff, [-1], keepdims=0)  # [B, H, C-1]
         hidden = b.op("GreaterOrEqual", cols, self.live)
         if self.real is not None:
             no_left = b.op("Not", has_left)
@@ -239,23 +235,84 @@ class _Triangle:
         count = b.op("Add", picks_n, o.s(1))
         return o.topk(points, count, largest=0, values=True)
 
+    def band(self, probe: ir.Value) -> ir.Value:
+        """[B, H, C, T]: column c's scores at distances t_min + p (p < T = probe) from its
+        diagonal, q[c + t_min - r0 + p] . k[c] (zero where that row does not exist).
+
+        Products of blocks of Bk key columns with the 2 Bk query rows they reach (O(C Bk d)),
+        then the skew trick (each block's [Bk, 2 Bk] product flattened and read back 2 Bk + 1
+        wide, so row a starts at its own column a). Gathering T query rows per column instead
+        (O(C T d) copied, in d-float pieces) was most of the node's time outside the Toeplitz
+        products at n = 2048, and its buffer the node's largest.
+        """
+        o, b = self.o, self.o.b
+        bk = b.op("Max", probe, o.s(BAND_BLOCK))
+        blocks = b.op("Div", b.op("Add", self.cols, b.op("Sub", bk, o.s(1))), bk)
+        padded = b.op("Mul", blocks, bk)
+
+        def vec(*values: ir.Value) -> ir.Value:
+            return b.op("Concat", *(b.op("Reshape", v, o.i(1)) for v in values), axis=0)
+
+        def rows_pad(x: ir.Value, front: ir.Value, back: ir.Value) -> ir.Value:
+            pads = b.op("Concat", o.i(0, 0), vec(front), o.i(0, 0, 0), vec(back), o.i(0), axis=0)
+            return b.op("Pad", x, pads)
+
+        keys = rows_pad(self.k, o.s(0), b.op("Sub", padded, self.cols))
+        # row c of `aligned` is query c + t_min - r0 (zeros where there is none)
+        first = o.clip(b.op("Sub", o.s(self.t_min), self.r0), o.s(0), None)
+        front = o.clip(b.op("Sub", self.r0, o.s(self.t_min)), o.s(0), None)
+        queries = o.slice(self.q, first, BIG, 2)
+        need = b.op("Add", padded, bk)
+        back = o.clip(b.op("Sub", need, b.op("Add", front, o.dim(queries, 2))), o.s(0), None)
+        aligned = o.slice(rows_pad(queries, front, back), 0, need, 2)
+        aligned = b.op(
+            "Reshape",
+            aligned,
+            b.op("Concat", self.lead, vec(b.op("Add", blocks, o.s(1)), bk), o.i(-1), axis=0),
+        )
+        pairs = b.op(
+            "Concat", o.slice(aligned, 0, blocks, 2), o.slice(aligned, 1, BIG, 2), axis=3
+        )  # [B, H, blocks, 2 Bk, d]
+        keys = b.op("Reshape", keys, b.op("Concat", self.lead, vec(blocks, bk), o.i(-1), axis=0))
+        products = b.op("MatMul", keys, b.op("Transpose", pairs, perm=[0, 1, 2, 4, 3]))
+        flat = b.op("Reshape", products, b.op("Concat", self.lead, vec(blocks), o.i(-1), axis=0))
+        flat = b.op("Pad", flat, b.op("Concat", o.i(0, 0, 0, 0, 0, 0, 0), vec(bk), axis=0))
+        skewed = b.op(
+            "Reshape",
+            flat,
+            b.op(
+                "Concat",
+                self.lead,
+                vec(blocks, bk, b.op("Add", b.op("Add", bk, bk), o.s(1))),
+                axis=0,
+            ),
+        )  # [B, H, blocks, Bk, 2 Bk + 1]: entry (a, p) is key a against query a + p
+        band = o.slice(skewed, 0, probe, 4)
+        band = b.op("Reshape", band, b.op("Concat", self.lead, o.i(-1), vec(probe), axis=0))
+        return o.slice(band, 0, self.cols, 2)
+
     def _neighbour_probes(
-        self, probe: ir.Value, left_rows: ir.Value, top_row: ir.Value
+        self, band: ir.Value, probe: ir.Value, left_rows: ir.Value, top_row: ir.Value
     ) -> tuple[ir.Value, ir.Value]:
         """Every key weighted: (column c's probes, column c - 1's at c's distances), c >= 1,
-        [B, H, C-1, T, 1]. Column c probes from distance tau(c) = max(r0 - c + 1, t_min); where
-        tau(c - 1) = tau(c) (c > r0 + 1 - t_min: all but the first column of self-attention)
-        the left column's probes are its own, so only the first columns are probed twice."""
+        [B, H, C-1, T]. Column c probes from distance tau(c) = max(r0 - c + 1, t_min): the band
+        from column r0 + 1 - t_min on; the columns before it (r0 > 0) probe query rows 1 .. T.
+        Where tau(c - 1) = tau(c) the left column's probes are its own, so only the first
+        columns are probed twice."""
         o, b = self.o, self.o.b
-        cols = b.op("Range", o.s(0), self.cols, o.s(1))  # [C]
-        tau = o.clip(b.op("Sub", b.op("Add", self.r0, o.s(1)), cols), o.s(self.t_min), None)
-        rows = b.op(
-            "Add",
-            b.op("Unsqueeze", b.op("Sub", b.op("Add", cols, tau), self.r0), o.i(-1)),
-            b.op("Range", o.s(0), probe, o.s(1)),
-        )  # [C, T]
-        q_rows = b.op("Gather", self.q, o.clip(rows, o.s(0), top_row), axis=2)
-        own = b.op("MatMul", q_rows, b.op("Unsqueeze", self.k, o.i(-1)))  # [B, H, C, T, 1]
+        early = o.clip(
+            b.op("Sub", b.op("Add", self.r0, o.s(1)), o.s(self.t_min)), o.s(0), self.cols
+        )
+        top = b.op(
+            "Gather",
+            self.q,
+            o.clip(b.op("Range", o.s(1), b.op("Add", probe, o.s(1)), o.s(1)), o.s(0), top_row),
+            axis=2,
+        )
+        first = b.op(
+            "MatMul", o.slice(self.k, 0, early, 2), b.op("Transpose", top, perm=[0, 1, 3, 2])
+        )
+        own = b.op("Concat", first, o.slice(band, early, BIG, 2), axis=2)  # [B, H, C, T]
         special = o.clip(
             b.op("Sub", b.op("Add", self.r0, o.s(1)), o.s(self.t_min)),
             o.s(0),
@@ -268,8 +325,47 @@ class _Triangle:
             "MatMul", q_left, b.op("Unsqueeze", o.slice(self.k, 0, special, 2), o.i(-1))
         )
         last = b.op("Sub", self.cols, o.s(1))
-        prev = b.op("Concat", first_prev, o.slice(own, special, last, 2), axis=2)
+        prev = b.op(
+            "Concat", b.op("Squeeze", first_prev, o.i(-1)), o.slice(own, special, last, 2), axis=2
+        )
         return o.slice(own, 1, BIG, 2), prev
+
+    def _weighted_probes(
+        self, band, left, t0, cur_rows, left_rows, top_row
+    ) -> tuple[ir.Value, ir.Value]:
+        """Key weights: (column c's probes, the nearest weighted column left of c's at c's
+        distances), c >= 1, [B, H, C-1, T]. Where both start at distance t_min they are the
+        band's (c's row and left(c)'s); the columns whose left column starts later
+        (left < r0 - t_min, KV cache: a prefix, left growing with c) gather their query rows."""
+        o, b = self.o, self.o.b
+        late = b.op("Greater", t0, o.s(self.t_min))  # [B, H, C-1]
+        m = b.reduce(
+            "ReduceMax",
+            b.reduce("ReduceSum", b.op("Cast", late, to=ir.DataType.INT64), [-1], keepdims=0),
+            [0, 1],
+            keepdims=0,
+        )
+
+        def gathered(rows: ir.Value, keys: ir.Value) -> ir.Value:
+            q_rows = self._gather_rows(self.q, o.clip(o.slice(rows, 0, m, 2), o.s(0), top_row))
+            dots = b.op("MatMul", q_rows, b.op("Unsqueeze", keys, o.i(-1)))
+            return b.op("Squeeze", dots, o.i(-1))  # [B, H, M, T]
+
+        k_left = self._gather_rows(self.k, o.slice(left, 0, m, 2))
+        cur = b.op(
+            "Concat",
+            gathered(cur_rows, o.slice(self.k, 1, b.op("Add", m, o.s(1)), 2)),
+            o.slice(band, b.op("Add", m, o.s(1)), BIG, 2),
+            axis=2,
+        )
+        index = b.op("Expand", b.op("Unsqueeze", left, o.i(-1)), b.op("Shape", cur))
+        prev = b.op(
+            "Concat",
+            gathered(left_rows, k_left),
+            o.slice(b.op("GatherElements", band, index, axis=2), m, BIG, 2),
+            axis=2,
+        )
+        return cur, prev
 
     def profiles(self, points: ir.Value) -> ir.Value:
         """[B, H, k, L] log-kernels S_i[t] (-inf: outside the rows / window, padded point)."""

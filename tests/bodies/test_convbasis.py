@@ -282,3 +282,20 @@ def test_direct_chunks_capped_by_their_entries(monkeypatch, causal, sq, skv) -> 
     monkeypatch.setattr(convbasis_body, "DIRECT_CHUNK_ENTRIES", 2 * (sq + skv) + 1)
     sig = _sig(causal=causal, keywise=True, bias="additive")
     assert direct_error(sig, {"bases": 5}, sq=sq, skv=skv, pad=3) <= TOL
+
+
+@pytest.mark.parametrize(
+    ("name", "probe", "q_len", "kv_len"),
+    [
+        ("causal", 40, 150, None),  # more probes than a band block's columns
+        ("causal_padding_gqa", 3, 70, 130),  # KV cache: the first columns gather their rows
+        ("bidirectional_padding", 33, 97, 61),  # upper triangle: the band from distance 1
+    ],
+)
+def test_probe_band_any_block(name, probe, q_len, kv_len) -> None:
+    """The probes come from blocked products (`_Triangle.band`) whatever the probe count, the
+    sequence's remainder after whole blocks, or the offset of the queries."""
+    params = {"bases": 6, "probe": probe}
+    feeds = SPECS[name].inputs(2, q_len, kv_len, seed=probe)
+    out = layer_output(SPECS[name], "convbasis", params, feeds, 17)
+    assert relative_error(reference(SPECS[name], "convbasis", params, feeds), out) <= TOL
