@@ -18,7 +18,6 @@ NEGATIVE = [name for name, case in CASES.items() if case.expected_blocks == 0]
 
 # Known gaps, each reported to the user with its reason; strict so a fix shows up here.
 NOT_YET = {
-    "ms_groupqueryattention_softcap": "GroupQueryAttention with softcap",
     "ms_decoder_masked_mha": "DecoderMaskedMultiHeadAttention",
 }
 # Masks inside Loop/If bodies and functions cannot be evaluated: passed on as a bias tensor.

@@ -10,13 +10,13 @@ mask by evaluating it, and the report compares the op's own output:
     GroupQueryAttention(q, k, v, past_k, past_v, seqlens_k, total_sequence_length)
 
     q, k, v [B, S, H*d] -> heads [B, H, S, d] -> Concat(past, k), Concat(past, v) (present)
-    -> MatMul(q, k^T) * scale + key mask + causal mask + attention_bias
+    -> MatMul(q, k^T) * scale [-> c * tanh(. / c), softcap] + key mask + causal mask + bias
     -> Softmax -> MatMul(., v) -> [B, S, H*dv]
 
 Masks are added as onnxruntime's CPU kernels add them: `mask_filter_value` (-10000) where
 a key is hidden, once per reason (padding, causality); GroupQueryAttention hides keys
 outright. An op with a feature this does not write out (rotary, buffer sharing, packed
-5-D inputs, softcap, ...) is left as it is, with the reason in its metadata (NOT_EXPANDED)
+5-D inputs, smooth softmax, ...) is left as it is, with the reason in its metadata (NOT_EXPANDED)
 for the finder to report. The Softmax written for an op carries FUSED_FROM, and its output
 merge is the op's own output, which the finder takes as the block's output.
 """
@@ -92,6 +92,7 @@ class Spec:
     seqlens: str = ""  # GroupQueryAttention's cache: valid keys per sequence - 1
     total: str = ""  # its total_sequence_length: S for a first prompt
     window: int = -1  # its local_window_size
+    softcap: float = 0.0  # its softcap: scores capped to c * tanh(s / c) after the scale
     rotary: tuple[str, str] = ("", "")  # its cos_cache, sin_cache [max length, rotary dim / 2]
     interleaved: bool = False  # rotate (x0, x1) pairs, not the two halves
     present: tuple[str, str] = ("", "")  # output names of the keys and values (with past)
@@ -307,7 +308,6 @@ def _group_query(node: onnx.NodeProto, shapes: Shapes) -> Spec | str:
     reason = _refused(
         node,
         {
-            "softcap": "softcap",
             "smooth_softmax": "smooth softmax",
             "qk_output": "its qk output",
             "kv_cache_bit_width": "a quantized cache",
@@ -345,6 +345,7 @@ def _group_query(node: onnx.NodeProto, shapes: Shapes) -> Spec | str:
         seqlens=node.input[5],
         total=node.input[6],
         window=int(_attr(node, "local_window_size", -1)),
+        softcap=float(_attr(node, "softcap", 0.0)),
         rotary=(_input(node, 7), _input(node, 8)) if _attr(node, "do_rotary") else ("", ""),
         interleaved=bool(_attr(node, "rotary_interleaved")),
         present=(_output(node, 1), _output(node, 2)),
@@ -394,6 +395,9 @@ def _write(node: onnx.NodeProto, spec: Spec, dtype: np.dtype) -> list[onnx.NodeP
         key, value = (_repeat_kv(w, x, spec.heads // spec.kv_heads) for x in (key, value))
     scale = _scale(w, spec, query)
     scores = w.op("Mul", w.op("MatMul", query, w.op("Transpose", key, perm=[0, 1, 3, 2])), scale)
+    if spec.softcap > 0:  # before the masks, as the kernel caps the scaled scores
+        cap = w.float(spec.softcap)
+        scores = w.op("Mul", w.op("Tanh", w.op("Div", scores, cap)), cap)
     for mask in (_key_mask(w, spec, key), _causal(w, spec, query, key)):
         if mask:  # one Add each: the finder tells the data part (padding) from the causal
             scores = w.op("Add", scores, mask)
