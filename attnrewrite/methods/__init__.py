@@ -395,6 +395,7 @@ METHODS: dict[str, Method] = {
             OnnxOp("VerticalSlashAttention", structural=("vertical", "slash", "local")),
             full_bias=True,
             window=True,
+            softcap=True,
             bidirectional=False,
             rule=_verticalslash_rule,
             exact_up_to=lambda p: max(p["vertical"], p["slash"]),  # every key or every offset

@@ -40,6 +40,7 @@ from attnrewrite.methods.exact import (
     expand_kv,
     masked_softmax_av,
     positions_mask,
+    soft_cap,
 )
 
 
@@ -87,8 +88,10 @@ def attention(
     last: int = 64,
     sinks: int = 4,
     local: int = 64,
+    softcap: float | None = None,
 ) -> Tensor:
-    """Exact softmax over the vertical keys and slash diagonals estimated from the last queries."""
+    """Exact softmax over the vertical keys and slash diagonals estimated from the last queries
+    (a logit soft-cap applies to the scaled scores of both, before the mask)."""
     get("verticalslash").validate(
         vertical=vertical, slash=slash, last=last, sinks=sinks, local=local
     )
@@ -101,7 +104,7 @@ def attention(
     sq, skv = q.shape[2], k.shape[2]
     k, v = expand_kv(k, v, q.shape[1])
     ct = compute_dtype(q.dtype)
-    logits = scale * (q.to(ct) @ k.to(ct).transpose(-1, -2))
+    logits = soft_cap(scale * (q.to(ct) @ k.to(ct).transpose(-1, -2)), softcap)
     if bias is not None:
         logits = logits + bias_logits(bias, ct)
     visible = positions_mask(sq, skv, True, window, q.device)

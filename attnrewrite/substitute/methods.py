@@ -99,7 +99,8 @@ class ResolvedMethod:
         if sig.window and not method.window:
             return f"{self.name} cannot honour a sliding window narrower than the keys"
         if sig.softcap and not method.softcap:
-            honour = " and ".join(m.name for m in METHODS.values() if m.softcap)
+            *others, last = (m.name for m in METHODS.values() if m.softcap)
+            honour = f"{', '.join(others)} and {last}"
             return f"logit soft-capping is honoured by {honour} only"
         if sig.bias != "none" and not sig.keywise and not (method.full_bias and onnx.full_bias):
             who = self.name if not method.full_bias else f"the {self.name} body"

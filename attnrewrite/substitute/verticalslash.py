@@ -20,6 +20,8 @@ plus O(last Skv d) for the estimate, and never holds an [Sq, Skv] tensor:
   key only if it is not a vertical one); the model's mask (broadcast axes included) is read at
   the same (row, key) pairs from its flattened view, a key-wise mask from its last row.
 
+A logit soft-cap (sig.softcap, the node's ``softcap``) maps the scaled scores to
+cap * tanh(s / cap) before the mask, in the estimate as in the attention.
 Rows with no visible key give zeros, the reference's convention. Everything is computed in
 float32 (fp16/bf16 operands are cast, the output cast back). ``vertical``, ``slash`` and
 ``local`` are structural (they fix shapes and the block size); ``last`` and ``sinks`` are read
@@ -104,6 +106,13 @@ def _masked(
     return b.op("Where", allowed, scores, minus_inf)
 
 
+def _capped(b: Body, scores: ir.Value, cap: ir.Value | None) -> ir.Value:
+    """The model's logit soft-cap, cap * tanh(s / cap), on scaled scores (None: no cap)."""
+    if cap is None:
+        return scores
+    return b.op("Mul", b.op("Tanh", b.op("Div", scores, cap)), cap)
+
+
 def _no_nan(b: Body, probs: ir.Value) -> ir.Value:
     """Softmax of a row with nothing visible is NaN: zeros instead (the reference's rows)."""
     return b.op("Where", b.op("IsNaN", probs), b.const(0.0, np.float32), probs)
@@ -134,6 +143,7 @@ def _estimate(
     key: ir.Value,
     mask: _Mask | None,
     window: ir.Value | None,
+    cap: ir.Value | None,
 ) -> tuple[ir.Value, ir.Value]:
     """(column scores, diagonal scores), each [B, H, Skv], from the last queries' attention."""
     q_len, kv_len = dim(b, scaled, 2), dim(b, key, 2)
@@ -143,6 +153,7 @@ def _estimate(
     scores = b.op(
         "MatMul", b.op("Gather", scaled, rows, axis=2), b.op("Transpose", key, perm=[0, 1, 3, 2])
     )  # [B, H, L, Skv]
+    scores = _capped(b, scores, cap)
     # p_r - j: the offset of key j from row r
     positions = b.op("Add", rows, b.op("Sub", kv_len, q_len))
     rel = b.op("Sub", unsqueeze(b, positions, 1), keys)  # [L, Skv]
@@ -190,8 +201,9 @@ class _Chunks:
         self.scaled = b.op("Mul", query, b.float_attr("scale"))
         self.mask = None if sig.bias == "none" else _Mask(b, sig, inputs[3], query)
         self.window = b.int_attr("window") if sig.window else None
+        self.cap = b.float_attr("softcap") if sig.softcap else None
 
-        columns, diagonals = _estimate(b, self.scaled, key, self.mask, self.window)
+        columns, diagonals = _estimate(b, self.scaled, key, self.mask, self.window, self.cap)
         self.vertical = _top(b, columns, b.int_attr("sinks"), self.n_vertical)  # [B, H, V] keys
         chosen = _top(b, diagonals, b.const(self.n_local), self.n_slash)  # [B, H, S] offsets
         ends = b.const([self.n_local]), b.const([self.n_slash])
@@ -280,7 +292,7 @@ class _Step:
         if c.window is not None:
             allowed = lb.op("And", allowed, lb.op("Less", rel, c.window))
         at = (None, None) if c.mask is None else c.mask.at(lb, self.rows, keys, 5)
-        return _masked(lb, scores, allowed, at, shared)
+        return _masked(lb, _capped(lb, scores, c.cap), allowed, at, shared)
 
     def _in_range(self, keys: ir.Value) -> ir.Value:
         lb = self.lb
