@@ -337,7 +337,7 @@ def _settle(
         graph_name=GRAPH,
         variant=cand.variant,
         q=Operand(qn, heads=hq),
-        k=Operand(kn, heads=hkv),  # described bhsd, as before, even when K^T (cand.k_layout)
+        k=Operand(kn, layout=cand.k_layout, heads=hkv),  # K^T where the model transposed it
         v=Operand(vn, heads=hkv),
         output=out,
         nodes=placed.nodes,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import attnrewrite.torch as art
-from attnrewrite.match import AttentionMatch, MaskKind
+from attnrewrite.match import AttentionMatch, Layout, MaskKind
 from attnrewrite.rules.variants import Variant
 from tests.torch_path.models import Classifier, HandAttention
 
@@ -71,6 +71,7 @@ def test_form_is_matched_and_exact(name: str) -> None:
         assert m.scale_source == source
     if tag:
         assert tag in m.variant
+    assert m.k.layout is (Layout.BHDS if kwargs.get("k_stored_t") else Layout.BHSD)
     heads = kwargs.get("heads", 2)
     assert (m.q_heads, m.kv_heads) == (
         (heads, kwargs.get("kv_heads", heads)) if not kwargs.get("bmm") else (1, 1)
