@@ -19,11 +19,14 @@ keeps its mean query, so a fit on few rows does not chase them.
 
 PolySketch's feature map (query and key gains, a key shift; `attnrewrite.methods.polysketch`):
 L-BFGS from zeros (the training-free kernel) on each head's relative squared error, on sampled
-query rows, of the exact polynomial kernel (variant exact_poly, by the dense formula on those
-rows) against the head's exact output: the sketch estimates that kernel without bias, so the
-map is fitted once for every variant. beta is the reference's own run-time fit on the
-untouched q, k, so it is held fixed during the fit. The map is checked on as many other rows:
-a head it does not improve there keeps zeros.
+query rows, of the node's own kernel (by the dense formula on those rows: exact inside the
+diagonal blocks, the seeded sketch outside, as the variant says) against the head's exact
+output. Fitting the exact polynomial kernel instead and running the sketch gained almost
+nothing on SmolLM2 (the sketch's error dominates there; benchmarks/RESULTS.md), whereas the
+map can fit the one sketch the node draws. beta is the reference's own run-time fit on the
+untouched q, k, so it is fixed during the fit (refitted on the mapped q, k, its grid search
+makes the objective piecewise constant and L-BFGS stalled). The map is checked on as many
+other rows: a head it does not improve there keeps zeros.
 """
 
 from __future__ import annotations
@@ -65,9 +68,10 @@ OBJECTIVES = {
     f"on {ROWS} or more sampled query rows with a far field (at least {MIN_QUERY_BLOCKS}"
     " whole query blocks where there are that many), by L-BFGS from the head's mean query;"
     " a head the fit does not improve on as many other rows keeps its mean query",
-    "polysketch": "relative squared error of each head's output, with the exact polynomial "
-    f"kernel, against exact attention on {MAP_ROWS} sampled query rows, by L-BFGS from zeros (the "
-    "training-free kernel); a head the fit does not improve on as many other rows keeps zeros",
+    "polysketch": "relative squared error of each head's output, with the node's own kernel "
+    f"(its variant, its seeded sketch), against exact attention on {MAP_ROWS} sampled query "
+    "rows, by L-BFGS from zeros (the training-free kernel); a head the fit does not improve on "
+    "as many other rows keeps zeros",
 }
 
 

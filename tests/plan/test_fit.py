@@ -141,3 +141,23 @@ def test_the_feature_map_fit_is_repeatable() -> None:
     block = offset_head(64, seed=0)
     first, second = fit_feature_map(block, POLY), fit_feature_map(block, POLY)
     assert all(np.array_equal(first[name], second[name]) for name in first)
+
+
+@pytest.mark.parametrize("variant", ["sketch", "mixed", "exact_poly"])
+def test_the_fits_objective_is_the_nodes_error_on_its_rows(variant) -> None:
+    """The dense formula the fit minimises is the reference's kernel, sketch included."""
+    from attnrewrite.plan.fit import _PolyHead
+
+    block = offset_head(96, seed=0)
+    params = {**POLY, "variant": variant, "block": 16, "sketch_size": 8}
+    gen = torch.Generator().manual_seed(3)
+    arrays = [0.2 * torch.randn(3, 8, generator=gen) for _ in range(3)]
+    rows = torch.tensor([0, 5, 17, 40, 41, 95])
+    objective = _PolyHead.of(block, params).error(rows, arrays)
+    q, k, v = (torch.from_numpy(x).double() for x in (block.q, block.k, block.v))
+    names = ("query_gain", "key_gain", "key_shift")
+    tensors = {n: a.double() for n, a in zip(names, arrays, strict=True)}
+    out = polysketch.attention(q, k, v, scale=SCALE, is_causal=True, **params, **tensors)
+    ref = torch.from_numpy(block.exact).double()[:, :, rows]
+    expected = (out[:, :, rows] - ref).square().sum((0, 2, 3)) / ref.square().sum((0, 2, 3))
+    torch.testing.assert_close(objective.double(), expected, rtol=1e-3, atol=1e-5)
