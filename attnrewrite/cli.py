@@ -104,9 +104,10 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "--calibrate",
         action="store_true",
         help="fit the method's per-head parameters to the model on calibration inputs "
-        "(--text/--tokenizer or --calib; at --seq-len): multipole's expansion points, written "
-        "into the model beside each node; rewrite.json records each head's error, default and "
-        "fitted. With --method auto: also offer multipole fitted per head (blocks 128, 256)",
+        "(--text/--tokenizer or --calib; at --seq-len): multipole's expansion points or "
+        "polysketch's feature map, written into the model beside each node; rewrite.json "
+        "records each head's error, default and fitted. With --method auto: also offer "
+        "multipole fitted per head (blocks 128, 256)",
     )
     parser.add_argument(
         "--verify-seq-len",

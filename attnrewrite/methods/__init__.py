@@ -335,6 +335,15 @@ METHODS: dict[str, Method] = {
             full_bias=False,
             window=False,
             rule=_polysketch_rule,
+            fitted=(
+                Fitted("query_gain", "g_q, per-dimension query gains: q -> q o (1 + g_q)"),
+                Fitted("key_gain", "g_k, per-dimension key gains: k -> k o (1 + g_k)"),
+                Fitted(
+                    "key_shift",
+                    "c, added to the keys after their gain: q.c shifts each query's row of "
+                    "the polynomial's base, which softmax ignores and the polynomial does not",
+                ),
+            ),
         ),
         Method(
             "multipole",

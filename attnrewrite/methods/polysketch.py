@@ -41,6 +41,14 @@ Masks: causal and bidirectional, GQA, cross-attention, the KV-cache offset, and 
 (padding masks [.., 1, Skv], or any bias constant along the query axis) exactly, as per-key
 weights on [V, 1]. A bias varying per query and a causal ``window`` narrower than Skv cannot be
 carried by the prefix state: both raise ValueError.
+
+Calibrated variant (an addition to the paper, fitted per head by `attnrewrite.plan.fit`, a
+diagonal form of Hedgehog's / LoLCATs' learned feature maps): ``query_gain``, ``key_gain`` and
+``key_shift`` ([Hq, d] each) map q -> q o (1 + g_q) and k -> k o (1 + g_k) + c before the kernel,
+after beta is fitted on the untouched q, k (so the map's effect is smooth in its numbers, and
+it can move beta too: q.c is a per-query shift of the base, a constant one where the queries
+share a direction). Softmax is blind to a per-query shift, the polynomial is not: each row can
+be moved to where (x + beta)^p follows exp best. None, or zeros, is the training-free kernel.
 """
 
 from __future__ import annotations
@@ -145,6 +153,36 @@ def fit_shift(
     return torch.where(torch.isfinite(low[..., 0]), beta, float(degree))
 
 
+def fitted_map(
+    q: Tensor,
+    k: Tensor,
+    query_gain: Tensor | None,
+    key_gain: Tensor | None,
+    key_shift: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """q o (1 + g_q), k o (1 + g_k) + c per head (k already repeated to the query heads)."""
+    if query_gain is not None:
+        q = q * (1 + query_gain.to(q)[:, None])
+    if key_gain is not None:
+        k = k * (1 + key_gain.to(k)[:, None])
+    if key_shift is not None:
+        k = k + key_shift.to(k)[:, None]
+    return q, k
+
+
+def check_fitted(name: str, array: Tensor | None, q: Tensor) -> None:
+    """A fitted array has a row per query head: [Hq, d], finite."""
+    if array is None:
+        return
+    want = (q.shape[1], q.shape[3])
+    if tuple(array.shape) != want:
+        raise ValueError(
+            f"{name} must be [heads, head dim] = {list(want)}, got {list(array.shape)}"
+        )
+    if not bool(torch.isfinite(array).all()):
+        raise ValueError(f"{name} must be finite")
+
+
 def feature_inputs(
     q: Tensor, k: Tensor, beta: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor]:
@@ -229,12 +267,21 @@ def attention(
     variant: str = "mixed",
     fit: str = "softmax_fit",
     seed: int = 0,
+    query_gain: Tensor | None = None,
+    key_gain: Tensor | None = None,
+    key_shift: Tensor | None = None,
 ) -> Tensor:
     """Polynomial-kernel attention through sketched features and the block-causal scan."""
     get("polysketch").validate(
         degree=degree, sketch_size=sketch_size, block=block, variant=variant, fit=fit, seed=seed
     )
     check_inputs(q, k, v, bias, is_causal, window)
+    for name, array in (
+        ("query_gain", query_gain),
+        ("key_gain", key_gain),
+        ("key_shift", key_shift),
+    ):
+        check_fitted(name, array, q)
     bsz, hq, sq, _ = q.shape
     skv = k.shape[2]
     refuse_binding_window(
@@ -263,6 +310,7 @@ def attention(
             is_causal=is_causal,
             seed=seed,
         )
+    q, k = fitted_map(q, k, query_gain, key_gain, key_shift)
     aq, ak = feature_inputs(q, k, beta, scale)
     half = degree // 2
     if variant == "exact_poly" and aq.shape[-1] ** degree > MAX_EXACT_FEATURES:

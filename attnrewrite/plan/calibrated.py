@@ -6,7 +6,7 @@
     the model written with one calibrated node per block, the fitted arrays its initializers
 
 A head whose fitted error on the calibration inputs is not below its default error keeps the
-default (expansion 0), so calibration never makes a head worse on the inputs it saw; a block
+default (zeros), so calibration never makes a head worse on the inputs it saw; a block
 where no head gains keeps the plain node. Blocks the method cannot take stay exact, as without
 --calibrate; blocks calibration does not capture (inside functions, rank 3) or whose fit fails
 get the plain method, with the reason in the record. rewrite.json's "calibration" records
@@ -30,7 +30,7 @@ from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, no_attention, rewrite_model
 from attnrewrite.plan.calibrate import BlockOperands, capture, plannable
 from attnrewrite.plan.candidates import Candidate
-from attnrewrite.plan.fit import MIN_QUERY_BLOCKS, ROWS, fitted_arrays
+from attnrewrite.plan.fit import OBJECTIVES, fitted_arrays
 from attnrewrite.plan.measure import Bench
 from attnrewrite.plan.workspace import Workspace
 from attnrewrite.progress import steps
@@ -136,10 +136,7 @@ def _record(
         "fitted": {f.name: f.help for f in method.method.fitted},
         "fitted_input": "the last inputs of each calibrated node: float32 [heads, head dim] "
         "initializers '<node>/<name>'; a row of zeros is the method without calibration",
-        "objective": "relative squared error of each head's output against exact attention, "
-        f"on {ROWS} or more sampled query rows with a far field (at least {MIN_QUERY_BLOCKS}"
-        " whole query blocks where there are that many), by L-BFGS from the head's mean query;"
-        " a head the fit does not improve on as many other rows keeps its mean query",
+        "objective": OBJECTIVES[method.name],
         "calibration": calibration.describe(),
         "seconds": seconds,  # capture, fits and error measurements
         "fit_seconds": sum(b["fit_seconds"] for b in fitted),

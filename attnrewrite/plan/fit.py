@@ -1,4 +1,6 @@
-"""Fit multipole's expansion points to a trained model's heads (attention transfer, per head).
+"""Fit a method's per-head arrays to a trained model's heads (attention transfer, per head).
+
+Multipole's expansion points:
 
 Average pooling stands a far group of keys in by their mean, which under-weights the group
 (Jensen) and gives it the plain mean of its values, whereas a trained head reads a few of them.
@@ -14,6 +16,17 @@ error on a sample of query blocks that have a far field (the near field, which u
 touch, computed once); heads are independent, so one optimisation fits a whole block. The
 fitted point is then checked on as many other query blocks: a head it does not improve there
 keeps its mean query, so a fit on few rows does not chase them.
+
+PolySketch's feature map (query and key gains, a key shift; `attnrewrite.methods.polysketch`):
+L-BFGS from zeros (the training-free kernel) on each head's relative squared error, on sampled
+query rows, of the node's own kernel (by the dense formula on those rows: exact inside the
+diagonal blocks, the seeded sketch outside, as the variant says) against the head's exact
+output. Fitting the exact polynomial kernel instead and running the sketch gained almost
+nothing on SmolLM2 (the sketch's error dominates there; benchmarks/RESULTS.md), whereas the
+map can fit the one sketch the node draws. beta is the reference's own run-time fit on the
+untouched q, k, so it is fixed during the fit (refitted on the mapped q, k, its grid search
+makes the objective piecewise constant and L-BFGS stalled). The map is checked on as many
+other rows: a head it does not improve there keeps zeros.
 """
 
 from __future__ import annotations
@@ -35,15 +48,31 @@ ROWS = 512  # query rows sampled per block (whole query blocks), enough to fit d
 MIN_QUERY_BLOCKS = 4  # whole query blocks sampled at least: one 512-row block fits big blocks badly
 ITERATIONS = 30  # L-BFGS iterations (on two SmolLM2 blocks at 2048, 20 did about as well)
 SEED = 0  # which query blocks are sampled: the same fit on the same inputs
+MAP_ROWS = 512  # PolySketch rows a block (SmolLM2, 2048: top-1 17.0%; 256, half the time: 13.7%)
+MAP_ITERATIONS = 20  # PolySketch's L-BFGS iterations (fits 270 SmolLM2 heads at 2048 in < 10 min)
 
 
 def fitted_arrays(
     method: str, params: Mapping[str, object], block: BlockOperands
 ) -> dict[str, np.ndarray]:
     """The arrays `method` declares as fitted (attnrewrite.methods), fitted to `block`'s heads."""
-    if method != "multipole":
-        raise ValueError(f"{method} has no parameters to fit")
-    return {"expansion": fit_expansion(block, params)}
+    if method == "multipole":
+        return {"expansion": fit_expansion(block, params)}
+    if method == "polysketch":
+        return fit_feature_map(block, params)
+    raise ValueError(f"{method} has no parameters to fit")
+
+
+OBJECTIVES = {
+    "multipole": "relative squared error of each head's output against exact attention, "
+    f"on {ROWS} or more sampled query rows with a far field (at least {MIN_QUERY_BLOCKS}"
+    " whole query blocks where there are that many), by L-BFGS from the head's mean query;"
+    " a head the fit does not improve on as many other rows keeps its mean query",
+    "polysketch": "relative squared error of each head's output, with the node's own kernel "
+    f"(its variant, its seeded sketch), against exact attention on {MAP_ROWS} sampled query "
+    "rows, by L-BFGS from zeros (the training-free kernel); a head the fit does not improve on "
+    "as many other rows keeps zeros",
+}
 
 
 def fit_expansion(
@@ -181,3 +210,138 @@ class _Partial:
         total = self.total * mine + other.total * theirs
         weighted = self.weighted * mine + other.weighted * theirs
         return weighted / torch.where(total > 0, total, 1.0)
+
+
+def fit_feature_map(
+    block: BlockOperands,
+    params: Mapping[str, object],
+    rows: int = MAP_ROWS,
+    iterations: int = MAP_ITERATIONS,
+) -> dict[str, np.ndarray]:
+    """PolySketch's query_gain, key_gain and key_shift ([Hq, d] float32 each) for `block`
+    with polysketch `params`: fitted on `rows` sampled query rows, checked per head on as many
+    others (a head the map does not improve there keeps zeros). Zeros where the block has
+    fewer than two rows that see a key (nothing to check a fit on)."""
+    import torch
+
+    head = _PolyHead.of(block, params)
+    shape = (block.heads, block.q.shape[-1])
+    order = head.rows[torch.randperm(len(head.rows), generator=torch.Generator().manual_seed(SEED))]
+    per_set = min(rows, len(order) // 2)
+    names = ("query_gain", "key_gain", "key_shift")
+    if not per_set:
+        return {name: np.zeros(shape, np.float32) for name in names}
+    fit_on, check_on = order[:per_set].sort().values, order[per_set : 2 * per_set].sort().values
+    arrays = [torch.zeros(shape, requires_grad=True) for _ in names]
+    optimizer = torch.optim.LBFGS(
+        arrays, lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        value = head.error(fit_on, arrays).sum()
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        fitted = [torch.nan_to_num(a.detach(), nan=0.0, posinf=0.0, neginf=0.0) for a in arrays]
+        better = head.error(check_on, fitted) < head.error(check_on, None)
+    return {
+        name: torch.where(better[:, None], a, 0.0).numpy()
+        for name, a in zip(names, fitted, strict=True)
+    }
+
+
+@dataclass(frozen=True)
+class _PolyHead:
+    """A block's operands as the node computes them (float32, k and v repeated to the query
+    heads, the key-wise mask as per-key weights) and its run-time beta (fitted in float64)."""
+
+    q: Tensor
+    k: Tensor
+    x: Tensor  # [v w, w]: values and the normaliser's column, weighted per key
+    exact: Tensor
+    beta: Tensor | None  # [B, Hq] (None: fit="none", the layer-normed kernel)
+    rows: Tensor  # query rows that see at least one key
+    scale: float
+    is_causal: bool
+    degree: int
+    sketch_size: int
+    block: int
+    variant: str
+    seed: int
+
+    @classmethod
+    def of(cls, block: BlockOperands, params: Mapping[str, object]) -> _PolyHead:
+        import torch
+
+        from attnrewrite.methods.exact import expand_kv, key_weights, split_bias
+        from attnrewrite.methods.polysketch import fit_shift
+
+        q, k, v = (torch.from_numpy(x).to(torch.float32) for x in (block.q, block.k, block.v))
+        bsz, hq, sq, _ = q.shape
+        skv = k.shape[2]
+        k, v = expand_kv(k, v, hq)
+        bias = None if block.mask is None else torch.from_numpy(block.mask)
+        if bias is not None and block.signature.keywise:
+            bias = bias[..., -1:, :]
+        key_bias, _ = split_bias(bias, (bsz, hq, sq, skv), torch.float32)
+        w = key_weights(key_bias, bsz, hq, skv, q)
+        degree = int(params["degree"])
+        beta = None
+        if params["fit"] == "softmax_fit":
+            beta = fit_shift(
+                q.double(),
+                k.double(),
+                w.double(),
+                scale=block.scale,
+                degree=degree,
+                is_causal=block.is_causal,
+                seed=int(params["seed"]),
+            ).float()
+        first = max(0, sq - skv) if block.is_causal else 0
+        return cls(
+            q,
+            k,
+            torch.cat([v * w[..., None], w[..., None]], dim=-1),
+            torch.from_numpy(block.exact).to(torch.float32),
+            beta,
+            torch.arange(first, sq),
+            block.scale,
+            block.is_causal,
+            degree,
+            int(params["sketch_size"]),
+            int(params["block"]),
+            str(params["variant"]),
+            int(params["seed"]),
+        )
+
+    def error(self, chosen: Tensor, arrays: list[Tensor] | None) -> Tensor:
+        """Each head's relative squared error on the `chosen` query rows, with the map
+        `arrays` (query gains, key gains, key shifts; None: the training-free kernel)."""
+        import torch
+
+        from attnrewrite.methods.polysketch import feature_inputs, fitted_map, sketch_half
+
+        q, k = self.q[:, :, chosen], self.k
+        if arrays is not None:
+            q, k = fitted_map(q, k, *arrays)
+        aq, ak = feature_inputs(q, k, self.beta, self.scale)
+        kern = (aq @ ak.transpose(-1, -2)) ** self.degree
+        position = chosen + k.shape[2] - self.q.shape[2]  # each row's position among the keys
+        keys = torch.arange(k.shape[2])
+        if self.variant != "exact_poly":  # the sketch's kernel outside the exact diagonal blocks
+            half = self.degree // 2
+            hq, hk = (sketch_half(a, half, self.sketch_size, self.seed) for a in (aq, ak))
+            far = (hq @ hk.transpose(-1, -2)).square()
+            own = keys // self.block == (position // self.block)[:, None]
+            kern = torch.where(own, kern, far) if self.variant == "mixed" else far
+        if self.is_causal:
+            kern = kern * (keys <= position[:, None])
+        y = kern @ self.x
+        den = y[..., -1:] + (1.0 if self.beta is None else 0.0)
+        out = y[..., :-1] / torch.where(den > 0, den, 1.0)
+        target = self.exact[:, :, chosen]
+        norm = target.square().sum(dim=(0, 2, 3)).clamp_min(1e-30)
+        return (out - target).square().sum(dim=(0, 2, 3)) / norm

@@ -6,7 +6,9 @@ attnrewrite.methods.polysketch_draws, without torch), baked as constants: they d
 head dim, degree, sketch size, seed, variant and fit (the structural parameters). `ref.name`
 below names the torch reference's function. The block size is read from the node's ``block``
 attribute: every length is padded to whole blocks at run time, and the prefix states across
-blocks are an exclusive CumSum.
+blocks are an exclusive CumSum. The calibrated overload reads the fitted query gains, key gains
+and key shifts as its last three inputs ([Hq, d] float32) and maps q, k after beta's fit, as the
+reference does.
 
 softmax_fit's grid search runs in float64 on its small sample (32 x 64 scores per head), as
 the float64 reference does, so the ArgMin picks the reference's beta; the rest computes in
@@ -289,6 +291,19 @@ def _scan(
     return geo.merge(out, x)
 
 
+def _fitted_map(
+    b: Body, query: ir.Value, key: ir.Value, fitted: Sequence[ir.Value], dtype: ir.DataType
+) -> tuple[ir.Value, ir.Value]:
+    """`ref.fitted_map`: q o (1 + g_q), k o (1 + g_k) + c, each [Hq, d] float32 as [1, Hq, 1, d]."""
+    gain_q, gain_k, shift = (
+        b.op("Unsqueeze", b.op("Cast", x, to=dtype), b.const([0, 2])) for x in fitted
+    )
+    one = b.const(1.0, dtype.numpy())
+    query = b.op("Mul", query, b.op("Add", gain_q, one))
+    key = b.op("Add", b.op("Mul", key, b.op("Add", gain_k, one)), shift)
+    return query, key
+
+
 def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -> ir.Value:
     """`ref.attention` on the node's q, k, v [, key-wise mask]."""
     degree, sketch_size = int(params["degree"]), int(params["sketch_size"])
@@ -307,10 +322,14 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     else:
         column = b.op("Transpose", weights, perm=swap_last_two(4))  # [b, h, Skv, 1]
         x = _append_column(b, b.op("Mul", value, column), column)
+    fitted = inputs[4 if sig.bias != "none" else 3 :]  # the calibrated overload's inputs
     if fit == "softmax_fit":
         scale = b.float_attr("scale")
         beta = fit_shift(b, sig, query, key, weights, scale, degree=degree, seed=seed)
         beta = b.op("Unsqueeze", b.op("Cast", beta, to=ct), b.const([-1]))  # [B, H, 1, 1]
+    if fitted:
+        query, key = _fitted_map(b, query, key, fitted, ct)
+    if fit == "softmax_fit":
         scale = b.op("Cast", scale, to=ct)
         root = b.op("Sqrt", b.op("Abs", scale))
         root_b = b.op("Sqrt", b.op("Abs", beta))

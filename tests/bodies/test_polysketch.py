@@ -166,3 +166,57 @@ def test_unsupported_masks_stay_exact(spec, reason) -> None:
     assert block.method.name == "exact"
     feeds = spec.inputs(2, 11, 11)
     assert relative_error(reference(spec, "exact", None, feeds), run_onnx(proto, feeds)) <= 1e-6
+
+
+FITTED = ("query_gain", "key_gain", "key_shift")
+
+
+def _fitted_pairs(spec: LayerSpec, params: dict, arrays: dict[str, np.ndarray], cases) -> list:
+    """(onnxruntime output, float64 reference) of the calibrated node on each (q_len, kv_len)."""
+    proto, result = rewrite_layer(spec, "polysketch", params, fitted=arrays)
+    (block,) = result.rewritten
+    assert block.fallback is None and block.overload.endswith("_fitted")
+    runner = session(proto)
+    tensors = {name: torch.from_numpy(a).double() for name, a in arrays.items()}
+    pairs = []
+    for q_len, kv_len in cases:
+        feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
+        expected = reference(spec, "polysketch", {**params, **tensors}, feeds)
+        pairs.append((runner.run(None, feeds)[0], expected))
+    return pairs
+
+
+def _map(spec: LayerSpec, size: float) -> dict[str, np.ndarray]:
+    gen = np.random.default_rng(0)
+    shape = (spec.heads, spec.head_dim)
+    return {name: (size * gen.standard_normal(shape)).astype(np.float32) for name in FITTED}
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize(
+    "params",
+    [{"block": 64}, {"variant": "exact_poly", "block": 32}, {"fit": "none", "block": 16}],
+)
+def test_fitted_body_matches_reference(name, params) -> None:
+    """The calibrated overload (gains and shifts as the node's initializers) equals the
+    reference with the same arrays, which differ from the plain method by O(1) here."""
+    spec = SPECS[name]
+    cases = [(1, 1), (40, 33), (173, 301)]
+    pairs = _fitted_pairs(spec, params, _map(spec, 0.3), cases)
+    for (out, expected), case in zip(pairs, cases, strict=True):
+        assert relative_error(expected, out) <= TOL, case
+    feeds = spec.inputs(2, 173, 301, seed=173)
+    assert relative_error(reference(spec, "polysketch", params, feeds), pairs[-1][0]) > 0.1
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_zero_map_body_is_the_plain_body(name) -> None:
+    spec = SPECS[name]
+    zeros = {n: np.zeros((spec.heads, spec.head_dim), np.float32) for n in FITTED}
+    plain = session(rewritten(spec, (("block", 64),), 17))
+    cases = [(7, 7), (173, 301)]
+    for (out, _), (q_len, kv_len) in zip(
+        _fitted_pairs(spec, {"block": 64}, zeros, cases), cases, strict=True
+    ):
+        feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
+        assert relative_error(plain.run(None, feeds)[0], out) <= 1e-6, (q_len, kv_len)

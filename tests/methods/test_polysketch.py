@@ -187,3 +187,69 @@ def test_bad_parameters_raise(kwargs, message):
     q, k, v = rand_qkv()
     with pytest.raises(ValueError, match=message):
         polysketch.attention(q, k, v, scale=1.0, is_causal=True, **kwargs)
+
+
+FITTED = ("query_gain", "key_gain", "key_shift")
+
+
+def feature_map(hq: int = 4, d: int = 8, size: float = 0.3) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(5)
+    return {name: size * torch.randn(hq, d, generator=g, dtype=F64) for name in FITTED}
+
+
+@pytest.mark.parametrize("variant", ["sketch", "mixed", "exact_poly"])
+@pytest.mark.parametrize("fit", ["none", "softmax_fit"])
+def test_a_zero_feature_map_is_the_training_free_kernel(variant, fit):
+    q, k, v = rand_qkv()
+    kwargs = {"scale": SCALE, "is_causal": True, "block": 8, "variant": variant, "fit": fit}
+    zeros = {name: torch.zeros(4, 8, dtype=F64) for name in FITTED}
+    assert torch.equal(
+        polysketch.attention(q, k, v, **kwargs, **zeros), polysketch.attention(q, k, v, **kwargs)
+    )
+
+
+@pytest.mark.parametrize(("sq", "skv", "is_causal"), LAYOUTS)
+def test_the_feature_map_acts_on_q_and_k_after_betas_fit(sq, skv, is_causal):
+    """beta from the untouched q, k; the kernel on q o (1 + g_q), k o (1 + g_k) + c."""
+    q, k, v = rand_qkv(sq=sq, skv=skv)
+    arrays = feature_map()
+    kr, vr = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    w = torch.ones(kr.shape[:3], dtype=F64)
+    beta = polysketch.fit_shift(q, kr, w, scale=SCALE, degree=4, is_causal=is_causal, seed=0)
+    qm = q * (1 + arrays["query_gain"][:, None])
+    km = kr * (1 + arrays["key_gain"][:, None]) + arrays["key_shift"][:, None]
+    kern = (SCALE * qm @ km.transpose(-1, -2) + beta[..., None, None]) ** 4
+    if is_causal:
+        kern = kern.tril(skv - sq)
+    ref = kern @ vr / kern.sum(-1, keepdim=True)
+    out = polysketch.attention(
+        q, k, v, scale=SCALE, is_causal=is_causal, variant="exact_poly", **arrays
+    )
+    assert rel_err(out, ref) < 1e-9
+    assert rel_err(out, polysketch.attention(q, k, v, scale=SCALE, is_causal=is_causal)) > 0.05
+
+
+def test_a_mapped_sketch_converges_to_its_exact_kernel_as_the_sketch_grows():
+    q, k, v = rand_qkv(b=1, sq=64, skv=64)
+    kwargs = {"scale": SCALE, "is_causal": True, "block": 8, **feature_map()}
+    target = polysketch.attention(q, k, v, variant="exact_poly", **kwargs)
+    errs = []
+    for r in (4, 16, 64):
+        runs = [
+            polysketch.attention(q, k, v, variant="sketch", sketch_size=r, seed=s, **kwargs)
+            for s in range(4)
+        ]
+        errs.append(sum(rel_err(out, target) for out in runs) / len(runs))
+    assert all(b < a for a, b in itertools.pairwise(errs)), errs
+    assert errs[-1] < 0.6 * errs[0], errs  # r = 64 is the most a node takes (MAX_SKETCH)
+
+
+@pytest.mark.parametrize("name", FITTED)
+def test_a_feature_map_of_the_wrong_shape_raises(name):
+    q, k, v = rand_qkv()
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        polysketch.attention(q, k, v, scale=1.0, is_causal=True, **{name: torch.zeros(2, 8)})
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        polysketch.attention(
+            q, k, v, scale=1.0, is_causal=True, **{name: torch.full((4, 8), torch.nan)}
+        )

@@ -15,6 +15,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
+from attnrewrite.cli import main
 from attnrewrite.pipeline import MODEL_FILE, RECORD_FILE, rewrite_model
 from attnrewrite.plan import calibrated as calibration
 from attnrewrite.plan.calibrated import calibrated_rewrite
@@ -119,3 +120,28 @@ def test_the_report_shows_each_heads_error_with_defaults_and_fitted(calibrated, 
     fitted = sum(not h["kept_default"] for h in heads)
     assert markdown.count(" | fitted |") == fitted > 0
     assert "Head error, defaults vs fitted" in (out / "report.html").read_text()
+
+
+def test_the_command_line_calibrates_polysketch(tmp_path, capsys) -> None:
+    """`attnrewrite --method polysketch --calibrate`: the feature map fitted per head, written
+    as each node's last three initializers and recorded in rewrite.json."""
+    out = tmp_path / "out"
+    args = [str(MODEL), "--method", "polysketch", "--block", "32", "--calibrate"]
+    text = ["--text", str(SOURCE / "decoder.py"), "--tokenizer", "bytes", "--seq-len", "128"]
+    assert main([*args, *text, "-o", str(out)]) == 0
+    assert "calibrated 16 heads" in capsys.readouterr().out
+    record = json.loads((out / RECORD_FILE).read_text())["calibration"]
+    assert record["method"]["name"] == "polysketch"
+    assert list(record["fitted"]) == ["query_gain", "key_gain", "key_shift"]
+    model = onnx.load(str(out / MODEL_FILE))
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "PolySketchAttention"]
+    assert len(nodes) == len(record["blocks"]) == 4
+    assert any(n.overload.endswith("_fitted") for n in nodes)
+    for node, block in zip(nodes, record["blocks"], strict=True):
+        assert (np.array(block["error_fitted"]) <= np.array(block["error_default"])).all()
+        fitted = node.input[-3:] if node.overload.endswith("_fitted") else []
+        for name, array in zip(fitted, record["fitted"], strict=True):
+            assert name.endswith(f"/{array}")
+            np.testing.assert_array_equal(initializers[name], block[array])
+    assert record["median_error_fitted"] < record["median_error_default"]
