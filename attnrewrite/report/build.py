@@ -92,9 +92,9 @@ def latencies(
     block for all of a run's planned tensors and holds it through the run, so the original's
     whole-score attention and its logits, written beside the block at the end, were resident
     together: SmolLM2 at n = 8192 timing peaked at 7.6 GiB with the pattern, 6.2 without. The
-    original also ran faster without it (2048: 2.66 s against 3.05; 8192: 5-13%), so its
-    speed-ups are not inflated by its absence; the rewrites keep it (exact attention in
-    causal chunks ran 2x slower without it at 2048)."""
+    original also ran faster without it (2048: 2.66 s against 3.05; 8192: 5-13%), so the
+    speed-ups shown are not inflated by the pattern's absence; the rewrites keep it (exact
+    attention in causal chunks ran 2x slower without it at 2048)."""
     unique = list(dict.fromkeys(paths))
     patterns = [index > 0 for index in range(len(unique))]
     timed = shared_weight_sessions(unique, threads, memory_pattern=patterns)
