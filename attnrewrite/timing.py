@@ -43,15 +43,25 @@ def best_ms(run: Callable[[], object], repeats: int) -> float:
     return 1e3 * min(times)
 
 
-def interleaved_ms(runs: Sequence[Callable[[], object]], repeats: int) -> list[list[float]]:
+def interleaved_ms(
+    runs: Sequence[Callable[[], object]],
+    repeats: int,
+    settle: Callable[[], object] | None = None,
+) -> list[list[float]]:
     """Wall times (ms) of each run over ``repeats`` rounds of one call each, after one warm-up
     call each. Load that comes and goes on a shared machine then hits every run alike, so
-    the numbers of models compared in one report compare."""
+    the numbers of models compared in one report compare. ``settle`` is called before every
+    call, outside its timing (memory.release_freed: what one model's run left in the C heap
+    is not resident under the next one's)."""
     for run in runs:
+        if settle is not None:
+            settle()
         run()
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
         for run, out in zip(runs, times, strict=True):
+            if settle is not None:
+                settle()
             start = time.perf_counter()
             run()
             out.append(1e3 * (time.perf_counter() - start))
@@ -90,11 +100,15 @@ class SharedWeightSessions:
 
 
 def shared_weight_sessions(
-    paths: Sequence[Path], threads: int, arena: bool = False
+    paths: Sequence[Path],
+    threads: int,
+    arena: bool = False,
+    memory_pattern: Sequence[bool] | None = None,
 ) -> SharedWeightSessions:
     """Sessions on `paths` (`cpu_options`): an initializer of SHARED_MIN_BYTES or more whose
     name and bytes equal the first model's is handed to each session from one buffer
-    (SessionOptions.add_initializer) instead of each keeping its own copy.
+    (SessionOptions.add_initializer) instead of each keeping its own copy. `memory_pattern`
+    says per path whether its session keeps onnxruntime's memory pattern (default: all do).
 
     A rewrite keeps the original's weights, so a report or benchmark that times models side by
     side held them once per session (SmolLM2: 0.65 GiB a session, most of a report's memory
@@ -107,6 +121,7 @@ def shared_weight_sessions(
     for index, path in enumerate(paths):
         options = cpu_options(threads, arena)
         options.add_session_config_entry("session.disable_prepacking", "1")
+        options.enable_mem_pattern = True if memory_pattern is None else memory_pattern[index]
         own = first if index == 0 else _large_initializers(path)
         for name, array in own.items():
             if name in first and np.array_equal(array, first[name]):

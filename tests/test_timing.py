@@ -39,3 +39,14 @@ def test_each_session_computes_with_its_own_models_weights(tmp_path: Path, same:
         np.testing.assert_allclose(session.run(None, x)[0], alone, rtol=1e-5, atol=1e-4)
     first, second = (s.run(None, x)[0] for s in shared.sessions)
     assert same == np.allclose(first, second)
+
+
+def test_memory_pattern_is_chosen_per_session_and_changes_no_result(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((SIDE, SIDE), dtype=np.float32)
+    paths = [_matmul_model(tmp_path / f"{name}.onnx", weight) for name in "ab"]
+    x = {"x": rng.standard_normal((2, SIDE), dtype=np.float32)}
+    shared = shared_weight_sessions(paths, threads=1, memory_pattern=[False, True])
+    assert [s.get_session_options().enable_mem_pattern for s in shared.sessions] == [False, True]
+    first, second = (s.run(None, x)[0] for s in shared.sessions)
+    np.testing.assert_array_equal(first, second)

@@ -17,6 +17,7 @@ import numpy as np
 
 from attnrewrite.errors import AttnRewriteError
 from attnrewrite.loading import default_opset, load_model
+from attnrewrite.memory import release_freed
 from attnrewrite.methods import METHODS
 from attnrewrite.patterns import find_attention
 from attnrewrite.pipeline import VERIFY_SEQ_LEN, RewriteOutcome, rewrite_model
@@ -124,20 +125,23 @@ class Planner:
         bench = Bench(default_opset(self.workspace.base), threads)
         if costs is not None and costs.exists():
             bench.load(costs)
-        self.measured = []
+        measured = []
         with steps("measuring candidates per head", len(captured.blocks)) as advance:
             for block in captured.blocks:
-                self.measured.append(measure(bench, block, usable, self.cost_len))
+                measured.append(measure(bench, block, usable, self.cost_len))
                 advance(f"block {block.index}")
-        self.options = [c for m in self.measured for c in head_options(m, bench, self.cost_len)]
+        self.options = [c for m in measured for c in head_options(m, bench, self.cost_len)]
         if costs is not None:
             bench.save(costs)
-        self.baseline = sum(m.original.ms(m.block.heads) for m in self.measured)
+        self.baseline = sum(m.original.ms(m.block.heads) for m in measured)
         self.baseline_flops = sum(
             m.block.heads * ORIGINAL.flops(self.cost_len, m.block.q.shape[-1], m.block.is_causal)
-            for m in self.measured
+            for m in measured
         )
-        self.choosing = EndToEnd(self.workspace, choose_on, captured.outputs)
+        self.refused = {f"block {m.block.index}": m.reasons for m in measured if m.reasons}
+        outputs = captured.outputs
+        del captured, measured  # the blocks' operands: planning needs only their errors
+        self.choosing = EndToEnd(self.workspace, choose_on, outputs)
         self.checking = EndToEnd(self.workspace, held_out)
 
     def __enter__(self) -> Planner:
@@ -147,7 +151,13 @@ class Planner:
         self.close()
 
     def close(self) -> None:
+        """Remove the workspace folder and drop what planning holds (the reference outputs, the
+        timing sessions and their memory arenas): a rewrite after it has the memory to itself.
+        `plan` cannot be asked again."""
         self.workspace.close()
+        for name in ("options", "choosing", "checking", "speed"):
+            self.__dict__.pop(name, None)
+        release_freed()
 
     def plan(self, budget: float) -> tuple[Plan, dict[str, object]]:
         """The cheapest plan found within `budget` on both halves, and its record for
@@ -204,7 +214,7 @@ class Planner:
             ],
             "won": plan.won,
             "candidates_not_usable": {c.label: _no_body(c) for c in self.candidates if _no_body(c)},
-            "refused": {f"block {m.block.index}": m.reasons for m in self.measured if m.reasons},
+            "refused": self.refused,
         }
         return plan, record
 
@@ -278,7 +288,7 @@ def auto_rewrite(
         fitted=fitted,
     ) as planner:
         plan, record = planner.plan(budget)
-        return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)
+    return planner.rewrite(plan, record, out_dir, verify, verify_seq_len)
 
 
 def _plan_line(plan: Plan, record: Mapping[str, object]) -> str:

@@ -4,6 +4,7 @@ spread, one number per model), and error axes that start at zero or say they are
 from __future__ import annotations
 
 import json
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def test_interleaved_timing_runs_every_model_once_per_round() -> None:
     times = interleaved_ms(runs, repeats=3)
     assert calls == ["a", "b", "c"] * 4  # one warm-up round, then three timed rounds
     assert [len(t) for t in times] == [3, 3, 3] and all(x >= 0 for t in times for x in t)
+
+
+def test_interleaved_timing_settles_before_every_call_outside_its_time() -> None:
+    calls: list[str] = []
+    runs = [lambda: calls.append("a"), lambda: calls.append("b")]
+    times = interleaved_ms(runs, repeats=2, settle=lambda: (calls.append("-"), time.sleep(0.05)))
+    assert calls == ["-", "a", "-", "b"] * 3
+    assert all(x < 40 for t in times for x in t)  # the settling's 50 ms are not timed
 
 
 @pytest.fixture(scope="module")
