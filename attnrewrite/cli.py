@@ -23,7 +23,13 @@ from rich.table import Table
 
 from attnrewrite import __version__, boundary
 from attnrewrite import methods as references
-from attnrewrite.defaults import REPORT_BATCH, REPORT_SEQ_LEN, VERIFY_SEQ_LEN
+from attnrewrite.defaults import (
+    LONG_CONTEXT,
+    REPORT_BATCH,
+    REPORT_SEQ_LEN,
+    VERIFY_SEQ_LEN,
+    default_batch,
+)
 from attnrewrite.errors import AttnRewriteError, VerificationError
 
 if TYPE_CHECKING:
@@ -225,7 +231,10 @@ def _add_input_options(group: argparse._ArgumentGroup | argparse.ArgumentParser)
         f"auto's cost model (default {REPORT_SEQ_LEN}; a --calib file sets its own)",
     )
     group.add_argument(
-        "--batch", type=_int_in(1, MAX_BATCH), default=REPORT_BATCH, help="report batch size"
+        "--batch",
+        type=_int_in(1, MAX_BATCH),
+        help=f"report and calibration batch size (default {REPORT_BATCH}; 1 beyond "
+        f"{LONG_CONTEXT} tokens, except for --method auto)",
     )
     group.add_argument(
         "--repeats", type=_int_in(1, MAX_REPEATS), default=5, help="timed runs per model (median)"
@@ -237,7 +246,14 @@ def _input_choice(args: argparse.Namespace) -> InputChoice:
 
     if args.inputs is not None and args.text is not None:
         raise AttnRewriteError("choose one of --inputs and --text")
-    return InputChoice(args.inputs, args.text, args.tokenizer, args.seq_len, args.batch)
+    return InputChoice(args.inputs, args.text, args.tokenizer, args.seq_len, _batch(args))
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """--batch, or its default for this length and method (`defaults.default_batch`)."""
+    if args.batch is not None:
+        return args.batch
+    return default_batch(args.seq_len, auto=getattr(args, "method", None) == "auto")
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -528,7 +544,7 @@ def _compile(out_dir: Path, target: str, args: argparse.Namespace) -> str:
 
     model = ir.load(str(out_dir / MODEL_FILE))  # the weights stay on disk: signature only
     dims = {
-        dim.value: dimension_size(dim, axis, args.seq_len, args.batch)
+        dim.value: dimension_size(dim, axis, args.seq_len, _batch(args))
         for value in model.graph.inputs
         for axis, dim in enumerate(value.shape or ())
         if isinstance(dim, ir.SymbolicDim) and dim.value
@@ -559,7 +575,7 @@ def _check_compiled(
         return "library not checked against onnxruntime (--no-verify)"
     if target.startswith("cuda") and not tvm.cuda().exist:
         return "library not run here: no CUDA GPU on this machine"
-    feeds = generate_inputs(model, args.seq_len, args.batch)
+    feeds = generate_inputs(model, args.seq_len, _batch(args))
     try:
         check = check_artifact(folder, path, feeds, library_tolerance(model), args.repeats)
     except Exception as err:  # the TVM runtime and onnxruntime raise their own types

@@ -221,3 +221,19 @@ def test_console_script_exit_status(tmp_path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == f"attnrewrite: error: no such file: {tmp_path / 'absent.onnx'}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "batch"),
+    [
+        (["--seq-len", "4096"], 2),
+        (["--seq-len", "8192"], 1),  # long context: one row, half the report's memory
+        (["--seq-len", "8192", "--method", "auto"], 2),  # auto holds out half the rows
+        (["--seq-len", "8192", "--batch", "3"], 3),
+    ],
+)
+def test_default_batch_follows_the_length_and_method(flags: list[str], batch: int) -> None:
+    from attnrewrite.cli import _batch, rewrite_parser
+
+    args = rewrite_parser().parse_args(["model.onnx", "--method", "window", *flags])
+    assert _batch(args) == batch
