@@ -63,6 +63,7 @@ BIG = 2**62
 FFT_DTYPE = ir.DataType.DOUBLE  # float32 transforms: ~3e-5 off on the first causal rows at n = 200
 DIRECT_CHUNKS = 16  # column chunks of transform="direct" (each wastes its square's upper half)
 DIRECT_CHUNK_ENTRIES = 1 << 24  # and at most this many kernel entries a head per chunk (64 MB)
+MIN_CHUNK_COLUMNS = 2  # TVM's importer computes one-column chunks wrongly (tiny-gpt2, n = 16)
 BAND_BLOCK = 32  # key columns a block of the probe band's products (at least ``probe``)
 
 
@@ -220,7 +221,7 @@ class _Triangle:
         if self.real is None:
             cur, prev = self._neighbour_probes(band, probe, left_rows, top_row)
         else:
-            cur, prev = self._weighted_probes(band, left, t0, cur_rows, left_rows, top_row)
+            cur, prev = self._weighted_probes(band, left, cur_rows, left_rows, top_row)
         diff = o.where(ok, b.op("Abs", b.op("Sub", cur, prev)), o.f(0.0))
         score = b.reduce("ReduceMax", diff, [-1], keepdims=0)  # [B, H, C-1]
         hidden = b.op("GreaterOrEqual", cols, self.live)
@@ -332,19 +333,17 @@ class _Triangle:
         return o.slice(own, 1, BIG, 2), prev
 
     def _weighted_probes(
-        self, band, left, t0, cur_rows, left_rows, top_row
+        self, band, left, cur_rows, left_rows, top_row
     ) -> tuple[ir.Value, ir.Value]:
         """Key weights: (column c's probes, the nearest weighted column left of c's at c's
         distances), c >= 1, [B, H, C-1, T]. Where both start at distance t_min they are the
-        band's (c's row and left(c)'s); the columns whose left column starts later
-        (left < r0 - t_min, KV cache: a prefix, left growing with c) gather their query rows."""
+        band's (c's row and left(c)'s). A column whose left column is older than the first
+        query (left < r0 - t_min: queries after a KV cache) starts later, at a distance its
+        padding sets: when the queries start after key t_min (r0 > t_min, known from the
+        shapes, so TVM's importer folds it) every column gathers its query rows instead."""
         o, b = self.o, self.o.b
-        late = b.op("Greater", t0, o.s(self.t_min))  # [B, H, C-1]
-        m = b.reduce(
-            "ReduceMax",
-            b.reduce("ReduceSum", b.op("Cast", late, to=ir.DataType.INT64), [-1], keepdims=0),
-            [0, 1],
-            keepdims=0,
+        m = o.where(
+            b.op("Greater", self.r0, o.s(self.t_min)), b.op("Sub", self.cols, o.s(1)), o.s(0)
         )
 
         def gathered(rows: ir.Value, keys: ir.Value) -> ir.Value:
@@ -425,7 +424,7 @@ class _Triangle:
         live = b.op("Min", self.cols, self.length)  # columns past the last row reach no row
         size = b.op("Div", b.op("Add", live, o.s(DIRECT_CHUNKS - 1)), o.s(DIRECT_CHUNKS))
         most = b.op("Div", o.s(DIRECT_CHUNK_ENTRIES), b.op("Add", self.length, self.cols))
-        size = o.clip(o.clip(size, None, most), o.s(1), None)
+        size = o.clip(o.clip(size, None, most), o.s(MIN_CHUNK_COLUMNS), None)
         trips = b.op("Div", b.op("Add", live, b.op("Sub", size, o.s(1))), size)
 
         body = LoopBody(b, "cbd", carried=(o.dtype,))

@@ -278,7 +278,7 @@ def test_exported_window_with_padding_reads_each_keys_own_row(q_len, kv_len) -> 
 @pytest.mark.parametrize(("causal", "sq", "skv"), [(True, 37, 37), (True, 5, 41), (False, 23, 29)])
 def test_direct_chunks_capped_by_their_entries(monkeypatch, causal, sq, skv) -> None:
     """Long sequences take more, narrower column chunks (each chunk's gathered kernel rows are
-    bounded); with one column a chunk the sums are the same."""
+    bounded); with the narrowest chunks (MIN_CHUNK_COLUMNS) the sums are the same."""
     monkeypatch.setattr(convbasis_body, "DIRECT_CHUNK_ENTRIES", 2 * (sq + skv) + 1)
     sig = _sig(causal=causal, keywise=True, bias="additive")
     assert direct_error(sig, {"bases": 5}, sq=sq, skv=skv, pad=3) <= TOL
