@@ -100,6 +100,19 @@ def refuse_binding_window(method: str, skv: int, window: int | None, why: str) -
         )
 
 
+def check_fitted(name: str, array: Tensor | None, q: Tensor) -> None:
+    """A fitted array has a row per query head: [Hq, d], finite."""
+    if array is None:
+        return
+    want = (q.shape[1], q.shape[3])
+    if tuple(array.shape) != want:
+        raise ValueError(
+            f"{name} must be [heads, head dim] = {list(want)}, got {list(array.shape)}"
+        )
+    if not bool(torch.isfinite(array).all()):
+        raise ValueError(f"{name} must be finite")
+
+
 def soft_cap(logits: Tensor, softcap: float | None) -> Tensor:
     """cap * tanh(logits / cap), Gemma 2's logit soft-capping (None: the logits as they are)."""
     if softcap is None:

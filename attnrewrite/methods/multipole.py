@@ -65,6 +65,7 @@ from torch import Tensor
 
 from attnrewrite.methods import get
 from attnrewrite.methods.exact import (
+    check_fitted,
     check_inputs,
     compute_dtype,
     expand_kv,
@@ -275,7 +276,7 @@ def attention(
 ) -> Tensor:
     """Multipole attention; exact when every key falls in a query's near field."""
     get("multipole").validate(block=block, coarse=coarse, levels=levels, sinks=sinks)
-    check_expansion(expansion, q)
+    check_fitted("expansion", expansion, q)
     grid = Grid.of(
         q,
         k,
@@ -296,16 +297,3 @@ def attention(
     out = masked_softmax_av(logits, torch.cat([*near_values, *far_values], dim=-2))
     sq = q.shape[2]
     return out.flatten(2, 3)[:, :, grid.lead : grid.lead + sq].to(q.dtype)
-
-
-def check_expansion(expansion: Tensor | None, q: Tensor) -> None:
-    """An expansion point per query head: [Hq, d], finite."""
-    if expansion is None:
-        return
-    want = (q.shape[1], q.shape[3])
-    if tuple(expansion.shape) != want:
-        raise ValueError(
-            f"expansion must be [heads, head dim] = {list(want)}, got {list(expansion.shape)}"
-        )
-    if not bool(torch.isfinite(expansion).all()):
-        raise ValueError("expansion must be finite")

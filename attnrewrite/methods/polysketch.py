@@ -61,6 +61,7 @@ from torch import Tensor
 
 from attnrewrite.methods import get
 from attnrewrite.methods.exact import (
+    check_fitted,
     check_inputs,
     compute_dtype,
     expand_kv,
@@ -168,19 +169,6 @@ def fitted_map(
     if key_shift is not None:
         k = k + key_shift.to(k)[:, None]
     return q, k
-
-
-def check_fitted(name: str, array: Tensor | None, q: Tensor) -> None:
-    """A fitted array has a row per query head: [Hq, d], finite."""
-    if array is None:
-        return
-    want = (q.shape[1], q.shape[3])
-    if tuple(array.shape) != want:
-        raise ValueError(
-            f"{name} must be [heads, head dim] = {list(want)}, got {list(array.shape)}"
-        )
-    if not bool(torch.isfinite(array).all()):
-        raise ValueError(f"{name} must be finite")
 
 
 def feature_inputs(
