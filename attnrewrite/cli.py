@@ -110,8 +110,9 @@ def rewrite_parser() -> argparse.ArgumentParser:
         "--calibrate",
         action="store_true",
         help="fit the method's per-head parameters to the model on calibration inputs "
-        "(--text/--tokenizer or --calib; at --seq-len): multipole's expansion points or "
-        "polysketch's feature map, written into the model beside each node; rewrite.json "
+        "(--text/--tokenizer or --calib; at --seq-len): multipole's expansion points, "
+        "polysketch's feature map or convbasis's query centres, written into the model beside "
+        "each node; rewrite.json "
         "records each head's error, default and fitted. With --method auto: also offer "
         "multipole fitted per head (blocks 128, 256)",
     )

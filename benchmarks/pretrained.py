@@ -13,8 +13,8 @@ plan's heads per method. Prints a table per length and writes benchmarks/results
 pretrained_<n>.json. `--plans` scores auto rewrites made before (by `attnrewrite --method
 auto` or at another length: how a plan chosen at 2k holds at 8k) instead of planning at n;
 `--methods` picks the single methods; `--calibrate` adds, for each of them that has fitted
-parameters (multipole, polysketch), the method fitted per head on the calibration text at n
-(`attnrewrite --calibrate`), with the time the fit took, and offers the planner fitted
+parameters (multipole, polysketch, convbasis), the method fitted per head on the calibration
+text at n (`attnrewrite --calibrate`), with the time the fit took, and offers the planner fitted
 multipole too (`--method auto --calibrate`); `--budgets` with no value skips the planner.
 """
 

@@ -180,7 +180,7 @@ BAD_INPUTS = {
     "calibrating a method with nothing to fit": (
         _gqa,
         ["--method", "window", "--calibrate", "--text", "notes.txt"],
-        "--calibrate fits polysketch, multipole; window has no parameters to fit",
+        "--calibrate fits convbasis, polysketch, multipole; window has no parameters to fit",
     ),
     "calibrating auto without inputs": (
         _gqa,

@@ -294,6 +294,13 @@ METHODS: dict[str, Method] = {
             full_bias=True,
             window=True,
             exact_up_to=lambda p: p["bases"],  # one basis per position
+            fitted=(
+                Fitted(
+                    "center",
+                    "c, a query point: the bases model (q - c).k, and c.k, the part every "
+                    "query shares, is applied exactly as a key-wise weight exp(scale c.k)",
+                ),
+            ),
         ),
         Method(
             "polysketch",

@@ -53,6 +53,10 @@ bias that varies per query (ALiBi, T5 relative bias, 4-D masks) is part of H, so
 into the recovered profiles (-inf entries become exact zeros): it is honoured to the same
 approximation as q.k, exactly at k = n; relative-position biases suit the model (ALiBi on a
 5-conv head stayed 5-conv: error 7e-15 at k = 5). Rows with no visible weighted key return zeros.
+Query centres (``center``, fitted by calibration, `attnrewrite.plan.fit`): scores are
+s (q - c).k + s c.k; the second term is a key-wise bias, honoured exactly as above, so the bases
+are recovered on (q - c).k only, which varies less along a diagonal when c is the direction a
+head's queries share. Zeros are the method itself, and k >= n stays exact for any c.
 Limits: rows whose every score sits ~87 (float32) / ~708 (float64) below the head's maximum
 underflow under the global shift and return zeros. In float32 the FFT's absolute error is ~1e-7
 of the largest row sum, so rows with far smaller sums (the first causal rows) lose relative
@@ -235,16 +239,20 @@ class _Triangle:
         y = torch.fft.irfft(acc, n=n_fft, dim=2)
         return y[:, :, self.r0 : self.r0 + self.rows]
 
-    def apply_direct(self, logs: Tensor, points: Tensor, shift: Tensor) -> Tensor:
+    def apply_direct(
+        self, logs: Tensor, points: Tensor, shift: Tensor, rows: Tensor | None = None
+    ) -> Tensor:
         """The same sum as `apply`, as one product with the matrix it convolves by:
         A[r, c] = exp(S_seg(c))[r + r0 - c] (zero above the diagonal and before the first
-        change point)."""
+        change point); only the triangle's `rows` where given (a fit's sample)."""
         kern = F.pad(torch.exp(logs - shift[..., None, None]), (0, 0, 1, 0))  # row 0: no basis
         cols = torch.arange(self.cols, device=self.device)
         seg = (cols[:, None] >= points[..., None, :]).sum(-1)  # [B, H, C]
-        rows_of = kern.gather(2, seg[..., None].expand(-1, -1, -1, self.length))  # [B, H, C, L]
-        t = self.r0 + torch.arange(self.rows, device=self.device)[None, :] - cols[:, None]
-        a = rows_of.gather(3, t.clamp(min=0).expand(*rows_of.shape[:2], -1, -1))  # [B, H, C, R]
+        if rows is None:
+            rows = torch.arange(self.rows, device=self.device)
+        t = self.r0 + rows[None, :] - cols[:, None]  # [C, R], below the triangle's length
+        at = seg[..., None] * self.length + t.clamp(min=0)  # into kern's [k + 1, L] rows
+        a = kern.flatten(2).gather(2, at.flatten(2)).view(at.shape)  # [B, H, C, R]
         a = a.masked_fill(t < 0, 0.0)
         return a.transpose(-1, -2) @ self.x
 
@@ -263,12 +271,56 @@ def attention(
     recovery: str = "topk",
     tol: float = 0.25,
     transform: str = "direct",
+    center: Tensor | None = None,
 ) -> Tensor:
-    """Conv-basis attention: k recovered bases per triangle, applied directly or by FFT."""
+    """Conv-basis attention: k recovered bases per triangle, applied directly or by FFT.
+
+    ``center`` [Hq, d] (calibration's fitted array; None: zeros): each head's queries less c,
+    the bases recovered and applied on (q - c).k, and c.k added back as an exact key-wise bias."""
+    return rows_of(
+        None,
+        q,
+        k,
+        v,
+        scale=scale,
+        is_causal=is_causal,
+        bias=bias,
+        window=window,
+        bases=bases,
+        probe=probe,
+        recovery=recovery,
+        tol=tol,
+        transform=transform,
+        center=center,
+    )
+
+
+def rows_of(
+    rows: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float,
+    is_causal: bool,
+    bias: Tensor | None,
+    window: int | None,
+    bases: int,
+    probe: int,
+    recovery: str,
+    tol: float,
+    transform: str,
+    center: Tensor | None,
+) -> Tensor:
+    """`attention`'s query `rows` only, [B, H, len(rows), dv] (None: every row): what
+    calibration's fit evaluates on its sample. The bases are recovered from every row, as the
+    whole output's are; the rows are computed by the direct transform."""
     get("convbasis").validate(
         bases=bases, probe=probe, recovery=recovery, tol=tol, transform=transform
     )
     check_inputs(q, k, v, bias, is_causal, window)
+    if rows is not None and transform != "direct":
+        raise ValueError("convbasis computes a subset of rows by the direct transform only")
     bsz, hq, sq, _ = q.shape
     skv = k.shape[2]
     ct = compute_dtype(q.dtype)
@@ -276,6 +328,11 @@ def attention(
     out_dtype = q.dtype
     k, v = expand_kv(k, v, hq)
     q, k, v = q.to(ct), k.to(ct), v.to(ct)
+    if center is not None:
+        point = center.to(ct)[None, :, None, :]
+        tilt = scale * (k * point).sum(-1)[:, :, None, :]  # [B, H, 1, Skv]
+        key_bias = tilt if key_bias is None else key_bias + tilt
+        q = q - point
     w = key_weights(key_bias, bsz, hq, skv, q)
     x = torch.cat([v * w[..., None], w[..., None]], dim=-1)
 
@@ -300,19 +357,23 @@ def attention(
         points = tri.topk(bases, probe) if recovery == "topk" else tri.binary(bases, probe, tol)
         found.append((tri, points, tri.profiles(points)))
 
-    y = torch.zeros(bsz, hq, sq, x.shape[-1], dtype=ct, device=q.device)
+    picked = torch.arange(sq, device=q.device) if rows is None else rows
+    y = torch.zeros(bsz, hq, len(picked), x.shape[-1], dtype=ct, device=q.device)
     if found:
         top = torch.stack([logs.amax(dim=(-1, -2)) for *_, logs in found]).amax(0)
         shift = torch.where(top > FLOOR / 2, top, 0.0)
         for tri, points, logs in found:
-            apply = tri.apply_direct if transform == "direct" else tri.apply
-            part = apply(logs, points, shift)
-            if tri.score.flip:
-                y = y + part.flip(2)
+            if rows is not None:  # the flipped triangle reads row sq - 1 - r, in rows' order
+                at = sq - 1 - rows if tri.score.flip else rows - start
+                part = tri.apply_direct(logs, points, shift, at.clamp(min=0))
+                y = y + part * (at >= 0)[:, None]
             else:
-                y[:, :, start:] += part
+                apply = tri.apply_direct if transform == "direct" else tri.apply
+                part = apply(logs, points, shift)
+                y = y + (part.flip(2) if tri.score.flip else F.pad(part, (0, 0, start, 0)))
     den = y[..., -1:]
-    ok = (den > 0) & _sees_a_key(w > 0, full_bias, sq, is_causal, window)[..., None]
+    sees = _sees_a_key(w > 0, full_bias, sq, is_causal, window)[..., picked]
+    ok = (den > 0) & sees[..., None]
     return torch.where(ok, y[..., :-1] / torch.where(ok, den, 1.0), 0.0).to(out_dtype)
 
 

@@ -27,6 +27,17 @@ map can fit the one sketch the node draws. beta is the reference's own run-time 
 untouched q, k, so it is fixed during the fit (refitted on the mapped q, k, its grid search
 makes the objective piecewise constant and L-BFGS stalled). The map is checked on as many
 other rows: a head it does not improve there keeps zeros.
+
+Conv-basis's query centres (`attnrewrite.methods.convbasis`): the bases model q.k along
+diagonals, but a trained head's scores vary key by key through the direction its queries share
+(u.k), which no Toeplitz profile follows. With a centre c per head, the bases model (q - c).k
+and c.k is an exact key-wise weight. L-BFGS from the head's mean query on sampled rows of the
+reference itself (change points recovered again at every step, as the node recovers them:
+piecewise smooth, the selection has no gradient), then each head keeps whichever of zeros, its
+mean query and the fitted point does best on as many other rows. On SmolLM2 at 2048 the
+fitted point beat the mean query on some layers only (held-out median head error, 9 heads:
+layer 29 0.71 -> 0.63, layer 10 1.20 -> 1.15, layer 0 level); the recovered bases' error on
+content-driven heads stays (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ ITERATIONS = 30  # L-BFGS iterations (on two SmolLM2 blocks at 2048, 20 did abou
 SEED = 0  # which query blocks are sampled: the same fit on the same inputs
 MAP_ROWS = 512  # PolySketch rows a block (SmolLM2, 2048: top-1 17.0%; 256, half the time: 13.7%)
 MAP_ITERATIONS = 20  # PolySketch's L-BFGS iterations (fits 270 SmolLM2 heads at 2048 in < 10 min)
+CENTER_ROWS = 512  # conv-basis rows a block
+CENTER_ITERATIONS = 20  # conv-basis's L-BFGS iterations
 
 
 def fitted_arrays(
@@ -60,6 +73,8 @@ def fitted_arrays(
         return {"expansion": fit_expansion(block, params)}
     if method == "polysketch":
         return fit_feature_map(block, params)
+    if method == "convbasis":
+        return {"center": fit_center(block, params)}
     raise ValueError(f"{method} has no parameters to fit")
 
 
@@ -72,6 +87,10 @@ OBJECTIVES = {
     f"(its variant, its seeded sketch), against exact attention on {MAP_ROWS} sampled query "
     "rows, by L-BFGS from zeros (the training-free kernel); a head the fit does not improve on "
     "as many other rows keeps zeros",
+    "convbasis": "relative squared error of each head's output (its change points recovered "
+    f"again at every step) against exact attention on {CENTER_ROWS} sampled query rows, by "
+    "L-BFGS from the head's mean query; each head keeps whichever of zeros, its mean query "
+    "and the fitted point does best on as many other rows",
 }
 
 
@@ -345,3 +364,71 @@ class _PolyHead:
         target = self.exact[:, :, chosen]
         norm = target.square().sum(dim=(0, 2, 3)).clamp_min(1e-30)
         return (out - target).square().sum(dim=(0, 2, 3)) / norm
+
+
+def fit_center(
+    block: BlockOperands,
+    params: Mapping[str, object],
+    rows: int = CENTER_ROWS,
+    iterations: int = CENTER_ITERATIONS,
+) -> np.ndarray:
+    """Conv-basis's query centres [Hq, d] (float32) for `block` with convbasis `params`:
+    fitted on `rows` sampled query rows through the reference (change points recovered on the
+    centred queries at every step, as the node does), checked per head on as many others
+    against zeros (the method untouched) and the head's mean query. Zeros where the block has
+    fewer than two rows that see a key."""
+    import torch
+
+    from attnrewrite.methods import convbasis
+
+    q, k, v = (torch.from_numpy(x).to(torch.float32) for x in (block.q, block.k, block.v))
+    exact = torch.from_numpy(block.exact).to(torch.float32)
+    bias = None if block.mask is None else torch.from_numpy(block.mask)
+    if bias is not None and block.signature.keywise:
+        bias = bias[..., -1:, :]
+    sq, skv = q.shape[2], k.shape[2]
+    first = max(0, sq - skv) if block.is_causal else 0
+    order = first + torch.randperm(sq - first, generator=torch.Generator().manual_seed(SEED))
+    per_set = min(rows, len(order) // 2)
+    zeros = torch.zeros(block.heads, q.shape[-1])
+    if not per_set:
+        return zeros.numpy()
+    fit_on, check_on = order[:per_set].sort().values, order[per_set : 2 * per_set].sort().values
+    options = {**params, "transform": "direct"}
+
+    def error(center: Tensor, chosen: Tensor) -> Tensor:
+        out = convbasis.rows_of(
+            chosen,
+            q,
+            k,
+            v,
+            scale=block.scale,
+            is_causal=block.is_causal,
+            bias=bias,
+            window=block.window,
+            center=center,
+            **options,
+        )
+        target = exact[:, :, chosen]
+        norm = target.square().sum(dim=(0, 2, 3)).clamp_min(1e-30)
+        return (out - target).square().sum(dim=(0, 2, 3)) / norm
+
+    mean = q.mean(dim=(0, 2))
+    center = mean.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [center], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        value = error(center, fit_on).sum()
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        fitted = torch.nan_to_num(center.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+        tried = torch.stack([zeros, mean, fitted])  # [3, Hq, d]
+        errors = torch.stack([error(c, check_on) for c in tried])  # [3, Hq]
+        best = torch.nan_to_num(errors, nan=torch.inf).argmin(dim=0)
+    return tried[best, torch.arange(block.heads)].numpy()

@@ -601,8 +601,12 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     # x = [V w, w], channels first: [B, H, D1, C]
     v_t = b.op("Transpose", value, perm=[0, 1, 3, 2])
     real = None
-    if sig.keywise:
-        weights = key_weights(b, sig, inputs[3], compute)  # [B|1, H|1, 1, Skv]
+    weights = key_weights(b, sig, inputs[3], compute) if sig.keywise else None
+    fitted = inputs[4 if sig.bias != "none" else 3 :]  # the calibrated overload's input
+    if fitted:  # queries less the centre c, c.k back as a key-wise weight exp(scale c.k)
+        query, tilt = _centred(b, o, query, key, fitted[0], scale)
+        weights = tilt if weights is None else b.op("Mul", weights, tilt)
+    if weights is not None:  # [B|1, H|1, 1, Skv]
         weights = b.op(
             "Expand", weights, b.op("Concat", lead, o.i(1), b.op("Reshape", skv, o.i(1)), axis=0)
         )
@@ -668,6 +672,19 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     if sig.dtype != compute:
         out = b.op("Cast", out, to=sig.dtype)
     return from_rank4(b, out, sig.rank)
+
+
+def _centred(
+    b: Body, o: _Ops, query: ir.Value, key: ir.Value, center: ir.Value, scale: ir.Value
+) -> tuple[ir.Value, ir.Value]:
+    """(scale q - scale c, exp(scale c.k - its largest)) for the centre c [Hq, d] (float32)."""
+    if o.dtype != ir.DataType.FLOAT:
+        center = b.op("Cast", center, to=o.dtype)
+    point = b.op("Mul", center, scale)
+    tilt = b.op("MatMul", key, b.op("Unsqueeze", point, o.i(0, 3)))  # [B, H, Skv, 1]
+    tilt = b.op("Transpose", tilt, perm=[0, 1, 3, 2])
+    tilt = b.op("Exp", b.op("Sub", tilt, b.reduce("ReduceMax", tilt, [-1])))
+    return b.op("Sub", query, b.op("Unsqueeze", point, o.i(0, 2))), tilt
 
 
 def _sees_a_key(b: Body, o: _Ops, sig: Signature, real, sq, skv, window) -> ir.Value | None:

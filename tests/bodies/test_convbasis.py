@@ -30,6 +30,7 @@ from tests.bodies.harness import (
     relative_error,
     rewrite_layer,
     run_onnx,
+    session,
 )
 
 TOL = 1e-5
@@ -103,6 +104,38 @@ def test_parameters_are_read_at_run_time() -> None:
     assert method.method.onnx.structural == ("transform",)
     assert get_method("convbasis").overload(_sig()) == method.overload(_sig())
     assert get_method("convbasis", {"transform": "fft"}).overload(_sig()) != method.overload(_sig())
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("name", SPECS)
+def test_fitted_centre_body_matches_reference(name, transform) -> None:
+    """The calibrated overload (the centres as the node's initializer) equals the reference
+    with the same centres, which differ from the plain method by O(1) here; zero centres are
+    the plain method."""
+    spec = SPECS[name]
+    params = {"bases": 6, "transform": transform}
+    shape = (spec.heads, spec.head_dim)
+    centres = (0.5 * np.random.default_rng(0).standard_normal(shape)).astype(np.float32)
+    outputs = {}
+    for label, center in (("fitted", centres), ("zeros", np.zeros(shape, np.float32))):
+        proto, result = rewrite_layer(spec, "convbasis", params, fitted={"center": center})
+        (block,) = result.rewritten
+        assert block.fallback is None and block.overload.endswith("_fitted")
+        runner = session(proto)
+        outputs[label] = [
+            runner.run(None, spec.inputs(2, q_len, kv_len, seed=q_len))[0]
+            for q_len, kv_len in ((1, 1), (40, 33), (73, 101))
+        ]
+    tensor = torch.from_numpy(centres).double()
+    for (q_len, kv_len), fitted, zeros in zip(
+        ((1, 1), (40, 33), (73, 101)), outputs["fitted"], outputs["zeros"], strict=True
+    ):
+        feeds = spec.inputs(2, q_len, kv_len, seed=q_len)
+        expected = reference(spec, "convbasis", {**params, "center": tensor}, feeds)
+        plain = reference(spec, "convbasis", params, feeds)
+        assert relative_error(expected, fitted) <= TOL, (q_len, kv_len)
+        assert relative_error(plain, zeros) <= TOL, (q_len, kv_len)
+    assert relative_error(plain, fitted) > 0.1
 
 
 def test_blocks_it_cannot_honour_stay_exact() -> None:

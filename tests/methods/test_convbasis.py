@@ -162,6 +162,60 @@ def test_direct_and_fft_transforms_compute_the_same_sums(is_causal):
     assert rows.max() < 1e-5
 
 
+def _center(hq: int = 4, d: int = 8, size: float = 1.0) -> torch.Tensor:
+    return size * torch.randn(hq, d, generator=torch.Generator().manual_seed(5), dtype=F64)
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_a_query_centre_is_exact_at_k_equals_n_and_zeros_are_the_plain_method(is_causal):
+    """The centre moves c.k out of the bases into an exact key-wise weight: every basis count
+    still converges to exact attention at n, and zeros change nothing."""
+    q, k, v = rand_qkv(skv=24, sq=24)
+    mask = torch.zeros(2, 1, 1, 24, dtype=F64)
+    mask[0, ..., :3] = -torch.inf  # padded keys stay hidden under the centre's weights
+    kwargs = {"scale": 0.4, "is_causal": is_causal, "bias": mask}
+    ref = exact.attention(q, k, v, **kwargs)
+    centred = convbasis.attention(q, k, v, bases=24, center=_center(), **kwargs)
+    assert rel_err(centred, ref) < 1e-12
+    plain = convbasis.attention(q, k, v, bases=4, **kwargs)
+    zeros = convbasis.attention(q, k, v, bases=4, center=torch.zeros(4, 8, dtype=F64), **kwargs)
+    assert torch.equal(plain, zeros)
+    moved = convbasis.attention(q, k, v, bases=4, center=_center(), **kwargs)
+    assert rel_err(moved, plain) > 0.05
+    errors = [
+        rel_err(convbasis.attention(q, k, v, bases=b, center=_center(), **kwargs), ref)
+        for b in (2, 6, 12, 24)
+    ]
+    assert errors[-1] < 1e-12 < errors[0], errors
+
+
+def test_queries_sharing_a_direction_lose_it_to_the_centre():
+    """Queries = u + small noise: (q - u).k is nearly flat, what one basis models well, while
+    the plain bases must follow u.k, which varies key by key."""
+    g = torch.Generator().manual_seed(6)
+    u = 3.0 * torch.randn(2, 8, generator=g, dtype=F64)
+    q = u[None, :, None] + 0.05 * torch.randn(1, 2, 64, 8, generator=g, dtype=F64)
+    k, v = (torch.randn(1, 2, 64, d, generator=g, dtype=F64) for d in (8, 4))
+    ref = exact.attention(q, k, v, scale=0.5, is_causal=True)
+    plain = convbasis.attention(q, k, v, scale=0.5, is_causal=True, bases=4)
+    centred = convbasis.attention(q, k, v, scale=0.5, is_causal=True, bases=4, center=u)
+    assert rel_err(centred, ref) < 0.05 < 0.5 < rel_err(plain, ref)
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+@pytest.mark.parametrize(("sq", "skv"), [(24, 24), (7, 24), (24, 17)])
+def test_a_subset_of_rows_is_those_rows_of_the_whole(is_causal, sq, skv):
+    """What calibration's fit evaluates: the rows it samples, as the whole output has them."""
+    q, k, v = rand_qkv(sq=sq, skv=skv)
+    params = {**convbasis.get("convbasis").resolve({"bases": 5}), "center": _center(size=0.3)}
+    kwargs = {"scale": 0.4, "is_causal": is_causal, "bias": None, "window": None, **params}
+    rows = torch.tensor([sq - 1, 0, sq // 2, 3])
+    whole = convbasis.attention(q, k, v, **kwargs)
+    torch.testing.assert_close(convbasis.rows_of(rows, q, k, v, **kwargs), whole[:, :, rows])
+    with pytest.raises(ValueError, match="direct"):
+        convbasis.rows_of(rows, q, k, v, **{**kwargs, "transform": "fft"})
+
+
 def test_fast_length_is_the_smallest_5_smooth_length():
     def smooth(n: int) -> bool:
         for p in (2, 3, 5):

@@ -145,3 +145,28 @@ def test_the_command_line_calibrates_polysketch(tmp_path, capsys) -> None:
             assert name.endswith(f"/{array}")
             np.testing.assert_array_equal(initializers[name], block[array])
     assert record["median_error_fitted"] < record["median_error_default"]
+
+
+def test_the_command_line_calibrates_convbasis(tmp_path, capsys) -> None:
+    """`attnrewrite --method convbasis --calibrate`: each head's query centre fitted, written
+    as each calibrated node's last initializer and recorded in rewrite.json (verified in
+    onnxruntime), no head worse than its default."""
+    out = tmp_path / "out"
+    args = [str(MODEL), "--method", "convbasis", "--bases", "8", "--calibrate"]
+    text = ["--text", str(SOURCE / "decoder.py"), "--tokenizer", "bytes", "--seq-len", "128"]
+    assert main([*args, *text, "-o", str(out)]) == 0
+    assert "calibrated 16 heads" in capsys.readouterr().out
+    record = json.loads((out / RECORD_FILE).read_text())["calibration"]
+    assert record["method"]["name"] == "convbasis"
+    assert list(record["fitted"]) == ["center"]
+    model = onnx.load(str(out / MODEL_FILE))
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "ConvBasisAttention"]
+    assert len(nodes) == len(record["blocks"]) == 4
+    assert any(n.overload.endswith("_fitted") for n in nodes)
+    for node, block in zip(nodes, record["blocks"], strict=True):
+        assert (np.array(block["error_fitted"]) <= np.array(block["error_default"])).all()
+        if node.overload.endswith("_fitted"):
+            assert node.input[-1].endswith("/center")
+            np.testing.assert_array_equal(initializers[node.input[-1]], block["center"])
+    assert record["median_error_fitted"] < record["median_error_default"]
