@@ -108,21 +108,45 @@ class _Scores:
         self.q, self.k, self.bias, self.scale, self.flip = q, k, bias, scale, flip
 
     def __call__(self, rows: Tensor, cols: Tensor) -> Tensor:
-        bsz, heads, sq, d = self.q.shape
-        rows, cols = torch.broadcast_tensors(rows, cols)
-        shape = (bsz, heads, *rows.shape[2:])
+        bsz, heads, sq, _ = self.q.shape
+        shape = (bsz, heads, *torch.broadcast_shapes(rows.shape, cols.shape)[2:])
         if self.flip:
             rows, cols = sq - 1 - rows, self.k.shape[2] - 1 - cols
-        rows = rows.expand(shape).reshape(bsz, heads, -1)
-        cols = cols.expand(shape).reshape(bsz, heads, -1)
-        qr = self.q.gather(2, rows[..., None].expand(-1, -1, -1, d))
-        kc = self.k.gather(2, cols[..., None].expand(-1, -1, -1, d))
-        val = self.scale * (qr * kc).sum(-1)
+        # each operand gathered at its own index shape: a column probed at T rows reads its key
+        # once, not T times
+        val = self.scale * (_rows_at(self.q, rows, len(shape)) * _rows_at(self.k, cols, len(shape)))
+        return self._biased(val.sum(-1), rows, cols)
+
+    def columns(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """G at rows [B|1, H|1, k, L] of the k columns cols [B|1, H|1, k]: every query against
+        those k keys in one product, then read (far fewer gathers than one per entry)."""
+        bsz, heads, sq, _ = self.q.shape
+        if self.flip:
+            rows, cols = sq - 1 - rows, self.k.shape[2] - 1 - cols
+        keys = _rows_at(self.k, cols, 3)  # [B, H, k, d]
+        products = self.scale * (self.q @ keys.transpose(-1, -2))  # [B, H, Sq, k]
+        val = products.transpose(-1, -2).gather(3, rows.expand(bsz, heads, -1, -1))
+        return self._biased(val, rows, cols[..., None])
+
+    def _biased(self, val: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """val + bias at (rows, cols) (flipped already), clamped to FLOOR."""
         if self.bias is not None:
-            bi = torch.arange(bsz, device=rows.device)[:, None, None]
-            hi = torch.arange(heads, device=rows.device)[None, :, None]
-            val = val + self.bias[bi, hi, rows, cols]
-        return val.clamp(min=FLOOR).view(shape)
+            bsz, heads = val.shape[:2]
+            flat = [x.expand(val.shape).reshape(bsz, heads, -1) for x in (rows, cols)]
+            bi = torch.arange(bsz, device=val.device)[:, None, None]
+            hi = torch.arange(heads, device=val.device)[None, :, None]
+            val = val + self.bias[bi, hi, flat[0], flat[1]].view(val.shape)
+        return val.clamp(min=FLOOR)
+
+
+def _rows_at(x: Tensor, index: Tensor, rank: int) -> Tensor:
+    """x [B, H, S, d] at an index [B|1, H|1, ...] (right-aligned to `rank` dims), the index's
+    own trailing shape kept: [B, H, ..., d]."""
+    bsz, heads, _, d = x.shape
+    index = index.reshape((1,) * (rank - index.dim()) + tuple(index.shape))
+    index = index.expand(bsz, heads, *index.shape[2:])
+    flat = index.reshape(bsz, heads, -1)
+    return x.gather(2, flat[..., None].expand(-1, -1, -1, d)).view(*index.shape, d)
 
 
 class _Triangle:
@@ -181,7 +205,7 @@ class _Triangle:
         t = torch.arange(self.length, device=self.device)
         cols = points[..., None]
         r = cols + t - self.r0
-        vals = self.score(r.clamp(0, self.rows - 1), cols)
+        vals = self.score.columns(r.clamp(0, self.rows - 1), points)
         if self.r0 > 0:  # rows above the first query: its entry on the same diagonal
             diag = (self.r0 - t).clamp(min=0).expand_as(self.real)
             head = self.score(torch.zeros_like(diag), diag)
@@ -354,7 +378,8 @@ def rows_of(
     for tri in parts:
         if tri.rows <= 0 or tri.live == 0:
             continue
-        points = tri.topk(bases, probe) if recovery == "topk" else tri.binary(bases, probe, tol)
+        with torch.no_grad():  # a selection: nothing to differentiate (a fit's time saved)
+            points = tri.topk(bases, probe) if recovery == "topk" else tri.binary(bases, probe, tol)
         found.append((tri, points, tri.profiles(points)))
 
     picked = torch.arange(sq, device=q.device) if rows is None else rows

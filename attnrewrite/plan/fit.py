@@ -35,14 +35,15 @@ and c.k is an exact key-wise weight. L-BFGS from the head's mean query on sample
 reference itself (change points recovered again at every step, as the node recovers them:
 piecewise smooth, the selection has no gradient), then each head keeps whichever of zeros, its
 mean query and the fitted point does best on as many other rows. On SmolLM2 at 2048 the
-fitted point beat the mean query on some layers only (held-out median head error, 9 heads:
-layer 29 0.71 -> 0.63, layer 10 1.20 -> 1.15, layer 0 level); the recovered bases' error on
-content-driven heads stays (benchmarks/RESULTS.md).
+fitted point beat the mean query on few layers (held-out median head error of 9 heads: layer
+29 0.71 -> 0.66, layers 0 and 10 level), the per-head choice did most (layer 20: the mean
+query 1.73, the choice 1.20, default 1.12); the bases' error on heads that retrieve by content
+stays (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -124,22 +125,37 @@ def fit_expansion(
     fit_on, check_on = order[:per_set].sort().values, order[per_set : 2 * per_set].sort().values
     fitting = _Objective.of(block, grid, fit_on)
     expansion = start.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [expansion], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        value = fitting(expansion).sum()
-        value.backward()
-        return value
-
-    optimizer.step(closure)
+    _minimise([expansion], lambda: fitting(expansion).sum(), iterations)
     checking = _Objective.of(block, grid, check_on)
     with torch.no_grad():
         fitted = torch.nan_to_num(expansion.detach(), nan=0.0, posinf=0.0, neginf=0.0)
         better = checking(fitted) < checking(start)
     return torch.where(better[:, None], fitted, start).to(torch.float32).numpy()
+
+
+def _mask(block: BlockOperands) -> Tensor | None:
+    """The block's mask as the nodes read it: a key-wise mask's last query row."""
+    import torch
+
+    bias = None if block.mask is None else torch.from_numpy(block.mask)
+    return bias[..., -1:, :] if bias is not None and block.signature.keywise else bias
+
+
+def _minimise(tensors: list[Tensor], objective: Callable[[], Tensor], iterations: int) -> None:
+    """Minimise objective() over `tensors`, in place: L-BFGS with a strong-Wolfe line search."""
+    import torch
+
+    optimizer = torch.optim.LBFGS(
+        tensors, lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        value = objective()
+        value.backward()
+        return value
+
+    optimizer.step(closure)
 
 
 def _grid(block: BlockOperands, params: Mapping[str, object]) -> Grid:
@@ -150,9 +166,7 @@ def _grid(block: BlockOperands, params: Mapping[str, object]) -> Grid:
     from attnrewrite.methods.multipole import Grid
 
     q, k, v = (torch.from_numpy(x).to(torch.float64) for x in (block.q, block.k, block.v))
-    bias = None if block.mask is None else torch.from_numpy(block.mask)
-    if bias is not None and block.signature.keywise:
-        bias = bias[..., -1:, :]
+    bias = _mask(block)
     return Grid.of(
         q,
         k,
@@ -252,17 +266,7 @@ def fit_feature_map(
         return {name: np.zeros(shape, np.float32) for name in names}
     fit_on, check_on = order[:per_set].sort().values, order[per_set : 2 * per_set].sort().values
     arrays = [torch.zeros(shape, requires_grad=True) for _ in names]
-    optimizer = torch.optim.LBFGS(
-        arrays, lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        value = head.error(fit_on, arrays).sum()
-        value.backward()
-        return value
-
-    optimizer.step(closure)
+    _minimise(arrays, lambda: head.error(fit_on, arrays).sum(), iterations)
     with torch.no_grad():
         fitted = [torch.nan_to_num(a.detach(), nan=0.0, posinf=0.0, neginf=0.0) for a in arrays]
         better = head.error(check_on, fitted) < head.error(check_on, None)
@@ -302,9 +306,7 @@ class _PolyHead:
         bsz, hq, sq, _ = q.shape
         skv = k.shape[2]
         k, v = expand_kv(k, v, hq)
-        bias = None if block.mask is None else torch.from_numpy(block.mask)
-        if bias is not None and block.signature.keywise:
-            bias = bias[..., -1:, :]
+        bias = _mask(block)
         key_bias, _ = split_bias(bias, (bsz, hq, sq, skv), torch.float32)
         w = key_weights(key_bias, bsz, hq, skv, q)
         degree = int(params["degree"])
@@ -383,9 +385,7 @@ def fit_center(
 
     q, k, v = (torch.from_numpy(x).to(torch.float32) for x in (block.q, block.k, block.v))
     exact = torch.from_numpy(block.exact).to(torch.float32)
-    bias = None if block.mask is None else torch.from_numpy(block.mask)
-    if bias is not None and block.signature.keywise:
-        bias = bias[..., -1:, :]
+    bias = _mask(block)
     sq, skv = q.shape[2], k.shape[2]
     first = max(0, sq - skv) if block.is_causal else 0
     order = first + torch.randperm(sq - first, generator=torch.Generator().manual_seed(SEED))
@@ -415,17 +415,7 @@ def fit_center(
 
     mean = q.mean(dim=(0, 2))
     center = mean.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [center], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        value = error(center, fit_on).sum()
-        value.backward()
-        return value
-
-    optimizer.step(closure)
+    _minimise([center], lambda: error(center, fit_on).sum(), iterations)
     with torch.no_grad():
         fitted = torch.nan_to_num(center.detach(), nan=0.0, posinf=0.0, neginf=0.0)
         tried = torch.stack([zeros, mean, fitted])  # [3, Hq, d]

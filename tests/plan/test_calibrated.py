@@ -122,51 +122,39 @@ def test_the_report_shows_each_heads_error_with_defaults_and_fitted(calibrated, 
     assert "Head error, defaults vs fitted" in (out / "report.html").read_text()
 
 
-def test_the_command_line_calibrates_polysketch(tmp_path, capsys) -> None:
-    """`attnrewrite --method polysketch --calibrate`: the feature map fitted per head, written
-    as each node's last three initializers and recorded in rewrite.json."""
+@pytest.mark.parametrize(
+    ("method", "option", "op_type", "fitted"),
+    [
+        (
+            "polysketch",
+            ["--block", "32"],
+            "PolySketchAttention",
+            ["query_gain", "key_gain", "key_shift"],
+        ),
+        ("convbasis", ["--bases", "8"], "ConvBasisAttention", ["center"]),
+    ],
+)
+def test_the_command_line_calibrates(tmp_path, capsys, method, option, op_type, fitted) -> None:
+    """`attnrewrite --method M --calibrate`: PolySketch's feature map or conv-basis's query
+    centres fitted per head, written as each calibrated node's last initializers and recorded
+    in rewrite.json (verified in onnxruntime), no head worse than its default."""
     out = tmp_path / "out"
-    args = [str(MODEL), "--method", "polysketch", "--block", "32", "--calibrate"]
+    args = [str(MODEL), "--method", method, *option, "--calibrate"]
     text = ["--text", str(SOURCE / "decoder.py"), "--tokenizer", "bytes", "--seq-len", "128"]
     assert main([*args, *text, "-o", str(out)]) == 0
     assert "calibrated 16 heads" in capsys.readouterr().out
     record = json.loads((out / RECORD_FILE).read_text())["calibration"]
-    assert record["method"]["name"] == "polysketch"
-    assert list(record["fitted"]) == ["query_gain", "key_gain", "key_shift"]
+    assert record["method"]["name"] == method
+    assert list(record["fitted"]) == fitted
     model = onnx.load(str(out / MODEL_FILE))
     initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type == "PolySketchAttention"]
+    nodes = [n for n in model.graph.node if n.op_type == op_type]
     assert len(nodes) == len(record["blocks"]) == 4
     assert any(n.overload.endswith("_fitted") for n in nodes)
     for node, block in zip(nodes, record["blocks"], strict=True):
         assert (np.array(block["error_fitted"]) <= np.array(block["error_default"])).all()
-        fitted = node.input[-3:] if node.overload.endswith("_fitted") else []
-        for name, array in zip(fitted, record["fitted"], strict=True):
+        inputs = node.input[-len(fitted) :] if node.overload.endswith("_fitted") else []
+        for name, array in zip(inputs, fitted, strict=True):
             assert name.endswith(f"/{array}")
             np.testing.assert_array_equal(initializers[name], block[array])
-    assert record["median_error_fitted"] < record["median_error_default"]
-
-
-def test_the_command_line_calibrates_convbasis(tmp_path, capsys) -> None:
-    """`attnrewrite --method convbasis --calibrate`: each head's query centre fitted, written
-    as each calibrated node's last initializer and recorded in rewrite.json (verified in
-    onnxruntime), no head worse than its default."""
-    out = tmp_path / "out"
-    args = [str(MODEL), "--method", "convbasis", "--bases", "8", "--calibrate"]
-    text = ["--text", str(SOURCE / "decoder.py"), "--tokenizer", "bytes", "--seq-len", "128"]
-    assert main([*args, *text, "-o", str(out)]) == 0
-    assert "calibrated 16 heads" in capsys.readouterr().out
-    record = json.loads((out / RECORD_FILE).read_text())["calibration"]
-    assert record["method"]["name"] == "convbasis"
-    assert list(record["fitted"]) == ["center"]
-    model = onnx.load(str(out / MODEL_FILE))
-    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type == "ConvBasisAttention"]
-    assert len(nodes) == len(record["blocks"]) == 4
-    assert any(n.overload.endswith("_fitted") for n in nodes)
-    for node, block in zip(nodes, record["blocks"], strict=True):
-        assert (np.array(block["error_fitted"]) <= np.array(block["error_default"])).all()
-        if node.overload.endswith("_fitted"):
-            assert node.input[-1].endswith("/center")
-            np.testing.assert_array_equal(initializers[node.input[-1]], block["center"])
     assert record["median_error_fitted"] < record["median_error_default"]

@@ -14,7 +14,7 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from attnrewrite.methods import convbasis, exact, get, multipole, polysketch
+from attnrewrite.methods import convbasis, exact, get, polysketch
 from attnrewrite.plan.calibrate import BlockOperands
 from attnrewrite.plan.fit import fit_center, fit_expansion, fit_feature_map
 from attnrewrite.substitute.signature import Signature
@@ -42,12 +42,20 @@ def biased_head(n: int, seed: int, heads: int = 3, d: int = 8) -> BlockOperands:
     )
 
 
-def head_errors(operands: BlockOperands, expansion: np.ndarray | None, **params) -> np.ndarray:
+def errors(
+    method: str, operands: BlockOperands, arrays: dict[str, np.ndarray | None], **params
+) -> np.ndarray:
+    """Each head's relative L2 error against exact attention, the method given its fitted
+    `arrays` (None or absent: the method untouched)."""
     q, k, v = (torch.from_numpy(x).double() for x in (operands.q, operands.k, operands.v))
-    u = None if expansion is None else torch.from_numpy(expansion).double()
-    out = multipole.attention(q, k, v, scale=SCALE, is_causal=True, expansion=u, **params)
+    tensors = {n: torch.from_numpy(a).double() for n, a in arrays.items() if a is not None}
+    out = get(method).attention(q, k, v, scale=SCALE, is_causal=True, **params, **tensors)
     ref = torch.from_numpy(operands.exact).double()
     return ((out - ref).square().sum((0, 2, 3)) / ref.square().sum((0, 2, 3))).sqrt().numpy()
+
+
+def head_errors(operands: BlockOperands, expansion: np.ndarray | None, **params) -> np.ndarray:
+    return errors("multipole", operands, {"expansion": expansion}, **params)
 
 
 def test_fitting_halves_the_error_of_biased_heads_on_other_inputs() -> None:
@@ -101,11 +109,7 @@ def offset_head(n: int, seed: int, heads: int = 3, d: int = 8) -> BlockOperands:
 
 
 def poly_errors(operands: BlockOperands, arrays: dict[str, np.ndarray], **params) -> np.ndarray:
-    q, k, v = (torch.from_numpy(x).double() for x in (operands.q, operands.k, operands.v))
-    tensors = {name: torch.from_numpy(a).double() for name, a in arrays.items()}
-    out = polysketch.attention(q, k, v, scale=SCALE, is_causal=True, **params, **tensors)
-    ref = torch.from_numpy(operands.exact).double()
-    return ((out - ref).square().sum((0, 2, 3)) / ref.square().sum((0, 2, 3))).sqrt().numpy()
+    return errors("polysketch", operands, arrays, **params)
 
 
 def test_the_feature_map_lowers_the_error_of_offset_heads_on_other_inputs() -> None:
@@ -170,11 +174,7 @@ CONV = get("convbasis").resolve({"bases": 16})
 
 
 def conv_errors(operands: BlockOperands, center: np.ndarray | None, **params) -> np.ndarray:
-    q, k, v = (torch.from_numpy(x).double() for x in (operands.q, operands.k, operands.v))
-    c = None if center is None else torch.from_numpy(center).double()
-    out = convbasis.attention(q, k, v, scale=SCALE, is_causal=True, center=c, **params)
-    ref = torch.from_numpy(operands.exact).double()
-    return ((out - ref).square().sum((0, 2, 3)) / ref.square().sum((0, 2, 3))).sqrt().numpy()
+    return errors("convbasis", operands, {"center": center}, **params)
 
 
 def test_the_centre_lowers_the_error_of_biased_heads_on_other_inputs() -> None:
