@@ -116,13 +116,9 @@ def fit_expansion(
     candidates = torch.nonzero(far_blocks)[:, 0]
     if grid.top < 1 or not len(candidates):
         return np.zeros(start.shape, np.float32)
-    order = candidates[
-        torch.randperm(len(candidates), generator=torch.Generator().manual_seed(SEED))
-    ]
-    per_set = min(max(MIN_QUERY_BLOCKS, -(-rows // grid.block)), len(order) // 2)
-    if not per_set:  # one query block with a far field: no fit that could be checked
+    fit_on, check_on = _split(candidates, max(MIN_QUERY_BLOCKS, -(-rows // grid.block)))
+    if not len(fit_on):  # one query block with a far field: no fit that could be checked
         return start.to(torch.float32).numpy()
-    fit_on, check_on = order[:per_set].sort().values, order[per_set : 2 * per_set].sort().values
     fitting = _Objective.of(block, grid, fit_on)
     expansion = start.clone().requires_grad_(True)
     _minimise([expansion], lambda: fitting(expansion).sum(), iterations)
@@ -139,6 +135,24 @@ def _mask(block: BlockOperands) -> Tensor | None:
 
     bias = None if block.mask is None else torch.from_numpy(block.mask)
     return bias[..., -1:, :] if bias is not None and block.signature.keywise else bias
+
+
+def _split(candidates: Tensor, wanted: int) -> tuple[Tensor, Tensor]:
+    """Two disjoint samples of `candidates` (query rows or blocks), `wanted` each or half of
+    them, sorted: one to fit on, one to check the fit on. The same on the same inputs (SEED)."""
+    import torch
+
+    order = candidates[
+        torch.randperm(len(candidates), generator=torch.Generator().manual_seed(SEED))
+    ]
+    size = min(wanted, len(order) // 2)
+    return order[:size].sort().values, order[size : 2 * size].sort().values
+
+
+def _relative_squared(out: Tensor, target: Tensor) -> Tensor:
+    """Each head's relative squared error [Hq] over [B, Hq, rows, dv] outputs."""
+    norm = target.square().sum(dim=(0, 2, 3)).clamp_min(1e-30)
+    return (out - target).square().sum(dim=(0, 2, 3)) / norm
 
 
 def _minimise(tensors: list[Tensor], objective: Callable[[], Tensor], iterations: int) -> None:
@@ -259,12 +273,10 @@ def fit_feature_map(
 
     head = _PolyHead.of(block, params)
     shape = (block.heads, block.q.shape[-1])
-    order = head.rows[torch.randperm(len(head.rows), generator=torch.Generator().manual_seed(SEED))]
-    per_set = min(rows, len(order) // 2)
+    fit_on, check_on = _split(head.rows, rows)
     names = ("query_gain", "key_gain", "key_shift")
-    if not per_set:
+    if not len(fit_on):
         return {name: np.zeros(shape, np.float32) for name in names}
-    fit_on, check_on = order[:per_set].sort().values, order[per_set : 2 * per_set].sort().values
     arrays = [torch.zeros(shape, requires_grad=True) for _ in names]
     _minimise(arrays, lambda: head.error(fit_on, arrays).sum(), iterations)
     with torch.no_grad():
@@ -363,9 +375,7 @@ class _PolyHead:
         y = kern @ self.x
         den = y[..., -1:] + (1.0 if self.beta is None else 0.0)
         out = y[..., :-1] / torch.where(den > 0, den, 1.0)
-        target = self.exact[:, :, chosen]
-        norm = target.square().sum(dim=(0, 2, 3)).clamp_min(1e-30)
-        return (out - target).square().sum(dim=(0, 2, 3)) / norm
+        return _relative_squared(out, self.exact[:, :, chosen])
 
 
 def fit_center(
@@ -388,12 +398,10 @@ def fit_center(
     bias = _mask(block)
     sq, skv = q.shape[2], k.shape[2]
     first = max(0, sq - skv) if block.is_causal else 0
-    order = first + torch.randperm(sq - first, generator=torch.Generator().manual_seed(SEED))
-    per_set = min(rows, len(order) // 2)
+    fit_on, check_on = _split(torch.arange(first, sq), rows)
     zeros = torch.zeros(block.heads, q.shape[-1])
-    if not per_set:
+    if not len(fit_on):
         return zeros.numpy()
-    fit_on, check_on = order[:per_set].sort().values, order[per_set : 2 * per_set].sort().values
     options = {**params, "transform": "direct"}
 
     def error(center: Tensor, chosen: Tensor) -> Tensor:
@@ -409,9 +417,7 @@ def fit_center(
             center=center,
             **options,
         )
-        target = exact[:, :, chosen]
-        norm = target.square().sum(dim=(0, 2, 3)).clamp_min(1e-30)
-        return (out - target).square().sum(dim=(0, 2, 3)) / norm
+        return _relative_squared(out, exact[:, :, chosen])
 
     mean = q.mean(dim=(0, 2))
     center = mean.clone().requires_grad_(True)
