@@ -239,6 +239,12 @@ Params = Mapping[str, int | float | str]
 BodyBuilder = Callable[[Body, Signature, Sequence[ir.Value], Params], ir.Value]
 
 
+def fitted_inputs(signature: Signature, inputs: Sequence[ir.Value]) -> Sequence[ir.Value]:
+    """A calibrated overload's fitted arrays: its inputs after query, key, value and the mask
+    (empty for the plain overload), as `build_function` lays them out."""
+    return inputs[4 if signature.bias != "none" else 3 :]
+
+
 def build_function(
     op_type: str,
     signature: Signature,

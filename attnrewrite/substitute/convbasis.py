@@ -51,6 +51,7 @@ from attnrewrite.substitute.body import (
     Body,
     LoopBody,
     Params,
+    fitted_inputs,
     from_rank4,
     key_weights,
     repeat_kv,
@@ -602,7 +603,7 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     v_t = b.op("Transpose", value, perm=[0, 1, 3, 2])
     real = None
     weights = key_weights(b, sig, inputs[3], compute) if sig.keywise else None
-    fitted = inputs[4 if sig.bias != "none" else 3 :]  # the calibrated overload's input
+    fitted = fitted_inputs(sig, inputs)
     if fitted:  # queries less the centre c, c.k back as a key-wise weight exp(scale c.k)
         query, tilt = _centred(b, o, query, key, fitted[0], scale)
         weights = tilt if weights is None else b.op("Mul", weights, tilt)

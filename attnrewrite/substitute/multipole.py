@@ -43,6 +43,7 @@ from attnrewrite.substitute.body import (
     clamp,
     dim,
     dims,
+    fitted_inputs,
     from_rank4,
     key_weights,
     repeat_kv,
@@ -81,7 +82,7 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     m, coarse, levels = int(params["block"]), int(params["coarse"]), int(params["levels"])
     n_sinks = int(params["sinks"])
     operands = inputs[:3] if sig.dtype == F32 else [b.op("Cast", x, to=F32) for x in inputs[:3]]
-    fitted = inputs[4 if sig.bias != "none" else 3 :]  # the calibrated overload's inputs
+    fitted = fitted_inputs(sig, inputs)
     expansion = fitted[0] if fitted else None  # [Hq, d] float32
     query, key, value = (to_rank4(b, x, sig.rank) for x in operands)
     if sig.kv_repeat:

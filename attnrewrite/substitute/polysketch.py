@@ -40,6 +40,7 @@ from attnrewrite.substitute.body import (
     Params,
     causal_allowed,
     dim,
+    fitted_inputs,
     from_rank4,
     key_weights,
     repeat_kv,
@@ -322,7 +323,7 @@ def build(b: Body, sig: Signature, inputs: Sequence[ir.Value], params: Params) -
     else:
         column = b.op("Transpose", weights, perm=swap_last_two(4))  # [b, h, Skv, 1]
         x = _append_column(b, b.op("Mul", value, column), column)
-    fitted = inputs[4 if sig.bias != "none" else 3 :]  # the calibrated overload's inputs
+    fitted = fitted_inputs(sig, inputs)
     if fit == "softmax_fit":
         scale = b.float_attr("scale")
         beta = fit_shift(b, sig, query, key, weights, scale, degree=degree, seed=seed)
