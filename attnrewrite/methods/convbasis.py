@@ -263,17 +263,13 @@ class _Triangle:
         y = torch.fft.irfft(acc, n=n_fft, dim=2)
         return y[:, :, self.r0 : self.r0 + self.rows]
 
-    def apply_direct(
-        self, logs: Tensor, points: Tensor, shift: Tensor, rows: Tensor | None = None
-    ) -> Tensor:
-        """The same sum as `apply`, as one product with the matrix it convolves by:
-        A[r, c] = exp(S_seg(c))[r + r0 - c] (zero above the diagonal and before the first
-        change point); only the triangle's `rows` where given (a fit's sample)."""
+    def apply_direct(self, logs: Tensor, points: Tensor, shift: Tensor, rows: Tensor) -> Tensor:
+        """The same sum as `apply` on the triangle's `rows`, as one product with the matrix it
+        convolves by: A[r, c] = exp(S_seg(c))[r + r0 - c] (zero above the diagonal and before
+        the first change point)."""
         kern = F.pad(torch.exp(logs - shift[..., None, None]), (0, 0, 1, 0))  # row 0: no basis
         cols = torch.arange(self.cols, device=self.device)
         seg = (cols[:, None] >= points[..., None, :]).sum(-1)  # [B, H, C]
-        if rows is None:
-            rows = torch.arange(self.rows, device=self.device)
         t = self.r0 + rows[None, :] - cols[:, None]  # [C, R], below the triangle's length
         at = seg[..., None] * self.length + t.clamp(min=0)  # into kern's [k + 1, L] rows
         a = kern.flatten(2).gather(2, at.flatten(2)).view(at.shape)  # [B, H, C, R]
@@ -388,14 +384,13 @@ def rows_of(
         top = torch.stack([logs.amax(dim=(-1, -2)) for *_, logs in found]).amax(0)
         shift = torch.where(top > FLOOR / 2, top, 0.0)
         for tri, points, logs in found:
-            if rows is not None:  # the flipped triangle reads row sq - 1 - r, in rows' order
-                at = sq - 1 - rows if tri.score.flip else rows - start
+            if transform == "fft":
+                part = tri.apply(logs, points, shift)
+                y = y + (part.flip(2) if tri.score.flip else F.pad(part, (0, 0, start, 0)))
+            else:  # the flipped triangle reads row sq - 1 - r; rows before `start` have no part
+                at = sq - 1 - picked if tri.score.flip else picked - start
                 part = tri.apply_direct(logs, points, shift, at.clamp(min=0))
                 y = y + part * (at >= 0)[:, None]
-            else:
-                apply = tri.apply_direct if transform == "direct" else tri.apply
-                part = apply(logs, points, shift)
-                y = y + (part.flip(2) if tri.score.flip else F.pad(part, (0, 0, start, 0)))
     den = y[..., -1:]
     sees = _sees_a_key(w > 0, full_bias, sq, is_causal, window)[..., picked]
     ok = (den > 0) & sees[..., None]
